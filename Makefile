@@ -1,0 +1,73 @@
+# sensorcast: the verbs people expect. `make demo` and `make test` are the two commands.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Local CPU wheel of torch; any other torch spec pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+DATA ?= ../shared/data
+SYSTEM_PACKAGES := mosquitto influxdb chromium chromium-driver
+
+.PHONY: setup setup-system setup-service demo test test-fast lint bench bench-ingest \
+	bench-inference bench-ett bench-nab soak faults clean
+
+setup: setup-system $(VENV)/.installed  ## venv with service, trainer and test tools
+
+# Servers the integration tests start themselves (Debian packages). Only as root.
+setup-system:
+	@missing=""; for b in mosquitto influxd chromium chromedriver; do \
+	  command -v $$b >/dev/null || [ -x /usr/sbin/$$b ] || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages (missing:$$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	  else echo "missing:$$missing — run as root or: sudo apt-get install -y $(SYSTEM_PACKAGES)"; exit 1; fi; fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[train,dev,demo]"
+	touch $@
+
+# The service alone (what the container runs): no torch.
+setup-service:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -e ".[demo]"
+
+demo: $(VENV)/.installed  ## whole job on embedded defaults (no servers needed)
+	$(VENV)/bin/sensorcast demo
+
+test: setup  ## the full suite, real servers included
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed  ## unit and contract tests only
+	$(PY) -m pytest -q -m "not integration and not browser and not slow"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check service training tests
+	$(VENV)/bin/mypy service
+
+bench: bench-ingest bench-inference
+
+bench-ingest: setup
+	$(VENV)/bin/sensorcast bench ingest
+
+bench-inference: $(VENV)/.installed
+	$(VENV)/bin/sensorcast bench inference
+
+bench-ett: $(VENV)/.installed
+	$(PY) -m training.bench_ett --data $(DATA)/ett/ETTh1.csv
+
+bench-nab: $(VENV)/.installed
+	$(PY) -m training.bench_nab --data $(DATA)/nab
+
+faults: setup
+	$(PY) -m pytest -q tests/faults
+
+soak: setup
+	$(VENV)/bin/sensorcast bench soak
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data var

@@ -1,0 +1,160 @@
+"""One settings object, grouped by component, built once in the entry point.
+
+Every field is documented; the README's configuration table is generated from these
+descriptions (``sensorcast config --markdown``). Environment variables use the prefix
+``SENSORCAST_`` and ``__`` between group and field, e.g. ``SENSORCAST_MQTT__URL``.
+Secrets can come from files (``*_file`` fields) so they never sit in the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
+    """The secret from ``file`` when given (trailing newline stripped), else ``value``."""
+    if file is not None:
+        return file.read_text(encoding="utf-8").rstrip("\r\n")
+    return value.get_secret_value() if value is not None else None
+
+
+class MqttSettings(BaseModel):
+    url: str = Field(
+        "mqtt://127.0.0.1:1883",
+        description="Broker URL: mqtt://[user[:pass]@]host:port, or mqtts:// for TLS.",
+    )
+    client_id: str = Field(
+        "sensorcast-ingest",
+        description="Fixed client id; with a persistent session the broker queues readings while we are away.",
+    )
+    session_expiry_s: int = Field(
+        7 * 24 * 3600, description="MQTT 5 session expiry: how long the broker keeps our queue."
+    )
+    keepalive_s: int = Field(30, description="MQTT keepalive interval in seconds.")
+    password_file: Path | None = Field(None, description="File holding the MQTT password.")
+    ca_file: Path | None = Field(None, description="CA bundle to verify the broker (mqtts).")
+    cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    key_file: Path | None = Field(None, description="Client private key for mutual TLS.")
+    tls_insecure: bool = Field(False, description="Skip broker hostname verification (testing only).")
+    receive_maximum: int = Field(
+        65535,
+        description="Unacknowledged QoS 1 messages the broker may send us at once (MQTT 5 Receive Maximum).",
+    )
+    reconnect_min_s: float = Field(0.5, description="First reconnect delay; doubles up to the max.")
+    reconnect_max_s: float = Field(30.0, description="Longest reconnect delay.")
+
+
+class IngestSettings(BaseModel):
+    topic: str = Field(
+        "sensors/{device}/{quantity}",
+        description="Topic template (Telegraf-style). {device}, {quantity} and {tag_*} fields; "
+        "without {quantity} the payload's named fields give the quantities.",
+    )
+    qos: int = Field(1, ge=0, le=2, description="Subscription QoS (1 for at-least-once).")
+    max_payload_bytes: int = Field(64 * 1024, description="Payloads larger than this are refused.")
+    max_past_s: float = Field(
+        10 * 365 * 24 * 3600.0, description="Refuse readings older than this many seconds."
+    )
+    max_future_s: float = Field(
+        24 * 3600.0, description="Refuse readings further ahead of the clock than this."
+    )
+    dead_letter_topic: str | None = Field(
+        None, description="Republish refused payloads here (with the reason), when set."
+    )
+    batch_size: int = Field(5000, description="Store write batch size (points).")
+    batch_interval_s: float = Field(0.25, description="Flush a partial batch after this long.")
+    queue_max: int = Field(50_000, description="Readings buffered before MQTT intake blocks (backpressure).")
+
+
+class StoreSettings(BaseModel):
+    url: str = Field(
+        "sqlite:///./data/sensorcast.db",
+        description="influxdb://[user:pass@]host:8086/db, influxdb2://host:8086/bucket?org=..., or sqlite:///path.",
+    )
+    measurement: str = Field("readings", description="InfluxDB measurement / SQLite table for readings.")
+    password_file: Path | None = Field(None, description="File holding the InfluxDB 1.x password.")
+    token_file: Path | None = Field(None, description="File holding the InfluxDB 2.x/3.x token.")
+    timeout_s: float = Field(10.0, description="HTTP timeout for store requests.")
+    spool_dir: Path = Field(Path("./data/spool"), description="Durable spool for batches the store could not take.")
+    spool_max_bytes: int = Field(
+        1024 * 1024 * 1024, description="Spool size limit; when full, intake stops acknowledging."
+    )
+
+
+class ModelBinding(BaseModel):
+    model: str = Field(description="Model name under the models directory.")
+    version: str | None = Field(None, description="Pinned version; newest when empty.")
+    device: str = Field("*", description="Glob on device names this model serves.")
+    quantity: str = Field("*", description="Glob on quantities (univariate models).")
+
+
+class ModelsSettings(BaseModel):
+    dir: Path = Field(Path("./models"), description="Models directory: <name>/<version>/{model.onnx,manifest.json}.")
+    bindings: list[ModelBinding] = Field(
+        default_factory=list,
+        description="Which streams each model serves (JSON list); empty: every model serves every matching stream.",
+    )
+    watch: bool = Field(True, description="Reload models when files under the directory change.")
+    threads: int = Field(1, description="ONNX Runtime intra-op threads per model.")
+
+
+class StreamsSettings(BaseModel):
+    late_tolerance_steps: int = Field(
+        2, description="Readings up to this many cadence steps late are still merged; later ones are counted drops."
+    )
+    max_gap_steps: int = Field(
+        12, description="Gaps up to this many steps are bridged with missing values; longer gaps re-warm the stream."
+    )
+    checkpoint_dir: Path = Field(Path("./data/state"), description="Where stream state checkpoints are written.")
+    checkpoint_interval_s: float = Field(60.0, description="Seconds between state checkpoints.")
+    tick_s: float = Field(0.05, description="Inference loop period: due streams are stepped in one batch per tick.")
+
+
+class AnomalySettings(BaseModel):
+    threshold: float | None = Field(None, description="Score threshold to fire; the model's default when empty.")
+    clear_threshold: float | None = Field(None, description="Score below which a firing alert resolves (hysteresis).")
+    min_count: int = Field(2, description="M: anomalous steps among the last N needed to fire.")
+    window: int = Field(3, description="N: the window for the M-of-N rule.")
+    cooldown_s: float = Field(300.0, description="After resolving, no new firing for this long.")
+
+
+class AlertsSettings(BaseModel):
+    topic: str = Field("sensorcast/alerts/{device}/{quantity}", description="Alert event topic (QoS 1).")
+    state_topic: str = Field(
+        "sensorcast/state/{device}/{quantity}", description="Retained current alert state per stream."
+    )
+    forecast_topic: str | None = Field(None, description="Publish each new forecast here when set.")
+    outbox_dir: Path = Field(Path("./data/outbox"), description="Alerts not yet acknowledged by the broker.")
+
+
+class ApiSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Bind address of the REST API and dashboard.")
+    port: int = Field(8080, description="Port of the REST API and dashboard.")
+    api_key_file: Path | None = Field(None, description="File with the write-scope API key; unset: no auth.")
+    read_key_file: Path | None = Field(None, description="File with the read-scope API key; unset: reads open.")
+    max_body_bytes: int = Field(1024 * 1024, description="Request bodies larger than this get 413.")
+
+
+class Settings(BaseSettings):
+    """Everything sensorcast can be told, grouped by component."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SENSORCAST_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    log_level: str = Field("INFO", description="Python logging level.")
+    roles: str = Field("ingest,inference,api", description="Roles this process runs (comma-separated).")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)  # type: ignore[arg-type]
+    ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
+    store: StoreSettings = Field(default_factory=StoreSettings)  # type: ignore[arg-type]
+    models: ModelsSettings = Field(default_factory=ModelsSettings)  # type: ignore[arg-type]
+    streams: StreamsSettings = Field(default_factory=StreamsSettings)  # type: ignore[arg-type]
+    anomaly: AnomalySettings = Field(default_factory=AnomalySettings)  # type: ignore[arg-type]
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)  # type: ignore[arg-type]
+    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Stores for readings (see ``base.Store``) and the durable spool in front of them."""
