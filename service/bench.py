@@ -1,0 +1,26 @@
+"""``sensorcast bench NAME``: benchmarks that print measured numbers.
+
+Each benchmark lives in ``service/benchmarks/<name>.py`` with ``add_arguments`` and ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHES = ("ingest", "inference", "soak")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", required=True)
+    for name in BENCHES:
+        p = sub.add_parser(name)
+        try:
+            importlib.import_module(f"service.benchmarks.{name}").add_arguments(p)
+        except ModuleNotFoundError:
+            pass
+
+
+def run(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"service.benchmarks.{args.bench}")
+    return int(module.run(args) or 0)

@@ -1,0 +1,42 @@
+"""Prometheus metrics, one ``Metrics`` object per process (tests build their own).
+
+Components receive the object they report into; ``/metrics`` renders its registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Step latency buckets in seconds: one batched ONNX call is ~10 us to ~10 ms.
+_STEP_BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.readings_in = Counter(
+            "sensorcast_readings_in", "Readings accepted (MQTT and HTTP).", ["source"], registry=r
+        )
+        self.readings_refused = Counter(
+            "sensorcast_readings_refused", "Messages or readings refused, by reason.", ["reason"], registry=r
+        )
+        self.readings_stored = Counter("sensorcast_readings_stored", "Readings written to the store.", registry=r)
+        self.store_errors = Counter("sensorcast_store_errors", "Failed store writes.", registry=r)
+        self.spool_depth = Gauge("sensorcast_spool_readings", "Readings waiting in the spool.", registry=r)
+        self.spool_bytes = Gauge("sensorcast_spool_bytes", "Bytes used by the spool.", registry=r)
+        self.spool_full = Gauge("sensorcast_spool_full", "1 while the spool refuses new batches.", registry=r)
+        self.steps = Counter("sensorcast_steps", "Stream-steps computed.", ["model"], registry=r)
+        self.step_latency = Histogram(
+            "sensorcast_step_batch_seconds", "Latency of one batched model call.", ["model"],
+            buckets=_STEP_BUCKETS, registry=r,
+        )
+        self.late_dropped = Counter(
+            "sensorcast_readings_late_dropped", "Readings too late or duplicate for the stream state.",
+            ["reason"], registry=r,
+        )
+        self.alerts = Counter("sensorcast_alerts", "Alert events emitted.", ["state"], registry=r)
+        self.streams = Gauge("sensorcast_streams", "Streams by status.", ["status"], registry=r)
+        self.model_errors = Counter("sensorcast_model_errors", "Model loads or reloads refused.", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
