@@ -1,0 +1,121 @@
+"""InfluxDB 1.x over its HTTP API: ``/write`` line protocol (precision=ns), ``/query`` InfluxQL.
+
+The ``write_lines`` hook is the only part the 2.x/3.x store replaces; queries, parsing and
+escaping are shared, so what the tests prove against a real influxd 1.6.7 holds for both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import orjson
+
+from service.errors import StoreError
+from service.records import Reading, StreamKey
+from service.store import influxql
+from service.store.lineproto import LineFormatter
+
+# One query string must stay well below URL/body limits; 200 streams per query is ~20 kB.
+_STREAMS_PER_QUERY = 200
+
+
+class InfluxQLStore:
+    """Shared 1.x/2.x implementation; subclasses set how lines are written."""
+
+    def __init__(
+        self,
+        base_url: str,
+        database: str,
+        measurement: str,
+        timeout_s: float,
+        auth: tuple[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.database = database
+        self.measurement = measurement
+        self._fmt = LineFormatter(measurement)
+        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, auth=auth, headers=headers)
+
+    # --- writing -------------------------------------------------------------------------
+    def write(self, readings: Sequence[Reading]) -> None:
+        if readings:
+            self.write_lines(self._fmt.lines(readings))
+
+    def write_lines(self, body: bytes) -> None:
+        try:
+            r = self._http.post("/write", params={"db": self.database, "precision": "ns"}, content=body)
+        except httpx.HTTPError as e:
+            raise StoreError(f"influxdb write failed: {e!r}") from e
+        if r.status_code != 204:
+            raise StoreError(f"influxdb write answered {r.status_code}: {r.text[:300]}")
+
+    # --- reading -------------------------------------------------------------------------
+    def query(self, q: str) -> dict[str, Any]:
+        try:
+            r = self._http.post("/query", params={"db": self.database, "epoch": "ns"}, data={"q": q})
+        except httpx.HTTPError as e:
+            raise StoreError(f"influxdb query failed: {e!r}") from e
+        if r.status_code != 200:
+            raise StoreError(f"influxdb query answered {r.status_code}: {r.text[:300]}")
+        body: dict[str, Any] = orjson.loads(r.content)
+        return body
+
+    def _series(self, q: str) -> list[tuple[StreamKey, list[list[Any]]]]:
+        try:
+            return list(influxql.iter_series(self.query(q)))
+        except ValueError as e:
+            if "database not found" in str(e):
+                return []
+            raise StoreError(f"influxdb query error: {e}") from e
+
+    def read_range(self, stream: StreamKey, start_ns: int, end_ns: int) -> list[Reading]:
+        q = influxql.range_query(self.measurement, stream, start_ns, end_ns)
+        out: list[Reading] = []
+        for s, rows in self._series(q):
+            if s == stream:
+                out += influxql.readings_from(s, rows)
+        out.sort(key=lambda r: r.ts_ns)
+        return out
+
+    def read_last(self, stream: StreamKey, n: int) -> list[Reading]:
+        return self.read_last_many([stream], n).get(stream, [])
+
+    def read_last_many(self, streams: Sequence[StreamKey], n: int) -> dict[StreamKey, list[Reading]]:
+        wanted = set(streams)
+        out: dict[StreamKey, list[Reading]] = defaultdict(list)
+        if n <= 0 or not wanted:
+            return {}
+        unique = sorted(wanted)
+        for i in range(0, len(unique), _STREAMS_PER_QUERY):
+            q = influxql.last_query(self.measurement, unique[i : i + _STREAMS_PER_QUERY], n)
+            for s, rows in self._series(q):
+                if s in wanted:
+                    out[s] += influxql.readings_from(s, rows)
+        for rs in out.values():
+            rs.sort(key=lambda r: r.ts_ns)  # the query ran newest first
+        return dict(out)
+
+    def streams(self) -> list[StreamKey]:
+        return sorted({s for s, _ in self._series(influxql.streams_query(self.measurement))})
+
+    def ping(self) -> bool:
+        try:
+            return self._http.get("/ping").status_code == 204
+        except httpx.HTTPError:
+            return False
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class Influx1Store(InfluxQLStore):
+    """InfluxDB 1.x (tested against a real influxd 1.6.7); creates the database if missing."""
+
+    def ensure_database(self) -> None:
+        # No admin rights or not reachable yet: the writes will say what is wrong.
+        with contextlib.suppress(StoreError):
+            self.query(f"CREATE DATABASE {influxql.quote_ident(self.database)}")

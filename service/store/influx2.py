@@ -1,0 +1,43 @@
+"""InfluxDB 2.x / 3.x: writes through influxdb-client (``/api/v2/write``), reads through the
+InfluxQL ``/query`` compatibility endpoint with the same token.
+
+Not tested against a real 2.x/3.x server (none can run here): everything except the write
+call is the 1.x code that the integration tests prove against influxd 1.6.7. A 2.x bucket
+needs a DBRP mapping for InfluxQL reads (InfluxDB 3 Core maps the database name itself).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.errors import StoreError
+from service.store.influx1 import InfluxQLStore
+
+
+class Influx2Store(InfluxQLStore):
+    def __init__(
+        self, base_url: str, bucket: str, org: str, token: str, measurement: str, timeout_s: float
+    ) -> None:
+        super().__init__(
+            base_url, bucket, measurement, timeout_s, headers={"Authorization": f"Token {token}"}
+        )
+        from influxdb_client.client.influxdb_client import InfluxDBClient
+        from influxdb_client.client.write_api import SYNCHRONOUS
+
+        self._org = org
+        self._client: Any = InfluxDBClient(url=base_url, token=token, org=org, timeout=int(timeout_s * 1000))
+        self._write_api: Any = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def write_lines(self, body: bytes) -> None:
+        from influxdb_client.domain.write_precision import WritePrecision
+
+        try:
+            self._write_api.write(
+                bucket=self.database, org=self._org, record=body, write_precision=WritePrecision.NS
+            )
+        except Exception as e:  # the client raises ApiException, urllib3 and socket errors
+            raise StoreError(f"influxdb2 write failed: {e!r}") from e
+
+    def close(self) -> None:
+        super().close()
+        self._client.close()

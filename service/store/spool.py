@@ -1,0 +1,159 @@
+"""The durable spool: batches the store could not take, on disk until it can.
+
+Each batch is one file named ``<seq:016d>-<count>.spool`` holding the JSON of
+``[[device, quantity, [[k, v], ...], ts_ns, value], ...]``. A file is written to a
+temporary name, fsync'd, renamed and the directory fsync'd, so after ``append`` returns
+the batch survives a crash or power loss; a crash mid-write leaves only a ``.tmp`` file,
+which is removed on open. Batches are replayed oldest first (by sequence number).
+
+When the spool is at ``max_bytes`` or the disk is full, ``append`` raises
+``SpoolFullError``: the caller must stop acknowledging, so the broker keeps the readings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from service.errors import SpoolFullError, StoreError
+from service.records import Reading, StreamKey
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    path: Path
+    seq: int
+    count: int
+    size: int
+
+
+def encode_batch(readings: Sequence[Reading]) -> bytes:
+    return orjson.dumps(
+        [[r.stream.device, r.stream.quantity, r.stream.tags, r.ts_ns, r.value] for r in readings]
+    )
+
+
+def decode_batch(data: bytes) -> list[Reading]:
+    out = []
+    for device, quantity, tags, ts, value in orjson.loads(data):
+        out.append(Reading(StreamKey(device, quantity, tuple((k, v) for k, v in tags)), int(ts), float(value)))
+    return out
+
+
+class Spool:
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create spool directory {self.dir}: {e}") from e
+        for tmp in self.dir.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)  # a write that never completed was never acknowledged
+        self._entries: list[SpoolEntry] = []
+        for p in sorted(self.dir.glob("*.spool")):
+            try:
+                seq_s, count_s = p.stem.split("-")
+                self._entries.append(SpoolEntry(p, int(seq_s), int(count_s), p.stat().st_size))
+            except (ValueError, OSError):
+                log.error("spool: ignoring unexpected file %s", p)
+        self._entries.sort(key=lambda e: e.seq)
+        self._next = self._entries[-1].seq + 1 if self._entries else 0
+        self._bytes = sum(e.size for e in self._entries)
+        self.full = False
+
+    # --- state ---------------------------------------------------------------------------
+    @property
+    def readings(self) -> int:
+        return sum(e.count for e in self._entries)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # --- writing -------------------------------------------------------------------------
+    def append(self, readings: Sequence[Reading]) -> None:
+        """Make ``readings`` durable or raise ``SpoolFullError`` (nothing written then)."""
+        data = encode_batch(readings)
+        with self._lock:
+            if self._bytes + len(data) > self.max_bytes:
+                self.full = True
+                raise SpoolFullError(
+                    f"spool {self.dir} full: {self._bytes} + {len(data)} bytes > limit {self.max_bytes}"
+                )
+            seq = self._next
+            final = self.dir / f"{seq:016d}-{len(readings)}.spool"
+            tmp = final.with_suffix(".tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, final)
+                self._fsync_dir()
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self.full = True
+                    raise SpoolFullError(f"spool {self.dir}: disk full ({e})") from e
+                raise StoreError(f"spool {self.dir}: write failed ({e})") from e
+            self._next = seq + 1
+            self._entries.append(SpoolEntry(final, seq, len(readings), len(data)))
+            self._bytes += len(data)
+            self.full = False
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # --- replay --------------------------------------------------------------------------
+    def oldest(self) -> tuple[SpoolEntry, list[Reading]] | None:
+        """The oldest batch (not removed), or None. An unreadable file is set aside."""
+        while True:
+            with self._lock:
+                if not self._entries:
+                    return None
+                entry = self._entries[0]
+            try:
+                return entry, decode_batch(entry.path.read_bytes())
+            except (OSError, ValueError, TypeError) as e:
+                bad = entry.path.with_suffix(".bad")
+                log.error("spool: unreadable batch %s (%s); moved to %s", entry.path, e, bad)
+                with contextlib.suppress(OSError):
+                    entry.path.rename(bad)
+                self._drop(entry)
+
+    def remove(self, entry: SpoolEntry) -> None:
+        """Forget ``entry`` once its readings are in the store."""
+        entry.path.unlink(missing_ok=True)
+        self._drop(entry)
+
+    def _drop(self, entry: SpoolEntry) -> None:
+        with self._lock:
+            if self._entries and self._entries[0] == entry:
+                self._entries.pop(0)
+            else:
+                self._entries = [e for e in self._entries if e != entry]
+            self._bytes -= entry.size
+            self.full = False
