@@ -128,6 +128,10 @@ class AlertsSettings(BaseModel):
     )
     forecast_topic: str | None = Field(None, description="Publish each new forecast here when set.")
     outbox_dir: Path = Field(Path("./data/outbox"), description="Alerts not yet acknowledged by the broker.")
+    client_id: str = Field(
+        "sensorcast-alerts", description="MQTT client id of the alert publisher (must differ from the ingester's)."
+    )
+    enabled: bool = Field(True, description="Publish alerts on MQTT (off: alerts are only listed over REST).")
 
 
 class ApiSettings(BaseModel):
@@ -136,6 +140,9 @@ class ApiSettings(BaseModel):
     api_key_file: Path | None = Field(None, description="File with the write-scope API key; unset: no auth.")
     read_key_file: Path | None = Field(None, description="File with the read-scope API key; unset: reads open.")
     max_body_bytes: int = Field(1024 * 1024, description="Request bodies larger than this get 413.")
+    band_z: float = Field(
+        1.96, gt=0, description="Forecast bands are mean ± band_z · scale (1.96: 95% if the spread is Gaussian)."
+    )
 
 
 class Settings(BaseSettings):

@@ -1,1 +1,1 @@
-"""alerts."""
+"""Alerts leave the service here: MQTT publisher with a durable outbox (see publisher.py)."""
