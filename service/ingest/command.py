@@ -1,0 +1,64 @@
+"""``sensorcast ingest``: run the MQTT -> store ingester until SIGINT/SIGTERM.
+
+Configuration comes from the settings (env ``SENSORCAST_MQTT__URL``,
+``SENSORCAST_STORE__URL``, ``SENSORCAST_INGEST__TOPIC``, ...); the flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+
+from service.config import Settings
+from service.ingest.ingester import Ingester
+from service.metrics import Metrics
+from service.store import open_store
+
+log = logging.getLogger("sensorcast.ingest")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mqtt-url", help="Broker URL (overrides SENSORCAST_MQTT__URL).")
+    parser.add_argument("--store-url", help="Store URL (overrides SENSORCAST_STORE__URL).")
+    parser.add_argument("--topic", help="Topic template (overrides SENSORCAST_INGEST__TOPIC).")
+    parser.add_argument("--status-every", type=float, default=60.0, help="Seconds between status log lines.")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings()  # type: ignore[call-arg]  # fields come from the environment
+    if args.mqtt_url:
+        settings.mqtt.url = args.mqtt_url
+    if args.store_url:
+        settings.store.url = args.store_url
+    if args.topic:
+        settings.ingest.topic = args.topic
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: flushing and stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    store = open_store(settings.store)
+    ingester = Ingester(settings, store, Metrics())
+    ingester.start()
+    log.info("ingesting %r into %s", settings.ingest.topic, settings.store.url.split("@")[-1])
+    next_status = time.monotonic() + args.status_every
+    try:
+        while not stop.wait(0.5):
+            if time.monotonic() >= next_status:
+                log.info("status: %s", ingester.status())
+                next_status += args.status_every
+    finally:
+        ingester.stop()
+        store.close()
+        log.info("stopped: %s", ingester.status())
+    return 0

@@ -1,0 +1,151 @@
+"""The ingester: MQTT (and HTTP ``submit``) -> decode -> batch -> store or spool -> ack -> sinks.
+
+``Ingester(settings, store, metrics, sinks)`` owns the writer thread, the spool and, when
+``mqtt`` is enabled, the subscriber. Sinks receive every batch of accepted readings once it
+is durable (in the store or the spool); that is how the inference engine is fed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from paho.mqtt.enums import MQTTErrorCode
+
+from service.config import Settings
+from service.errors import StoreError
+from service.ingest.decode import Decoder
+from service.ingest.mqtt import MqttSource
+from service.ingest.refusals import RefusalReporter
+from service.ingest.writer import BatchWriter, Item, Sink
+from service.metrics import Metrics
+from service.records import Reading
+from service.store.base import Store
+from service.store.lineproto import stream_problem
+from service.store.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestStatus:
+    broker_connected: bool
+    store_ok: bool
+    spool_readings: int
+    spool_bytes: int
+    spool_full: bool
+    queued: int
+    stored: int
+    last_error: str | None
+
+
+class Ingester:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        metrics: Metrics,
+        sinks: Sequence[Sink] = (),
+        mqtt: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.spool = Spool(settings.store.spool_dir, settings.store.spool_max_bytes)
+        ing = settings.ingest
+        self.decoder = Decoder(ing)
+        self.source: MqttSource | None = None
+        self.writer = BatchWriter(
+            store, self.spool, metrics, ing.batch_size, ing.batch_interval_s, ing.queue_max,
+            sinks=sinks, acker=self._ack,
+        )
+        self.reporter = RefusalReporter(metrics, self._dead_letter if ing.dead_letter_topic else None)
+        if mqtt:
+            self.source = MqttSource(
+                settings.mqtt, self.decoder, self.writer, self.reporter, ing.qos,
+                on_readings=metrics.readings_in.labels("mqtt"),
+            )
+        self._http_in = metrics.readings_in.labels("http")
+        self._started = False
+        self._lock = threading.Lock()
+
+    def add_sink(self, sink: Sink) -> None:
+        self.writer.sinks.append(sink)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        if self.spool.readings:
+            log.info("spool holds %d readings from an earlier run; replaying first", self.spool.readings)
+        self.writer.start()
+        if self.source is not None:
+            self.source.start()
+
+    def stop(self) -> None:
+        """Stop intake, flush what is queued (store or spool), acknowledge it, disconnect."""
+        with self._lock:
+            if not self._started:
+                return
+            self._started = False
+        if self.source is not None:
+            self.source.close_intake()
+        self.writer.stop()
+        if self.source is not None:
+            self.source.stop()
+
+    # --- HTTP path -----------------------------------------------------------------------
+    def submit(self, readings: Sequence[Reading], timeout_s: float = 10.0) -> None:
+        """Store ``readings`` with the same batching and durability; returns once durable.
+
+        Raises ``ValueError`` for a reading that cannot be stored (bad name, non-finite
+        value) and ``StoreError`` when it could not be made durable within ``timeout_s``.
+        """
+        for r in readings:
+            problem = stream_problem(r.stream)
+            if problem:
+                raise ValueError(f"cannot store stream {r.stream.id!r}: {problem}")
+            if r.value != r.value or r.value in (float("inf"), float("-inf")):
+                raise ValueError(f"value of {r.stream.id!r} at {r.ts_ns} is not finite: {r.value!r}")
+        if not readings:
+            return
+        item = Item(list(readings), done=threading.Event())
+        if not self.writer.put(item, timeout_s):
+            raise StoreError("ingest queue is full (store and spool cannot keep up); try again later")
+        assert item.done is not None
+        if not item.done.wait(timeout_s) or not item.ok:
+            raise StoreError(
+                "readings not yet durable: "
+                + ("spool full" if self.spool.full else self.writer.state.last_error or "store not answering")
+            )
+        self._http_in.inc(len(readings))
+
+    # --- state ---------------------------------------------------------------------------
+    def status(self) -> IngestStatus:
+        return IngestStatus(
+            broker_connected=self.source is not None and self.source.connected.is_set(),
+            store_ok=self.writer.state.store_ok,
+            spool_readings=self.spool.readings,
+            spool_bytes=self.spool.bytes,
+            spool_full=self.spool.full,
+            queued=self.writer.queue.qsize(),
+            stored=self.writer.state.stored,
+            last_error=self.writer.state.last_error,
+        )
+
+    # --- plumbing ------------------------------------------------------------------------
+    def _ack(self, tokens: list[tuple[int, int, int]]) -> None:
+        if self.source is not None:
+            self.source.ack(tokens)
+
+    def _dead_letter(self, body: bytes) -> None:
+        topic = self.settings.ingest.dead_letter_topic
+        if self.source is None or topic is None:
+            return
+        info = self.source.client.publish(topic, body, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.warning("dead-letter publish to %r failed: rc %s", topic, info.rc)

@@ -1,0 +1,199 @@
+"""The MQTT side of the ingester: a paho-mqtt 2.x subscriber with a persistent session.
+
+* MQTT 5, fixed client id, ``clean_start=False`` on every connect and a session expiry:
+  the broker queues readings while we are away and hands them over when we return.
+* ``manual_ack=True``: a message is acknowledged only when the writer has made its readings
+  durable. The ack token carries the connection generation; a token from before a
+  reconnect is not sent (the packet id may belong to another message by then), the broker
+  redelivers instead, and the duplicate overwrites the same point.
+* Decoding runs in paho's thread (orjson, ~1-3 us); the blocking ``put`` into the writer's
+  bounded queue is the backpressure: paho stops reading the socket and the broker holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from service.config import MqttSettings, read_secret
+from service.errors import ConfigError
+from service.ingest.decode import Decoder, Refusal
+from service.ingest.refusals import RefusalReporter
+from service.ingest.writer import AckToken, BatchWriter, Item
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+
+def parse_broker_url(settings: MqttSettings) -> BrokerAddress:
+    u = urlsplit(settings.url)
+    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ConfigError(f"MQTT URL must start with mqtt:// or mqtts://, found {settings.url!r}")
+    tls = u.scheme in ("mqtts", "ssl")
+    password = read_secret(None, settings.password_file) or (unquote(u.password) if u.password else None)
+    return BrokerAddress(
+        u.hostname or "127.0.0.1", u.port or (8883 if tls else 1883), tls,
+        unquote(u.username) if u.username else None, password,
+    )
+
+
+def make_client(settings: MqttSettings, client_id: str, manual_ack: bool) -> tuple[paho.Client, BrokerAddress, Properties]:
+    """A configured (not yet connected) MQTT 5 client and its CONNECT properties."""
+    addr = parse_broker_url(settings)
+    client = paho.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, manual_ack=manual_ack
+    )
+    if addr.username is not None:
+        client.username_pw_set(addr.username, addr.password)
+    if addr.tls:
+        client.tls_set(
+            ca_certs=str(settings.ca_file) if settings.ca_file else None,
+            certfile=str(settings.cert_file) if settings.cert_file else None,
+            keyfile=str(settings.key_file) if settings.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+        client.tls_insecure_set(settings.tls_insecure)
+    client.reconnect_delay_set(
+        min_delay=max(1, round(settings.reconnect_min_s)), max_delay=max(1, round(settings.reconnect_max_s))
+    )
+    # Our own publishes (dead letters): queue instead of refusing while reconnecting.
+    client.max_queued_messages_set(10_000)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = settings.session_expiry_s
+    props.ReceiveMaximum = max(1, min(settings.receive_maximum, 65535))
+    return client, addr, props
+
+
+class MqttSource:
+    """Subscribes, decodes, queues; acknowledges when the writer says the batch is durable."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        decoder: Decoder,
+        writer: BatchWriter,
+        reporter: RefusalReporter,
+        qos: int,
+        on_readings: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.decoder = decoder
+        self.writer = writer
+        self.reporter = reporter
+        self.qos = qos
+        self.subscription = decoder.template.subscription
+        self.client, self.addr, self._props = make_client(settings, settings.client_id, manual_ack=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self._gen = 0
+        self._closing = False
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self._in = on_readings
+        self.ack_errors = 0
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self.client.connect_async(
+            self.addr.host, self.addr.port, self.settings.keepalive_s,
+            clean_start=False, properties=self._props,
+        )
+        rc = self.client.loop_start()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise ConfigError(f"MQTT network loop did not start: {paho.error_string(rc)}")
+
+    def close_intake(self) -> None:
+        """New messages are left unacknowledged (the broker keeps them for next time)."""
+        self._closing = True
+
+    def stop(self) -> None:
+        self._closing = True
+        # Give paho's loop a moment to send the acks the writer's last flush queued.
+        time.sleep(0.2)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.connected.clear()
+
+    # --- callbacks (paho's thread) -------------------------------------------------------
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            log.error("MQTT connect to %s:%d refused: %s", self.addr.host, self.addr.port, rc)
+            return
+        self._gen += 1
+        self.connected.set()
+        log.info(
+            "MQTT connected to %s:%d (session present: %s); subscribing to %r",
+            self.addr.host, self.addr.port, flags.session_present, self.subscription,
+        )
+        result, _mid = client.subscribe(self.subscription, qos=self.qos)
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.error("MQTT subscribe failed: %s", paho.error_string(result))
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
+        for code in codes:
+            if code.is_failure:
+                log.error("MQTT subscription to %r refused: %s", self.subscription, code)
+                return
+        self.subscribed.set()
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self.connected.clear()
+        self.subscribed.clear()
+        if not self._closing:
+            log.warning("MQTT disconnected (%s); reconnecting with backoff", rc)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if self._closing:
+            return  # not acknowledged: redelivered to the next session
+        received = time.time_ns()
+        payload = cast(bytes, msg.payload)  # paho stores the payload as bytes
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            self.reporter.report("mqtt", repr(msg._topic[:200]), payload, [Refusal("bad_encoding", "topic is not UTF-8")])
+            self._ack_now(msg)
+            return
+        result = self.decoder.decode(topic, payload, received)
+        if result.refusals:
+            self.reporter.report("mqtt", topic, payload, result.refusals)
+        if self._in is not None and result.readings:
+            self._in.inc(len(result.readings))
+        token: AckToken | None = (msg.mid, msg.qos, self._gen) if msg.qos > 0 else None
+        # Even a fully refused message goes through the queue so acks stay in order.
+        self.writer.put(Item(result.readings, token))
+
+    def _ack_now(self, msg: paho.MQTTMessage) -> None:
+        if msg.qos > 0:
+            self.ack([(msg.mid, msg.qos, self._gen)])
+
+    # --- acknowledgements (writer thread) ------------------------------------------------
+    def ack(self, tokens: list[AckToken]) -> None:
+        gen = self._gen
+        for mid, qos, g in tokens:
+            if g != gen:
+                continue  # from an earlier connection: the broker will redeliver it
+            rc = self.client.ack(mid, qos)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self.ack_errors += 1
+                if self.ack_errors < 10 or self.ack_errors % 10_000 == 0:
+                    log.warning("MQTT ack of mid %d failed: %s (redelivery will follow)", mid, paho.error_string(rc))

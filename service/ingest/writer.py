@@ -1,0 +1,258 @@
+"""The writer thread: batch readings, make them durable (store, else spool), then acknowledge.
+
+Intake (the MQTT thread, the HTTP path) puts ``Item``s on a bounded queue and blocks when
+it is full: a slow store means backpressure, never unbounded memory. The writer collects
+items until ``batch_size`` readings or ``batch_interval_s``, then:
+
+1. while the spool holds older batches, new ones join it (replay stays in order);
+   otherwise it writes to the store, and on ``StoreError`` appends the batch to the spool;
+2. only once the batch is in the store or fsync'd in the spool are its items acknowledged
+   (``ack`` tokens handed to ``acker``, HTTP waiters released) and the sinks called;
+3. when the spool is full too, nothing is acknowledged: the writer retries with backoff
+   and the queue fills, so intake stops and the broker holds the rest.
+
+Spooled batches are replayed oldest first whenever the store answers again, and on start.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from service.errors import SpoolFullError, StoreError
+from service.metrics import Metrics
+from service.records import Reading
+from service.store.base import Store
+from service.store.spool import Spool
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[list[Reading]], None]
+AckToken = tuple[int, int, int]  # (mid, qos, connection generation)
+
+# Retry pacing while the store is down: fast enough to notice it is back within a
+# second, slow enough not to spin on a dead connection.
+_RETRY_MIN_S = 0.2
+_RETRY_MAX_S = 2.0
+
+
+@dataclass(slots=True)
+class Item:
+    readings: list[Reading]
+    ack: AckToken | None = None
+    done: threading.Event | None = None
+    ok: bool = False
+
+
+@dataclass(slots=True)
+class WriterState:
+    store_ok: bool = True
+    last_error: str | None = None
+    stored: int = 0
+    spooled: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        store: Store,
+        spool: Spool,
+        metrics: Metrics,
+        batch_size: int,
+        batch_interval_s: float,
+        queue_max: int,
+        sinks: Sequence[Sink] = (),
+        acker: Callable[[list[AckToken]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.spool = spool
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.interval = batch_interval_s
+        self.sinks = list(sinks)
+        self.acker = acker
+        self.queue: queue.Queue[Item] = queue.Queue(maxsize=max(1, queue_max))
+        self.state = WriterState()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._retry_at = 0.0
+        self._retry_s = _RETRY_MIN_S
+        self._stored = metrics.readings_stored
+        self._update_spool_metrics()
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sensorcast-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Flush what is queued (as far as the store or spool can take it) and stop."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.error("writer did not stop within %.0f s; unacknowledged readings stay with the broker", timeout_s)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def put(self, item: Item, timeout_s: float | None = None) -> bool:
+        """Queue ``item``, blocking while the queue is full (backpressure)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not self._stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.25)
+                return True
+            except queue.Full:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+        return False
+
+    # --- the loop ------------------------------------------------------------------------
+    def _run(self) -> None:
+        self._replay()  # whatever a previous run left in the spool goes first
+        while True:
+            items = self._collect()
+            if items:
+                self._flush(items)
+            elif self._stop.is_set():
+                break
+            if len(self.spool) and time.monotonic() >= self._retry_at:
+                self._replay()
+
+    def _collect(self) -> list[Item]:
+        items: list[Item] = []
+        n = 0
+        try:
+            first = self.queue.get(timeout=0.1)
+        except queue.Empty:
+            return items
+        items.append(first)
+        n += len(first.readings)
+        deadline = time.monotonic() + self.interval
+        while n < self.batch_size:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stop.is_set():
+                    break
+                try:
+                    item = self.queue.get(timeout=min(left, 0.05))
+                except queue.Empty:
+                    continue
+            items.append(item)
+            n += len(item.readings)
+        return items
+
+    def _flush(self, items: list[Item]) -> None:
+        readings = [r for it in items for r in it.readings]
+        while not self._make_durable(readings):
+            if self._stop.is_set():
+                log.error(
+                    "stopping with %d readings neither stored nor spooled: not acknowledged, "
+                    "the broker will redeliver them", len(readings)
+                )
+                for it in items:
+                    if it.done is not None:
+                        it.done.set()
+                return
+            time.sleep(self._retry_s)
+            self._retry_s = min(self._retry_s * 2, _RETRY_MAX_S)
+            if len(self.spool):
+                self._replay()
+        # Durable: now, and only now, acknowledge and feed the sinks.
+        tokens = [it.ack for it in items if it.ack is not None]
+        if tokens and self.acker is not None:
+            try:
+                self.acker(tokens)
+            except Exception:
+                log.exception("acknowledging %d messages failed; the broker will redeliver", len(tokens))
+        for it in items:
+            if it.done is not None:
+                it.ok = True
+                it.done.set()
+        if readings:
+            for sink in self.sinks:
+                try:
+                    sink(readings)
+                except Exception:
+                    log.exception("sink %r failed on a batch of %d readings", sink, len(readings))
+
+    def _make_durable(self, readings: list[Reading]) -> bool:
+        if not readings:
+            return True
+        if not len(self.spool):
+            try:
+                self.store.write(readings)
+                self._stored.inc(len(readings))
+                self.state.stored += len(readings)
+                self._store_up()
+                return True
+            except StoreError as e:
+                self._store_down(e)
+            except Exception as e:  # a bug in a store must not kill the writer: spool instead
+                log.exception("store write raised unexpectedly")
+                self._store_down(e)
+        was_full = self.spool.full
+        try:
+            self.spool.append(readings)
+            self.state.spooled += len(readings)
+            self._update_spool_metrics()
+            return True
+        except SpoolFullError as e:
+            if not was_full:  # log once per episode
+                log.error("%s: no longer acknowledging; the broker keeps the readings", e)
+            self._update_spool_metrics()
+            return False
+        except StoreError as e:
+            log.error("spool write failed: %s", e)
+            self._update_spool_metrics()
+            return False
+
+    def _replay(self) -> None:
+        """Move spooled batches into the store, oldest first, until one fails."""
+        while True:
+            head = self.spool.oldest()
+            if head is None:
+                break
+            entry, readings = head
+            try:
+                self.store.write(readings)
+            except Exception as e:
+                self._store_down(e)
+                break
+            self.spool.remove(entry)
+            self._stored.inc(len(readings))
+            self.state.stored += len(readings)
+            self._store_up()
+            if self._stop.is_set() and not self.queue.empty():
+                break
+        self._update_spool_metrics()
+
+    # --- bookkeeping ---------------------------------------------------------------------
+    def _store_up(self) -> None:
+        if not self.state.store_ok:
+            log.info("store is back; spool holds %d readings to replay", self.spool.readings)
+        self.state.store_ok = True
+        self._retry_s = _RETRY_MIN_S
+
+    def _store_down(self, e: Exception) -> None:
+        self.metrics.store_errors.inc()
+        if self.state.store_ok:
+            log.warning("store write failed, spooling: %s", e)
+        self.state.store_ok = False
+        self.state.last_error = str(e)[:300]
+        self._retry_at = time.monotonic() + self._retry_s
+        self._retry_s = min(self._retry_s * 2, _RETRY_MAX_S)
+
+    def _update_spool_metrics(self) -> None:
+        self.metrics.spool_depth.set(self.spool.readings)
+        self.metrics.spool_bytes.set(self.spool.bytes)
+        self.metrics.spool_full.set(1 if self.spool.full else 0)
