@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per batch otherwise
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from service.errors import DecodeError
 
-_ESCAPABLE = frozenset(", =")
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,24 +23,22 @@ class LinePoint:
 
 
 def _split(text: str, sep: str, quotes: bool = False, limit: int = -1) -> list[str]:
-    """Split at unescaped ``sep`` (outside double quotes when ``quotes``), keeping escapes."""
+    """Split at unescaped ``sep`` (outside double quotes when ``quotes``), keeping escapes.
+
+    As in influxd 1.6.7's scanner, a separator is escaped exactly when the character
+    before it is a backslash (whether or not that backslash is itself escaped).
+    """
     out: list[str] = []
-    start = i = 0
-    n = len(text)
+    start = 0
     in_q = False
-    while i < n:
-        c = text[i]
-        if c == "\\" and i + 1 < n:
-            i += 2
-            continue
-        if quotes and c == '"':
+    for i, c in enumerate(text):
+        if quotes and c == '"' and (i == 0 or text[i - 1] != "\\"):
             in_q = not in_q
-        elif c == sep and not in_q:
+        elif c == sep and not in_q and (i == 0 or text[i - 1] != "\\"):
             out.append(text[start:i])
             start = i + 1
             if limit > 0 and len(out) == limit:
                 break
-        i += 1
     if in_q:
         raise DecodeError("bad_line_protocol", "unterminated string field")
     out.append(text[start:])
@@ -51,21 +48,13 @@ def _split(text: str, sep: str, quotes: bool = False, limit: int = -1) -> list[s
 def _unescape(s: str) -> str:
     if "\\" not in s:
         return s
-    out = []
-    i, n = 0, len(s)
-    while i < n:
-        c = s[i]
-        if c == "\\" and i + 1 < n and s[i + 1] in _ESCAPABLE:
-            out.append(s[i + 1])
-            i += 2
-            continue
-        out.append(c)
-        i += 1
-    return "".join(out)
+    return s.replace("\\,", ",").replace("\\=", "=").replace("\\ ", " ")
 
 
 def parse_line(line: str) -> LinePoint:
-    parts = _split(line, " ", quotes=True)
+    # The series part holds no quoted strings; the fields part may.
+    head = _split(line, " ", limit=1)
+    parts = [head[0]] + (_split(head[1], " ", quotes=True) if len(head) > 1 else [])
     parts = [p for p in parts if p != ""]  # several spaces between sections are allowed
     if len(parts) not in (2, 3):
         raise DecodeError("bad_line_protocol", f"expected 'series fields [timestamp]': {line[:200]!r}")
