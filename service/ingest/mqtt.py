@@ -154,6 +154,7 @@ class MqttSource:
             if code.is_failure:
                 log.error("MQTT subscription to %r refused: %s", self.subscription, code)
                 return
+        log.info("MQTT subscribed to %r", self.subscription)
         self.subscribed.set()
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
