@@ -20,13 +20,13 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import ModelError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 CELLS = ("rnn", "lstm", "gru", "seq2seq-gru", "seq2seq-lstm", "segrnn", "linear")
 

@@ -1,0 +1,535 @@
+"""The inference engine: readings in; forecasts, scores and alerts out.
+
+``accept()`` only buffers (cheap, thread-safe; the ingester's sink calls it). ``tick()``
+does the work under one lock: route each reading to its stream (binding -> model table
+row), resample it (``resample.py``), warm new streams from the store in bulk, then step
+every due stream of a model in batched calls (a stream with several due buckets takes
+one per round), score, decide and emit alerts through ``on_alert``.
+
+Stateless ``predict()`` rolls a fresh state over a given history and must agree with the
+live path (tests/unit/test_engine_parity.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from service.config import Settings
+from service.errors import ModelError, StoreError
+from service.metrics import Metrics
+from service.records import NS_PER_S, Alert, AlertState, Forecast, Reading, StreamKey
+from service.runtime.registry import LoadedModel, ModelRegistry
+from service.runtime.timefeatures import time_features
+from service.store.base import Store
+from service.streams import checkpoint
+from service.streams.binding import Route, route
+from service.streams.resample import Resampler, Step
+from service.streams.status import ModelInfo, StreamStatus
+from service.streams.table import ModelTable
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+_MISSING = object()
+HISTORY_SLACK = 2  # extra buckets read for warm-up beyond the model's need
+
+
+class _Stream:
+    """Mutable per-stream bookkeeping (the numbers live in the model table)."""
+
+    __slots__ = ("device", "features", "id", "keys", "needs_history", "quantity", "res", "row", "table", "tags")
+
+    def __init__(self, sid: str, key: StreamKey, rt: Route, table: ModelTable, row: int, res: Resampler) -> None:
+        self.id = sid
+        self.device = key.device
+        self.tags = key.tags
+        self.quantity = "*" if rt.multivariate else key.quantity
+        self.features = tuple(table.model.manifest.features)
+        self.keys = (
+            [StreamKey(key.device, f, key.tags) for f in self.features] if rt.multivariate else [key]
+        )
+        self.table = table
+        self.row = row
+        self.res = res
+        self.needs_history = True
+
+
+def _table_name(model: LoadedModel) -> str:
+    return f"{model.name}@{model.version}"
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        store: Store | None,
+        metrics: Metrics,
+        on_alert: Callable[[Alert], None] | None = None,
+        on_forecast: Callable[[Forecast], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.metrics = metrics
+        self.on_alert = on_alert
+        self.on_forecast = on_forecast
+        self._lock = threading.RLock()
+        self._inbox_lock = threading.Lock()
+        self._inbox: list[Reading] = []
+        self._tables: dict[str, ModelTable] = {}
+        self._owners: dict[str, dict[int, _Stream]] = {}  # table name -> row -> stream
+        self._streams: dict[str, _Stream] = {}
+        self._routes: dict[StreamKey, Any] = {}  # -> (stream, feature) | None
+        self._alerts: deque[Alert] = deque(maxlen=1000)
+        self._generation = registry.generation
+        self._drops = {r: metrics.late_dropped.labels(r) for r in ("late", "duplicate", "not_finite")}
+
+    # ------------------------------------------------------------ intake
+
+    def accept(self, readings: Sequence[Reading]) -> None:
+        """Buffer readings for the next tick (thread-safe, O(len))."""
+        with self._inbox_lock:
+            self._inbox.extend(readings)
+
+    def pending(self) -> int:
+        with self._inbox_lock:
+            return len(self._inbox)
+
+    def _bind(self, key: StreamKey) -> tuple[_Stream, int] | None:
+        rt = route(key, self.registry, self.settings.models.bindings)
+        if rt is None:
+            self._routes[key] = None
+            return None
+        st = self._streams.get(rt.stream_id)
+        if st is None or st.table.model is not rt.model:
+            if st is not None:  # the stream moved to another model: start it over
+                self._drop_stream(st, reason="model changed")
+            table = self._table_for(rt.model)
+            s = self.settings.streams
+            res = Resampler(table.cadence_ns, table.n_in, s.late_tolerance_steps, s.max_gap_steps)
+            row = table.add_row()
+            st = _Stream(rt.stream_id, key, rt, table, row, res)
+            self._streams[st.id] = st
+            self._owners[_table_name(rt.model)][row] = st
+        hit = (st, rt.feature)
+        self._routes[key] = hit
+        return hit
+
+    def _table_for(self, model: LoadedModel) -> ModelTable:
+        name = _table_name(model)
+        table = self._tables.get(name)
+        if table is None or table.model is not model:
+            table = self._tables[name] = ModelTable(model, self.settings.anomaly)
+            self._owners[name] = {}
+        return table
+
+    def _drop_stream(self, st: _Stream, reason: str) -> None:
+        if st.table.decider.firing[st.row]:
+            self._emit(st, "resolved", int(st.table.last_bucket[st.row]) * st.table.cadence_ns, warm=False,
+                       extra={"reason": reason})
+        st.table.release(st.row)
+        self._owners[_table_name(st.table.model)].pop(st.row, None)
+        self._streams.pop(st.id, None)
+        for k in st.keys:
+            self._routes.pop(k, None)
+
+    # ------------------------------------------------------------ the tick
+
+    def tick(self, now_ns: int | None = None) -> int:
+        """Process buffered readings: resample, step due streams in batches, score, decide, emit."""
+        now = time.time_ns() if now_ns is None else now_ns
+        with self._inbox_lock:
+            readings, self._inbox = self._inbox, []
+        with self._lock:
+            if self.registry.generation != self._generation:
+                self._sync_models()
+            dirty: dict[str, _Stream] = {}
+            routes = self._routes
+            drops = self._drops
+            for r in readings:
+                found = routes.get(r.stream, _MISSING)
+                hit = self._bind(r.stream) if found is _MISSING else found
+                if hit is None:
+                    continue
+                st, feature = hit
+                v = r.value
+                if not math.isfinite(v):
+                    drops["not_finite"].inc()
+                    continue
+                reason = st.res.add(r.ts_ns, feature, v)
+                if reason is not None:
+                    drops[reason].inc()
+                    continue
+                dirty[st.id] = st
+            warming = [st for st in self._streams.values() if st.needs_history]
+            if warming:
+                self._warm_from_store(warming, now)
+                for st in warming:
+                    dirty[st.id] = st
+            return self._run(dirty.values(), now)
+
+    def _run(self, streams: Any, now: int) -> int:
+        queues: dict[str, list[tuple[_Stream, list[Step]]]] = {}
+        for st in streams:
+            steps = st.res.ready(now)
+            if steps:
+                queues.setdefault(_table_name(st.table.model), []).append((st, steps))
+        done = 0
+        for name, queue in queues.items():
+            table = self._tables[name]
+            rnd = 0
+            while queue:
+                batch = [(st, steps[rnd]) for st, steps in queue]
+                done += self._step_batch(table, batch)
+                rnd += 1
+                queue = [(st, steps) for st, steps in queue if len(steps) > rnd]
+        return done
+
+    def _step_batch(self, table: ModelTable, batch: list[tuple[_Stream, Step]]) -> int:
+        rows = np.fromiter((st.row for st, _ in batch), np.intp, len(batch))
+        buckets = np.fromiter((s.bucket for _, s in batch), np.int64, len(batch))
+        x = np.array([s.values for _, s in batch], np.float32)  # (B, F)
+        resets = [st for st, s in batch if s.reset]
+        for st in resets:
+            self._drop_firing(st, "gap")
+            table.reset(np.array([st.row], np.intp))
+        t0 = time.perf_counter()
+        outcome = table.step(rows, buckets, x)
+        name = table.model.name
+        self.metrics.step_latency.labels(name).observe(time.perf_counter() - t0)
+        self.metrics.steps.labels(name).inc(len(batch))
+        if outcome.fired.size or outcome.resolved.size:
+            owners = self._owners[_table_name(table.model)]
+            for row in outcome.fired.tolist():
+                st = owners[row]
+                self._emit(st, "firing", int(table.last_bucket[row]) * table.cadence_ns, warm=True)
+            for row in outcome.resolved.tolist():
+                st = owners[row]
+                self._emit(st, "resolved", int(table.last_bucket[row]) * table.cadence_ns, warm=True)
+        if self.on_forecast is not None:
+            for st, _ in batch:
+                f = self._forecast_of(st)
+                if f is not None:
+                    self.on_forecast(f)
+        return len(batch)
+
+    def _drop_firing(self, st: _Stream, reason: str) -> None:
+        if st.table.decider.firing[st.row]:
+            self._emit(st, "resolved", int(st.table.last_bucket[st.row]) * st.table.cadence_ns, warm=False,
+                       extra={"reason": reason})
+
+    def _emit(self, st: _Stream, state: AlertState, ts_ns: int, warm: bool, extra: dict[str, str] | None = None) -> None:
+        t = st.table
+        j = int(t.top_feature[st.row]) if t.n_out > 1 else 0
+        lower, upper = t.band(st.row, j)
+        i_in = int(t.out_in[j])
+        alert = Alert(
+            stream_id=st.id,
+            device=st.device,
+            quantity=t.model.manifest.output_features[j] if st.quantity == "*" else st.quantity,
+            state=state,
+            ts_ns=ts_ns,
+            value=float(t.last_x[st.row, i_in]) if i_in >= 0 else math.nan,
+            expected=float(t.expected[st.row, j]),
+            lower=lower,
+            upper=upper,
+            score=float(t.score[st.row]),
+            model=t.model.name,
+            model_version=t.model.version,
+            warm=warm,
+            extra=extra or {},
+        )
+        self._alerts.append(alert)
+        self.metrics.alerts.labels(state).inc()
+        if self.on_alert is not None:
+            try:
+                self.on_alert(alert)
+            except Exception:  # a failing sink must not stop inference
+                log.exception("on_alert failed for %s", st.id)
+
+    # ------------------------------------------------------------ warm-up
+
+    def _warm_from_store(self, streams: list[_Stream], now: int) -> None:
+        for st in streams:
+            st.needs_history = False
+        if self.store is None:
+            return
+        by_need: dict[int, list[_Stream]] = {}
+        for st in streams:
+            by_need.setdefault(st.table.warm_need + HISTORY_SLACK, []).append(st)
+        for need, group in by_need.items():
+            keys = [k for st in group for k in st.keys]
+            try:
+                history = self.store.read_last_many(keys, need)
+            except StoreError as e:
+                log.warning("warm-up read failed for %d streams, warming live: %s", len(group), e)
+                continue
+            for st in group:
+                cutoff = st.res.first_pending_ts()
+                cutoff = now + 1 if cutoff is None else cutoff
+                earliest = cutoff - (st.table.warm_need + HISTORY_SLACK) * st.table.cadence_ns
+                for f, key in enumerate(st.keys):
+                    for r in history.get(key, ()):
+                        if earliest <= r.ts_ns < cutoff and math.isfinite(r.value):
+                            st.res.add(r.ts_ns, f, r.value)
+
+    # ------------------------------------------------------------ models
+
+    def _sync_models(self) -> None:
+        """After a registry change: move streams whose model changed (they re-warm)."""
+        self._generation = self.registry.generation
+        self._routes.clear()
+        for st in list(self._streams.values()):
+            rt = route(st.keys[0], self.registry, self.settings.models.bindings)
+            if rt is not None and rt.stream_id == st.id and rt.model is st.table.model:
+                continue
+            keys = st.keys
+            self._drop_stream(st, reason="model changed")
+            if rt is not None:
+                for k in keys:
+                    self._bind(k)
+        live = {_table_name(st.table.model) for st in self._streams.values()}
+        for name in list(self._tables):
+            if name not in live:
+                del self._tables[name]
+                self._owners.pop(name, None)
+
+    def reload_models(self) -> dict[str, Any]:
+        """Re-scan the models directory now; streams of changed models re-warm."""
+        report = self.registry.reload()
+        with self._lock:
+            if self.registry.generation != self._generation:
+                self._sync_models()
+        return dict(report)
+
+    def models(self) -> list[ModelInfo]:
+        with self._lock:
+            counts: dict[str, int] = {}
+            for st in self._streams.values():
+                counts[st.table.model.key] = counts.get(st.table.model.key, 0) + 1
+        out = []
+        for m in self.registry.all():
+            mf = m.manifest
+            out.append(ModelInfo(
+                name=m.name, version=m.version, kind=mf.kind, cell=mf.cell, features=tuple(mf.features),
+                output_features=tuple(mf.output_features), time_features=tuple(mf.time_features),
+                cadence_s=mf.cadence_s, horizon=mf.horizon, warmup_steps=mf.warmup_steps,
+                probabilistic=mf.probabilistic, default_threshold=mf.default_threshold, sha256=mf.sha256,
+                created_at=mf.created_at.isoformat(), streams=counts.get(m.key, 0), metrics=mf.metrics,
+            ))
+        return out
+
+    # ------------------------------------------------------------ queries
+
+    def _status_of(self, st: _Stream) -> StreamStatus:
+        t, row = st.table, st.row
+        have = int(t.warm_have[row])
+        warm = have >= t.warm_need
+        firing = bool(t.decider.firing[row])
+        j = int(t.top_feature[row]) if t.n_out > 1 else 0
+        i_in = int(t.out_in[j])
+        last_bucket = int(t.last_bucket[row])
+
+        def num(v: float) -> float | None:
+            return v if math.isfinite(v) else None
+
+        score = num(float(t.score[row]))
+        lower = upper = None
+        if score is not None:
+            lo, up = t.band(row, j)
+            lower, upper = num(lo), num(up)
+        return StreamStatus(
+            id=st.id, device=st.device, quantity=st.quantity, model=t.model.name,
+            model_version=t.model.version,
+            status="firing" if firing else ("ok" if warm else "warming"),
+            warm_have=min(have, t.warm_need), warm_need=t.warm_need,
+            last_ts_ns=last_bucket * t.cadence_ns if have > 0 else None,
+            last_value=num(float(t.last_x[row, i_in])) if i_in >= 0 and have > 0 else None,
+            score=score, expected=num(float(t.expected[row, j])) if have > 0 else None,
+            lower=lower, upper=upper,
+            feature=t.model.manifest.output_features[j] if t.n_out > 1 else None,
+        )
+
+    def streams(self) -> list[StreamStatus]:
+        with self._lock:
+            return [self._status_of(st) for st in sorted(self._streams.values(), key=lambda s: s.id)]
+
+    def stream(self, stream_id: str) -> StreamStatus | None:
+        with self._lock:
+            st = self._streams.get(stream_id)
+            return None if st is None else self._status_of(st)
+
+    def _forecast_of(self, st: _Stream) -> Forecast | None:
+        t, row = st.table, st.row
+        if t.warm_have[row] < t.warm_need:
+            return None
+        m = t.model.manifest
+        scale = tuple(tuple(r) for r in t.sc[row].tolist()) if t.has_scale else None
+        return Forecast(
+            stream_id=st.id, ts_ns=int(t.last_bucket[row]) * t.cadence_ns, cadence_s=m.cadence_s,
+            features=tuple(m.output_features), mean=tuple(tuple(r) for r in t.fc[row].tolist()),
+            scale=scale, model=t.model.name, model_version=t.model.version,
+        )
+
+    def forecast(self, stream_id: str) -> Forecast | None:
+        """The latest stateful forecast (None while warming or unknown)."""
+        with self._lock:
+            st = self._streams.get(stream_id)
+            return None if st is None else self._forecast_of(st)
+
+    def recent_alerts(self, limit: int = 100, stream: str | None = None, state: str | None = None) -> list[Alert]:
+        """Newest first."""
+        with self._lock:
+            out = []
+            for a in reversed(self._alerts):
+                if (stream is None or a.stream_id == stream) and (state is None or a.state == state):
+                    out.append(a)
+                    if len(out) >= limit:
+                        break
+            return out
+
+    def set_threshold(self, stream_id: str, threshold: float | None) -> None:
+        """Per-stream threshold override (None: back to the model/settings default)."""
+        with self._lock:
+            st = self._streams.get(stream_id)
+            if st is None:
+                raise KeyError(stream_id)
+            st.table.decider.set_threshold(st.row, threshold)
+
+    # ------------------------------------------------------------ stateless predict
+
+    def predict(
+        self,
+        model: str,
+        version: str | None,
+        values: list[list[float]],
+        timestamps_ns: list[int] | None = None,
+        cadence: float | None = None,
+    ) -> Forecast:
+        """Forecast from a given history with a fresh state (no stream state touched)."""
+        try:
+            loaded = self.registry.get(model, version)
+        except ModelError as e:
+            raise ValueError(str(e)) from e
+        m = loaded.manifest
+        if cadence is not None and not math.isclose(cadence, m.cadence_s):
+            raise ValueError(f"cadence {cadence} s does not match model {m.name}/{m.version} cadence {m.cadence_s} s")
+        if not values:
+            raise ValueError("values is empty: need at least one step of history")
+        n_f = len(m.features)
+        for i, row in enumerate(values):
+            if len(row) != n_f:
+                raise ValueError(f"values[{i}] has {len(row)} features, model expects {n_f} {list(m.features)}")
+        try:
+            x = np.array([[math.nan if v is None else v for v in row] for row in values], np.float32)  # (T, F)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"values must be numbers: {e}") from e
+        c_ns = round(m.cadence_s * NS_PER_S)
+        if timestamps_ns is None:
+            if m.time_features:
+                raise ValueError(f"model {m.name} uses time features {m.time_features}: timestamps_ns are required")
+            end = time.time_ns() // c_ns * c_ns
+            ts = np.arange(end - (len(values) - 1) * c_ns, end + 1, c_ns, dtype=np.int64)
+        else:
+            if len(timestamps_ns) != len(values):
+                raise ValueError(f"{len(timestamps_ns)} timestamps for {len(values)} rows of values")
+            ts = np.asarray(timestamps_ns, np.int64)
+            if ts.size > 1 and bool((np.diff(ts) <= 0).any()):
+                raise ValueError("timestamps_ns must be strictly increasing")
+        rt = loaded.runtime
+        if m.kind == "step":
+            state = np.zeros((1, m.state_size), np.float32)  # (1, S)
+            tfs = time_features(ts, m.time_features) if m.time_features else None  # (T, K)
+            fc = sc = None
+            for t in range(x.shape[0]):
+                fc, sc, state = rt.step(x[t : t + 1], state, None if tfs is None else tfs[t : t + 1])
+        else:
+            length = m.window or 1
+            win = np.full((1, length, n_f), np.nan, np.float32)  # (1, L, F), NaN-padded on the left
+            tail = x[-length:]
+            win[0, length - tail.shape[0] :] = tail
+            wts = np.zeros(length, np.int64)
+            wts[length - tail.shape[0] :] = ts[-length:]
+            tfw = time_features(wts[None, :], m.time_features) if m.time_features else None  # (1, L, K)
+            fc, sc = rt.window(win, tfw)
+        assert fc is not None
+        return Forecast(
+            stream_id="", ts_ns=int(ts[-1]), cadence_s=m.cadence_s, features=tuple(m.output_features),
+            mean=tuple(tuple(r) for r in fc[0].tolist()),
+            scale=None if sc is None else tuple(tuple(r) for r in sc[0].tolist()),
+            model=m.name, model_version=m.version,
+        )
+
+    # ------------------------------------------------------------ checkpoints
+
+    def checkpoint(self) -> int:
+        """Write every table's state to ``settings.streams.checkpoint_dir``; returns streams saved."""
+        directory = self.settings.streams.checkpoint_dir
+        saved = 0
+        with self._lock:
+            names = set()
+            for name, table in self._tables.items():
+                owners = self._owners[name]
+                rows = np.array(sorted(owners), np.intp)
+                meta = {
+                    "model": table.model.name, "version": table.model.version,
+                    "sha256": table.model.manifest.sha256, "saved_ns": time.time_ns(),
+                    "streams": [
+                        {
+                            "id": owners[r].id, "device": owners[r].device, "quantity": owners[r].quantity,
+                            "tags": [list(t) for t in owners[r].tags],
+                            "key": [owners[r].keys[0].device, owners[r].keys[0].quantity],
+                            "next_bucket": owners[r].res.next_bucket, "last_fed_ts": owners[r].res.last_fed_ts,
+                        }
+                        for r in rows.tolist()
+                    ],
+                }
+                checkpoint.write(directory, name, meta, table.export_rows(rows))
+                names.add(name)
+                saved += len(rows)
+            checkpoint.remove_others(directory, names)
+        return saved
+
+    def restore(self) -> int:
+        """Load checkpoints whose model still matches; returns streams restored."""
+        restored = 0
+        with self._lock:
+            for path, meta, arrays in checkpoint.read_all(self.settings.streams.checkpoint_dir):
+                try:
+                    loaded = self.registry.get(meta["model"], meta["version"])
+                except ModelError as e:
+                    log.warning("checkpoint %s skipped: %s", path, e)
+                    continue
+                if loaded.manifest.sha256 != meta["sha256"]:
+                    log.warning("checkpoint %s skipped: model %s changed since", path, loaded.key)
+                    continue
+                for i, s in enumerate(meta["streams"]):
+                    key = StreamKey(s["key"][0], s["key"][1], tuple((k, v) for k, v in s["tags"]))
+                    hit = self._bind(key)
+                    if hit is None or hit[0].table.model is not loaded or hit[0].id != s["id"]:
+                        continue  # bindings changed: this stream now warms from the store
+                    st = hit[0]
+                    rows = np.array([st.row], np.intp)
+                    st.table.import_rows(rows, {k: v[i : i + 1] for k, v in arrays.items()})
+                    st.res.restore(s["next_bucket"], s["last_fed_ts"])
+                    st.needs_history = False
+                    restored += 1
+        log.info("restored %d streams from checkpoints", restored)
+        return restored
+
+    def close(self) -> None:
+        """Final checkpoint (shutdown)."""
+        try:
+            self.checkpoint()
+        except OSError as e:
+            log.error("final checkpoint failed: %s", e)

@@ -1,0 +1,215 @@
+"""One model's state table: every stream it serves is a row; one batched call per step.
+
+Rows are stream slots in preallocated, batch-major float32 arrays (MEASURED.md: a table
+with rows gathered and scattered by index beats a dict of per-stream arrays, and copying
+rows out of ORT's outputs avoids pinning whole output buffers). ``step()`` advances a set
+of *distinct* rows by one bucket each: the engine splits a stream's consecutive buckets
+into consecutive calls.
+
+After each step the row holds the forecast made at that step (``fc``, ``sc``), the score
+of the value just fed against the forecast made one step earlier, and the band that
+score was measured in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from service.anomaly.decision import Decider
+from service.anomaly.scoring import SpreadScorer, z_for_score
+from service.config import AnomalySettings
+from service.records import NS_PER_S
+from service.runtime.registry import LoadedModel
+from service.runtime.timefeatures import time_features
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+IntArr = npt.NDArray[np.intp]
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    rows: IntArr  # the rows stepped, in call order
+    fired: IntArr  # rows that started firing
+    resolved: IntArr  # rows that resolved
+
+
+class ModelTable:
+    def __init__(self, model: LoadedModel, anomaly: AnomalySettings, capacity: int = 64) -> None:
+        m = model.manifest
+        self.model = model
+        self.runtime = model.runtime
+        self.cadence_ns = round(m.cadence_s * NS_PER_S)
+        self.n_in = len(m.features)
+        self.n_out = len(m.output_features)
+        self.horizon = m.horizon
+        self.state_size = m.state_size
+        self.window = m.window if m.kind == "window" else None
+        self.tf_names = list(m.time_features)
+        self.warm_need = max(m.warmup_steps, self.window or 0, 1)
+        # Output feature j is scored against input feature out_in[j] (-1: not an input).
+        self.out_in = np.array([m.features.index(f) if f in m.features else -1 for f in m.output_features])
+        threshold = anomaly.threshold if anomaly.threshold is not None else m.default_threshold
+        self.decider = Decider(
+            threshold, anomaly.clear_threshold, anomaly.min_count, anomaly.window, round(anomaly.cooldown_s * NS_PER_S)
+        )
+        self.scorer = SpreadScorer(self.n_out)
+        self.band_z = z_for_score(threshold)
+        self.capacity = 0
+        self.used = 0
+        self.free: list[int] = []
+        self.state: F32 = np.zeros((0, self.state_size), np.float32)  # (N, S)
+        self.fc: F32 = np.zeros((0, self.horizon, self.n_out), np.float32)  # (N, H, Fo)
+        self.sc: F32 = np.zeros((0, self.horizon, self.n_out), np.float32)  # (N, H, Fo)
+        self.has_scale = m.probabilistic
+        self.ring: F32 = np.zeros((0, self.window or 0, self.n_in), np.float32)  # (N, L, F)
+        self.ring_ts: I64 = np.zeros((0, self.window or 0), np.int64)  # (N, L)
+        self.warm_have: I64 = np.zeros(0, np.int64)
+        self.last_bucket: I64 = np.zeros(0, np.int64)
+        self.last_x: F32 = np.zeros((0, self.n_in), np.float32)  # (N, F)
+        self.score: F64 = np.zeros(0)
+        self.expected: F64 = np.zeros((0, self.n_out))  # (N, Fo) forecast for the last fed step
+        self.spread: F64 = np.zeros((0, self.n_out))
+        self.top_feature: I64 = np.zeros(0, np.int64)
+        self.grow(capacity)
+
+    # ------------------------------------------------------------ rows
+
+    def grow(self, capacity: int) -> None:
+        old = self.capacity
+        if capacity <= old:
+            return
+        extra = capacity - old
+
+        def more(a: npt.NDArray[np.generic], fill: float | int) -> npt.NDArray[np.generic]:
+            return np.concatenate([a, np.full((extra, *a.shape[1:]), fill, dtype=a.dtype)])
+
+        self.state = more(self.state, 0.0)  # type: ignore[assignment]
+        self.fc = more(self.fc, np.nan)  # type: ignore[assignment]
+        self.sc = more(self.sc, np.nan)  # type: ignore[assignment]
+        self.ring = more(self.ring, np.nan)  # type: ignore[assignment]
+        self.ring_ts = more(self.ring_ts, 0)  # type: ignore[assignment]
+        self.warm_have = more(self.warm_have, 0)  # type: ignore[assignment]
+        self.last_bucket = more(self.last_bucket, -1)  # type: ignore[assignment]
+        self.last_x = more(self.last_x, np.nan)  # type: ignore[assignment]
+        self.score = more(self.score, np.nan)  # type: ignore[assignment]
+        self.expected = more(self.expected, np.nan)  # type: ignore[assignment]
+        self.spread = more(self.spread, np.nan)  # type: ignore[assignment]
+        self.top_feature = more(self.top_feature, 0)  # type: ignore[assignment]
+        self.scorer.grow(capacity)
+        self.decider.grow(capacity)
+        self.free.extend(range(capacity - 1, old - 1, -1))
+        self.capacity = capacity
+
+    def add_row(self) -> int:
+        if not self.free:
+            self.grow(max(64, self.capacity * 2))
+        row = self.free.pop()
+        self.used += 1
+        self.reset(np.array([row], np.intp))
+        return row
+
+    def release(self, row: int) -> None:
+        self.reset(np.array([row], np.intp))
+        self.free.append(row)
+        self.used -= 1
+
+    def reset(self, rows: IntArr) -> None:
+        """Zero the recurrent state and forget forecasts, warm-up, scores and decisions."""
+        self.state[rows] = 0.0
+        self.fc[rows] = np.nan
+        self.sc[rows] = np.nan
+        self.ring[rows] = np.nan
+        self.warm_have[rows] = 0
+        self.last_x[rows] = np.nan
+        self.score[rows] = np.nan
+        self.expected[rows] = np.nan
+        self.spread[rows] = np.nan
+        self.scorer.reset(rows)
+        self.decider.reset(rows)
+
+    # ------------------------------------------------------------ stepping
+
+    def step(self, rows: IntArr, buckets: I64, x: F32) -> StepOutcome:
+        """Advance distinct ``rows`` (B,) by one bucket each with inputs ``x`` (B, F)."""
+        ts = buckets * self.cadence_ns  # (B,) step timestamps
+        was_warm = self.warm_have[rows] >= self.warm_need
+        # The forecast made one step earlier for this bucket, and its spread.
+        expected = self.fc[rows, 0, :].astype(np.float64)  # (B, Fo)
+        prev_scale = self.sc[rows, 0, :].astype(np.float64) if self.has_scale else None
+        if self.window is None:
+            tf = time_features(ts, self.tf_names) if self.tf_names else None  # (B, K)
+            fc, sc, state_out = self.runtime.step(x, self.state[rows], tf)
+            self.state[rows] = state_out
+        else:
+            # Shift each ring left by one and append x: (B, L, F).
+            self.ring[rows, :-1] = self.ring[rows, 1:]
+            self.ring[rows, -1] = x
+            self.ring_ts[rows, :-1] = self.ring_ts[rows, 1:]
+            self.ring_ts[rows, -1] = ts
+            tfw = time_features(self.ring_ts[rows], self.tf_names) if self.tf_names else None  # (B, L, K)
+            fc, sc = self.runtime.window(self.ring[rows], tfw)
+        self.fc[rows] = fc
+        if sc is not None:
+            self.sc[rows] = sc
+        self.warm_have[rows] += 1
+        self.last_bucket[rows] = buckets
+        self.last_x[rows] = x
+
+        # Score the fed values against the earlier forecast (only when it was made warm).
+        actual = np.full((len(rows), self.n_out), np.nan)
+        has_in = self.out_in >= 0
+        actual[:, has_in] = x[:, self.out_in[has_in]]
+        actual[~was_warm] = np.nan
+        score, spread = self.scorer.score(rows, actual, expected, prev_scale)
+        if self.n_out > 1:
+            with np.errstate(invalid="ignore"):
+                z = np.abs(actual - expected) / spread
+            self.top_feature[rows] = np.argmax(np.where(np.isnan(z), -1.0, z), axis=1)
+        self.score[rows] = score
+        self.expected[rows] = expected
+        self.spread[rows] = spread
+        fire_t, _ = self.decider.thresholds(rows)
+        # Anomalies stay out of the baseline; unscored rows (no baseline yet) may learn.
+        learn = was_warm & ~(score >= fire_t)
+        self.scorer.learn(rows[learn], actual[learn], expected[learn])
+        fired, resolved = self.decider.update(rows, score, ts)
+        return StepOutcome(rows, rows[fired], rows[resolved])
+
+    def band(self, row: int, feature: int) -> tuple[float, float]:
+        """Lower/upper of the band the last score of ``row`` was measured in."""
+        e = float(self.expected[row, feature])
+        half = self.band_z * float(self.spread[row, feature])
+        return e - half, e + half
+
+    # ------------------------------------------------------------ checkpoints
+
+    _ROW_ARRAYS = (
+        "state", "fc", "sc", "ring", "ring_ts", "warm_have", "last_bucket", "last_x",
+        "score", "expected", "spread", "top_feature",
+    )
+
+    def export_rows(self, rows: IntArr) -> dict[str, npt.NDArray[np.generic]]:
+        out: dict[str, npt.NDArray[np.generic]] = {k: getattr(self, k)[rows] for k in self._ROW_ARRAYS}
+        out["scorer.abs_ewma"] = self.scorer.abs_ewma[rows]
+        out["scorer.count"] = self.scorer.count[rows]
+        for k in ("hot", "warm", "firing", "quiet_until", "row_threshold"):
+            out[f"decider.{k}"] = getattr(self.decider, k)[rows]
+        return out
+
+    def import_rows(self, rows: IntArr, arrays: dict[str, npt.NDArray[np.generic]]) -> None:
+        """Load rows saved by ``export_rows`` (shapes must match this model)."""
+        for k in self._ROW_ARRAYS:
+            target = getattr(self, k)
+            src = arrays[k]
+            if src.shape[1:] != target.shape[1:]:
+                raise ValueError(f"checkpoint array {k} has shape {src.shape[1:]}, table has {target.shape[1:]}")
+            target[rows] = src
+        self.scorer.abs_ewma[rows] = arrays["scorer.abs_ewma"]
+        self.scorer.count[rows] = arrays["scorer.count"]
+        for k in ("hot", "warm", "firing", "quiet_until", "row_threshold"):
+            getattr(self.decider, k)[rows] = arrays[f"decider.{k}"]
