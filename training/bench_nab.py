@@ -1,0 +1,143 @@
+"""NAB benchmark: run detectors over all 58 files, write NAB result files, score them.
+
+    python -m training.bench_nab --data ../shared/data/nab          (make bench-nab)
+
+Detectors: ``sensorcast`` (an ONNX step model on the service's runtime and scorers, see
+``training.nab.live``), ``windowed_gaussian`` (NAB's baseline, to cross-check the scorer
+against its published 39.6) and ``gaussian_likelihood`` (persistence residual + a
+Numenta-style Gaussian anomaly likelihood, the post-processing sensorcast did not pick).
+Scores are normalised NAB scores (null detector 0, perfect 100) under the three profiles,
+printed beside the published scoreboard and written to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from service.anomaly.likelihood import LikelihoodConfig
+from training.nab.corpus import PROFILES, load_corpus, load_profiles
+from training.nab.detectors import ResidualConfig, ResidualDetector, windowed_gaussian
+from training.nab.live import LiveConfig, run_live
+from training.nab.persistence import write_model
+from training.nab.run import DetectorRun, run_detector, score_run, write_results
+
+# Published standard / low-FP / low-FN scores (NAB scoreboard, v1.1 data).
+SCOREBOARD = {
+    "ARTime": (74.9, 65.1, 80.4),
+    "Numenta HTM": (70.5, 62.6, 75.2),
+    "CAD OSE": (69.9, 67.0, 73.2),
+    "KNN CAD": (58.0, 43.4, 64.8),
+    "Random Cut Forest": (51.7, 38.4, 59.7),
+    "Twitter ADVec": (47.1, 33.6, 53.5),
+    "Windowed Gaussian": (39.6, 20.9, 47.4),
+    "Random": (11.0, 1.2, 19.5),
+}
+DETECTORS = ("sensorcast", "windowed_gaussian", "gaussian_likelihood")
+SHORT = {"standard": "standard", "reward_low_FP_rate": "low FP", "reward_low_FN_rate": "low FN"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=Path(os.environ.get("SENSORCAST_NAB_DATA", "../shared/data/nab")),
+                   help="NAB folder with data/, labels/ and profiles.json")
+    p.add_argument("--detectors", default=",".join(DETECTORS), help=f"comma-separated subset of {DETECTORS}")
+    p.add_argument("--files", default="", help="comma-separated file names (default: all 58)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="ONNX step model folder for 'sensorcast' (default: the persistence model, built on the fly)")
+    p.add_argument("--results", type=Path, default=Path("var/nab/results"), help="where NAB result files go")
+    p.add_argument("--json", type=Path, default=None, help="write machine-readable scores here (e.g. docs/results/nab.json)")
+
+
+def _run(name: str, files: list, profiles: dict, model: Path) -> DetectorRun:  # type: ignore[type-arg]
+    if name == "sensorcast":
+        t0 = time.perf_counter()
+        scores = run_live(files, model, LiveConfig())
+        return score_run(name, scores, time.perf_counter() - t0, files, profiles)
+    if name == "windowed_gaussian":
+        return run_detector(name, windowed_gaussian, files, profiles)
+    if name == "gaussian_likelihood":
+        cfg = replace(ResidualConfig(), spatial_tolerance=None, likelihood=LikelihoodConfig())
+        return run_detector(name, ResidualDetector(config=cfg), files, profiles)
+    raise SystemExit(f"unknown detector {name!r}; expected one of {DETECTORS}")
+
+
+def run(args: argparse.Namespace) -> int:
+    root: Path = args.data
+    if not (root / "labels" / "combined_windows.json").is_file():
+        print(f"bench-nab: no NAB corpus at {root} (expected labels/combined_windows.json)", file=sys.stderr)
+        return 2
+    only = [s for s in args.files.split(",") if s] or None
+    files = load_corpus(root, only)
+    profiles = load_profiles(root)
+    profiles = {p: profiles[p] for p in PROFILES if p in profiles}
+    names = [d for d in args.detectors.split(",") if d]
+    model = args.model
+    if model is None:
+        model = write_model(Path(tempfile.mkdtemp(prefix="nab-model-")))
+    n_rows = sum(len(f.values) for f in files)
+    print(f"NAB: {len(files)} files, {n_rows} rows, {sum(len(f.windows) for f in files)} windows; model {model}")
+    runs = []
+    for name in names:
+        r = _run(name, files, profiles, model)
+        out = write_results(r, files, args.results)
+        runs.append(r)
+        print(f"  {name}: {r.seconds:.1f} s ({n_rows / max(r.seconds, 1e-9):,.0f} rows/s), results in {out}")
+
+    head = f"{'detector':24s}" + "".join(f"{SHORT[p]:>10s}" for p in profiles)
+    print("\n" + head + "\n" + "-" * len(head))
+    for r in runs:
+        print(f"{r.name + ' (ours)':24s}" + "".join(f"{r.results[p].score:10.1f}" for p in profiles))
+    if only is None:
+        for name, vals in SCOREBOARD.items():
+            print(f"{name + ' (published)':24s}" + "".join(f"{v:10.1f}" for v in vals))
+    else:
+        print("(subset of files: not comparable with the published scoreboard)")
+    for r in runs:
+        s = r.results["standard"]
+        print(f"{r.name}: standard threshold {s.threshold:.4f}, windows detected {s.detected_windows}"
+              f"/{s.detected_windows + s.missed_windows}, false-positive rows {s.fp_rows}")
+
+    if args.json is not None:
+        doc = {
+            "benchmark": "NAB v1.1 corpus, own scorer (training/nab/scoring.py)",
+            "command": "python -m training.bench_nab --data ../shared/data/nab --json docs/results/nab.json",
+            "files": len(files),
+            "rows": n_rows,
+            "windows": sum(len(f.windows) for f in files),
+            "detectors": {
+                r.name: {
+                    "seconds": round(r.seconds, 2),
+                    **{p: {
+                        "score": round(res.score, 2),
+                        "raw": round(res.raw, 4),
+                        "threshold": float(np.round(res.threshold, 6)),
+                        "windows_detected": res.detected_windows,
+                        "windows_missed": res.missed_windows,
+                        "false_positive_rows": res.fp_rows,
+                    } for p, res in r.results.items()},
+                } for r in runs
+            },
+            "published": {k: dict(zip(profiles, v, strict=True)) for k, v in SCOREBOARD.items()},
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.bench_nab", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
