@@ -1,0 +1,123 @@
+"""ETTh1 benchmark, standard protocol: multivariate 7 -> 7, normalised test MSE / MAE.
+
+    python -m training.bench_ett --data ../shared/data/ett/ETTh1.csv \
+        [--cells gru,lstm,rnn,segrnn] [--horizons 96,336] [--out docs/results/ett.json]
+
+Step models stream through the whole series with state carried (what the service does)
+and are also scored from a fresh state fed only the L=96 rows before each forecast
+(the value of carried state). Results merge into the JSON file keyed by cell and
+horizon, so runs can be split across processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from training.config import STEP_CELLS, Config, DataConfig, ModelConfig, TrainConfig, validate
+from training.data import load_csv
+from training.trainer import assess, train
+
+ROWS = (8640, 11520, 14400)  # train / val / test ends (ETT protocol)
+ANCHORS = {"repeat-last": 1.295, "GRU (published)": 1.135, "DLinear (L=96)": 0.386, "SegRNN (L=96)": 0.368}
+
+# Settings chosen on the validation split (never on test); see docs/training.md.
+STEP_MODEL = ModelConfig(hidden=128, layers=1, dropout=0.2, lags=96)
+STEP_TRAIN = TrainConfig(epochs=40, batch=16, chunk=48, strand=480, lr=2e-3, weight_decay=0.05, patience=6, ema_decay=0.995)
+WINDOW_MODEL = ModelConfig(cell="segrnn", hidden=256, layers=1, dropout=0.1, window=96, segment=24)
+WINDOW_TRAIN = TrainConfig(epochs=30, batch=64, lr=1e-3, weight_decay=0.01, patience=5, ema_decay=0.995)
+
+
+def config_for(
+    cell: str, horizon: int, path: str, window: int, minutes: float, epochs: int | None, lags: int | None = None
+) -> Config:
+    data = DataConfig(source=path, time_column="date", split_rows=ROWS)
+    if cell in STEP_CELLS:
+        model, tr = replace(STEP_MODEL, cell=cell, horizon=horizon), STEP_TRAIN
+        if lags is not None:
+            model = replace(model, lags=lags)
+    else:
+        model, tr = replace(WINDOW_MODEL, cell=cell, horizon=horizon, window=window), WINDOW_TRAIN
+    tr = replace(tr, max_minutes=minutes, progress=sys.stderr.isatty())
+    if epochs:
+        tr = replace(tr, epochs=epochs)
+    cfg = Config(name=f"ett-{cell}-{horizon}", data=replace(data, split_rows=(ROWS[0], ROWS[1], ROWS[2])), model=model, train=tr)
+    validate(cfg)
+    return cfg
+
+
+def run_one(cfg: Config) -> dict[str, object]:
+    ds = load_csv(cfg.data)
+    t0 = time.monotonic()
+    t = train(cfg, ds)
+    secs = time.monotonic() - t0
+    test = assess(t, "test")
+    val = assess(t, "val")
+    row: dict[str, object] = {
+        "cell": cfg.model.cell,
+        "horizon": cfg.model.horizon,
+        "mode": "stream" if cfg.model.cell in STEP_CELLS else f"window L={cfg.model.window}",
+        "test_mse": test.model.mse,
+        "test_mae": test.model.mae,
+        "val_mse": val.model.mse,
+        "repeat_last_test_mse": test.repeat_last.mse,
+        "repeat_last_test_mae": test.repeat_last.mae,
+        "train_seconds": round(secs, 1),
+        "best_epoch": t.history.best_epoch,
+        "stopped": t.history.stopped,
+        "config": {"model": cfg.model.__repr__(), "train": cfg.train.__repr__()},
+    }
+    if test.seasonal_naive is not None:
+        row["seasonal_naive_test_mse"] = test.seasonal_naive.mse
+    if test.fresh is not None:
+        row["fresh_state_L96_test_mse"] = test.fresh.mse
+        row["fresh_state_L96_test_mae"] = test.fresh.mae
+    return row
+
+
+def merge(out: Path, key: str, row: dict[str, object]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = json.loads(out.read_text()) if out.exists() else {"anchors_h96_mse": ANCHORS, "results": {}}
+    doc["results"][key] = row
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+    tmp.replace(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=os.environ.get("SENSORCAST_ETT"), help="path to ETTh1.csv (or $SENSORCAST_ETT)")
+    p.add_argument("--cells", default="gru,lstm,rnn,segrnn")
+    p.add_argument("--horizons", default="96,336")
+    p.add_argument("--window", type=int, default=96, help="input length L of window models")
+    p.add_argument("--minutes", type=float, default=12.0, help="training time limit per setting")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lags", type=int, default=None, help="step models: lag buffer length (0: recurrent state only)")
+    p.add_argument("--out", type=Path, default=Path("docs/results/ett.json"))
+    a = p.parse_args(argv)
+    if not a.data or not Path(a.data).is_file():
+        p.error(f"ETTh1.csv not found at {a.data!r}: pass --data or set SENSORCAST_ETT")
+    for h in (int(x) for x in a.horizons.split(",")):
+        for cell in a.cells.split(","):
+            cfg = config_for(cell, h, a.data, a.window, a.minutes, a.epochs, a.lags)
+            cfg = replace(cfg, train=replace(cfg.train, threads=a.threads))
+            row = run_one(cfg)
+            key = f"{cell}-L{a.window}-H{h}" if cell not in STEP_CELLS else f"{cell}-stream-lags{cfg.model.lags}-H{h}"
+            merge(a.out, key, row)
+            print(
+                f"{key:24s} test MSE {row['test_mse']:.4f} MAE {row['test_mae']:.4f} "
+                f"(repeat-last {row['repeat_last_test_mse']:.4f}; fresh-L96 {row.get('fresh_state_L96_test_mse', float('nan')):.4f}) "
+                f"train {row['train_seconds']} s, best epoch {row['best_epoch']}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""``sensorcast train``: history -> trained network -> ONNX artefact + report.
+
+    sensorcast train --config train.toml [--source data.csv] [--cell lstm] [--epochs 20] ...
+
+Flags override the config file; with no config file the flags alone describe the run.
+Writes ``<models-dir>/<name>/<version>/{model.onnx, manifest.json}`` and, in
+``<runs-dir>/<name>/<version>/`` (default ``reports/train``), ``checkpoint.pt`` (weights + config), ``report.json``,
+``report.md`` and the plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from training.config import Config, from_dict, load
+
+_DATA = {"source": str, "time_column": str, "series_column": str, "cadence_s": float, "layout": str}
+_MODEL = {"cell": str, "hidden": int, "layers": int, "dropout": float, "horizon": int, "lags": int,
+          "scaling": str, "window": int, "segment": int}
+_TRAIN = {"epochs": int, "batch": int, "chunk": int, "lr": float, "seed": int, "threads": int, "patience": int}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML or YAML file with [data], [model], [train] tables")
+    p.add_argument("--name", help="model name (folder under --models-dir)")
+    p.add_argument("--version", help="model version (default: UTC timestamp)")
+    for group in (_DATA, _MODEL, _TRAIN):
+        for key, typ in group.items():
+            p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=typ, default=None)
+    p.add_argument("--streams", help="comma-separated: store stream ids (device/quantity) or CSV columns")
+    p.add_argument("--time-features", help="comma-separated names from service.runtime.timefeatures ('' for none)")
+    p.add_argument("--split-rows", help="train_end,val_end,test_end rows (default: 70/10/20 split)")
+    p.add_argument("--bidirectional", action="store_true", help="window models only")
+    p.add_argument("--minutes", type=float, help="training time limit")
+    p.add_argument("--models-dir", type=Path, default=Path("models"))
+    p.add_argument("--runs-dir", type=Path, default=Path("reports/train"))
+    p.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    raw: dict[str, Any] = load(args.config).to_dict() if args.config else Config().to_dict()
+    for table, group in (("data", _DATA), ("model", _MODEL), ("train", _TRAIN)):
+        for key in group:
+            v = getattr(args, key, None)
+            if v is not None:
+                raw[table][key] = v
+    if args.streams is not None:
+        raw["data"]["streams"] = [s for s in args.streams.split(",") if s]
+    if args.time_features is not None:
+        raw["data"]["time_features"] = [s for s in args.time_features.split(",") if s]
+    if args.split_rows:
+        raw["data"]["split_rows"] = [int(x) for x in args.split_rows.split(",")]
+    if args.bidirectional:
+        raw["model"]["bidirectional"] = True
+    if args.minutes is not None:
+        raw["train"]["max_minutes"] = args.minutes
+    if args.no_progress:
+        raw["train"]["progress"] = False
+    if args.name:
+        raw["name"] = args.name
+    if args.version:
+        raw["version"] = args.version
+    cfg = from_dict(raw)
+    if not cfg.data.source:
+        raise SystemExit("sensorcast train: no data source (--source or [data] source in the config)")
+    if not cfg.version:
+        cfg = replace(cfg, version=datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from training.data import load as load_data
+    from training.evaluate import report_markdown, write_report
+    from training.export import export, save_checkpoint
+    from training.trainer import assess, train
+
+    cfg = config_from_args(args)
+    torch.set_num_threads(cfg.train.threads)
+    ds = load_data(cfg.data)
+    print(f"data: {len(ds.series)} series x {len(ds.features)} features, cadence {ds.cadence_s:g} s, "
+          f"{sum(len(s.values) for s in ds.series)} rows from {ds.source}")
+    t = train(cfg, ds)
+    a = {"val": assess(t, "val"), "test": assess(t, "test")}
+    exported = export(t, args.models_dir, a, version=cfg.version)
+    run_dir = args.runs_dir / cfg.name / cfg.version
+    save_checkpoint(t, run_dir / "checkpoint.pt")
+    rep = write_report(t, a, run_dir)
+    print(report_markdown(rep))
+    print(f"model: {exported.folder} (ONNX parity {exported.parity:.1e})")
+    print(f"report, plots, checkpoint: {run_dir}")
+    return 0

@@ -1,0 +1,138 @@
+"""Training configuration: three frozen dataclasses, loadable from TOML or YAML.
+
+The checkpoint stores ``asdict(config)`` so a model file always says how it was made.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+STEP_CELLS = ("rnn", "lstm", "gru", "seq2seq-gru", "seq2seq-lstm")
+WINDOW_CELLS = ("segrnn",)
+
+
+@dataclass(frozen=True, slots=True)
+class DataConfig:
+    source: str = ""  # CSV path or store URL (influxdb://, sqlite:///, memory://)
+    streams: tuple[str, ...] = ()  # store: stream ids "device/quantity"; CSV: value columns
+    time_column: str = "date"
+    series_column: str | None = None  # CSV: one column naming the series (long format)
+    cadence_s: float = 0.0  # 0: inferred from the median timestamp step
+    start: str | None = None  # ISO time range for store reads
+    end: str | None = None
+    split: tuple[float, float] = (0.7, 0.1)  # train, validation fractions; rest is test
+    split_rows: tuple[int, int, int] | None = None  # explicit train_end, val_end, test_end rows
+    time_features: tuple[str, ...] = ("hour_sin", "hour_cos", "dow_sin", "dow_cos")
+    # "series": each series (stream) is one multivariate asset with these features.
+    # "univariate": every column/stream becomes its own F=1 series (global model).
+    layout: str = "series"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    cell: str = "gru"  # rnn | lstm | gru | seq2seq-gru | seq2seq-lstm | segrnn
+    hidden: int = 64
+    layers: int = 1
+    dropout: float = 0.1
+    horizon: int = 12
+    scaling: str = "fixed"  # fixed: train mean/std in the graph; ema: per-stream running stats in state
+    ema_alpha: float = 0.01  # floor of the running-stats weight (~1/alpha steps of memory)
+    lags: int = 0  # step models: last `lags` values kept in the state for a linear skip head
+    window: int = 96  # window models: input length L
+    segment: int = 24  # segrnn: segment length w (window % segment == 0)
+    bidirectional: bool = False  # window models only
+    probabilistic: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    epochs: int = 30
+    batch: int = 32
+    chunk: int = 48  # truncated BPTT length
+    strand: int = 384  # step models: contiguous run each batch row walks through per epoch
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    clip: float = 1.0
+    patience: int = 5
+    ema_decay: float = 0.99  # weight averaging; 0 disables
+    nll_weight: float = 0.2  # the spread head learns by Gaussian NLL; the mean by MSE
+    seed: int = 0
+    threads: int = 1
+    max_minutes: float = 15.0
+    progress: bool = True
+    decoder_positions: int = 8  # seq2seq: positions per chunk that run the decoder in training
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    name: str = "model"
+    version: str = ""  # empty: a UTC timestamp at export
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _build(cls: type[Any], raw: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; expected some of {sorted(known)}")
+    out = {}
+    for k, v in raw.items():
+        out[k] = tuple(v) if isinstance(v, list) else v
+    return cls(**out)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    top = dict(raw)
+    data = _build(DataConfig, top.pop("data", {}) or {}, "[data]")
+    model = _build(ModelConfig, top.pop("model", {}) or {}, "[model]")
+    train = _build(TrainConfig, top.pop("train", {}) or {}, "[train]")
+    base = _build(Config, top, "top level")
+    cfg = replace(base, data=data, model=model, train=train)
+    validate(cfg)
+    return cfg
+
+
+def load(path: Path) -> Config:
+    """Read a TOML (.toml) or YAML (.yaml/.yml) config file."""
+    text = path.read_text()
+    if path.suffix == ".toml":
+        raw = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        raw = yaml.safe_load(text) or {}
+    else:
+        raise ValueError(f"{path}: config must be .toml, .yaml or .yml, found {path.suffix!r}")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return from_dict(raw)
+
+
+def validate(cfg: Config) -> None:
+    """Refuse contradictory settings with a message that says what was found."""
+    m = cfg.model
+    if m.cell not in STEP_CELLS + WINDOW_CELLS:
+        raise ValueError(f"model.cell {m.cell!r} unknown; expected one of {STEP_CELLS + WINDOW_CELLS}")
+    if m.bidirectional and m.cell in STEP_CELLS:
+        raise ValueError(
+            f"model.bidirectional needs the whole window recomputed; step model {m.cell!r} "
+            "sees one reading at a time. Use cell='segrnn' or bidirectional=false."
+        )
+    if m.scaling not in ("fixed", "ema"):
+        raise ValueError(f"model.scaling {m.scaling!r}: expected 'fixed' or 'ema'")
+    if m.cell in WINDOW_CELLS and m.window % m.segment:
+        raise ValueError(f"model.window {m.window} must be a multiple of model.segment {m.segment}")
+    if m.cell in WINDOW_CELLS and m.scaling != "fixed":
+        raise ValueError("window models normalise by the window's last value; use scaling='fixed'")
+    if m.horizon < 1 or m.hidden < 1 or m.layers < 1:
+        raise ValueError("model.horizon, hidden and layers must be >= 1")
+    if cfg.data.layout not in ("series", "univariate"):
+        raise ValueError(f"data.layout {cfg.data.layout!r}: expected 'series' or 'univariate'")

@@ -1,0 +1,221 @@
+"""Export a trained network as ``models/<name>/<version>/{model.onnx, manifest.json}``.
+
+The ONNX graph is checked with ``onnx.checker`` and rolled through onnxruntime against
+the PyTorch model before the manifest is written: step graphs over a long sequence with
+the state fed back (NaNs included), window graphs over a batch of windows. An untrained
+network is refused, so a random model never ships by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from service.errors import ModelError
+from service.runtime.manifest import DataRange, Manifest, load_manifest, sha256_file
+from training.data import F32
+from training.nets import SegRNN, StepGraph, StepNet
+from training.trainer import Assessment, Trained, time_names
+
+OPSET = 17
+PARITY_TOL = 1e-4  # max abs difference in normalised units (raw / train std)
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    folder: Path
+    manifest: Manifest
+    parity: float  # max abs diff ONNX vs torch, in train-std units
+
+
+def _io(net: StepNet | SegRNN) -> tuple[tuple[torch.Tensor, ...], list[str], dict[str, dict[int, str]]]:
+    F = net.n_features
+    if isinstance(net, StepNet):
+        args: tuple[torch.Tensor, ...] = (torch.zeros(2, F), net.initial_state(2))
+        names = ["x", "state"]
+        if net.n_time:
+            args += (torch.zeros(2, net.n_time),)
+            names.append("tf")
+        outs = ["forecast", "scale", "state_out"]
+    else:
+        args = (torch.zeros(2, net.cfg.window, F),)
+        names = ["x"]
+        outs = ["forecast", "scale"]
+    axes = {n: {0: "B"} for n in names + outs}
+    return args, names, axes
+
+
+def to_onnx(net: StepNet | SegRNN, path: Path) -> None:
+    """Write the graph (dynamic batch) and run onnx.checker on it."""
+    import onnx
+
+    if not getattr(net, "trained", False):
+        raise ModelError("refusing to export an untrained network: train it first (training.trainer.train)")
+    net.eval()
+    module: torch.nn.Module = StepGraph(net) if isinstance(net, StepNet) else net
+    # export() restores the wrapper's train/eval mode afterwards, recursively: a fresh
+    # wrapper is in train mode and would silently switch dropout back on in `net`.
+    module.eval()
+    args, names, axes = _io(net)
+    outs = ["forecast", "scale", "state_out"] if isinstance(net, StepNet) else ["forecast", "scale"]
+    # dynamo=False: a lighter graph, faster at B=1 (MEASURED.md); batch axes declared explicitly.
+    torch.onnx.export(
+        module,
+        args,
+        str(path),
+        input_names=names,
+        output_names=outs,
+        dynamic_axes=axes,
+        opset_version=OPSET,
+        dynamo=False,
+    )
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def parity(net: StepNet | SegRNN, path: Path, sample: F32, tf: F32 | None, steps: int = 300) -> float:
+    """Max |ONNX - torch| over a rollout (step) or a window batch, in train-std units.
+
+    ``sample`` (N, F) raw values, ``tf`` (N, K); NaNs are sprinkled in to exercise the mask.
+    """
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    net.eval()
+    std = net.std.numpy()  # type: ignore[operator]
+    rng = np.random.default_rng(0)
+    B = 3
+    if isinstance(net, StepNet):
+        T = min(steps, len(sample) - B)
+        x = np.stack([sample[b : b + T] for b in range(B)]).astype(np.float32)  # (B, T, F)
+        x[rng.random(x.shape) < 0.05] = np.nan
+        t = np.stack([tf[b : b + T] for b in range(B)]).astype(np.float32) if tf is not None and net.n_time else None
+        with torch.no_grad():
+            fc_t, sc_t, st_t = net.seq(torch.from_numpy(x), None if t is None else torch.from_numpy(t), net.initial_state(B))
+        state = np.zeros((B, net.state_size), dtype=np.float32)
+        worst = 0.0
+        for i in range(T):
+            feed = {"x": x[:, i], "state": state}
+            if t is not None:
+                feed["tf"] = t[:, i]
+            fc, sc, state = sess.run(None, feed)
+            worst = max(
+                worst,
+                float(np.abs((fc - fc_t[:, i].numpy()) / std).max()),
+                float(np.abs((sc - sc_t[:, i].numpy()) / std).max()),
+            )
+        if not np.allclose(state, st_t.numpy(), atol=1e-3, rtol=1e-3):
+            worst = max(worst, float(np.abs(state - st_t.numpy()).max()))
+        return worst
+    L = net.cfg.window
+    n = min(16, len(sample) - L)
+    x = np.stack([sample[i : i + L] for i in range(n)]).astype(np.float32)  # (n, L, F)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    with torch.no_grad():
+        fc_t, sc_t = net(torch.from_numpy(x))
+    fc, sc = sess.run(None, {"x": x})
+    return max(float(np.abs((fc - fc_t.numpy()) / std).max()), float(np.abs((sc - sc_t.numpy()) / std).max()))
+
+
+def _metrics(a: dict[str, Assessment]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for split, s in a.items():
+        m: dict[str, float] = {"mse": s.model.mse, "mae": s.model.mae, "repeat_last_mse": s.repeat_last.mse,
+                               "repeat_last_mae": s.repeat_last.mae}
+        if s.seasonal_naive is not None:
+            m["seasonal_naive_mse"] = s.seasonal_naive.mse
+            m["seasonal_naive_mae"] = s.seasonal_naive.mae
+        if s.fresh is not None:
+            m["fresh_state_mse"] = s.fresh.mse
+        for h in sorted({0, len(s.model.mse_by_step) // 2, len(s.model.mse_by_step) - 1}):
+            m[f"mse_h{h + 1}"] = s.model.mse_by_step[h]
+        out[split] = m
+    return out
+
+
+def warmup_steps(t: Trained) -> int:
+    if isinstance(t.net, SegRNN):
+        return t.cfg.model.window
+    # The training burn-in (one chunk) plus the lag buffer: before that the state is not
+    # what the model was trained on.
+    return max(t.cfg.train.chunk, t.cfg.model.lags)
+
+
+def export(
+    t: Trained,
+    models_dir: Path,
+    assessments: dict[str, Assessment],
+    version: str | None = None,
+    default_threshold: float = 0.999,
+    extra_metrics: dict[str, dict[str, float]] | None = None,
+) -> Exported:
+    """Write the artefact; returns its folder, the validated manifest and the parity gap."""
+    version = version or t.cfg.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = models_dir / t.cfg.name / version
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx_path = folder / "model.onnx"
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        tmp_onnx = Path(tmp) / "model.onnx"
+        to_onnx(t.net, tmp_onnx)
+        d0 = t.data[0]
+        gap = parity(t.net, tmp_onnx, d0.values[: d0.split.train_end], d0.tf)
+        if not gap <= PARITY_TOL:
+            raise ModelError(f"ONNX and torch disagree by {gap:.2e} (> {PARITY_TOL}) in train-std units")
+        tmp_onnx.replace(onnx_path)
+    net = t.net
+    ts = np.concatenate([s.ts_ns for s in t.dataset.series])
+    metrics = _metrics(assessments)
+    metrics["parity"] = {"max_abs_diff_std_units": gap}
+    metrics["training"] = {"seconds": t.history.seconds, "best_epoch": float(t.history.best_epoch),
+                           "best_val_mse": t.history.best_val}
+    metrics.update(extra_metrics or {})
+    manifest = Manifest(
+        name=t.cfg.name,
+        version=version,
+        kind="step" if isinstance(net, StepNet) else "window",
+        cell=t.cfg.model.cell,
+        layers=t.cfg.model.layers,
+        hidden=t.cfg.model.hidden,
+        state_size=net.state_size if isinstance(net, StepNet) else 0,
+        window=t.cfg.model.window if isinstance(net, SegRNN) else None,
+        features=list(t.dataset.features),
+        output_features=list(t.dataset.features),
+        time_features=list(time_names(t.cfg)),
+        cadence_s=t.dataset.cadence_s,
+        horizon=t.cfg.model.horizon,
+        warmup_steps=warmup_steps(t),
+        probabilistic=True,
+        default_threshold=default_threshold,
+        data=DataRange(
+            source=t.dataset.source,
+            start=datetime.fromtimestamp(int(ts.min()) / 1e9, tz=UTC),
+            end=datetime.fromtimestamp(int(ts.max()) / 1e9, tz=UTC),
+            rows=int(sum(len(s.values) for s in t.dataset.series)),
+        ),
+        metrics=metrics,
+        sha256=sha256_file(onnx_path),
+        created_at=datetime.now(UTC),
+    )
+    (folder / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    return Exported(folder, load_manifest(folder), gap)
+
+
+def save_checkpoint(t: Trained, path: Path) -> None:
+    """Weights plus everything needed to rebuild the network (the config travels along)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob: dict[str, Any] = {
+        "config": t.cfg.to_dict(),
+        "features": list(t.dataset.features),
+        "cadence_s": t.dataset.cadence_s,
+        "mean": t.mean.tolist(),
+        "std": t.std.tolist(),
+        "state_dict": t.net.state_dict(),
+        "history": t.history.epochs,
+    }
+    torch.save(blob, path)

@@ -1,0 +1,121 @@
+"""From a config and a dataset to a trained network and its accuracy report.
+
+``train`` is what ``sensorcast train`` and the ETT benchmark both call; ``assess`` scores
+a network on validation and test next to repeat-last and seasonal-naive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from training import rollout
+from training.config import STEP_CELLS, Config
+from training.data import F32, Dataset, split_rows, targets, tf_for, train_stats
+from training.fit import History, Prepared, fit_step, fit_window
+from training.metrics import Score, repeat_last, score, season_steps, seasonal_naive
+from training.nets import SegRNN, StepNet
+
+
+@dataclass(slots=True)
+class Trained:
+    cfg: Config
+    net: StepNet | SegRNN
+    history: History
+    data: list[Prepared]
+    mean: F32  # (F,) pooled train stats, baked into the graph
+    std: F32
+    dataset: Dataset
+
+
+def time_names(cfg: Config) -> tuple[str, ...]:
+    # Window models (SegRNN) read only values: their level comes from the window itself.
+    return tuple(cfg.data.time_features) if cfg.model.cell in STEP_CELLS else ()
+
+
+def prepare(ds: Dataset, cfg: Config) -> tuple[list[Prepared], F32, F32]:
+    splits = [split_rows(len(s.values), cfg.data) for s in ds.series]
+    mean, std = train_stats([s.values for s in ds.series], splits)
+    names = time_names(cfg)
+    out = []
+    for s, sp in zip(ds.series, splits, strict=True):
+        m, sd = train_stats([s.values], [sp])
+        out.append(Prepared(s.values, tf_for(s, names), sp, m, sd))
+    return out, mean, std
+
+
+def build(cfg: Config, n_features: int, mean: F32, std: F32) -> StepNet | SegRNN:
+    if cfg.model.cell in STEP_CELLS:
+        return StepNet(cfg.model, n_features, len(time_names(cfg)), mean.tolist(), std.tolist())
+    return SegRNN(cfg.model, n_features, mean.tolist(), std.tolist())
+
+
+def train(cfg: Config, ds: Dataset) -> Trained:
+    data, mean, std = prepare(ds, cfg)
+    net = build(cfg, len(ds.features), mean, std)
+    if isinstance(net, StepNet):
+        hist = fit_step(net, data, cfg.train)
+    else:
+        hist = fit_window(net, data, cfg.train)
+    net.trained = True  # export refuses a network without this mark
+    return Trained(cfg, net, hist, data, mean, std, ds)
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    model: Score
+    repeat_last: Score
+    seasonal_naive: Score | None
+    fresh: Score | None  # step models: zero state fed only `window` rows (the carried-state gap)
+
+
+def forecasts(net: nn.Module, d: Prepared, pos: np.ndarray) -> F32:
+    if isinstance(net, StepNet):
+        return rollout.stream(net, d.values, d.tf, pos)
+    assert isinstance(net, SegRNN)
+    return rollout.windowed(net, d.values, pos)[0]
+
+
+def assess(t: Trained, which: str, fresh_length: int | None = None) -> Assessment:
+    """Score on 'val' or 'test', pooled over every series.
+
+    ``fresh_length`` (step models): rows a fresh state is fed before a forecast; by
+    default the lag buffer or the training burn-in, whichever is longer.
+    """
+    H = t.cfg.model.horizon
+    fresh_length = fresh_length or max(t.cfg.model.lags, t.cfg.train.chunk)
+    first = t.cfg.model.window - 1 if isinstance(t.net, SegRNN) else 0
+    first = max(first, fresh_length - 1) if isinstance(t.net, StepNet) else first
+    season = season_steps(t.dataset.cadence_s, H)
+    parts: dict[str, list[tuple[F32, F32, F32, F32]]] = {"model": [], "last": [], "season": [], "fresh": []}
+    for d in t.data:
+        lo, hi = (d.split.train_end, d.split.val_end) if which == "val" else (d.split.val_end, d.split.test_end)
+        pos = rollout.split_positions(lo, hi, H, first_valid=first)
+        if len(pos) == 0:
+            continue
+        y = targets(d.values, H, hi)[pos]
+        parts["model"].append((forecasts(t.net, d, pos), y, d.mean, d.std))
+        parts["last"].append((repeat_last(d.values, pos, H), y, d.mean, d.std))
+        sn = seasonal_naive(d.values, pos, H, season)
+        if not np.isnan(sn).all():
+            parts["season"].append((sn, y, d.mean, d.std))
+        if isinstance(t.net, StepNet):
+            parts["fresh"].append((rollout.fresh(t.net, d.values, d.tf, pos, fresh_length), y, d.mean, d.std))
+    if not parts["model"]:
+        raise ValueError(f"no {which} positions: series too short for horizon {H}")
+
+    def pooled(items: list[tuple[F32, F32, F32, F32]]) -> Score | None:
+        if not items:
+            return None
+        # Bring every series to its own train-std units, then score together.
+        fc = np.concatenate([(f - m) / s for f, _, m, s in items])
+        ys = np.concatenate([(y - m) / s for _, y, m, s in items])
+        F = fc.shape[-1]
+        return score(fc, ys, np.zeros(F, np.float32), np.ones(F, np.float32))
+
+    m = pooled(parts["model"])
+    r = pooled(parts["last"])
+    assert m is not None and r is not None
+    return Assessment(m, r, pooled(parts["season"]), pooled(parts["fresh"]))
