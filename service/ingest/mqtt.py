@@ -111,6 +111,7 @@ class MqttSource:
         self.subscribed = threading.Event()
         self._in = on_readings
         self.ack_errors = 0
+        self.acked = 0  # messages acknowledged to the broker (tests and status)
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -194,7 +195,9 @@ class MqttSource:
             if g != gen:
                 continue  # from an earlier connection: the broker will redeliver it
             rc = self.client.ack(mid, qos)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self.acked += 1
+            else:
                 self.ack_errors += 1
                 if self.ack_errors < 10 or self.ack_errors % 10_000 == 0:
                     log.warning("MQTT ack of mid %d failed: %s (redelivery will follow)", mid, paho.error_string(rc))

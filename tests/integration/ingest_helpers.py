@@ -48,6 +48,12 @@ def payload(r: Reading) -> bytes:
     return f'{{"ts": {r.ts_ns}, "value": {r.value!r}}}'.encode()
 
 
+def acked(info: paho.MQTTMessageInfo) -> bool:
+    # is_published() raises for a message queued while disconnected (rc NO_CONN) even after
+    # paho resent it and the broker acknowledged it; the flag itself is what we need.
+    return bool(info._published)
+
+
 @dataclass
 class Publisher:
     """A QoS 1 publisher that reconnects and resends what the broker has not acknowledged."""
@@ -84,12 +90,12 @@ class Publisher:
         deadline = time.monotonic() + timeout
         pending = self.infos[: upto if upto is not None else len(self.infos)]
         for _, info in pending:
-            while not info.is_published():
+            while not acked(info):
                 assert time.monotonic() < deadline, "broker did not acknowledge in time"
                 time.sleep(0.01)
 
     def acked(self) -> list[Reading]:
-        return [r for r, info in self.infos if info.is_published()]
+        return [r for r, info in self.infos if acked(info)]
 
     def close(self) -> None:
         self.client.disconnect()
