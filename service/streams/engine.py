@@ -39,6 +39,8 @@ from service.streams.table import ModelTable
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+IntArr = npt.NDArray[np.intp]
 _MISSING = object()
 HISTORY_SLACK = 2  # extra buckets read for warm-up beyond the model's need
 
@@ -46,7 +48,7 @@ HISTORY_SLACK = 2  # extra buckets read for warm-up beyond the model's need
 class _Stream:
     """Mutable per-stream bookkeeping (the numbers live in the model table)."""
 
-    __slots__ = ("device", "features", "id", "keys", "needs_history", "quantity", "res", "row", "table", "tags")
+    __slots__ = ("device", "features", "id", "keys", "quantity", "res", "row", "table", "tags")
 
     def __init__(self, sid: str, key: StreamKey, rt: Route, table: ModelTable, row: int, res: Resampler) -> None:
         self.id = sid
@@ -60,7 +62,6 @@ class _Stream:
         self.table = table
         self.row = row
         self.res = res
-        self.needs_history = True
 
 
 def _table_name(model: LoadedModel) -> str:
@@ -92,6 +93,10 @@ class Engine:
         self._routes: dict[StreamKey, Any] = {}  # -> (stream, feature) | None
         self._alerts: deque[Alert] = deque(maxlen=1000)
         self._generation = registry.generation
+        self._by_uid: dict[int, ModelTable] = {}
+        self._next_uid = 0
+        self._need_history: dict[str, _Stream] = {}
+        self._waiting: dict[int, list[_Stream]] = {}  # due time (ns) -> streams with pending buckets
         self._drops = {r: metrics.late_dropped.labels(r) for r in ("late", "duplicate", "not_finite")}
 
     # ------------------------------------------------------------ intake
@@ -105,7 +110,7 @@ class Engine:
         with self._inbox_lock:
             return len(self._inbox)
 
-    def _bind(self, key: StreamKey) -> tuple[_Stream, int] | None:
+    def _bind(self, key: StreamKey) -> tuple[int, int, int, _Stream] | None:
         rt = route(key, self.registry, self.settings.models.bindings)
         if rt is None:
             self._routes[key] = None
@@ -121,7 +126,8 @@ class Engine:
             st = _Stream(rt.stream_id, key, rt, table, row, res)
             self._streams[st.id] = st
             self._owners[_table_name(rt.model)][row] = st
-        hit = (st, rt.feature)
+            self._need_history[st.id] = st
+        hit = (st.table.uid, st.row, rt.feature, st)
         self._routes[key] = hit
         return hit
 
@@ -130,16 +136,18 @@ class Engine:
         table = self._tables.get(name)
         if table is None or table.model is not model:
             table = self._tables[name] = ModelTable(model, self.settings.anomaly)
+            self._next_uid += 1
+            table.uid = self._next_uid
+            self._by_uid[table.uid] = table
             self._owners[name] = {}
         return table
 
     def _drop_stream(self, st: _Stream, reason: str) -> None:
-        if st.table.decider.firing[st.row]:
-            self._emit(st, "resolved", int(st.table.last_bucket[st.row]) * st.table.cadence_ns, warm=False,
-                       extra={"reason": reason})
+        self._drop_firing(st, reason)
         st.table.release(st.row)
         self._owners[_table_name(st.table.model)].pop(st.row, None)
         self._streams.pop(st.id, None)
+        self._need_history.pop(st.id, None)
         for k in st.keys:
             self._routes.pop(k, None)
 
@@ -153,75 +161,162 @@ class Engine:
         with self._lock:
             if self.registry.generation != self._generation:
                 self._sync_models()
-            dirty: dict[str, _Stream] = {}
             routes = self._routes
-            drops = self._drops
+            hits: list[tuple[int, int, int, _Stream]] = []
+            tss: list[int] = []
+            vals: list[float] = []
             for r in readings:
                 found = routes.get(r.stream, _MISSING)
                 hit = self._bind(r.stream) if found is _MISSING else found
-                if hit is None:
-                    continue
-                st, feature = hit
-                v = r.value
-                if not math.isfinite(v):
-                    drops["not_finite"].inc()
-                    continue
-                reason = st.res.add(r.ts_ns, feature, v)
-                if reason is not None:
-                    drops[reason].inc()
-                    continue
-                dirty[st.id] = st
-            warming = [st for st in self._streams.values() if st.needs_history]
-            if warming:
-                self._warm_from_store(warming, now)
+                if hit is not None:
+                    hits.append(hit)
+                    tss.append(r.ts_ns)
+                    vals.append(r.value)
+            slow: dict[str, _Stream] = {}
+            fast: dict[int, tuple[IntArr, I64, F32]] = {}
+            if hits:
+                self._intake(hits, tss, vals, now, fast, slow)
+            if self._need_history:
+                warming = list(self._need_history.values())
+                self._need_history.clear()
                 for st in warming:
-                    dirty[st.id] = st
-            return self._run(dirty.values(), now)
+                    self._slow_begin(st, slow)
+                self._warm_from_store(warming, now)
+            # Streams whose pending buckets may have become due by the clock alone.
+            for due in [d for d in self._waiting if d <= now]:
+                for st in self._waiting.pop(due):
+                    if st.table.has_pending[st.row] and self._streams.get(st.id) is st:
+                        slow.setdefault(st.id, st)
+            return self._run(fast, slow, now)
 
-    def _run(self, streams: Any, now: int) -> int:
-        queues: dict[str, list[tuple[_Stream, list[Step]]]] = {}
-        for st in streams:
+    def _slow_begin(self, st: _Stream, slow: dict[str, _Stream]) -> None:
+        """Hand the stream's position to its Resampler for this tick (unless it holds it)."""
+        if st.id in slow:
+            return
+        slow[st.id] = st
+        t, row = st.table, st.row
+        if not t.has_pending[row]:
+            nb = int(t.next_bucket[row])
+            st.res.restore(None if nb < 0 else nb, int(t.last_fed_ts[row]))
+
+    def _intake(
+        self,
+        hits: list[tuple[int, int, int, _Stream]],
+        tss: list[int],
+        vals: list[float],
+        now: int,
+        fast: dict[int, tuple[IntArr, I64, F32]],
+        slow: dict[str, _Stream],
+    ) -> None:
+        """Vectorised resampling for the common case; everything else via the Resampler.
+
+        Fast path (per reading): a univariate stream with nothing pending, one reading in
+        this tick, in exactly the next bucket, and that bucket has ended by the clock. It
+        is stepped straight from arrays. Late/duplicate readings are counted drops.
+        """
+        n = len(hits)
+        uid = np.fromiter((h[0] for h in hits), np.int64, n)
+        rows_all = np.fromiter((h[1] for h in hits), np.intp, n)
+        ts_all = np.fromiter(tss, np.int64, n)
+        v_all = np.fromiter(vals, np.float64, n)
+        uids = np.unique(uid)
+        for u in uids.tolist():
+            idx = np.arange(n) if uids.size == 1 else np.flatnonzero(uid == u)
+            table = self._by_uid[u]
+            rows, ts, v = rows_all[idx], ts_all[idx], v_all[idx]
+            finite = np.isfinite(v)
+            buckets = -(-ts // table.cadence_ns)
+            nb = table.next_bucket[rows]
+            late = finite & (nb >= 0) & (buckets < nb)
+            dup = late & (ts == table.last_fed_ts[rows])
+            if not finite.all():
+                self._drops["not_finite"].inc(int((~finite).sum()))
+            if late.any():
+                n_dup = int(dup.sum())
+                if n_dup:
+                    self._drops["duplicate"].inc(n_dup)
+                if int(late.sum()) > n_dup:
+                    self._drops["late"].inc(int(late.sum()) - n_dup)
+            keep = finite & ~late
+            once = np.bincount(rows[keep], minlength=table.capacity)[rows] == 1
+            go = keep & once & (buckets == nb) & (buckets <= now // table.cadence_ns) & ~table.has_pending[rows]
+            if table.n_in != 1:
+                go[:] = False
+            if go.any():
+                fr, fb = rows[go], buckets[go]
+                table.next_bucket[fr] = fb + 1
+                table.last_fed_ts[fr] = ts[go]
+                fast[u] = (fr, fb, v[go].astype(np.float32)[:, None])  # x (B, 1)
+            for i in np.flatnonzero(keep & ~go).tolist():
+                j = int(idx[i])
+                st = hits[j][3]
+                self._slow_begin(st, slow)
+                reason = st.res.add(tss[j], hits[j][2], vals[j])
+                if reason is not None:
+                    self._drops[reason].inc()
+
+    def _run(self, fast: dict[int, tuple[IntArr, I64, F32]], slow: dict[str, _Stream], now: int) -> int:
+        queues: dict[int, list[tuple[_Stream, list[Step]]]] = {}
+        for st in slow.values():
             steps = st.res.ready(now)
+            t, row = st.table, st.row
+            nb = st.res.next_bucket
+            t.next_bucket[row] = -1 if nb is None else nb
+            t.last_fed_ts[row] = st.res.last_fed_ts
+            if st.res.pending:
+                t.has_pending[row] = True
+                due = (now // t.cadence_ns + 1) * t.cadence_ns
+                self._waiting.setdefault(due, []).append(st)
+            else:
+                t.has_pending[row] = False
             if steps:
-                queues.setdefault(_table_name(st.table.model), []).append((st, steps))
+                queues.setdefault(t.uid, []).append((st, steps))
         done = 0
-        for name, queue in queues.items():
-            table = self._tables[name]
+        for u in set(fast) | set(queues):
+            table = self._by_uid[u]
+            queue = queues.get(u, [])
+            first = fast.get(u)
             rnd = 0
-            while queue:
+            while queue or first is not None:
                 batch = [(st, steps[rnd]) for st, steps in queue]
-                done += self._step_batch(table, batch)
+                done += self._step_batch(table, batch, first)
+                first = None
                 rnd += 1
                 queue = [(st, steps) for st, steps in queue if len(steps) > rnd]
         return done
 
-    def _step_batch(self, table: ModelTable, batch: list[tuple[_Stream, Step]]) -> int:
+    def _step_batch(
+        self, table: ModelTable, batch: list[tuple[_Stream, Step]], first: tuple[IntArr, I64, F32] | None
+    ) -> int:
         rows = np.fromiter((st.row for st, _ in batch), np.intp, len(batch))
         buckets = np.fromiter((s.bucket for _, s in batch), np.int64, len(batch))
-        x = np.array([s.values for _, s in batch], np.float32)  # (B, F)
-        resets = [st for st, s in batch if s.reset]
-        for st in resets:
-            self._drop_firing(st, "gap")
-            table.reset(np.array([st.row], np.intp))
+        x = np.array([s.values for _, s in batch], np.float32).reshape(len(batch), table.n_in)  # (B, F)
+        for st, s in batch:
+            if s.reset:
+                self._drop_firing(st, "gap")
+                table.reset(np.array([st.row], np.intp))
+        if first is not None:
+            rows = np.concatenate([first[0], rows])
+            buckets = np.concatenate([first[1], buckets])
+            x = np.concatenate([first[2], x])
         t0 = time.perf_counter()
         outcome = table.step(rows, buckets, x)
         name = table.model.name
         self.metrics.step_latency.labels(name).observe(time.perf_counter() - t0)
-        self.metrics.steps.labels(name).inc(len(batch))
+        self.metrics.steps.labels(name).inc(len(rows))
         if outcome.fired.size or outcome.resolved.size:
             owners = self._owners[_table_name(table.model)]
             for row in outcome.fired.tolist():
-                st = owners[row]
-                self._emit(st, "firing", int(table.last_bucket[row]) * table.cadence_ns, warm=True)
+                self._emit(owners[row], "firing", int(table.last_bucket[row]) * table.cadence_ns, warm=True)
             for row in outcome.resolved.tolist():
-                st = owners[row]
-                self._emit(st, "resolved", int(table.last_bucket[row]) * table.cadence_ns, warm=True)
+                self._emit(owners[row], "resolved", int(table.last_bucket[row]) * table.cadence_ns, warm=True)
         if self.on_forecast is not None:
-            for st, _ in batch:
-                f = self._forecast_of(st)
+            owners = self._owners[_table_name(table.model)]
+            for row in rows.tolist():
+                f = self._forecast_of(owners[row])
                 if f is not None:
                     self.on_forecast(f)
-        return len(batch)
+        return len(rows)
 
     def _drop_firing(self, st: _Stream, reason: str) -> None:
         if st.table.decider.firing[st.row]:
@@ -260,8 +355,6 @@ class Engine:
     # ------------------------------------------------------------ warm-up
 
     def _warm_from_store(self, streams: list[_Stream], now: int) -> None:
-        for st in streams:
-            st.needs_history = False
         if self.store is None:
             return
         by_need: dict[int, list[_Stream]] = {}
@@ -489,7 +582,6 @@ class Engine:
                             "id": owners[r].id, "device": owners[r].device, "quantity": owners[r].quantity,
                             "tags": [list(t) for t in owners[r].tags],
                             "key": [owners[r].keys[0].device, owners[r].keys[0].quantity],
-                            "next_bucket": owners[r].res.next_bucket, "last_fed_ts": owners[r].res.last_fed_ts,
                         }
                         for r in rows.tolist()
                     ],
@@ -516,13 +608,12 @@ class Engine:
                 for i, s in enumerate(meta["streams"]):
                     key = StreamKey(s["key"][0], s["key"][1], tuple((k, v) for k, v in s["tags"]))
                     hit = self._bind(key)
-                    if hit is None or hit[0].table.model is not loaded or hit[0].id != s["id"]:
+                    if hit is None or hit[3].table.model is not loaded or hit[3].id != s["id"]:
                         continue  # bindings changed: this stream now warms from the store
-                    st = hit[0]
+                    st = hit[3]
                     rows = np.array([st.row], np.intp)
                     st.table.import_rows(rows, {k: v[i : i + 1] for k, v in arrays.items()})
-                    st.res.restore(s["next_bucket"], s["last_fed_ts"])
-                    st.needs_history = False
+                    self._need_history.pop(st.id, None)
                     restored += 1
         log.info("restored %d streams from checkpoints", restored)
         return restored

@@ -42,6 +42,7 @@ class ModelTable:
     def __init__(self, model: LoadedModel, anomaly: AnomalySettings, capacity: int = 64) -> None:
         m = model.manifest
         self.model = model
+        self.uid = 0  # set by the engine: a small int naming this table in hot loops
         self.runtime = model.runtime
         self.cadence_ns = round(m.cadence_s * NS_PER_S)
         self.n_in = len(m.features)
@@ -75,6 +76,11 @@ class ModelTable:
         self.expected: F64 = np.zeros((0, self.n_out))  # (N, Fo) forecast for the last fed step
         self.spread: F64 = np.zeros((0, self.n_out))
         self.top_feature: I64 = np.zeros(0, np.int64)
+        # Resampler position per row (authoritative unless has_pending: then the stream's
+        # Resampler object holds it, see engine.py).
+        self.next_bucket: I64 = np.zeros(0, np.int64)  # -1: nothing fed yet
+        self.last_fed_ts: I64 = np.zeros(0, np.int64)
+        self.has_pending: npt.NDArray[np.bool_] = np.zeros(0, bool)
         self.grow(capacity)
 
     # ------------------------------------------------------------ rows
@@ -100,6 +106,9 @@ class ModelTable:
         self.expected = more(self.expected, np.nan)  # type: ignore[assignment]
         self.spread = more(self.spread, np.nan)  # type: ignore[assignment]
         self.top_feature = more(self.top_feature, 0)  # type: ignore[assignment]
+        self.next_bucket = more(self.next_bucket, -1)  # type: ignore[assignment]
+        self.last_fed_ts = more(self.last_fed_ts, 0)  # type: ignore[assignment]
+        self.has_pending = more(self.has_pending, False)  # type: ignore[assignment]
         self.scorer.grow(capacity)
         self.decider.grow(capacity)
         self.free.extend(range(capacity - 1, old - 1, -1))
@@ -111,6 +120,7 @@ class ModelTable:
         row = self.free.pop()
         self.used += 1
         self.reset(np.array([row], np.intp))
+        self.forget_position(np.array([row], np.intp))
         return row
 
     def release(self, row: int) -> None:
@@ -131,6 +141,12 @@ class ModelTable:
         self.spread[rows] = np.nan
         self.scorer.reset(rows)
         self.decider.reset(rows)
+
+    def forget_position(self, rows: IntArr) -> None:
+        """A fresh stream: no bucket fed yet."""
+        self.next_bucket[rows] = -1
+        self.last_fed_ts[rows] = 0
+        self.has_pending[rows] = False
 
     # ------------------------------------------------------------ stepping
 
@@ -190,7 +206,7 @@ class ModelTable:
 
     _ROW_ARRAYS = (
         "state", "fc", "sc", "ring", "ring_ts", "warm_have", "last_bucket", "last_x",
-        "score", "expected", "spread", "top_feature",
+        "score", "expected", "spread", "top_feature", "next_bucket", "last_fed_ts",
     )
 
     def export_rows(self, rows: IntArr) -> dict[str, npt.NDArray[np.generic]]:
