@@ -51,10 +51,11 @@ def write_results(run: DetectorRun, files: Sequence[DataFile], out_dir: Path) ->
         path = base / f.category / f"{run.name}_{f.stem}"
         path.parent.mkdir(parents=True, exist_ok=True)
         lab = label_column(f)
-        s = run.scores[f.name]
+        scores = run.scores[f.name].tolist()  # Python floats: repr() gives plain round-trip digits
+        values = f.values.tolist()
         ts = np.datetime_as_string(f.timestamps, unit="s")
         with path.open("w", encoding="utf-8") as out:
             out.write("timestamp,value,anomaly_score,label\n")
-            for i in range(len(s)):
-                out.write(f"{ts[i].replace('T', ' ')},{f.values[i]!r},{s[i]!r},{lab[i]}\n")
+            for i in range(len(scores)):
+                out.write(f"{ts[i].replace('T', ' ')},{values[i]!r},{scores[i]!r},{lab[i]}\n")
     return base

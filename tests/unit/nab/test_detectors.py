@@ -1,0 +1,71 @@
+"""Detectors are online (a score never depends on later rows) and the persistence model
+obeys the model contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.runtime.manifest import load_manifest
+from service.runtime.session import OrtRuntime
+from training.nab.corpus import DataFile
+from training.nab.detectors import ResidualDetector, windowed_gaussian
+from training.nab.live import LiveConfig, run_live
+from training.nab.persistence import write_model
+
+T0 = np.datetime64("2020-01-01T00:00:00", "s")
+
+
+def series(n: int, seed: int, spike_at: int | None = None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    v = 50 + 10 * np.sin(np.arange(n) / 20) + rng.normal(0, 1, n)
+    if spike_at is not None:
+        v[spike_at] += 80
+    return v
+
+
+def as_file(name: str, v: np.ndarray) -> DataFile:
+    return DataFile(name, T0 + np.arange(len(v)) * np.timedelta64(300, "s"), v, ())
+
+
+def test_windowed_gaussian_is_online_and_flags_a_spike() -> None:
+    v = series(900, 1, spike_at=700)
+    full = windowed_gaussian(v, window=200, step=10)
+    prefix = windowed_gaussian(v[:500], window=200, step=10)
+    np.testing.assert_array_equal(full[:500], prefix)
+    assert full[700] > 0.999 and full[700] == full.max()
+
+
+def test_persistence_model_follows_the_contract(tmp_path: Path) -> None:
+    folder = write_model(tmp_path)
+    m = load_manifest(folder)  # hash and schema checked
+    rt = OrtRuntime(folder, m)
+    x = np.array([[1.5], [np.nan], [-2.0]], np.float32)  # (B, F)
+    state = np.array([[0.0], [7.0], [3.0]], np.float32)  # (B, S)
+    fc, scale, state_out = rt.step(x, state, None)
+    assert fc.shape == (3, 1, 1) and scale is None
+    np.testing.assert_array_equal(fc[:, 0, 0], [1.5, 7.0, -2.0])  # NaN carries the last value
+    np.testing.assert_array_equal(state_out[:, 0], [1.5, 7.0, -2.0])
+
+
+def test_live_detector_is_online_per_stream_and_flags_a_spike(tmp_path: Path) -> None:
+    folder = write_model(tmp_path)
+    cfg = LiveConfig(learning_steps=100)
+    a = as_file("c/a.csv", series(1200, 2, spike_at=1000))
+    b = as_file("c/b.csv", series(700, 3))
+    both = run_live([a, b], folder, cfg)
+    alone = run_live([as_file("c/a.csv", a.values[:800])], folder, cfg)
+    # Lockstep batching with another stream, and rows after t, never change row t's score.
+    np.testing.assert_allclose(both["c/a.csv"][:800], alone["c/a.csv"], rtol=0, atol=1e-12)
+    s = both["c/a.csv"]
+    assert ((s >= 0) & (s <= 1)).all()
+    assert s[1000] == s[100:].max() and s[1000] > 0.9
+    assert both["c/b.csv"].shape == (700,)
+
+
+def test_residual_detector_twin_scores_in_unit_interval() -> None:
+    s = ResidualDetector()(series(1000, 4, spike_at=900))
+    assert s.shape == (1000,) and ((s >= 0) & (s <= 1)).all()
+    assert s[900] == pytest.approx(s.max())
