@@ -1,0 +1,259 @@
+// sensorcast dashboard: polls the REST API and draws one uPlot chart per stream.
+// No build step, no framework, nothing loaded from the network but this service.
+"use strict";
+(() => {
+  const POLL_MS = 2000;
+  const HISTORY = 600; // points of actual values kept per chart
+  const MAX_CHARTS = 30; // beyond this the page gets heavy on a gateway's browser
+  const state = {
+    streams: new Map(), // id -> {info, actual: Map(t_s -> v), expected: Map(t_s -> [m, lo, hi]), forecast, lastMs}
+    alerts: [],
+    charts: {}, // id -> uPlot instance (read by the browser test)
+    polls: 0,
+    key: localStorage.getItem("sensorcast.apiKey") || "",
+  };
+  window.sensorcast = state;
+
+  const $ = (sel) => document.querySelector(sel);
+  const fmt = (x, d = 2) => (typeof x === "number" && isFinite(x) ? x.toFixed(d) : "–");
+  const encodeId = (id) => id.split("/").map(encodeURIComponent).join("/");
+
+  class ApiError extends Error {
+    constructor(path, status, detail) {
+      super(`${path}: ${status} ${detail}`);
+      this.status = status;
+    }
+  }
+
+  async function api(path) {
+    const headers = state.key ? { "X-API-Key": state.key } : {};
+    const r = await fetch(path, { headers, cache: "no-store" });
+    if (r.status === 401 || r.status === 403) $("#keyform").hidden = false;
+    if (!r.ok) {
+      let detail = "";
+      try { detail = (await r.json()).detail; } catch (_) { /* not JSON */ }
+      throw new ApiError(path, r.status, typeof detail === "string" ? detail : JSON.stringify(detail));
+    }
+    return r.json();
+  }
+
+  $("#keyform").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    state.key = $("#apikey").value.trim();
+    localStorage.setItem("sensorcast.apiKey", state.key);
+    $("#keyform").hidden = true;
+  });
+
+  // ---- data ------------------------------------------------------------------------
+  function record(id) {
+    let rec = state.streams.get(id);
+    if (!rec) {
+      rec = { info: null, actual: new Map(), expected: new Map(), forecast: null, lastMs: null };
+      state.streams.set(id, rec);
+    }
+    return rec;
+  }
+
+  function trim(map, keep) {
+    if (map.size <= keep) return;
+    const keys = [...map.keys()].sort((a, b) => a - b);
+    for (const k of keys.slice(0, keys.length - keep)) map.delete(k);
+  }
+
+  async function updateStream(s) {
+    const rec = record(s.id);
+    rec.info = s;
+    const q = rec.lastMs === null
+      ? `last=${HISTORY}`
+      : `since=${encodeURIComponent(new Date(rec.lastMs).toISOString())}`;
+    const p = await api(`/v1/points/${encodeId(s.id)}?${q}`);
+    for (let i = 0; i < p.times_ms.length; i++) {
+      rec.actual.set(p.times_ms[i] / 1000, p.values[i]);
+      rec.lastMs = Math.max(rec.lastMs ?? 0, p.times_ms[i]);
+    }
+    trim(rec.actual, HISTORY);
+    // The engine reports, for the last step, what it had forecast one step before:
+    // collected over polls, that is the "expected" line and its band.
+    if (s.last_time && s.expected !== null && s.expected !== undefined) {
+      rec.expected.set(Date.parse(s.last_time) / 1000, [s.expected, s.lower, s.upper]);
+      trim(rec.expected, HISTORY);
+    }
+    if (s.status === "warming") { rec.forecast = null; return; }
+    try {
+      const fc = await api(`/v1/streams/${encodeId(s.id)}/forecast`);
+      rec.forecast = {
+        times: fc.times.map((t) => Date.parse(t) / 1000),
+        mean: fc.mean.map((r) => r[0]),
+        lower: fc.lower ? fc.lower.map((r) => r[0]) : null,
+        upper: fc.upper ? fc.upper.map((r) => r[0]) : null,
+      };
+    } catch (e) {
+      if (!(e instanceof ApiError && e.status === 409)) throw e; // 409: still warming
+    }
+  }
+
+  // ---- rendering -------------------------------------------------------------------
+  function renderSummary(streams) {
+    const n = { warming: 0, ok: 0, firing: 0 };
+    for (const s of streams) n[s.status] = (n[s.status] || 0) + 1;
+    $("#summary").textContent =
+      `${streams.length} streams: ${n.ok} ok, ${n.warming} warming, ${n.firing} firing`;
+    $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  }
+
+  function badge(s) {
+    const b = document.createElement("span");
+    b.className = `badge ${s.status}`;
+    b.textContent = s.status === "warming" ? `warming ${s.warm_up.have}/${s.warm_up.need}` : s.status;
+    return b;
+  }
+
+  function renderTable(streams) {
+    const body = $("#streams tbody");
+    body.replaceChildren();
+    for (const s of streams) {
+      const tr = document.createElement("tr");
+      tr.dataset.stream = s.id;
+      const cells = [s.id, null, fmt(s.last_value), fmt(s.expected), fmt(s.score), s.model ? `${s.model}/${s.model_version}` : "–"];
+      cells.forEach((text, i) => {
+        const td = document.createElement("td");
+        if (i === 1) td.append(badge(s));
+        else td.textContent = text;
+        if (i >= 2 && i <= 4) td.className = "num";
+        tr.append(td);
+      });
+      body.append(tr);
+    }
+  }
+
+  function renderAlerts() {
+    const ol = $("#alerts");
+    ol.replaceChildren();
+    if (!state.alerts.length) {
+      const li = document.createElement("li");
+      li.className = "muted";
+      li.textContent = "none yet";
+      ol.append(li);
+      return;
+    }
+    for (const a of state.alerts) {
+      const li = document.createElement("li");
+      li.dataset.stream = a.stream_id;
+      const st = document.createElement("span");
+      st.className = a.state;
+      st.textContent = a.state;
+      li.append(st, ` ${a.stream_id} at ${new Date(a.time).toLocaleTimeString()}: value ${fmt(a.value)}, ` +
+        `expected ${fmt(a.expected)} [${fmt(a.lower)}, ${fmt(a.upper)}], score ${fmt(a.score, 1)}`);
+      ol.append(li);
+    }
+  }
+
+  function chartData(id, rec) {
+    const xs = new Set([...rec.actual.keys()]);
+    const t0 = Math.min(...rec.actual.keys());
+    for (const t of rec.expected.keys()) if (t >= t0) xs.add(t);
+    const fc = rec.forecast;
+    if (fc) for (const t of fc.times) xs.add(t);
+    const marks = new Map();
+    for (const a of state.alerts) {
+      if (a.stream_id === id && a.state === "firing" && a.value !== null) {
+        const t = a.ts_ns / 1e9;
+        if (t >= t0) { xs.add(t); marks.set(t, a.value); }
+      }
+    }
+    const x = [...xs].sort((a, b) => a - b);
+    const col = () => new Array(x.length).fill(null);
+    const [act, exp, lo, hi, fm, flo, fhi, mk] = [col(), col(), col(), col(), col(), col(), col(), col()];
+    const fIdx = fc ? new Map(fc.times.map((t, i) => [t, i])) : new Map();
+    x.forEach((t, i) => {
+      if (rec.actual.has(t)) act[i] = rec.actual.get(t);
+      const e = rec.expected.get(t);
+      if (e) [exp[i], lo[i], hi[i]] = e;
+      const k = fIdx.get(t);
+      if (k !== undefined) {
+        fm[i] = fc.mean[k];
+        if (fc.lower) { flo[i] = fc.lower[k]; fhi[i] = fc.upper[k]; }
+      }
+      if (marks.has(t)) mk[i] = marks.get(t);
+    });
+    return [x, act, exp, lo, hi, fm, flo, fhi, mk];
+  }
+
+  function makeChart(id, el) {
+    const line = (label, stroke, extra = {}) => ({ label, stroke, width: 1.5, spanGaps: true, points: { show: false }, ...extra });
+    const opts = {
+      width: Math.max(300, el.clientWidth - 8),
+      height: 200,
+      legend: { show: false },
+      cursor: { drag: { x: false, y: false } },
+      series: [
+        {},
+        line("actual", "#2b6cb0"),
+        line("expected", "#805ad5", { dash: [4, 3], width: 1 }),
+        line("lower", "rgba(128,90,213,0.35)", { width: 0.5 }),
+        line("upper", "rgba(128,90,213,0.35)", { width: 0.5 }),
+        line("forecast", "#dd6b20", { width: 2 }),
+        line("forecast lower", "rgba(221,107,32,0.4)", { width: 0.5 }),
+        line("forecast upper", "rgba(221,107,32,0.4)", { width: 0.5 }),
+        { label: "alert", stroke: "#c53030", fill: "#c53030", paths: () => null, points: { show: true, size: 10, fill: "#c53030" } },
+      ],
+      bands: [
+        { series: [4, 3], fill: "rgba(128,90,213,0.15)" },
+        { series: [7, 6], fill: "rgba(221,107,32,0.15)" },
+      ],
+    };
+    return new uPlot(opts, [[], [], [], [], [], [], [], [], []], el);
+  }
+
+  function drawCharts() {
+    const box = $("#charts");
+    const ids = [...state.streams.keys()].sort().slice(0, MAX_CHARTS);
+    for (const id of ids) {
+      const rec = state.streams.get(id);
+      if (!rec.actual.size) continue;
+      let u = state.charts[id];
+      if (!u) {
+        const card = document.createElement("div");
+        card.className = "chart";
+        card.dataset.stream = id;
+        const h = document.createElement("h3");
+        const name = document.createElement("span");
+        name.textContent = id;
+        h.append(name, document.createElement("span"));
+        const plot = document.createElement("div");
+        card.append(h, plot);
+        box.append(card);
+        u = state.charts[id] = makeChart(id, plot);
+      }
+      const card = box.querySelector(`.chart[data-stream="${CSS.escape(id)}"]`);
+      card.querySelector("h3 span:last-child").replaceChildren(badge(rec.info));
+      u.setData(chartData(id, rec));
+    }
+  }
+
+  window.addEventListener("resize", () => {
+    for (const u of Object.values(state.charts)) u.setSize({ width: Math.max(300, u.root.parentElement.clientWidth - 8), height: 200 });
+  });
+
+  async function poll() {
+    try {
+      const streams = await api("/v1/streams");
+      streams.sort((a, b) => a.id.localeCompare(b.id));
+      renderSummary(streams);
+      renderTable(streams);
+      await Promise.all(streams.slice(0, MAX_CHARTS).map(updateStream));
+      state.alerts = await api("/v1/alerts?limit=50");
+      renderAlerts();
+      drawCharts();
+      $("#error").hidden = true;
+    } catch (e) {
+      $("#error").textContent = `cannot update: ${e.message}`;
+      $("#error").hidden = false;
+    } finally {
+      state.polls += 1;
+      document.body.dataset.polls = String(state.polls);
+      setTimeout(poll, POLL_MS);
+    }
+  }
+  poll();
+})();
