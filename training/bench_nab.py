@@ -2,8 +2,8 @@
 
     python -m training.bench_nab --data ../shared/data/nab          (make bench-nab)
 
-Detectors: ``sensorcast`` (an ONNX step model on the service's runtime and scorers, see
-``training.nab.live``), ``windowed_gaussian`` (NAB's baseline, to cross-check the scorer
+Detectors: ``sensorcast`` (an ONNX step model served by the service's inference engine,
+then the service's online scorers; see ``training.nab.engine_run`` and ``training.nab.live``), ``windowed_gaussian`` (NAB's baseline, to cross-check the scorer
 against its published 39.6) and ``gaussian_likelihood`` (persistence residual + a
 Numenta-style Gaussian anomaly likelihood, the post-processing sensorcast did not pick).
 Scores are normalised NAB scores (null detector 0, perfect 100) under the three profiles,
@@ -26,6 +26,7 @@ import numpy as np
 from service.anomaly.likelihood import LikelihoodConfig
 from training.nab.corpus import PROFILES, load_corpus, load_profiles
 from training.nab.detectors import ResidualConfig, ResidualDetector, windowed_gaussian
+from training.nab.engine_run import run_engine
 from training.nab.live import LiveConfig, run_live
 from training.nab.persistence import write_model
 from training.nab.run import DetectorRun, run_detector, score_run, write_results
@@ -52,14 +53,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--files", default="", help="comma-separated file names (default: all 58)")
     p.add_argument("--model", type=Path, default=None,
                    help="ONNX step model folder for 'sensorcast' (default: the persistence model, built on the fly)")
+    p.add_argument("--path", choices=("engine", "direct"), default="engine",
+                   help="sensorcast forecasts from the full Engine (default) or straight from the ONNX runtime")
     p.add_argument("--results", type=Path, default=Path("var/nab/results"), help="where NAB result files go")
     p.add_argument("--json", type=Path, default=None, help="write machine-readable scores here (e.g. docs/results/nab.json)")
 
 
-def _run(name: str, files: list, profiles: dict, model: Path) -> DetectorRun:  # type: ignore[type-arg]
+def _run(name: str, files: list, profiles: dict, model: Path, path: str) -> DetectorRun:  # type: ignore[type-arg]
     if name == "sensorcast":
         t0 = time.perf_counter()
-        scores = run_live(files, model, LiveConfig())
+        runner = run_engine if path == "engine" else run_live
+        scores = runner(files, model, LiveConfig())
         return score_run(name, scores, time.perf_counter() - t0, files, profiles)
     if name == "windowed_gaussian":
         return run_detector(name, windowed_gaussian, files, profiles)
@@ -83,10 +87,11 @@ def run(args: argparse.Namespace) -> int:
     if model is None:
         model = write_model(Path(tempfile.mkdtemp(prefix="nab-model-")))
     n_rows = sum(len(f.values) for f in files)
-    print(f"NAB: {len(files)} files, {n_rows} rows, {sum(len(f.windows) for f in files)} windows; model {model}")
+    print(f"NAB: {len(files)} files, {n_rows} rows, {sum(len(f.windows) for f in files)} windows; "
+          f"model {model}, sensorcast path: {args.path}")
     runs = []
     for name in names:
-        r = _run(name, files, profiles, model)
+        r = _run(name, files, profiles, model, args.path)
         out = write_results(r, files, args.results)
         runs.append(r)
         print(f"  {name}: {r.seconds:.1f} s ({n_rows / max(r.seconds, 1e-9):,.0f} rows/s), results in {out}")
@@ -109,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         doc = {
             "benchmark": "NAB v1.1 corpus, own scorer (training/nab/scoring.py)",
             "command": "python -m training.bench_nab --data ../shared/data/nab --json docs/results/nab.json",
+            "sensorcast_path": args.path,
+            "model": str(model) if args.model is not None else "nab-persistence/1 (training/nab/persistence.py)",
             "files": len(files),
             "rows": n_rows,
             "windows": sum(len(f.windows) for f in files),

@@ -69,3 +69,16 @@ def test_residual_detector_twin_scores_in_unit_interval() -> None:
     s = ResidualDetector()(series(1000, 4, spike_at=900))
     assert s.shape == (1000,) and ((s >= 0) & (s <= 1)).all()
     assert s[900] == pytest.approx(s.max())
+
+
+def test_engine_path_gives_the_same_scores_as_the_direct_path(tmp_path: Path) -> None:
+    from training.nab.engine_run import run_engine
+
+    folder = write_model(tmp_path)
+    cfg = LiveConfig(learning_steps=50)
+    files = [as_file("c/a.csv", series(400, 5, spike_at=300)), as_file("c/b.csv", series(250, 6))]
+    direct = run_live(files, folder, cfg)
+    engine = run_engine(files, folder, cfg)
+    for f in files:
+        np.testing.assert_allclose(engine[f.name], direct[f.name], rtol=0, atol=1e-9)
+    assert engine["c/a.csv"][300] == engine["c/a.csv"][50:].max()
