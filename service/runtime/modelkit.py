@@ -114,7 +114,7 @@ class NumpyKitModel:
         hu = h @ layer["U"] + layer["c"]  # (B, G*H)
         if self.w.spec.cell == "rnn":
             out: F32 = np.tanh(xw + hu).astype(np.float32)
-        return out
+            return out
         z = _sigmoid(xw[:, :hid] + hu[:, :hid])
         r = _sigmoid(xw[:, hid : 2 * hid] + hu[:, hid : 2 * hid])
         n = np.tanh(xw[:, 2 * hid :] + r * hu[:, 2 * hid :]).astype(np.float32)

@@ -1,0 +1,250 @@
+"""Engine: live stateful path vs stateless predict, warm-up, checkpoints, reload, alerts."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.metrics import Metrics
+from service.records import Alert, Reading, StreamKey
+from service.runtime.registry import ModelRegistry
+from service.store.memory import MemoryStore
+from service.streams.engine import Engine
+from service.streams.runner import EngineRunner
+from tests.modelkit import KitSpec, settings_for, write_model
+
+C = 60 * 10**9  # kit cadence: 60 s
+T0 = 1_700_000_000 // 60 * C  # aligned start
+
+
+def make(tmp: Path, *specs: KitSpec, store: MemoryStore | None = None, **groups: dict) -> tuple[Engine, list[Alert], Metrics]:
+    models = tmp / "models"
+    for spec in specs:
+        write_model(models, spec)
+    metrics = Metrics()
+    alerts: list[Alert] = []
+    eng = Engine(settings_for(tmp, models, **groups), ModelRegistry(models), store, metrics, on_alert=alerts.append)
+    return eng, alerts, metrics
+
+
+def signal(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sin(np.arange(n) / 4.0) * 3 + 20 + rng.normal(0, 0.1, n)
+
+
+def feed(eng: Engine, key: StreamKey, values: np.ndarray, start: int = 0, jitter: bool = False) -> None:
+    for i, v in enumerate(values):
+        ts = T0 + (start + i) * C
+        eng.accept([Reading(key, ts - (C // 3 if jitter else 0), float(v))])
+        eng.tick(ts)
+
+
+STEP = KitSpec(name="m", layers=2, hidden=8, time_features=("hour_sin", "dow_cos"), warmup_steps=6, mean=(20.0,), std=(3.0,))
+
+
+@pytest.mark.parametrize("jitter", [False, True], ids=["aligned", "jittered"])
+def test_live_forecast_equals_stateless_predict(tmp_path: Path, jitter: bool) -> None:
+    eng, _, _ = make(tmp_path, STEP)
+    key = StreamKey("dev", "value")
+    vals = signal(50)
+    vals[20] = np.nan  # not finite: dropped, bucket bridged as missing
+    feed(eng, key, vals, jitter=jitter)
+    live = eng.forecast("dev/value")
+    assert live is not None
+    hist = [[float(v)] for v in vals]
+    offline = eng.predict("m", None, hist, [T0 + i * C for i in range(50)])
+    assert live.ts_ns == offline.ts_ns == T0 + 49 * C
+    assert np.abs(np.array(live.mean) - np.array(offline.mean)).max() <= 1e-4
+    assert live.scale is not None and offline.scale is not None
+    assert np.abs(np.array(live.scale) - np.array(offline.scale)).max() <= 1e-4
+    assert eng.metrics.late_dropped.labels("not_finite")._value.get() == 1
+
+
+def test_multivariate_and_window_models(tmp_path: Path) -> None:
+    mv = KitSpec(name="mv", features=("t", "h"), hidden=8, warmup_steps=3)
+    win = KitSpec(name="win", kind="window", window=6, features=("p",), hidden=8)
+    eng, _, _ = make(tmp_path, mv, win)
+    vals = signal(30)
+    for i, v in enumerate(vals):
+        ts = T0 + i * C
+        batch = [Reading(StreamKey("d", "t"), ts, float(v)), Reading(StreamKey("d", "p"), ts, float(v))]
+        if i != 10:  # humidity missing once: NaN for that feature only
+            batch.append(Reading(StreamKey("d", "h"), ts, float(-v)))
+        eng.accept(batch)
+        eng.tick(ts)
+    ids = [s.id for s in eng.streams()]
+    assert ids == ["d", "d/p"]
+    hist = [[float(v), float(-v) if i != 10 else math.nan] for i, v in enumerate(vals)]
+    live, off = eng.forecast("d"), eng.predict("mv", None, hist, [T0 + i * C for i in range(30)])
+    assert live is not None and np.abs(np.array(live.mean) - np.array(off.mean)).max() <= 1e-4
+    live_w = eng.forecast("d/p")
+    off_w = eng.predict("win", None, [[float(v)] for v in vals], [T0 + i * C for i in range(30)])
+    assert live_w is not None and np.abs(np.array(live_w.mean) - np.array(off_w.mean)).max() <= 1e-4
+
+
+def test_warming_status_then_ok(tmp_path: Path) -> None:
+    eng, _, _ = make(tmp_path, STEP)
+    key = StreamKey("dev", "value")
+    feed(eng, key, signal(3))
+    s = eng.stream("dev/value")
+    assert s is not None and s.status == "warming" and (s.warm_have, s.warm_need) == (3, 6)
+    assert eng.forecast("dev/value") is None
+    feed(eng, key, signal(10)[3:], start=3)
+    s = eng.stream("dev/value")
+    assert s is not None and s.status == "ok" and s.score is not None and s.lower is not None
+    assert s.lower < s.expected < s.upper  # type: ignore[operator]
+
+
+def test_warm_up_from_store_in_bulk(tmp_path: Path) -> None:
+    store = MemoryStore()
+    vals = signal(40)
+    keys = [StreamKey(f"dev{i}", "value") for i in range(3)]
+    store.write([Reading(k, T0 + i * C, float(v)) for k in keys for i, v in enumerate(vals[:39])])
+    eng, _, _ = make(tmp_path, STEP, store=store)
+    # Only the newest reading arrives live: the rest comes from the store.
+    eng.accept([Reading(k, T0 + 39 * C, float(vals[39])) for k in keys])
+    eng.tick(T0 + 39 * C)
+    for k in keys:
+        s = eng.stream(k.id)
+        assert s is not None and s.status == "ok"
+    live = eng.forecast("dev1/value")
+    # history read = warm_need + 2 buckets before the live reading
+    n = STEP.warmup_steps + 2 + 1
+    offline = eng.predict("m", None, [[float(v)] for v in vals[-n:]], [T0 + i * C for i in range(40 - n, 40)])
+    assert live is not None and np.abs(np.array(live.mean) - np.array(offline.mean)).max() <= 1e-4
+
+
+def test_late_and_duplicate_readings_are_counted(tmp_path: Path) -> None:
+    eng, _, metrics = make(tmp_path, STEP)
+    key = StreamKey("dev", "value")
+    feed(eng, key, signal(10))
+    eng.accept([Reading(key, T0 + 9 * C, 1.0), Reading(key, T0 + 2 * C, 1.0)])  # redelivery, very late
+    assert eng.tick(T0 + 9 * C + 1) == 0
+    assert metrics.late_dropped.labels("duplicate")._value.get() == 1
+    assert metrics.late_dropped.labels("late")._value.get() == 1
+
+
+def test_checkpoint_restore_continues_without_warm_up(tmp_path: Path) -> None:
+    key = StreamKey("dev", "value")
+    vals = signal(60)
+    ref, _, _ = make(tmp_path / "ref", STEP)
+    feed(ref, key, vals)
+
+    eng, _, _ = make(tmp_path / "a", STEP)
+    feed(eng, key, vals[:30])
+    assert eng.checkpoint() == 1
+    eng.close()
+    again = Engine(eng.settings, ModelRegistry(eng.settings.models.dir), None, Metrics())
+    assert again.restore() == 1
+    s = again.stream("dev/value")
+    assert s is not None and s.status == "ok" and s.last_ts_ns == T0 + 29 * C
+    feed(again, key, vals[30:], start=30)
+    a, b = again.forecast("dev/value"), ref.forecast("dev/value")
+    assert a is not None and b is not None and a.mean == b.mean
+
+
+def test_checkpoint_of_changed_model_is_ignored(tmp_path: Path) -> None:
+    eng, _, _ = make(tmp_path, STEP)
+    feed(eng, StreamKey("dev", "value"), signal(10))
+    eng.checkpoint()
+    write_model(eng.settings.models.dir, dataclasses.replace(STEP, seed=5))  # same name/version, new weights
+    again = Engine(eng.settings, ModelRegistry(eng.settings.models.dir), None, Metrics())
+    assert again.restore() == 0
+
+
+def test_alert_fires_and_resolves_with_explanation(tmp_path: Path) -> None:
+    eng, alerts, metrics = make(tmp_path, STEP, anomaly={"min_count": 1, "window": 1, "cooldown_s": 0})
+    key = StreamKey("dev", "value")
+    vals = signal(80)
+    vals[60] += 50  # a spike
+    feed(eng, key, vals)
+    firing = [a for a in alerts if a.state == "firing"]
+    assert firing and firing[0].ts_ns == T0 + 60 * C
+    a = firing[0]
+    assert a.stream_id == "dev/value" and a.device == "dev" and a.quantity == "value"
+    assert a.value == pytest.approx(vals[60], rel=1e-6) and not (a.lower <= a.value <= a.upper)
+    assert a.score >= 0.99 and a.model == "m" and a.warm
+    assert any(x.state == "resolved" for x in alerts)
+    assert eng.recent_alerts(limit=1)[0] is alerts[-1]
+    assert eng.recent_alerts(state="firing")[-1] is a
+    assert metrics.alerts.labels("firing")._value.get() == len(firing)
+
+
+def test_reload_swaps_model_and_rewarms(tmp_path: Path) -> None:
+    store = MemoryStore()
+    eng, _, _ = make(tmp_path, STEP, store=store)
+    key = StreamKey("dev", "value")
+    vals = signal(20)
+    store.write([Reading(key, T0 + i * C, float(v)) for i, v in enumerate(vals)])
+    feed(eng, key, vals)
+    old = eng.forecast("dev/value")
+    models = eng.settings.models.dir
+    write_model(models, KitSpec(name="m", version="2", layers=2, hidden=8, time_features=("hour_sin", "dow_cos"),
+                                warmup_steps=6, seed=9))
+    report = eng.reload_models()
+    assert report["loaded"] == ["m/2"]
+    eng.tick(T0 + 19 * C + 1)  # warm-up from the store happens in the next tick
+    s = eng.stream("dev/value")
+    assert s is not None and s.model_version == "2" and s.status == "ok"
+    new = eng.forecast("dev/value")
+    assert new is not None and old is not None and new.mean != old.mean
+    assert [m.version for m in eng.models() if m.streams] == ["2"]
+    # A corrupt upload of v3 keeps v2 serving.
+    shutil.copytree(models / "m" / "2", models / "m" / "3")
+    (models / "m" / "3" / "model.onnx").write_bytes(b"broken")
+    report = eng.reload_models()
+    assert "m/3" in report["errors"]
+    s = eng.stream("dev/value")
+    assert s is not None and s.model_version == "2" and s.status == "ok"
+
+
+def test_predict_validates(tmp_path: Path) -> None:
+    eng, _, _ = make(tmp_path, STEP)
+    ts = [T0, T0 + C]
+    with pytest.raises(ValueError, match="unknown model"):
+        eng.predict("nope", None, [[1.0]], None)
+    with pytest.raises(ValueError, match="empty"):
+        eng.predict("m", None, [], [])
+    with pytest.raises(ValueError, match=r"values\[1\] has 2 features"):
+        eng.predict("m", None, [[1.0], [1.0, 2.0]], ts)
+    with pytest.raises(ValueError, match="timestamps_ns are required"):
+        eng.predict("m", None, [[1.0]], None)
+    with pytest.raises(ValueError, match="2 timestamps for 1 rows"):
+        eng.predict("m", None, [[1.0]], ts)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        eng.predict("m", None, [[1.0], [2.0]], ts[::-1])
+    with pytest.raises(ValueError, match="cadence 30"):
+        eng.predict("m", None, [[1.0], [2.0]], ts, cadence=30)
+    f = eng.predict("m", "1", [[1.0], [2.0]], ts, cadence=60)
+    assert len(f.mean) == STEP.horizon and all(math.isfinite(v[0]) for v in f.mean)
+
+
+def test_unbound_streams_are_ignored_and_bindings_route(tmp_path: Path) -> None:
+    eng, _, _ = make(tmp_path, STEP, models={"bindings": [{"model": "m", "device": "pump-*", "quantity": "temp*"}]})
+    eng.accept([Reading(StreamKey("pump-1", "temp_in"), T0, 1.0), Reading(StreamKey("fan-1", "temp"), T0, 1.0),
+                Reading(StreamKey("pump-2", "rpm"), T0, 1.0)])
+    eng.tick(T0)
+    assert [s.id for s in eng.streams()] == ["pump-1/temp_in"]
+
+
+def test_runner_ticks_and_checkpoints_on_stop(tmp_path: Path) -> None:
+    eng, _, _ = make(tmp_path, STEP, streams={"tick_s": 0.01})
+    runner = EngineRunner(eng)
+    runner.start()
+    try:
+        now = time.time_ns() // C * C
+        eng.accept([Reading(StreamKey("dev", "value"), now, 1.0)])
+        deadline = time.monotonic() + 5
+        while eng.stream("dev/value") is None or eng.stream("dev/value").warm_have == 0:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "runner never ticked"
+            time.sleep(0.01)
+    finally:
+        runner.stop()
+    assert not runner.running and runner.last_error is None
+    assert list((tmp_path / "state").glob("*.state.npz"))
