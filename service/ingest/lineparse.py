@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from service.errors import DecodeError
 
 
-
 @dataclass(frozen=True, slots=True)
 class LinePoint:
     measurement: str
