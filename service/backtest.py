@@ -1,0 +1,241 @@
+"""``sensorcast backtest``: replay history through exactly the live forecast/alert path.
+
+Rows from a CSV (a timestamp column plus value columns) or from the store are fed to a
+real ``Engine`` (same resampler, state table, scorer and decider) with a simulated clock:
+each row is accepted and then ``tick(now=row time)`` runs, so every bucket is fed as soon
+as it has ended, as it would be live. Per row and stream the output has the value, what
+the model expected for it (the forecast made one step earlier), the band, the score, the
+stream status and any alert event, so alert settings can be tuned on history.
+
+``backtest_frame()`` is the same as a function (the NAB runner calls it for all 58 files).
+With ``as_steps=True`` every row is one model step whatever its timestamp (rows are
+re-stamped onto the model's cadence; the output keeps the original timestamps): use it
+when the data's cadence differs from the model's or is irregular.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from service.config import ModelBinding, Settings
+from service.errors import ConfigError, ModelError
+from service.metrics import Metrics
+from service.records import NS_PER_S, Alert, Reading, StreamKey
+from service.runtime.registry import ModelRegistry
+from service.streams.engine import Engine
+
+DEVICE = "backtest"
+
+
+@dataclass(frozen=True, slots=True)
+class BacktestRow:
+    ts_ns: int
+    stream: str
+    value: float
+    expected: float | None
+    lower: float | None
+    upper: float | None
+    score: float | None  # None while warming or unscored
+    status: str  # warming | ok | firing | none (no step yet)
+    event: str  # "", "firing" or "resolved"
+
+
+def backtest_frame(
+    models: ModelRegistry | Path,
+    model: str,
+    timestamps_ns: Sequence[int],
+    values: Sequence[Sequence[float]],
+    columns: Sequence[str],
+    settings: Settings | None = None,
+    version: str | None = None,
+    as_steps: bool = False,
+) -> list[BacktestRow]:
+    """Replay ``values`` (T rows x len(columns)) at ``timestamps_ns`` through a fresh engine.
+
+    A univariate model makes one stream per column (``backtest/<column>``); a multivariate
+    model makes one stream whose features are the columns of the same name.
+    """
+    if len(timestamps_ns) != len(values):
+        raise ValueError(f"{len(timestamps_ns)} timestamps for {len(values)} rows")
+    registry = models if isinstance(models, ModelRegistry) else ModelRegistry(models)
+    loaded = registry.get(model, version)
+    features = loaded.manifest.features
+    if len(features) > 1:
+        missing = set(features) - set(columns)
+        if missing:
+            raise ValueError(f"model {model} needs columns {features}; missing {sorted(missing)}")
+    base = settings or Settings(_env_file=None)  # type: ignore[call-arg]
+    binding = ModelBinding(model=model, version=loaded.version, device=DEVICE, quantity="*")
+    s = base.model_copy(update={"models": base.models.model_copy(update={"bindings": [binding], "watch": False})})
+    events: dict[tuple[str, int], str] = {}
+
+    def on_alert(a: Alert) -> None:
+        events[(a.stream_id, a.ts_ns)] = a.state
+
+    engine = Engine(s, registry, None, Metrics(), on_alert=on_alert)
+    keys = [StreamKey(DEVICE, c) for c in columns]
+    cadence_ns = round(loaded.manifest.cadence_s * NS_PER_S)
+    start = (int(timestamps_ns[0]) // cadence_ns + 1) * cadence_ns if timestamps_ns else 0
+    multivariate = len(features) > 1
+    stream_ids = [DEVICE] if multivariate else [k.id for k in keys]
+    out: list[BacktestRow] = []
+    n = len(timestamps_ns)
+    for i, (ts, row) in enumerate(zip(timestamps_ns, values, strict=True)):
+        t = start + i * cadence_ns if as_steps else int(ts)
+        engine.accept([Reading(k, t, float(v)) for k, v in zip(keys, row, strict=True) if v == v])
+        bucket_ts = -(-t // cadence_ns) * cadence_ns
+        # The simulated clock: when the next row lies in a later bucket, time passes this
+        # bucket's end before it arrives (as it would live), so the bucket is fed now.
+        nxt = None if i + 1 == n else (start + (i + 1) * cadence_ns if as_steps else int(timestamps_ns[i + 1]))
+        engine.tick(bucket_ts if nxt is None or nxt > bucket_ts else t)
+        for j, sid in enumerate(stream_ids):
+            st = engine.stream(sid)
+            value = float(row[j]) if not multivariate else math.nan
+            if st is None or st.last_ts_ns != bucket_ts:
+                out.append(BacktestRow(int(ts), sid, value, None, None, None, None, "none" if st is None else st.status, ""))
+                continue
+            if multivariate:
+                value = st.last_value if st.last_value is not None else math.nan
+            warm = st.status != "warming"
+            out.append(BacktestRow(
+                ts_ns=int(ts), stream=sid, value=value,
+                expected=st.expected if warm else None, lower=st.lower, upper=st.upper,
+                score=st.score if warm else None, status=st.status,
+                event=events.pop((sid, bucket_ts), ""),
+            ))
+    return out
+
+
+# ---------------------------------------------------------------- CSV and store input
+
+
+def parse_time(text: str) -> int:
+    """ISO 8601 (naive = UTC) or epoch seconds / milliseconds / nanoseconds -> ns."""
+    text = text.strip()
+    try:
+        num = float(text)
+    except ValueError:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return int(dt.timestamp()) * NS_PER_S + dt.microsecond * 1000
+    if num < 1e11:
+        return round(num * NS_PER_S)
+    if num < 1e14:
+        return round(num * 1_000_000)
+    return int(num)
+
+
+def read_csv(path: Path, time_column: str, columns: list[str] | None) -> tuple[list[int], list[list[float]], list[str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        if time_column not in header:
+            raise ConfigError(f"{path}: no column {time_column!r} (found {header})")
+        cols = columns or [c for c in header if c != time_column]
+        absent = [c for c in cols if c not in header]
+        if absent:
+            raise ConfigError(f"{path}: columns {absent} not in {header}")
+        ts: list[int] = []
+        vals: list[list[float]] = []
+        for n, rec in enumerate(reader, start=2):
+            try:
+                ts.append(parse_time(rec[time_column]))
+            except ValueError as e:
+                raise ConfigError(f"{path}:{n}: bad timestamp {rec[time_column]!r}: {e}") from e
+            vals.append([_num(rec[c]) for c in cols])
+    return ts, vals, cols
+
+
+def _num(text: str | None) -> float:
+    if text is None or text == "":
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan  # a bad cell is a missing value, the rest of the row is kept
+
+
+def read_store(settings: Settings, device: str, quantities: list[str], start_ns: int, end_ns: int) -> tuple[
+    list[int], list[list[float]], list[str]
+]:
+    from service.store import open_store
+
+    store = open_store(settings.store)
+    try:
+        series = {q: {r.ts_ns: r.value for r in store.read_range(StreamKey(device, q), start_ns, end_ns)} for q in quantities}
+    finally:
+        store.close()
+    stamps = sorted({t for s in series.values() for t in s})
+    return stamps, [[series[q].get(t, math.nan) for q in quantities] for t in stamps], quantities
+
+
+def write_rows(rows: list[BacktestRow], out: Path | None) -> None:
+    f = sys.stdout if out is None else out.open("w", newline="", encoding="utf-8")
+    try:
+        w = csv.writer(f)
+        w.writerow(["timestamp", "stream", "value", "expected", "lower", "upper", "score", "status", "event"])
+        for r in rows:
+            when = datetime.fromtimestamp(r.ts_ns / NS_PER_S, tz=UTC).isoformat()
+            w.writerow([when, r.stream, _fmt(r.value), _fmt(r.expected), _fmt(r.lower), _fmt(r.upper),
+                        _fmt(r.score), r.status, r.event])
+    finally:
+        if out is not None:
+            f.close()
+
+
+def _fmt(v: float | None) -> str:
+    return "" if v is None or v != v else f"{v:.6g}"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="Model name under the models directory.")
+    p.add_argument("--version", help="Model version (newest when omitted).")
+    p.add_argument("--models-dir", type=Path, help="Models directory (default: settings).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--csv", type=Path, help="CSV with a timestamp column and value columns.")
+    src.add_argument("--device", help="Replay stored history of this device (store URL from settings).")
+    p.add_argument("--time-column", default="timestamp")
+    p.add_argument("--columns", help="Comma-separated value columns / quantities (CSV default: all).")
+    p.add_argument("--start", help="Store replay start (ISO time).")
+    p.add_argument("--end", help="Store replay end (ISO time, exclusive).")
+    p.add_argument("--as-steps", action="store_true", help="Every row is one model step (ignore spacing).")
+    p.add_argument("--threshold", type=float, help="Score threshold (default: settings, then model).")
+    p.add_argument("--clear-threshold", type=float)
+    p.add_argument("--min-count", type=int, help="M of the M-of-N rule.")
+    p.add_argument("--window", type=int, help="N of the M-of-N rule.")
+    p.add_argument("--cooldown-s", type=float)
+    p.add_argument("--out", type=Path, help="Output CSV (default stdout).")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings()  # type: ignore[call-arg]
+    updates = {k: getattr(args, k) for k in ("threshold", "clear_threshold", "min_count", "window", "cooldown_s")
+               if getattr(args, k) is not None}
+    settings = settings.model_copy(update={"anomaly": settings.anomaly.model_copy(update=updates)})
+    models_dir = args.models_dir or settings.models.dir
+    columns = args.columns.split(",") if args.columns else None
+    try:
+        if args.csv is not None:
+            ts, vals, cols = read_csv(args.csv, args.time_column, columns)
+        else:
+            if not columns:
+                raise ConfigError("--device needs --columns (the quantities to replay)")
+            start = parse_time(args.start) if args.start else 0
+            end = parse_time(args.end) if args.end else 2**62
+            ts, vals, cols = read_store(settings, args.device, columns, start, end)
+        rows = backtest_frame(models_dir, args.model, ts, vals, cols, settings, args.version, args.as_steps)
+    except (ValueError, ConfigError, ModelError) as e:
+        print(f"sensorcast backtest: {e}", file=sys.stderr)
+        return 2
+    write_rows(rows, args.out)
+    n_events = sum(1 for r in rows if r.event == "firing")
+    print(f"backtest: {len(ts)} rows, {len(rows)} stream-rows, {n_events} alerts fired", file=sys.stderr)
+    return 0
