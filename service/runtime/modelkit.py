@@ -118,7 +118,8 @@ class NumpyKitModel:
         z = _sigmoid(xw[:, :hid] + hu[:, :hid])
         r = _sigmoid(xw[:, hid : 2 * hid] + hu[:, hid : 2 * hid])
         n = np.tanh(xw[:, 2 * hid :] + r * hu[:, 2 * hid :]).astype(np.float32)
-        return (n + z * (h - n)).astype(np.float32)
+        gated: F32 = (n + z * (h - n)).astype(np.float32)
+        return gated
 
     def _advance(self, x: F32, state: F32, tf: F32 | None) -> tuple[F32, F32, F32]:
         xn = (x - self.w.mu) / self.w.sd  # (B, F)

@@ -30,6 +30,10 @@ F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 IntArr = npt.NDArray[np.intp]
 
+# Rows per ONNX call: per-stream cost is lowest at B ~ 256-512 (activations stay in cache;
+# MEASURED.md, re-measured here: 2.6 us/stream at 512 vs 3.8 us at 10,000).
+MAX_CALL_BATCH = 512
+
 
 @dataclass(frozen=True, slots=True)
 class StepOutcome:
@@ -157,21 +161,24 @@ class ModelTable:
         # The forecast made one step earlier for this bucket, and its spread.
         expected = self.fc[rows, 0, :].astype(np.float64)  # (B, Fo)
         prev_scale = self.sc[rows, 0, :].astype(np.float64) if self.has_scale else None
-        if self.window is None:
-            tf = time_features(ts, self.tf_names) if self.tf_names else None  # (B, K)
-            fc, sc, state_out = self.runtime.step(x, self.state[rows], tf)
-            self.state[rows] = state_out
-        else:
+        if self.window is not None:
             # Shift each ring left by one and append x: (B, L, F).
             self.ring[rows, :-1] = self.ring[rows, 1:]
             self.ring[rows, -1] = x
             self.ring_ts[rows, :-1] = self.ring_ts[rows, 1:]
             self.ring_ts[rows, -1] = ts
-            tfw = time_features(self.ring_ts[rows], self.tf_names) if self.tf_names else None  # (B, L, K)
-            fc, sc = self.runtime.window(self.ring[rows], tfw)
-        self.fc[rows] = fc
-        if sc is not None:
-            self.sc[rows] = sc
+        for lo in range(0, len(rows), MAX_CALL_BATCH):
+            r = rows[lo : lo + MAX_CALL_BATCH]
+            if self.window is None:
+                tf = time_features(ts[lo : lo + MAX_CALL_BATCH], self.tf_names) if self.tf_names else None  # (b, K)
+                fc, sc, state_out = self.runtime.step(x[lo : lo + MAX_CALL_BATCH], self.state[r], tf)
+                self.state[r] = state_out
+            else:
+                tfw = time_features(self.ring_ts[r], self.tf_names) if self.tf_names else None  # (b, L, K)
+                fc, sc = self.runtime.window(self.ring[r], tfw)
+            self.fc[r] = fc
+            if sc is not None:
+                self.sc[r] = sc
         self.warm_have[rows] += 1
         self.last_bucket[rows] = buckets
         self.last_x[rows] = x
