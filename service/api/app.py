@@ -1,0 +1,146 @@
+"""The FastAPI application: routers, error handlers, body limit, lifespan.
+
+``create_app(settings)`` builds and owns a pipeline in its lifespan (what ``serve``
+does); tests pass their own ``pipeline`` and keep ownership of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.api.auth import ApiKeys, AuthError
+from service.api.limits import BodyLimitMiddleware
+from service.api.routes import alerts, health, models, predict, readings, streams
+from service.api.schemas import ErrorOut
+from service.config import Settings
+from service.errors import DecodeError, ModelError, SpoolFullError, StoreError
+from service.metrics import Metrics
+from service.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Forecasts and anomaly alerts for sensor streams. Stream ids are `device/quantity`
+(plus `;tag=value` pairs) and are used as they are in paths: `/v1/streams/pump-1/temperature`.
+When API keys are configured, send one in the `X-API-Key` header: reading routes need the
+read or write key, mutating routes (`POST /v1/readings`, `POST /v1/models/reload`) the write key.
+"""
+
+
+def create_app(
+    settings: Settings, pipeline: Pipeline | None = None, metrics: Metrics | None = None
+) -> FastAPI:
+    owned = pipeline is None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if owned:
+            built = await run_in_threadpool(Pipeline.build, settings, metrics)
+            await run_in_threadpool(built.start)
+            app.state.pipeline = built
+        try:
+            yield
+        finally:
+            if owned and app.state.pipeline is not None:
+                running: Pipeline = app.state.pipeline
+                app.state.pipeline = None  # new requests get 503 while we stop
+                await run_in_threadpool(running.stop)
+
+    app = FastAPI(
+        title="sensorcast",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # Every error, ours or pydantic's, has the one shape {"detail": ...}.
+        responses={
+            401: {"model": ErrorOut, "description": "No or unknown API key."},
+            403: {"model": ErrorOut, "description": "The API key lacks the scope."},
+            413: {"model": ErrorOut, "description": "Request body too large."},
+            422: {"model": ErrorOut, "description": "The request is not valid: what and where."},
+            503: {"model": ErrorOut, "description": "A part of the service is not available."},
+        },
+    )
+    app.state.settings = settings
+    app.state.pipeline = pipeline
+    app.state.api_keys = ApiKeys.from_settings(settings.api)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
+    for module in (streams, predict, readings, alerts, models, health):
+        app.include_router(module.router)
+    _add_error_handlers(app)
+    _honest_security_in_openapi(app, app.state.api_keys)
+    try:
+        from service.dashboard import mount  # DEPLOY's static dashboard, when installed
+    except ImportError:
+        log.debug("no dashboard package: serving the API only")
+    else:
+        mount(app)
+    return app
+
+
+def _honest_security_in_openapi(app: FastAPI, keys: ApiKeys) -> None:
+    """List a key requirement only where that scope's key is configured."""
+    generate = app.openapi
+    unused = {name for name, key in (("ReadKey", keys.read), ("WriteKey", keys.write)) if key is None}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = generate()
+            for item in doc.get("paths", {}).values():
+                for op in item.values():
+                    if not isinstance(op, dict) or "security" not in op:
+                        continue
+                    op["security"] = [req for req in op["security"] if not set(req) & unused]
+                    if not op["security"]:
+                        del op["security"]
+            schemes = doc.get("components", {}).get("securitySchemes", {})
+            for name in unused:
+                schemes.pop(name, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    # Messages say what was wrong with the request; they never include keys or secrets
+    # (AuthError texts are fixed strings, store errors carry no credentials).
+    def handler(status: int) -> object:
+        async def handle(request: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+
+        return handle
+
+    async def auth(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, AuthError)
+        headers = {"WWW-Authenticate": "ApiKey"} if exc.status == 401 else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; see the service log"}, status_code=500)
+
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
+        # Only where and what: echoing the input would leak it back (and a NaN in it
+        # cannot even be written as JSON).
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(AuthError, auth)
+    app.add_exception_handler(ModelError, handler(404))  # type: ignore[arg-type]
+    app.add_exception_handler(DecodeError, handler(422))  # type: ignore[arg-type]
+    app.add_exception_handler(SpoolFullError, handler(503))  # type: ignore[arg-type]
+    app.add_exception_handler(StoreError, handler(503))  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, internal)

@@ -1,0 +1,82 @@
+"""Liveness, readiness (broker, store or spool, models) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.api.deps import PipelineDep, ReadScope
+from service.api.schemas import CheckOut, HealthOut, ReadyOut
+from service.pipeline import Pipeline
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> HealthOut:
+    """The process is up and serving HTTP."""
+    return HealthOut(status="ok")
+
+
+@router.get("/readyz", responses={503: {"model": ReadyOut, "description": "Degraded: see the failing checks."}})
+def readyz(pipeline: PipelineDep) -> Any:
+    """Ready when broker, store (or its spool) and models are all fine; 503 with details otherwise."""
+    checks = readiness(pipeline)
+    body = ReadyOut(ready=all(c.ok for c in checks.values()), checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+
+
+@router.get(
+    "/metrics",
+    dependencies=[ReadScope],
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format."}},
+)
+def metrics(pipeline: PipelineDep) -> Response:
+    """Prometheus metrics of this process."""
+    if pipeline.engine is not None:
+        counts = {"warming": 0, "ok": 0, "firing": 0}
+        for s in pipeline.engine.streams():
+            counts[str(s.status)] = counts.get(str(s.status), 0) + 1
+        for status, n in counts.items():
+            pipeline.metrics.streams.labels(status=status).set(n)
+    return Response(pipeline.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def readiness(pipeline: Pipeline) -> dict[str, CheckOut]:
+    """Each part this process runs, checked now."""
+    checks: dict[str, CheckOut] = {}
+    if pipeline.ingester is not None:
+        st = pipeline.ingester.status()
+        if getattr(pipeline.ingester, "source", True) is not None:  # None: HTTP intake only
+            broker = bool(_field(st, "broker_connected", False))
+            checks["broker"] = CheckOut(ok=broker, detail="connected" if broker else "not connected to the MQTT broker")
+        store_ok = bool(_field(st, "store_ok", False))
+        spool_ok = not bool(_field(st, "spool_full", False))
+        depth = _field(st, "spool_readings", 0)
+        if store_ok:
+            detail = "store answers" + (f"; {depth} readings spooled, replaying" if depth else "")
+        elif spool_ok:
+            detail = f"store unreachable; spooling durably ({depth} readings waiting)"
+        else:
+            detail = "store unreachable and the spool is full: intake stopped"
+        # The spool keeps every reading durable while the store is away: still ready.
+        checks["store"] = CheckOut(ok=store_ok or spool_ok, detail=detail)
+    if pipeline.engine is not None:
+        n = len(pipeline.engine.models())
+        checks["models"] = CheckOut(ok=n > 0, detail=f"{n} model(s) loaded" if n else "no model loaded")
+    if pipeline.publisher is not None:
+        ok = pipeline.publisher.connected
+        pending = pipeline.publisher.pending()
+        detail = "connected" if ok else "not connected to the MQTT broker"
+        checks["alerts"] = CheckOut(ok=ok, detail=f"{detail}; {pending} alert message(s) in the outbox")
+    if not pipeline.started:
+        checks["pipeline"] = CheckOut(ok=False, detail="not started")
+    return checks
+
+
+def _field(obj: Any, name: str, default: Any) -> Any:
+    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)

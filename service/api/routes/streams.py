@@ -1,0 +1,53 @@
+"""Streams: state, warm-up progress and the latest stateful forecast."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+
+from service.api.deps import EngineDep, ReadScope
+from service.api.schemas import ErrorOut, ForecastOut, StreamOut
+
+router = APIRouter(prefix="/v1/streams", tags=["streams"], dependencies=[ReadScope])
+_404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "Unknown stream."}}
+
+
+@router.get("")
+def list_streams(
+    engine: EngineDep,
+    status: Annotated[Literal["warming", "ok", "firing"] | None, Query(description="Only streams in this state.")] = None,
+) -> list[StreamOut]:
+    """List every stream with its state and warm-up progress."""
+    out = [StreamOut.from_status(s) for s in engine.streams()]
+    return [s for s in out if status is None or s.status == status]
+
+
+# Declared before the plain stream route: ids contain "/", so the path converter of the
+# plain route would otherwise swallow ".../forecast".
+@router.get("/{stream_id:path}/forecast", responses={**_404, 409: {"model": ErrorOut, "description": "No forecast yet (warming up)."}})
+def get_forecast(
+    stream_id: str,
+    engine: EngineDep,
+    request: Request,
+    z: Annotated[float | None, Query(gt=0, le=10, description="Band half-width in spreads; settings.api.band_z when empty.")] = None,
+) -> ForecastOut:
+    """Latest stateful forecast of one stream, with bands."""
+    status = engine.stream(stream_id)
+    if status is None:
+        raise HTTPException(404, f"unknown stream {stream_id!r}")
+    fc = engine.forecast(stream_id)
+    if fc is None:
+        have, need = int(status.warm_have), int(status.warm_need)
+        raise HTTPException(409, f"no forecast yet for {stream_id!r}: warming up ({have} / {need})")
+    band_z = z if z is not None else request.app.state.settings.api.band_z
+    return ForecastOut.from_forecast(fc, band_z, stream_id)
+
+
+@router.get("/{stream_id:path}", responses=_404)
+def get_stream(stream_id: str, engine: EngineDep) -> StreamOut:
+    """One stream: state, warm-up, last value and score."""
+    status = engine.stream(stream_id)
+    if status is None:
+        raise HTTPException(404, f"unknown stream {stream_id!r}")
+    return StreamOut.from_status(status)

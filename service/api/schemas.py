@@ -1,0 +1,234 @@
+"""Pydantic models of the REST API (the edge): requests, responses and their examples.
+
+Internal records stay dataclasses; ``from_*`` helpers convert at the boundary. Floats
+that are not finite (a NaN value, a missing score) are sent as ``null``: JSON has no NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.records import Alert, Forecast
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+MAX_PREDICT_STEPS = 100_000  # far beyond any window a model needs; the body limit bites first
+MAX_MESSAGES = 10_000
+
+
+def ts_to_dt(ts_ns: int) -> datetime:
+    return datetime.fromtimestamp(ts_ns // 1000 / 1_000_000, tz=UTC)
+
+
+def finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+class ErrorOut(BaseModel):
+    detail: Any = Field(description="What was wrong: a message, or a list of validation errors.")
+
+
+# -- streams ------------------------------------------------------------------------
+class WarmUp(BaseModel):
+    have: int = Field(description="Steps seen since the stream (re)started.")
+    need: int = Field(description="Steps the model needs before forecasts count.")
+    message: str = Field(examples=["warming up (12 / 96)"])
+
+
+class StreamOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str = Field(examples=["pump-1/temperature"])
+    device: str = Field(examples=["pump-1"])
+    quantity: str = Field(examples=["temperature"], description='"*" for a multivariate (device) stream.')
+    feature: str | None = Field(None, description="Output feature the numbers refer to (multivariate streams).")
+    model: str | None = Field(examples=["demo"])
+    model_version: str | None = Field(examples=["1"])
+    status: Literal["warming", "ok", "firing"]
+    warm_up: WarmUp
+    last_time: datetime | None = Field(description="Time of the last step fed to the model.")
+    last_value: float | None
+    score: float | None = Field(description="Anomaly score of the last step (in [0, 1]; null when not scored).")
+    expected: float | None = Field(description="The value forecast one step earlier for the last step.")
+    lower: float | None
+    upper: float | None
+
+    @classmethod
+    def from_status(cls, s: Any) -> StreamOut:
+        have, need = int(s.warm_have), int(s.warm_need)
+        message = "ready" if have >= need else f"warming up ({have} / {need})"
+        last_ts = getattr(s, "last_ts_ns", None)
+        return cls(
+            id=s.id, device=s.device, quantity=s.quantity, feature=getattr(s, "feature", None), model=s.model, model_version=s.model_version,
+            status=s.status, warm_up=WarmUp(have=have, need=need, message=message),
+            last_time=ts_to_dt(last_ts) if last_ts is not None else None,
+            last_value=finite(s.last_value), score=finite(s.score), expected=finite(s.expected),
+            lower=finite(s.lower), upper=finite(s.upper),
+        )
+
+
+# -- forecasts ------------------------------------------------------------------------
+class ForecastOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    stream_id: str | None = Field(examples=["pump-1/temperature"])
+    model: str = Field(examples=["demo"])
+    model_version: str = Field(examples=["1"])
+    made_at: datetime = Field(description="Time of the last step the forecast has seen.")
+    cadence_s: float = Field(examples=[60.0])
+    features: list[str] = Field(description="Output feature names: the columns below.", examples=[["value"]])
+    times: list[datetime] = Field(description="H forecast times: made_at + (h+1)·cadence.")
+    mean: list[list[float | None]] = Field(description="H×F expected values, raw units.", examples=[[[20.1], [20.3]]])
+    scale: list[list[float | None]] | None = Field(description="H×F predicted spread (null: not probabilistic).")
+    lower: list[list[float | None]] | None = Field(description="mean − z·scale.")
+    upper: list[list[float | None]] | None = Field(description="mean + z·scale.")
+    band_z: float = Field(description="z used for the bands.")
+
+    @classmethod
+    def from_forecast(cls, fc: Forecast, z: float, stream_id: str | None = None) -> ForecastOut:
+        step_ns = round(fc.cadence_s * 1e9)
+        mean = [[finite(v) for v in row] for row in fc.mean]
+        scale = lower = upper = None
+        if fc.scale is not None:
+            scale = [[finite(v) for v in row] for row in fc.scale]
+            lower = [[finite(m - z * s) for m, s in zip(mr, sr, strict=True)] for mr, sr in zip(fc.mean, fc.scale, strict=True)]
+            upper = [[finite(m + z * s) for m, s in zip(mr, sr, strict=True)] for mr, sr in zip(fc.mean, fc.scale, strict=True)]
+        return cls(
+            stream_id=stream_id if stream_id is not None else (fc.stream_id or None),
+            model=fc.model, model_version=fc.model_version, made_at=ts_to_dt(fc.ts_ns),
+            cadence_s=fc.cadence_s, features=list(fc.features),
+            times=[ts_to_dt(fc.ts_ns + (h + 1) * step_ns) for h in range(len(fc.mean))],
+            mean=mean, scale=scale, lower=lower, upper=upper, band_z=z,
+        )
+
+
+class PredictIn(BaseModel):
+    """Stateless forecast: the history goes in the body, the forecast comes back."""
+
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{
+                "model": "demo",
+                "values": [[20.0], [20.5], [None], [21.0]],
+                "timestamps_ns": [1700000000000000000, 1700000060000000000, 1700000120000000000, 1700000180000000000],
+            }]
+        },
+    )
+
+    model: str = Field(min_length=1, max_length=64, description="Model name.")
+    version: str | None = Field(None, max_length=64, description="Model version; newest when empty.")
+    values: list[Annotated[list[FiniteFloat | None], Field(min_length=1, max_length=1024)]] = Field(
+        min_length=1, max_length=MAX_PREDICT_STEPS,
+        description="T×F history in the model's feature order, oldest first; null marks a missing value.",
+    )
+    timestamps_ns: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] = Field(
+        min_length=1, max_length=MAX_PREDICT_STEPS, description="T timestamps (ns since epoch, UTC), increasing."
+    )
+    cadence_s: FiniteFloat | None = Field(None, gt=0, description="Step length; the model's cadence when empty.")
+
+
+# -- readings -------------------------------------------------------------------------
+class MessageIn(BaseModel):
+    topic: str = Field(min_length=1, max_length=1024, examples=["sensors/pump-1/temperature"])
+    payload: Any = Field(
+        description="What an MQTT message would carry: a JSON value (sent as its JSON text) or a string (sent as is).",
+        examples=[{"value": 21.5, "time": "2024-01-01T00:00:00Z"}],
+    )
+
+
+class ReadingsIn(BaseModel):
+    """Readings over HTTP: the same topics and payloads as MQTT, decoded by the same decoder."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"messages": [{"topic": "sensors/pump-1/temperature", "payload": {"value": 21.5}}]}]},
+    )
+
+    messages: list[MessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
+
+
+class RefusalOut(BaseModel):
+    index: int = Field(description="Position of the message in the request.")
+    reason: str = Field(examples=["bad_value"])
+    detail: str
+
+
+class ReadingsOut(BaseModel):
+    accepted: int = Field(description="Readings made durable (store or spool).")
+    refused: list[RefusalOut]
+
+
+# -- alerts -------------------------------------------------------------------------
+class AlertOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    stream_id: str
+    device: str
+    quantity: str
+    state: Literal["firing", "resolved"]
+    time: datetime
+    ts_ns: int
+    value: float | None
+    expected: float | None
+    lower: float | None
+    upper: float | None
+    score: float | None
+    model: str
+    model_version: str
+    warm: bool
+    extra: dict[str, str]
+
+    @classmethod
+    def from_alert(cls, a: Alert) -> AlertOut:
+        return cls(
+            stream_id=a.stream_id, device=a.device, quantity=a.quantity, state=a.state,
+            time=ts_to_dt(a.ts_ns), ts_ns=a.ts_ns, value=finite(a.value), expected=finite(a.expected),
+            lower=finite(a.lower), upper=finite(a.upper), score=finite(a.score), model=a.model,
+            model_version=a.model_version, warm=a.warm, extra=dict(a.extra),
+        )
+
+
+# -- models and health ------------------------------------------------------------------
+class ModelOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    version: str
+    kind: str
+    cell: str
+    features: list[str]
+    output_features: list[str]
+    cadence_s: float
+    horizon: int
+    warmup_steps: int
+    probabilistic: bool
+    default_threshold: float
+    time_features: list[str]
+    sha256: str
+    created_at: datetime
+    streams: int = Field(description="Streams this version serves right now.")
+    metrics: dict[str, dict[str, float | None]]
+
+
+class ReloadOut(BaseModel):
+    loaded: list[str] = Field(description="name/version of models now in service.")
+    refused: dict[str, str] = Field(description="Artefacts refused, with the reason.")
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class CheckOut(BaseModel):
+    ok: bool
+    detail: str
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    checks: dict[str, CheckOut]

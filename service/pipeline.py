@@ -1,0 +1,216 @@
+"""Where a reading goes: the one place the flow is wired.
+
+    MQTT ──> Ingester (decode, validate, batch) ──> store, or the durable spool
+                 │  once a batch is durable, every sink gets it
+                 v
+             Engine.accept ──> tick: one batched ONNX step per model ──> score ──> decide
+                                                   │                             │
+                                           on_forecast                       on_alert
+                                                   v                             v
+                                AlertPublisher.publish_forecast     AlertPublisher.publish_alert
+                                (QoS 0, when a topic is set)        (outbox, QoS 1, retained state)
+
+    POST /v1/readings ──> Decoder ──> Ingester.submit (the same durable path as MQTT)
+
+Roles (``settings.roles``) choose which parts this process runs: ``ingest`` (the
+ingester), ``inference`` (engine and alert publisher), ``api`` (the REST server, which
+``serve`` starts around this pipeline). ``start`` brings parts up in flow order from the
+far end (publisher first, so no alert is emitted into nothing); ``stop`` stops intake
+first, then flushes, checkpoints and closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from service.alerts.publisher import AlertPublisher
+from service.config import Settings
+from service.errors import ConfigError
+from service.metrics import Metrics
+from service.records import Alert, Forecast, Reading
+from service.store.base import Store
+
+log = logging.getLogger(__name__)
+
+ROLES = ("ingest", "inference", "api")
+
+
+class EngineLike(Protocol):
+    """What the pipeline and the API use of ``service.streams.engine.Engine``."""
+
+    def accept(self, readings: Sequence[Reading]) -> None: ...
+    def streams(self) -> Sequence[Any]: ...
+    def stream(self, stream_id: str) -> Any | None: ...
+    def forecast(self, stream_id: str) -> Forecast | None: ...
+    def predict(self, model: str, version: str | None, values: Any, timestamps_ns: Any, cadence_s: float | None = None) -> Forecast: ...
+    def models(self) -> Sequence[Any]: ...
+    def reload_models(self) -> Any: ...
+    def recent_alerts(self, limit: int = 100, stream: str | None = None, state: str | None = None) -> Sequence[Alert]: ...
+    def checkpoint(self) -> Any: ...
+    def restore(self) -> Any: ...
+    def close(self) -> None: ...
+
+
+class RunnerLike(Protocol):
+    """The background loop that ticks the engine (``service.streams.runner.EngineRunner``)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class IngesterLike(Protocol):
+    """What the pipeline and the API use of ``service.ingest.ingester.Ingester``."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def submit(self, readings: Sequence[Reading]) -> None: ...
+    def status(self) -> Any: ...
+
+
+class DecoderLike(Protocol):
+    def decode(self, topic: str, payload: bytes, received_ns: int) -> Any: ...
+
+
+def parse_roles(text: str) -> frozenset[str]:
+    roles = frozenset(r.strip() for r in text.split(",") if r.strip())
+    unknown = roles - set(ROLES)
+    if unknown or not roles:
+        raise ConfigError(f"roles: {sorted(unknown) or 'none given'} not understood (expected some of {ROLES})")
+    return roles
+
+
+def split_stream_id(stream_id: str) -> tuple[str, str]:
+    """``device/quantity[;tags]`` -> (device, quantity); the quantity never holds ``/``."""
+    base = stream_id.split(";", 1)[0]
+    device, _, quantity = base.rpartition("/")
+    return device, quantity
+
+
+class Pipeline:
+    """The running parts of one process, wired together; the API reads from it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        store: Store | None = None,
+        engine: EngineLike | None = None,
+        ingester: IngesterLike | None = None,
+        decoder: DecoderLike | None = None,
+        publisher: AlertPublisher | None = None,
+        runner: RunnerLike | None = None,
+        closers: Sequence[Callable[[], object]] = (),
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.roles = parse_roles(settings.roles)
+        self.store = store
+        self.engine = engine
+        self.ingester = ingester
+        self.decoder = decoder
+        self.publisher = publisher
+        self.runner = runner
+        self._closers = list(closers)
+        self.started = False
+
+    # -- the callbacks the engine is given ------------------------------------------
+    def on_alert(self, alert: Alert) -> None:
+        """Engine -> MQTT. Never raises into the engine's loop: the alert is already listed."""
+        if self.publisher is None:
+            return
+        try:
+            self.publisher.publish_alert(alert)
+        except Exception:
+            log.exception("could not queue alert for %s (%s) in the outbox", alert.stream_id, alert.state)
+
+    def on_forecast(self, fc: Forecast) -> None:
+        if self.publisher is None:
+            return
+        device, quantity = split_stream_id(fc.stream_id)
+        try:
+            self.publisher.publish_forecast(fc, device, quantity)
+        except Exception:
+            log.exception("could not publish forecast for %s", fc.stream_id)
+
+    # -- building from settings --------------------------------------------------------
+    @classmethod
+    def build(cls, settings: Settings, metrics: Metrics | None = None) -> Pipeline:
+        """Open every part this process's roles need (imports only what is used)."""
+        metrics = metrics or Metrics()
+        roles = parse_roles(settings.roles)
+        from service.ingest.decode import Decoder
+
+        pipe = cls(settings, metrics, decoder=Decoder(settings.ingest))
+        closers: list[Callable[[], object]] = []
+        if roles & {"ingest", "inference"}:
+            from service.store import open_store
+
+            pipe.store = open_store(settings.store)
+            closers.append(pipe.store.close)
+        if "inference" in roles:
+            if settings.alerts.enabled:
+                pipe.publisher = AlertPublisher(settings.mqtt, settings.alerts)
+            pipe.engine, pipe.runner = _build_engine(settings, pipe.store, metrics, pipe.on_alert, pipe.on_forecast)
+        if "ingest" in roles:
+            from service.ingest.ingester import Ingester
+
+            assert pipe.store is not None
+            sinks = [pipe.engine.accept] if pipe.engine is not None else []
+            ingester = Ingester(settings, pipe.store, metrics, sinks=sinks)
+            pipe.ingester = ingester
+            pipe.decoder = ingester.decoder  # one decoder (and its caches) for MQTT and HTTP
+        pipe._closers = closers
+        return pipe
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self) -> None:
+        if self.publisher is not None:
+            self.publisher.start()
+        if self.runner is not None:
+            self.runner.start()  # restores checkpoints, then ticks every streams.tick_s
+        if self.ingester is not None:
+            self.ingester.start()
+        self.started = True
+        log.info("pipeline started (roles: %s)", ",".join(sorted(self.roles)))
+
+    def stop(self) -> None:
+        """Stop intake, let the engine finish and checkpoint, flush alerts, close."""
+        if self.ingester is not None:
+            _safely("stop ingester", self.ingester.stop)
+        if self.runner is not None:
+            _safely("stop engine", self.runner.stop)  # a last tick for what was flushed, then a checkpoint
+        if self.engine is not None:
+            _safely("close engine", self.engine.close)
+        if self.publisher is not None:
+            _safely("stop alert publisher", self.publisher.stop)
+        for close in self._closers:
+            _safely("close", close)
+        self.started = False
+        log.info("pipeline stopped")
+
+
+def _safely(what: str, fn: Callable[[], object]) -> None:
+    # Shutdown must reach every part: one failing step is logged, the rest still run.
+    try:
+        fn()
+    except Exception:
+        log.exception("shutdown: %s failed", what)
+
+
+def _build_engine(
+    settings: Settings,
+    store: Store | None,
+    metrics: Metrics,
+    on_alert: Callable[[Alert], None],
+    on_forecast: Callable[[Forecast], None],
+) -> tuple[EngineLike, RunnerLike]:
+    from service.runtime.registry import ModelRegistry
+    from service.streams.engine import Engine
+    from service.streams.runner import EngineRunner
+
+    registry = ModelRegistry(settings.models.dir, settings.models.threads, metrics)
+    engine = Engine(settings, registry, store, metrics, on_alert=on_alert, on_forecast=on_forecast)
+    return engine, EngineRunner(engine, restore=True)

@@ -1,0 +1,100 @@
+"""An in-memory twin of the engine's read side, for unit tests of the API layer only.
+
+It answers like ``service.streams.engine.Engine`` (the interface in ``service.pipeline.
+EngineLike``) from fixed data, so route logic (validation, status codes, auth, schemas)
+can be tested without models; the serving integration tests use the real engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from service.errors import ModelError
+from service.records import Alert, Forecast, Reading
+from service.runtime.manifest import Manifest
+
+
+@dataclass
+class TwinStatus:
+    id: str
+    device: str
+    quantity: str
+    model: str | None
+    model_version: str | None
+    status: str
+    warm_have: int
+    warm_need: int
+    last_ts_ns: int | None
+    last_value: float | None
+    score: float | None
+    expected: float | None
+    lower: float | None
+    upper: float | None
+
+
+def twin_manifest(name: str = "twin", version: str = "1") -> Manifest:
+    return Manifest(
+        name=name, version=version, kind="step", cell="gru", layers=1, hidden=4, state_size=4,
+        features=["value"], output_features=["value"], cadence_s=60.0, horizon=3, warmup_steps=5,
+        probabilistic=True, data={"source": "twin", "rows": 0},  # type: ignore[arg-type]
+        sha256="0" * 64, created_at=datetime(2024, 1, 1, tzinfo=UTC),
+    )
+
+
+@dataclass
+class TwinEngine:
+    statuses: dict[str, TwinStatus] = field(default_factory=dict)
+    forecasts: dict[str, Forecast] = field(default_factory=dict)
+    alerts: list[Alert] = field(default_factory=list)
+    manifests: list[Manifest] = field(default_factory=lambda: [twin_manifest()])
+    accepted: list[Reading] = field(default_factory=list)
+    reloads: int = 0
+
+    def accept(self, readings: Sequence[Reading]) -> None:
+        self.accepted.extend(readings)
+
+    def streams(self) -> list[TwinStatus]:
+        return list(self.statuses.values())
+
+    def stream(self, stream_id: str) -> TwinStatus | None:
+        return self.statuses.get(stream_id)
+
+    def forecast(self, stream_id: str) -> Forecast | None:
+        return self.forecasts.get(stream_id)
+
+    def predict(self, model: str, version: str | None, values: Any, timestamps_ns: Any, cadence_s: float | None = None) -> Forecast:
+        m = next((m for m in self.manifests if m.name == model and version in (None, m.version)), None)
+        if m is None:
+            raise ModelError(f"unknown model {model!r}")
+        x = np.array([[np.nan if v is None else v for v in row] for row in values], np.float32)  # (T, F)
+        if x.shape[1] != len(m.features):
+            raise ValueError(f"values have {x.shape[1]} features, model {model!r} expects {len(m.features)}")
+        seen = x[~np.isnan(x[:, 0]), 0]
+        last = float(seen[-1]) if seen.size else 0.0
+        return Forecast(
+            stream_id="", ts_ns=int(timestamps_ns[-1]), cadence_s=cadence_s or m.cadence_s,
+            features=tuple(m.output_features), mean=tuple((last,) for _ in range(m.horizon)),
+            scale=tuple((1.0,) for _ in range(m.horizon)), model=m.name, model_version=m.version,
+        )
+
+    def models(self) -> list[Manifest]:
+        return list(self.manifests)
+
+    def reload_models(self) -> dict[str, Any]:
+        self.reloads += 1
+        return {"loaded": [], "unchanged": [f"{m.name}/{m.version}" for m in self.manifests], "errors": {"bad/2": "SHA-256 mismatch"}}
+
+    def recent_alerts(self, limit: int = 100, stream: str | None = None, state: str | None = None) -> list[Alert]:
+        out = [a for a in self.alerts if (stream is None or a.stream_id == stream) and (state is None or a.state == state)]
+        return out[-limit:]
+
+    def checkpoint(self) -> None: ...
+    def restore(self) -> None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
