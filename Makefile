@@ -10,7 +10,7 @@ DATA ?= ../shared/data
 SYSTEM_PACKAGES := mosquitto influxdb chromium chromium-driver
 
 .PHONY: setup setup-system setup-service demo test test-fast lint bench bench-ingest \
-	bench-inference bench-ett bench-nab soak faults clean
+	bench-inference bench-ett bench-nab soak faults clean env-example check-image-deps compose-config
 
 setup: setup-system $(VENV)/.installed  ## venv with service, trainer and test tools
 
@@ -68,6 +68,19 @@ faults: setup
 
 soak: setup
 	$(VENV)/bin/sensorcast bench soak
+
+# deploy/env.example from the settings (a test fails when it is stale).
+env-example: $(VENV)/.installed
+	SENSORCAST=$(VENV)/bin/sensorcast sh deploy/make-env-example.sh > deploy/env.example
+
+# What the service image installs, checked without Docker: clean venv without torch,
+# and a wheel for every dependency on linux amd64 and arm64 (needs PyPI).
+check-image-deps: $(VENV)/.installed
+	$(PY) -m pytest -q tests/integration/test_service_install.py
+
+# Validate docker-compose.yml (needs docker-compose; no Docker engine).
+compose-config: $(VENV)/.installed
+	$(PY) -m pytest -q tests/unit/test_deploy_files.py -k compose
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data var

@@ -1,0 +1,68 @@
+# syntax=docker/dockerfile:1
+# sensorcast images. Default target `service`: the runtime without torch (onnxruntime,
+# FastAPI, paho, influxdb-client), from PyPI wheels alone, for linux/amd64 and linux/arm64:
+#   docker buildx build --platform linux/amd64,linux/arm64 -t sensorcast:0.1.0 .
+# Target `train`: the same plus torch (CPU) for `sensorcast train` as a one-off job:
+#   docker build --target train -t sensorcast-train:0.1.0 .
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- build: a venv with the service's dependencies and the package ----------------------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first (this layer changes only with pyproject.toml), wheels only: no
+# compiler in the image, and a missing wheel for a platform fails the build loudly.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+ && pip install --only-binary=:all: -r /tmp/requirements.txt
+COPY README.md ./
+COPY service ./service
+COPY training ./training
+RUN pip install --no-deps . \
+ && python -c "import service.api.app, service.serve, onnxruntime" \
+ && ! python -c "import torch" 2>/dev/null
+
+# ---- train: + torch (CPU wheels) for the trainer ---------------------------------------
+FROM build AS train-build
+# PyPI's x86_64 torch wheels pull multi-GB CUDA libraries; the CPU index has CPU-only
+# wheels for amd64 and arm64. Set TORCH_INDEX_URL=https://pypi.org/simple to use PyPI.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.4,<2.14" \
+ && pip install --only-binary=:all: "onnx>=1.16,<2" "onnxscript>=0.1" "matplotlib>=3.8,<4" "tqdm>=4.66,<5" "pyyaml>=6,<7"
+
+FROM ${PYTHON_IMAGE} AS train
+RUN useradd --system --uid 10001 --user-group --home-dir /work --create-home --shell /usr/sbin/nologin sensorcast
+COPY --from=train-build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
+WORKDIR /work
+USER sensorcast
+ENTRYPOINT ["sensorcast"]
+CMD ["train", "--help"]
+
+# ---- service (default): the runtime, non-root ------------------------------------------
+FROM ${PYTHON_IMAGE} AS service
+RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home --shell /usr/sbin/nologin sensorcast \
+ && mkdir -p /data/spool /data/state /data/outbox /models \
+ && chown -R sensorcast:sensorcast /data
+COPY --from=build /opt/venv /opt/venv
+# The shipped demo model, so the image starts with a real model; compose mounts ./models.
+COPY models /models
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    SENSORCAST_API__HOST=0.0.0.0 \
+    SENSORCAST_API__PORT=8080 \
+    SENSORCAST_STORE__URL=sqlite:////data/sensorcast.db \
+    SENSORCAST_STORE__SPOOL_DIR=/data/spool \
+    SENSORCAST_STREAMS__CHECKPOINT_DIR=/data/state \
+    SENSORCAST_ALERTS__OUTBOX_DIR=/data/outbox \
+    SENSORCAST_MODELS__DIR=/models
+WORKDIR /data
+VOLUME ["/data"]
+USER sensorcast
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=3)"]
+CMD ["sensorcast", "serve"]
