@@ -96,6 +96,7 @@ class Engine:
         self._by_uid: dict[int, ModelTable] = {}
         self._next_uid = 0
         self._need_history: dict[str, _Stream] = {}
+        self._restored: set[str] = set()  # restored streams not yet checked for a long gap
         self._waiting: dict[int, list[_Stream]] = {}  # due time (ns) -> streams with pending buckets
         self._drops = {r: metrics.late_dropped.labels(r) for r in ("late", "duplicate", "not_finite")}
 
@@ -176,6 +177,8 @@ class Engine:
             fast: dict[int, tuple[IntArr, I64, F32]] = {}
             if hits:
                 self._intake(hits, tss, vals, now, fast, slow)
+            if self._restored and slow:
+                self._rewarm_after_restore(slow)
             if self._need_history:
                 warming = list(self._need_history.values())
                 self._need_history.clear()
@@ -188,6 +191,23 @@ class Engine:
                     if st.table.has_pending[st.row] and self._streams.get(st.id) is st:
                         slow.setdefault(st.id, st)
             return self._run(fast, slow, now)
+
+    def _rewarm_after_restore(self, slow: dict[str, _Stream]) -> None:
+        """A restored stream whose next reading comes after a long gap warms from the store
+        (which kept ingesting while we were down) instead of starting cold."""
+        limit = self.settings.streams.max_gap_steps
+        for st in slow.values():
+            if st.id not in self._restored:
+                continue
+            self._restored.discard(st.id)
+            first = st.res.first_pending_ts()
+            nb = st.res.next_bucket
+            if first is None or nb is None or st.res.bucket_of(first) - nb <= limit:
+                continue
+            self._drop_firing(st, "gap")
+            st.table.reset(np.array([st.row], np.intp))
+            st.res.next_bucket = None
+            self._need_history[st.id] = st
 
     def _slow_begin(self, st: _Stream, slow: dict[str, _Stream]) -> None:
         """Hand the stream's position to its Resampler for this tick (unless it holds it)."""
@@ -614,6 +634,7 @@ class Engine:
                     rows = np.array([st.row], np.intp)
                     st.table.import_rows(rows, {k: v[i : i + 1] for k, v in arrays.items()})
                     self._need_history.pop(st.id, None)
+                    self._restored.add(st.id)
                     restored += 1
         log.info("restored %d streams from checkpoints", restored)
         return restored

@@ -248,3 +248,22 @@ def test_runner_ticks_and_checkpoints_on_stop(tmp_path: Path) -> None:
         runner.stop()
     assert not runner.running and runner.last_error is None
     assert list((tmp_path / "state").glob("*.state.npz"))
+
+
+def test_restored_stream_after_long_downtime_warms_from_store(tmp_path: Path) -> None:
+    key = StreamKey("dev", "value")
+    vals = signal(61)
+    store = MemoryStore()
+    eng, _, _ = make(tmp_path, STEP, store=store)
+    store.write([Reading(key, T0 + i * C, float(v)) for i, v in enumerate(vals[:30])])
+    feed(eng, key, vals[:30])
+    eng.checkpoint()
+    # Down for 30 buckets (> max_gap_steps 12) while the ingester kept storing.
+    store.write([Reading(key, T0 + i * C, float(v)) for i, v in enumerate(vals[30:60], start=30)])
+    again = Engine(eng.settings, ModelRegistry(eng.settings.models.dir), store, Metrics())
+    assert again.restore() == 1
+    feed(again, key, vals[60:], start=60)
+    n = STEP.warmup_steps + 2
+    offline = again.predict("m", None, [[float(v)] for v in vals[60 - n :]], [T0 + i * C for i in range(60 - n, 61)])
+    live = again.forecast("dev/value")
+    assert live is not None and np.abs(np.array(live.mean) - np.array(offline.mean)).max() <= 1e-4
