@@ -43,13 +43,20 @@ SCOREBOARD = {
     "Random": (11.0, 1.2, 19.5),
 }
 DETECTORS = ("sensorcast", "windowed_gaussian", "gaussian_likelihood")
+# Ablations of sensorcast (direct runtime path, same model): what each part is worth.
+ABLATIONS = {
+    "no_range_novelty": {"range_tolerance": 1e12},
+    "no_peak_ratio": {"use_peak": False},
+    "engine_spread_defaults": {"spread_alpha": 0.05, "learn_below": 0.99, "min_residuals": 10},
+}
 SHORT = {"standard": "standard", "reward_low_FP_rate": "low FP", "reward_low_FN_rate": "low FN"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=Path(os.environ.get("SENSORCAST_NAB_DATA", "../shared/data/nab")),
                    help="NAB folder with data/, labels/ and profiles.json")
-    p.add_argument("--detectors", default=",".join(DETECTORS), help=f"comma-separated subset of {DETECTORS}")
+    p.add_argument("--detectors", default=",".join(DETECTORS),
+                   help=f"comma-separated subset of {DETECTORS} and ablations {tuple(ABLATIONS)}")
     p.add_argument("--files", default="", help="comma-separated file names (default: all 58)")
     p.add_argument("--model", type=Path, default=None,
                    help="ONNX step model folder for 'sensorcast' (default: the persistence model, built on the fly)")
@@ -65,12 +72,16 @@ def _run(name: str, files: list, profiles: dict, model: Path, path: str) -> Dete
         runner = run_engine if path == "engine" else run_live
         scores = runner(files, model, LiveConfig())
         return score_run(name, scores, time.perf_counter() - t0, files, profiles)
+    if name in ABLATIONS:
+        t0 = time.perf_counter()
+        scores = run_live(files, model, replace(LiveConfig(), **ABLATIONS[name]))  # type: ignore[arg-type]
+        return score_run(name, scores, time.perf_counter() - t0, files, profiles)
     if name == "windowed_gaussian":
         return run_detector(name, windowed_gaussian, files, profiles)
     if name == "gaussian_likelihood":
         cfg = replace(ResidualConfig(), spatial_tolerance=None, likelihood=LikelihoodConfig())
         return run_detector(name, ResidualDetector(config=cfg), files, profiles)
-    raise SystemExit(f"unknown detector {name!r}; expected one of {DETECTORS}")
+    raise SystemExit(f"unknown detector {name!r}; expected one of {DETECTORS} or {tuple(ABLATIONS)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,13 +107,13 @@ def run(args: argparse.Namespace) -> int:
         runs.append(r)
         print(f"  {name}: {r.seconds:.1f} s ({n_rows / max(r.seconds, 1e-9):,.0f} rows/s), results in {out}")
 
-    head = f"{'detector':24s}" + "".join(f"{SHORT[p]:>10s}" for p in profiles)
+    head = f"{'detector':32s}" + "".join(f"{SHORT[p]:>10s}" for p in profiles)
     print("\n" + head + "\n" + "-" * len(head))
     for r in runs:
-        print(f"{r.name + ' (ours)':24s}" + "".join(f"{r.results[p].score:10.1f}" for p in profiles))
+        print(f"{r.name + ' (ours)':32s}" + "".join(f"{r.results[p].score:10.1f}" for p in profiles))
     if only is None:
         for name, vals in SCOREBOARD.items():
-            print(f"{name + ' (published)':24s}" + "".join(f"{v:10.1f}" for v in vals))
+            print(f"{name + ' (published)':32s}" + "".join(f"{v:10.1f}" for v in vals))
     else:
         print("(subset of files: not comparable with the published scoreboard)")
     for r in runs:

@@ -1,69 +1,57 @@
-"""NAB through the service's inference engine (``service.streams.engine.Engine``).
+"""NAB through ``sensorcast backtest`` (``service.backtest.backtest_frame``): the live engine.
 
-Each NAB file becomes a stream ``nab<i>/value``; row ``i`` of every file is published as a
-``Reading`` at ``t0 + i * cadence`` and the engine ticks once per row index, exactly as
-the live service does: routing by binding, resampling onto the model's cadence, the
-batched state table, one ONNX ``step`` per tick for all streams. The engine's forecast for
-each step (``StreamStatus.expected``) then feeds the same NAB post-processing as
-``training.nab.live`` (``NabScorer``).
+All 58 files go in as the columns of one frame (column ``i`` is the stream
+``backtest/nab<i>``), one row index per tick, so the engine does what it does live: route
+by binding, resample onto the model's cadence, step every stream in one batched ONNX call
+per tick from its state table, score and decide. The engine's forecast for each step
+(``BacktestRow.expected``, made one step earlier) then feeds the NAB post-processing of
+``training.nab.live.NabScorer``.
 
-Rows are fed on a regular clock because NAB scores *rows*: a handful of files have
-irregular timestamps, which the resampler would merge or bridge, breaking the row
-correspondence the labels rely on.
+``as_steps=True``: NAB scores *rows*, and a handful of files have irregular timestamps that
+the resampler would merge or bridge, so every row is fed as one model step.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from service.config import ModelsSettings, Settings, StreamsSettings
-from service.metrics import Metrics
-from service.records import NS_PER_S, Reading, StreamKey
+from service.backtest import backtest_frame
 from service.runtime.manifest import load_manifest
 from service.runtime.registry import ModelRegistry
-from service.streams.engine import Engine
 from training.nab.corpus import DataFile
 from training.nab.live import LiveConfig, NabScorer, stack
 
-T0_S = 1_600_000_200  # any cadence-aligned start: NAB rows are fed on a synthetic clock
+T0_NS = 1_600_000_200 * 1_000_000_000  # synthetic row clock (the real timestamps stay in the files)
+
+
+def engine_forecasts(files: Sequence[DataFile], model_folder: Path) -> np.ndarray:
+    """(B, T) one-step forecasts from the engine: [i, t] is what it expected for row t of file i."""
+    manifest = load_manifest(model_folder)
+    registry = ModelRegistry(model_folder.parent.parent)  # the models directory holding it
+    lengths, values = stack(files)
+    n, steps = values.shape
+    columns = [f"nab{i}" for i in range(n)]
+    cadence_ns = round(manifest.cadence_s * 1_000_000_000)
+    stamps = [T0_NS + t * cadence_ns for t in range(steps)]
+    rows = backtest_frame(registry, manifest.name, stamps, values.T.tolist(), columns,
+                          version=manifest.version, as_steps=True)
+    if len(rows) != n * steps:
+        raise RuntimeError(f"backtest returned {len(rows)} rows, expected {n * steps}")
+    expected = np.array([np.nan if r.expected is None else r.expected for r in rows]).reshape(steps, n).T
+    expected[np.arange(steps)[None, :] >= lengths[:, None]] = np.nan  # past each file's end
+    return expected
 
 
 def run_engine(files: Sequence[DataFile], model_folder: Path, config: LiveConfig | None = None) -> dict[str, np.ndarray]:
-    """Anomaly scores (N,) per file, the forecasts coming from a real ``Engine``."""
-    manifest = load_manifest(model_folder)
-    cadence_ns = round(manifest.cadence_s * NS_PER_S)
-    t0 = (T0_S * NS_PER_S // cadence_ns) * cadence_ns
-    with tempfile.TemporaryDirectory(prefix="nab-engine-") as tmp:
-        # The engine serves every model under its models directory: give it just this one.
-        models = Path(tmp) / "models"
-        shutil.copytree(model_folder, models / manifest.name / manifest.version)
-        settings = Settings(
-            models=ModelsSettings(dir=models, watch=False),  # type: ignore[call-arg]
-            streams=StreamsSettings(checkpoint_dir=Path(tmp) / "state"),  # type: ignore[call-arg]
-        )
-        engine = Engine(settings, ModelRegistry(models), store=None, metrics=Metrics())
-        lengths, values = stack(files)
-        n = len(files)
-        keys = [StreamKey(f"nab{i}", "value") for i in range(n)]
-        scorer = NabScorer(n, config)
-        scores = np.zeros_like(values)
-        for t in range(values.shape[1]):
-            ts = t0 + t * cadence_ns
-            rows = np.nonzero(lengths > t)[0]
-            engine.accept([Reading(keys[i], ts, float(values[i, t])) for i in rows.tolist()])
-            engine.tick(ts)  # the bucket ending at ts is due
-            expected = np.full(len(rows), np.nan)
-            for j, i in enumerate(rows.tolist()):
-                st = engine.stream(keys[i].id)
-                if st is not None and st.last_ts_ns == ts and st.expected is not None:
-                    expected[j] = st.expected
-            scores[rows, t] = scorer.update(rows, values[rows, t], expected)
-        engine.close()
+    """Anomaly scores (N,) per file, the forecasts coming from ``sensorcast backtest``."""
+    expected = engine_forecasts(files, model_folder)
+    lengths, values = stack(files)
+    scorer = NabScorer(len(files), config)
+    scores = np.zeros_like(values)
+    for t in range(values.shape[1]):
+        rows = np.nonzero(lengths > t)[0]
+        scores[rows, t] = scorer.update(rows, values[rows, t], expected[rows, t])
     return {f.name: scores[i, : len(f.values)] for i, f in enumerate(files)}
-
-

@@ -37,14 +37,19 @@ IntArr = npt.NDArray[np.intp]
 
 @dataclass(frozen=True, slots=True)
 class LiveConfig:
-    spread_alpha: float = 0.003  # ~300-step memory (the engine's default 0.05 scored 59.9 vs 66.5)
+    """Post-processing settings. Defaults were chosen on the NAB corpus itself (as every
+    NAB entry's are); docs/nab.md lists the sensitivity of each."""
+
+    spread_alpha: float = 0.003  # ~300-step memory of |residual| (the engine's 0.05 scored ~7 points lower)
     min_residuals: int = 20  # neutral score until the spread has seen this many residuals
-    learn_below: float = 0.99  # residuals scoring >= this (two-sided normal tail) stay out of the spread
-    peak_window: int = 20
-    peak_decay: float = 0.9999
-    learning_steps: int = 300
-    range_tolerance: float = 0.02
-    range_floor: float = 0.9
+    learn_below: float = 0.999  # residuals scoring >= this (two-sided normal tail) stay out of the spread
+    squash: float = 1.0  # raw = z / (squash + z): bounded, so one huge residual cannot dominate
+    peak_window: int = 20  # steps averaged before comparing with the past peak
+    peak_decay: float = 0.99995  # per step: an old peak halves after ~14,000 steps
+    learning_steps: int = 200  # no peak or range verdicts before this many steps
+    range_tolerance: float = 0.01  # excursions beyond 1% of the seen range count as novel
+    range_floor: float = 0.9  # range novelty outranks every residual-based score
+    use_peak: bool = True  # False (ablation): the squashed residual itself, no peak ratio
 
 
 class NabScorer:
@@ -67,7 +72,8 @@ class NabScorer:
             z = np.abs(actual - expected) / s
         z = np.where(np.isfinite(z), z, 0.0)
         # Surprise squashed to [0, 1): one huge residual cannot dominate the peak.
-        p = self.peak.update(rows, z / (1.0 + z))
+        raw = z / (cfg.squash + z)
+        p = self.peak.update(rows, raw) if cfg.use_peak else raw
         nov = self.novelty.update(rows, actual)
         learn = np.isfinite(expected) & np.isfinite(actual) & (z < self._learn_z)
         if learn.any():
