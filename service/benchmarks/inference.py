@@ -75,14 +75,14 @@ def bench_full(settings: Settings, registry: ModelRegistry, n: int, ticks: int) 
         ts, rs = _readings(keys, step, phase)
         eng.accept(rs)
         eng.tick(ts)
-    total = 0.0
+    per_tick: list[float] = []
     steps = 0
     for step in range(8, 8 + ticks):
         ts, rs = _readings(keys, step, phase)
         t0 = time.perf_counter()
         eng.accept(rs)
         steps += eng.tick(ts)
-        total += time.perf_counter() - t0
+        per_tick.append(time.perf_counter() - t0)
     assert steps == n * ticks, f"expected {n * ticks} stream-steps, did {steps}"
     status = eng.stream(keys[0].id)
     assert status is not None and status.status != "warming"
@@ -90,7 +90,7 @@ def bench_full(settings: Settings, registry: ModelRegistry, n: int, ticks: int) 
     rss = rss_mb()
     del eng
     gc.collect()
-    return total / steps * 1e6, rss, alerts
+    return float(np.median(per_tick)) / n * 1e6, rss, alerts
 
 
 def bench_onnx(registry: ModelRegistry, n: int, ticks: int, chunk: int) -> float:
@@ -100,21 +100,25 @@ def bench_onnx(registry: ModelRegistry, n: int, ticks: int, chunk: int) -> float
     x = np.random.default_rng(1).standard_normal((n, 1)).astype(np.float32)  # (B, 1)
     state = np.zeros((n, s), np.float32)  # (B, S)
     rt.step(x[:chunk], state[:chunk], None)
-    t0 = time.perf_counter()
+    per_tick = []
     for _ in range(ticks):
+        t0 = time.perf_counter()
         for lo in range(0, n, chunk):
             _, _, state[lo : lo + chunk] = rt.step(x[lo : lo + chunk], state[lo : lo + chunk], None)
-    return (time.perf_counter() - t0) / (ticks * n) * 1e6
+        per_tick.append(time.perf_counter() - t0)
+    return float(np.median(per_tick)) / n * 1e6
 
 
 def bench_recompute(registry: ModelRegistry, batch: int, window: int, reps: int = 3) -> float:
     rt = registry.get("gruwin").runtime
     x = np.random.default_rng(2).standard_normal((batch, window, 1)).astype(np.float32)  # (B, L, 1)
     rt.window(x, None)
-    t0 = time.perf_counter()
+    per_call = []
     for _ in range(reps):
+        t0 = time.perf_counter()
         rt.window(x, None)
-    return (time.perf_counter() - t0) / (reps * batch) * 1e6
+        per_call.append(time.perf_counter() - t0)
+    return float(np.median(per_call)) / batch * 1e6
 
 
 def run(args: argparse.Namespace) -> int:
@@ -151,5 +155,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"full = accept + tick per stream-step (route, resample, ORT step, score, decide); "
               f"onnx = bare session.run in chunks of {MAX_CALL_BATCH} ('1 call': all rows at once); "
               f"recompute = {args.window}-step window graph per stream at B={args.recompute_batch}; "
-              f"RSS = whole process after that stream count (VmRSS)")
+              f"RSS = whole process after that stream count (VmRSS). Times are medians over ticks.")
     return 0

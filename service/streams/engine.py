@@ -50,18 +50,19 @@ class _Stream:
 
     __slots__ = ("device", "features", "id", "keys", "quantity", "res", "row", "table", "tags")
 
-    def __init__(self, sid: str, key: StreamKey, rt: Route, table: ModelTable, row: int, res: Resampler) -> None:
+    def __init__(self, sid: str, key: StreamKey, rt: Route, table: ModelTable, row: int) -> None:
         self.id = sid
         self.device = key.device
         self.tags = key.tags
         self.quantity = "*" if rt.multivariate else key.quantity
         self.features = tuple(table.model.manifest.features)
         self.keys = (
-            [StreamKey(key.device, f, key.tags) for f in self.features] if rt.multivariate else [key]
+            tuple(StreamKey(key.device, f, key.tags) for f in self.features) if rt.multivariate else (key,)
         )
         self.table = table
         self.row = row
-        self.res = res
+        # Only while the stream is on the slow path (pending buckets): saves memory at 100k streams.
+        self.res: Resampler | None = None
 
 
 def _table_name(model: LoadedModel) -> str:
@@ -88,7 +89,6 @@ class Engine:
         self._inbox_lock = threading.Lock()
         self._inbox: list[Reading] = []
         self._tables: dict[str, ModelTable] = {}
-        self._owners: dict[str, dict[int, _Stream]] = {}  # table name -> row -> stream
         self._streams: dict[str, _Stream] = {}
         self._routes: dict[StreamKey, Any] = {}  # -> (stream, feature) | None
         self._alerts: deque[Alert] = deque(maxlen=1000)
@@ -121,12 +121,10 @@ class Engine:
             if st is not None:  # the stream moved to another model: start it over
                 self._drop_stream(st, reason="model changed")
             table = self._table_for(rt.model)
-            s = self.settings.streams
-            res = Resampler(table.cadence_ns, table.n_in, s.late_tolerance_steps, s.max_gap_steps)
             row = table.add_row()
-            st = _Stream(rt.stream_id, key, rt, table, row, res)
+            st = _Stream(rt.stream_id, key, rt, table, row)
             self._streams[st.id] = st
-            self._owners[_table_name(rt.model)][row] = st
+            table.owners[row] = st
             self._need_history[st.id] = st
         hit = (st.table.uid, st.row, rt.feature, st)
         self._routes[key] = hit
@@ -140,13 +138,11 @@ class Engine:
             self._next_uid += 1
             table.uid = self._next_uid
             self._by_uid[table.uid] = table
-            self._owners[name] = {}
         return table
 
     def _drop_stream(self, st: _Stream, reason: str) -> None:
         self._drop_firing(st, reason)
         st.table.release(st.row)
-        self._owners[_table_name(st.table.model)].pop(st.row, None)
         self._streams.pop(st.id, None)
         self._need_history.pop(st.id, None)
         for k in st.keys:
@@ -200,13 +196,15 @@ class Engine:
             if st.id not in self._restored:
                 continue
             self._restored.discard(st.id)
-            first = st.res.first_pending_ts()
-            nb = st.res.next_bucket
-            if first is None or nb is None or st.res.bucket_of(first) - nb <= limit:
+            res = st.res
+            assert res is not None  # streams in `slow` have one
+            first = res.first_pending_ts()
+            nb = res.next_bucket
+            if first is None or nb is None or res.bucket_of(first) - nb <= limit:
                 continue
             self._drop_firing(st, "gap")
             st.table.reset(np.array([st.row], np.intp))
-            st.res.next_bucket = None
+            res.next_bucket = None
             self._need_history[st.id] = st
 
     def _slow_begin(self, st: _Stream, slow: dict[str, _Stream]) -> None:
@@ -215,6 +213,9 @@ class Engine:
             return
         slow[st.id] = st
         t, row = st.table, st.row
+        if st.res is None:
+            s = self.settings.streams
+            st.res = Resampler(t.cadence_ns, t.n_in, s.late_tolerance_steps, s.max_gap_steps)
         if not t.has_pending[row]:
             nb = int(t.next_bucket[row])
             st.res.restore(None if nb < 0 else nb, int(t.last_fed_ts[row]))
@@ -271,24 +272,27 @@ class Engine:
                 j = int(idx[i])
                 st = hits[j][3]
                 self._slow_begin(st, slow)
-                reason = st.res.add(tss[j], hits[j][2], vals[j])
+                reason = st.res.add(tss[j], hits[j][2], vals[j])  # type: ignore[union-attr]
                 if reason is not None:
                     self._drops[reason].inc()
 
     def _run(self, fast: dict[int, tuple[IntArr, I64, F32]], slow: dict[str, _Stream], now: int) -> int:
         queues: dict[int, list[tuple[_Stream, list[Step]]]] = {}
         for st in slow.values():
-            steps = st.res.ready(now)
+            res = st.res
+            assert res is not None  # streams in `slow` have one
+            steps = res.ready(now)
             t, row = st.table, st.row
-            nb = st.res.next_bucket
+            nb = res.next_bucket
             t.next_bucket[row] = -1 if nb is None else nb
-            t.last_fed_ts[row] = st.res.last_fed_ts
-            if st.res.pending:
+            t.last_fed_ts[row] = res.last_fed_ts
+            if res.pending:
                 t.has_pending[row] = True
                 due = (now // t.cadence_ns + 1) * t.cadence_ns
                 self._waiting.setdefault(due, []).append(st)
             else:
                 t.has_pending[row] = False
+                st.res = None  # the table arrays hold the position again
             if steps:
                 queues.setdefault(t.uid, []).append((st, steps))
         done = 0
@@ -325,13 +329,13 @@ class Engine:
         self.metrics.step_latency.labels(name).observe(time.perf_counter() - t0)
         self.metrics.steps.labels(name).inc(len(rows))
         if outcome.fired.size or outcome.resolved.size:
-            owners = self._owners[_table_name(table.model)]
+            owners = table.owners
             for row in outcome.fired.tolist():
                 self._emit(owners[row], "firing", int(table.last_bucket[row]) * table.cadence_ns, warm=True)
             for row in outcome.resolved.tolist():
                 self._emit(owners[row], "resolved", int(table.last_bucket[row]) * table.cadence_ns, warm=True)
         if self.on_forecast is not None:
-            owners = self._owners[_table_name(table.model)]
+            owners = table.owners
             for row in rows.tolist():
                 f = self._forecast_of(owners[row])
                 if f is not None:
@@ -388,13 +392,15 @@ class Engine:
                 log.warning("warm-up read failed for %d streams, warming live: %s", len(group), e)
                 continue
             for st in group:
-                cutoff = st.res.first_pending_ts()
+                res = st.res
+                assert res is not None  # warming streams were put on the slow path
+                cutoff = res.first_pending_ts()
                 cutoff = now + 1 if cutoff is None else cutoff
                 earliest = cutoff - (st.table.warm_need + HISTORY_SLACK) * st.table.cadence_ns
                 for f, key in enumerate(st.keys):
                     for r in history.get(key, ()):
                         if earliest <= r.ts_ns < cutoff and math.isfinite(r.value):
-                            st.res.add(r.ts_ns, f, r.value)
+                            res.add(r.ts_ns, f, r.value)
 
     # ------------------------------------------------------------ models
 
@@ -415,7 +421,6 @@ class Engine:
         for name in list(self._tables):
             if name not in live:
                 del self._tables[name]
-                self._owners.pop(name, None)
 
     def reload_models(self) -> dict[str, Any]:
         """Re-scan the models directory now; streams of changed models re-warm."""
@@ -592,8 +597,8 @@ class Engine:
         with self._lock:
             names = set()
             for name, table in self._tables.items():
-                owners = self._owners[name]
-                rows = np.array(sorted(owners), np.intp)
+                owners = table.owners
+                rows = np.array([r for r, o in enumerate(owners) if o is not None], np.intp)
                 meta = {
                     "model": table.model.name, "version": table.model.version,
                     "sha256": table.model.manifest.sha256, "saved_ns": time.time_ns(),

@@ -14,6 +14,7 @@ score was measured in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -66,6 +67,7 @@ class ModelTable:
         self.band_z = z_for_score(threshold)
         self.capacity = 0
         self.used = 0
+        self.owners: list[Any] = []  # row -> the engine's stream object (None: free)
         self.free: list[int] = []
         self.state: F32 = np.zeros((0, self.state_size), np.float32)  # (N, S)
         self.fc: F32 = np.zeros((0, self.horizon, self.n_out), np.float32)  # (N, H, Fo)
@@ -116,11 +118,12 @@ class ModelTable:
         self.scorer.grow(capacity)
         self.decider.grow(capacity)
         self.free.extend(range(capacity - 1, old - 1, -1))
+        self.owners.extend([None] * extra)
         self.capacity = capacity
 
     def add_row(self) -> int:
         if not self.free:
-            self.grow(max(64, self.capacity * 2))
+            self.grow(max(64, self.capacity * 3 // 2))  # 1.5x: less slack than doubling at 100k rows
         row = self.free.pop()
         self.used += 1
         self.reset(np.array([row], np.intp))
@@ -130,6 +133,7 @@ class ModelTable:
     def release(self, row: int) -> None:
         self.reset(np.array([row], np.intp))
         self.free.append(row)
+        self.owners[row] = None
         self.used -= 1
 
     def reset(self, rows: IntArr) -> None:
