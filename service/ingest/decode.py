@@ -54,6 +54,9 @@ class Decoder:
         self._max_past_ns = int(settings.max_past_s * NS_PER_S)
         self._max_future_ns = int(settings.max_future_s * NS_PER_S)
         self._topics: dict[str, TopicFields] = {}
+        # topic -> (stream, problem) for readings whose stream is the topic's alone:
+        # most traffic, so validation and StreamKey hashing happen once per topic.
+        self._topic_streams: dict[str, tuple[StreamKey, str | None]] = {}
         self._streams: dict[StreamKey, str | None] = {}
 
     # --- entry point ---------------------------------------------------------------------
@@ -69,7 +72,7 @@ class Decoder:
             if not body:
                 raise DecodeError("empty", "empty payload")
             if body[0] in _JSON_START or body in (b"true", b"false", b"null"):
-                self._json(fields, body, received_ns, out)
+                self._json(topic, fields, body, received_ns, out)
             else:
                 try:
                     value = float(body)
@@ -79,8 +82,7 @@ class Decoder:
                     else:
                         raise DecodeError("non_numeric", f"payload {body[:40]!r} is not a number") from None
                 else:
-                    quantity = self._quantity(fields, None)
-                    self._add(fields, quantity, value, received_ns, received_ns, (), out)
+                    self._add_topic(topic, fields, value, received_ns, received_ns, out)
         except DecodeError as e:
             out.refusals.append(Refusal(e.reason, e.detail))
         return out
@@ -104,19 +106,19 @@ class Decoder:
             )
         return name
 
-    def _json(self, fields: TopicFields, body: bytes, received_ns: int, out: DecodeResult) -> None:
+    def _json(self, topic: str, fields: TopicFields, body: bytes, received_ns: int, out: DecodeResult) -> None:
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as e:
             reason = "bad_encoding" if "utf-8" in str(e).lower() else "bad_json"
             raise DecodeError(reason, str(e)[:200]) from None
         if isinstance(doc, dict):
-            self._object(fields, doc, received_ns, out)
+            self._object(topic, fields, doc, received_ns, out)
         elif isinstance(doc, list):
             for i, item in enumerate(doc):
                 if isinstance(item, dict):
                     try:
-                        self._object(fields, item, received_ns, out)
+                        self._object(topic, fields, item, received_ns, out)
                     except DecodeError as e:
                         out.refusals.append(Refusal(e.reason, f"[{i}] {e.detail}"))
                 else:
@@ -126,7 +128,10 @@ class Decoder:
         else:  # a JSON number that float() did not take (cannot happen) or another type
             raise DecodeError("bad_shape", f"payload is JSON {type(doc).__name__}")
 
-    def _object(self, fields: TopicFields, obj: dict[str, object], received_ns: int, out: DecodeResult) -> None:
+    def _object(
+        self, topic: str, fields: TopicFields, obj: dict[str, object], received_ns: int, out: DecodeResult
+    ) -> None:
+        fields0 = fields
         ts_ns = received_ns
         for k in TS_KEYS:
             if k in obj:
@@ -146,6 +151,9 @@ class Decoder:
         if fields.quantity is not None or ("value" in obj and "quantity" in obj):
             if "value" not in obj:
                 raise DecodeError("no_value", "object has no \"value\"")
+            if fields.quantity is not None and extra is None and fields is fields0:
+                self._add_topic(topic, fields, obj["value"], ts_ns, received_ns, out)
+                return
             q = obj.get("quantity") if fields.quantity is None else fields.quantity
             if not isinstance(q, str):
                 raise DecodeError("bad_shape", "\"quantity\" must be a string")
@@ -187,16 +195,25 @@ class Decoder:
             except DecodeError as e:
                 out.refusals.append(Refusal(e.reason, f"line {n}: {e.detail}"))
 
-    def _add(
-        self,
-        fields: TopicFields,
-        quantity: str,
-        value: object,
-        ts_ns: int,
-        received_ns: int,
-        tags: tuple[tuple[str, str], ...],
-        out: DecodeResult,
+    def _add_topic(
+        self, topic: str, fields: TopicFields, value: object, ts_ns: int, received_ns: int, out: DecodeResult
     ) -> None:
+        """``_add`` for the stream named by the topic alone (the common case), cached."""
+        cached = self._topic_streams.get(topic)
+        if cached is None:
+            stream = StreamKey(fields.device or "", self._quantity(fields, None), fields.tags)
+            cached = (stream, stream_problem(stream))
+            if len(self._topic_streams) >= _CACHE_MAX:
+                self._topic_streams.clear()
+            self._topic_streams[topic] = cached
+        stream, problem = cached
+        v = self._check(value, ts_ns, received_ns)
+        if problem:
+            raise DecodeError("bad_name", problem)
+        out.readings.append(Reading(stream, ts_ns, v))
+
+    def _check(self, value: object, ts_ns: int, received_ns: int) -> float:
+        """The value as a finite float within the time window, or DecodeError."""
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise DecodeError("non_numeric", f"value {str(value)[:40]!r} is not a number")
         try:
@@ -211,6 +228,19 @@ class Decoder:
             raise DecodeError(
                 "too_far_future", f"timestamp {ts_ns} ns is more than {self.settings.max_future_s:g} s ahead"
             )
+        return v
+
+    def _add(
+        self,
+        fields: TopicFields,
+        quantity: str,
+        value: object,
+        ts_ns: int,
+        received_ns: int,
+        tags: tuple[tuple[str, str], ...],
+        out: DecodeResult,
+    ) -> None:
+        v = self._check(value, ts_ns, received_ns)
         stream = StreamKey(fields.device or "", quantity, tags or fields.tags)
         problem = self._streams.get(stream, "")
         if problem == "":

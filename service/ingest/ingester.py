@@ -64,8 +64,7 @@ class Ingester:
         self.reporter = RefusalReporter(metrics, self._dead_letter if ing.dead_letter_topic else None)
         if mqtt:
             self.source = MqttSource(
-                settings.mqtt, self.decoder, self.writer, self.reporter, ing.qos,
-                on_readings=metrics.readings_in.labels("mqtt"),
+                settings.mqtt, self.decoder, self.writer, self.reporter, ing.qos
             )
         self._http_in = metrics.readings_in.labels("http")
         self._started = False

@@ -92,7 +92,6 @@ class MqttSource:
         writer: BatchWriter,
         reporter: RefusalReporter,
         qos: int,
-        on_readings: Any = None,
     ) -> None:
         self.settings = settings
         self.decoder = decoder
@@ -109,7 +108,6 @@ class MqttSource:
         self._closing = False
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self._in = on_readings
         self.ack_errors = 0
         self.acked = 0  # messages acknowledged to the broker (tests and status)
 
@@ -178,8 +176,6 @@ class MqttSource:
         result = self.decoder.decode(topic, payload, received)
         if result.refusals:
             self.reporter.report("mqtt", topic, payload, result.refusals)
-        if self._in is not None and result.readings:
-            self._in.inc(len(result.readings))
         token: AckToken | None = (msg.mid, msg.qos, self._gen) if msg.qos > 0 else None
         # Even a fully refused message goes through the queue so acks stay in order.
         self.writer.put(Item(result.readings, token))

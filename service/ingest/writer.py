@@ -17,7 +17,6 @@ Spooled batches are replayed oldest first whenever the store answers again, and 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +47,51 @@ class Item:
     ok: bool = False
 
 
+class Intake:
+    """A bounded hand-over list between intake threads and the writer.
+
+    Cheaper than ``queue.Queue`` (one lock, no notify per item): the writer is woken only
+    when the list goes from empty to non-empty and otherwise polls while it fills a batch.
+    ``put`` blocks while ``max_items`` are waiting: that is the backpressure.
+    """
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max(1, max_items)
+        self._items: list[Item] = []
+        self._lock = threading.Lock()
+        self._not_full = threading.Condition(self._lock)
+        self._not_empty = threading.Condition(self._lock)
+
+    def put(self, item: Item, timeout_s: float) -> bool:
+        with self._lock:
+            if len(self._items) >= self.max_items:
+                deadline = time.monotonic() + timeout_s
+                while len(self._items) >= self.max_items:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._not_full.wait(left)
+            self._items.append(item)
+            if len(self._items) == 1:
+                self._not_empty.notify()
+        return True
+
+    def take(self, wait_s: float = 0.0) -> list[Item]:
+        with self._lock:
+            if not self._items and wait_s > 0:
+                self._not_empty.wait(wait_s)
+            items, self._items = self._items, []
+            if items:
+                self._not_full.notify_all()
+        return items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+
 @dataclass(slots=True)
 class WriterState:
     store_ok: bool = True
@@ -76,7 +120,8 @@ class BatchWriter:
         self.interval = batch_interval_s
         self.sinks = list(sinks)
         self.acker = acker
-        self.queue: queue.Queue[Item] = queue.Queue(maxsize=max(1, queue_max))
+        self.queue = Intake(queue_max)
+        self._in_mqtt = metrics.readings_in.labels("mqtt")
         self.state = WriterState()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -106,12 +151,10 @@ class BatchWriter:
         """Queue ``item``, blocking while the queue is full (backpressure)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not self._stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.25)
+            if self.queue.put(item, 0.25):
                 return True
-            except queue.Full:
-                if deadline is not None and time.monotonic() >= deadline:
-                    return False
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
         return False
 
     # --- the loop ------------------------------------------------------------------------
@@ -127,32 +170,32 @@ class BatchWriter:
                 self._replay()
 
     def _collect(self) -> list[Item]:
-        items: list[Item] = []
-        n = 0
-        try:
-            first = self.queue.get(timeout=0.1)
-        except queue.Empty:
+        items = self.queue.take(wait_s=0.1)
+        if not items:
             return items
-        items.append(first)
-        n += len(first.readings)
+        n = sum(len(it.readings) for it in items)
         deadline = time.monotonic() + self.interval
-        while n < self.batch_size:
-            try:
-                item = self.queue.get_nowait()
-            except queue.Empty:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._stop.is_set():
-                    break
-                try:
-                    item = self.queue.get(timeout=min(left, 0.05))
-                except queue.Empty:
-                    continue
-            items.append(item)
-            n += len(item.readings)
+        # Poll rather than wake per message: at 50k msg/s each 5 ms brings ~250 of them.
+        while n < self.batch_size and not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, 0.005))
+            more = self.queue.take()
+            items += more
+            n += sum(len(it.readings) for it in more)
         return items
 
     def _flush(self, items: list[Item]) -> None:
         readings = [r for it in items for r in it.readings]
+        # Stores take at most batch_size per call; the acks wait for all the chunks.
+        for i in range(0, max(1, len(readings)), self.batch_size):
+            if not self._durable_chunk(items, readings[i : i + self.batch_size]):
+                return
+        self._in_mqtt.inc(sum(len(it.readings) for it in items if it.done is None))
+        self._release(items, readings)
+
+    def _durable_chunk(self, items: list[Item], readings: list[Reading]) -> bool:
         while not self._make_durable(readings):
             if self._stop.is_set():
                 log.error(
@@ -162,11 +205,14 @@ class BatchWriter:
                 for it in items:
                     if it.done is not None:
                         it.done.set()
-                return
+                return False
             time.sleep(self._retry_s)
             self._retry_s = min(self._retry_s * 2, _RETRY_MAX_S)
             if len(self.spool):
                 self._replay()
+        return True
+
+    def _release(self, items: list[Item], readings: list[Reading]) -> None:
         # Durable: now, and only now, acknowledge and feed the sinks.
         tokens = [it.ack for it in items if it.ack is not None]
         if tokens and self.acker is not None:

@@ -1,0 +1,222 @@
+"""``sensorcast bench ingest``: sustained readings/s from MQTT (QoS 1) into the store.
+
+Starts its own mosquitto and influxd (service/localservers.py), then for each target:
+
+* ``ceiling``: a bare paho subscriber (QoS 1, automatic acks) that only counts messages;
+* ``influxdb`` / ``sqlite``: the real ingester (decode, batch, write, manual ack after
+  the write), verified at the end by counting the points in the store.
+
+Publishers run in separate processes, each owning a disjoint set of the streams, with a
+bounded number of unacknowledged messages. ``--mode live`` measures while publishing
+(everything shares the 2 cores); ``--mode backlog`` publishes first into the persistent
+session and then measures how fast the ingester drains it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from service.config import Settings
+from service.localservers import start_influxd, start_mosquitto
+from service.metrics import Metrics
+from service.store import open_store
+
+_MAX_UNACKED = 20_000  # below paho's 65,535 message ids, enough to keep the pipe full
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--readings", type=int, default=200_000, help="Readings per target.")
+    parser.add_argument("--streams", type=int, default=1_000, help="Distinct streams.")
+    parser.add_argument("--publishers", type=int, default=2, help="Publisher processes.")
+    parser.add_argument("--targets", default="ceiling,influxdb,sqlite", help="Comma-separated: ceiling, influxdb, sqlite.")
+    parser.add_argument("--mode", choices=("live", "backlog"), default="live")
+    parser.add_argument("--timeout", type=float, default=600.0, help="Give up a target after this many seconds.")
+
+
+def _publisher(
+    port: int, prefix: str, part: int, parts: int, n: int, streams: int, base_ns: int, ready: Any, go: Any
+) -> None:
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{prefix}-{part}", protocol=paho.MQTTv311)
+    c.max_inflight_messages_set(_MAX_UNACKED)
+    c.max_queued_messages_set(0)
+    acked = [0]
+
+    def on_publish(*_: Any) -> None:
+        acked[0] += 1
+
+    c.on_publish = on_publish
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    # Pre-build the messages so the timed part is publishing only.
+    msgs = [
+        (f"{prefix}/dev{i % streams:05d}/temp", b'{"ts":%d,"value":%d.5}' % (base_ns + (i // streams) * 1_000_000, i))
+        for i in range(part, n, parts)
+    ]
+    ready.release()
+    go.wait()
+    sent = 0
+    for topic, body in msgs:
+        while sent - acked[0] >= _MAX_UNACKED:
+            time.sleep(0.001)
+        info = c.publish(topic, body, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise RuntimeError(f"publish failed: {paho.error_string(info.rc)}")
+        sent += 1
+    while acked[0] < sent:
+        time.sleep(0.01)
+    c.disconnect()
+    c.loop_stop()
+
+
+class _Publishers:
+    """Publisher processes that connect and prepare, then start together on ``go()``."""
+
+    def __init__(self, port: int, prefix: str, args: argparse.Namespace, base_ns: int) -> None:
+        ctx = mp.get_context("spawn")
+        self._ready = ctx.Semaphore(0)
+        self._go = ctx.Event()
+        self.procs = [
+            ctx.Process(
+                target=_publisher,
+                args=(port, prefix, p, args.publishers, args.readings, args.streams, base_ns, self._ready, self._go),
+            )
+            for p in range(args.publishers)
+        ]
+        for proc in self.procs:
+            proc.start()
+        for _ in self.procs:
+            self._ready.acquire()
+
+    def go(self) -> None:
+        self._go.set()
+
+    def join(self) -> None:
+        for p in self.procs:
+            p.join()
+
+
+def _wait(cond: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _ceiling(port: int, args: argparse.Namespace, base_ns: int) -> dict[str, float]:
+    count = [0]
+    first = [0.0]
+    sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-ceiling", protocol=paho.MQTTv5)
+    subscribed = threading.Event()
+
+    def on_message(*_: Any) -> None:
+        if not count[0]:
+            first[0] = time.monotonic()
+        count[0] += 1
+
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *_: subscribed.set()
+    sub.connect("127.0.0.1", port)
+    sub.subscribe("ceil/+/+", qos=1)
+    sub.loop_start()
+    subscribed.wait(10)
+    pubs = _Publishers(port, "ceil", args, base_ns)
+    cpu0, t0 = time.process_time(), time.monotonic()
+    pubs.go()
+    ok = _wait(lambda: count[0] >= args.readings, args.timeout)
+    t1, cpu1 = time.monotonic(), time.process_time()
+    pubs.join()
+    sub.disconnect()
+    sub.loop_stop()
+    return {"received": count[0], "seconds": t1 - t0, "rate": count[0] / (t1 - t0), "ok": float(ok),
+            "cpu_us": (cpu1 - cpu0) / max(1, count[0]) * 1e6}
+
+
+def _ingest(target: str, mqtt_port: int, influx_port: int, work: Path, args: argparse.Namespace, base_ns: int) -> dict[str, float]:
+    from service.ingest.ingester import Ingester
+
+    s = Settings()  # type: ignore[call-arg]
+    s.mqtt.url = f"mqtt://127.0.0.1:{mqtt_port}"
+    s.mqtt.client_id = f"bench-ingest-{target}"
+    s.ingest.topic = f"{target}/{{device}}/{{quantity}}"
+    s.store.spool_dir = work / f"spool-{target}"
+    s.store.url = (f"influxdb://127.0.0.1:{influx_port}/bench" if target == "influxdb" else f"sqlite:///{work}/bench.db")
+    store = open_store(s.store)
+    metrics = Metrics()
+    ing = Ingester(s, store, metrics)
+    if args.mode == "backlog":
+        # Create the persistent session, leave, let the broker queue everything, come back.
+        ing.start()
+        assert ing.source is not None and ing.source.subscribed.wait(10)
+        ing.stop()
+        pubs = _Publishers(mqtt_port, target, args, base_ns)
+        pubs.go()
+        pubs.join()
+        ing = Ingester(s, store, metrics)
+        cpu0, t0 = time.process_time(), time.monotonic()
+        ing.start()
+    else:
+        ing.start()
+        assert ing.source is not None and ing.source.subscribed.wait(10)
+        pubs = _Publishers(mqtt_port, target, args, base_ns)
+        cpu0, t0 = time.process_time(), time.monotonic()
+        pubs.go()
+    ok = _wait(lambda: ing.status().stored >= args.readings, args.timeout)
+    t1, cpu1 = time.monotonic(), time.process_time()
+    pubs.join()
+    stored = ing.status().stored
+    ing.stop()
+    if target == "influxdb":
+        body = store.query('SELECT count("value") FROM "readings"')  # type: ignore[attr-defined]
+        series = body["results"][0].get("series") or [{"values": [[0, 0]]}]
+        verified = int(series[0]["values"][0][1])
+    else:
+        verified = sum(len(v) for v in store.read_last_many(store.streams(), 10**9).values())
+    store.close()
+    return {"stored": stored, "verified": verified, "seconds": t1 - t0, "rate": stored / (t1 - t0), "ok": float(ok),
+            "cpu_us": (cpu1 - cpu0) / max(1, stored) * 1e6}
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    work = Path(tempfile.mkdtemp(prefix="sc-bench-ingest-"))
+    mosq = start_mosquitto(autosave_s=30)
+    influx = start_influxd("bench")
+    base_ns = (time.time_ns() // 10**9 - 86_400) * 10**9
+    results: dict[str, dict[str, float]] = {}
+    try:
+        print(f"ingest benchmark: {args.readings} readings over {args.streams} streams, QoS 1, "
+              f"{args.publishers} publisher processes, mode {args.mode}")
+        for t in targets:
+            if t == "ceiling":
+                results[t] = r = _ceiling(mosq.port, args, base_ns)
+                print(f"  ceiling (bare paho subscriber, count only): {r['rate']:>9,.0f} msg/s "
+                      f"({r['received']:,.0f} in {r['seconds']:.2f} s, {r['cpu_us']:.1f} us CPU/msg)")
+            else:
+                results[t] = r = _ingest(t, mosq.port, influx.port, work, args, base_ns)
+                lost = args.readings - r["verified"]
+                print(f"  {t:<8} ingester: {r['rate']:>9,.0f} readings/s stored "
+                      f"({r['stored']:,.0f} in {r['seconds']:.2f} s, {r['cpu_us']:.1f} us CPU/reading in this "
+                      f"process); verified in store: {r['verified']:,.0f}, lost: {lost:,.0f}")
+        if "ceiling" in results:
+            for t in ("influxdb", "sqlite"):
+                if t in results:
+                    print(f"  ratio {t}/ceiling: {results[t]['rate'] / results['ceiling']['rate']:.2f}")
+    finally:
+        mosq.stop()
+        influx.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if all(r.get("ok", 1.0) for r in results.values()) else 1
