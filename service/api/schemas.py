@@ -227,8 +227,11 @@ class HealthOut(BaseModel):
 class CheckOut(BaseModel):
     ok: bool
     detail: str
+    degraded: bool = False  # working, but on a fallback (the store is down and readings spool)
 
 
 class ReadyOut(BaseModel):
     ready: bool
+    # not_ready (503) when a check fails; degraded (200) while a part runs on its fallback.
+    status: Literal["ready", "degraded", "not_ready"] = "ready"
     checks: dict[str, CheckOut]

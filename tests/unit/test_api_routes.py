@@ -164,7 +164,7 @@ def test_readyz_reports_each_check(h: Harness) -> None:
     assert checks["store"]["ok"] and checks["models"]["ok"]
     h.engine.manifests.clear()
     r = h.client.get("/readyz")
-    assert r.status_code == 503 and r.json()["checks"]["models"] == {"ok": False, "detail": "no model loaded"}
+    assert r.status_code == 503 and r.json()["checks"]["models"] == {"ok": False, "detail": "no model loaded", "degraded": False}
 
 
 def test_metrics_has_stream_gauges(h: Harness) -> None:

@@ -24,8 +24,14 @@ def healthz() -> HealthOut:
 @router.get("/readyz", responses={503: {"model": ReadyOut, "description": "Degraded: see the failing checks."}})
 def readyz(pipeline: PipelineDep) -> Any:
     """Ready when broker, store (or its spool) and models are all fine; 503 with details otherwise."""
+    # While the store is down and readings spool, the service still takes and keeps
+    # every reading: 200 with status "degraded", so orchestrators do not restart it.
     checks = readiness(pipeline)
-    body = ReadyOut(ready=all(c.ok for c in checks.values()), checks=checks)
+    ready = all(c.ok for c in checks.values())
+    degraded = any(c.degraded for c in checks.values())
+    body = ReadyOut(
+        ready=ready, status="not_ready" if not ready else "degraded" if degraded else "ready", checks=checks
+    )
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
 
@@ -64,7 +70,7 @@ def readiness(pipeline: Pipeline) -> dict[str, CheckOut]:
         else:
             detail = "store unreachable and the spool is full: intake stopped"
         # The spool keeps every reading durable while the store is away: still ready.
-        checks["store"] = CheckOut(ok=store_ok or spool_ok, detail=detail)
+        checks["store"] = CheckOut(ok=store_ok or spool_ok, detail=detail, degraded=not store_ok)
     if pipeline.engine is not None:
         n = len(pipeline.engine.models())
         checks["models"] = CheckOut(ok=n > 0, detail=f"{n} model(s) loaded" if n else "no model loaded")
