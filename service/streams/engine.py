@@ -534,11 +534,12 @@ class Engine:
         timestamps_ns: list[int] | None = None,
         cadence: float | None = None,
     ) -> Forecast:
-        """Forecast from a given history with a fresh state (no stream state touched)."""
-        try:
-            loaded = self.registry.get(model, version)
-        except ModelError as e:
-            raise ValueError(str(e)) from e
+        """Forecast from a given history with a fresh state (no stream state touched).
+
+        Raises ModelError for an unknown model/version, ValueError when the history does
+        not fit the model (feature count, lengths, order of timestamps, cadence).
+        """
+        loaded = self.registry.get(model, version)
         m = loaded.manifest
         if cadence is not None and not math.isclose(cadence, m.cadence_s):
             raise ValueError(f"cadence {cadence} s does not match model {m.name}/{m.version} cadence {m.cadence_s} s")

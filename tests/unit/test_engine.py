@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.errors import ModelError
 from service.metrics import Metrics
 from service.records import Alert, Reading, StreamKey
 from service.runtime.registry import ModelRegistry
@@ -207,7 +208,7 @@ def test_reload_swaps_model_and_rewarms(tmp_path: Path) -> None:
 def test_predict_validates(tmp_path: Path) -> None:
     eng, _, _ = make(tmp_path, STEP)
     ts = [T0, T0 + C]
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ModelError, match="unknown model"):
         eng.predict("nope", None, [[1.0]], None)
     with pytest.raises(ValueError, match="empty"):
         eng.predict("m", None, [], [])
