@@ -1,0 +1,219 @@
+"""``sensorcast serve`` as a real process with real mosquitto and influxd.
+
+- A spike published over MQTT gives exactly one ``firing`` and one ``resolved`` alert
+  on the alert topic (and the retained state topic); a clean series gives none.
+- The stateful forecast served over REST equals the offline forecast of the same model
+  over the same history (numpy twin of the kit model, independent of the service code).
+- SIGKILL and restart: state comes back from the checkpoint (no new warm-up), forecasts
+  continue exactly, and alerts that were stuck in the outbox are delivered.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from service.localservers import Influxd, Mosquitto
+from service.runtime.modelkit import KitSpec, KitWeights, NumpyKitModel, write_model
+from tests.integration.serving import ServeProcess
+from tests.mqttwatch import Watcher
+
+pytestmark = pytest.mark.integration
+
+C = 60 * 10**9  # kit cadence (60 s) in ns
+T0 = 1_700_000_000 // 60 * C  # cadence-aligned: each reading fills its bucket exactly
+N = 200
+SPIKE = 120
+SPEC = KitSpec(name="m", mean=(20.0,), std=(3.0,), warmup_steps=10)
+
+
+def series(spike: bool) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    v = np.sin(np.arange(N) / 8.0) * 3 + 20 + rng.normal(0, 0.1, N)
+    if spike:
+        v[SPIKE] += 30
+    return v
+
+
+def offline(weights: KitWeights, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Roll the model's numpy twin over the whole history: the forecast after the last step."""
+    model = NumpyKitModel(weights)
+    state = np.zeros((1, weights.state_size), np.float32)  # (1, S)
+    fc = sc = np.zeros(0, np.float32)
+    for v in values:
+        fc, sc, state = model.step(np.array([[v]], np.float32), state)  # (1, H, 1) each
+    return fc[0], sc[0]  # (H, 1)
+
+
+class Publisher:
+    def __init__(self, port: int) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:6]}")
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def send(self, device: str, values: np.ndarray, start: int) -> None:
+        infos = [
+            self.client.publish(
+                f"sensors/{device}/value", orjson.dumps({"ts": T0 + (start + i) * C, "value": float(v)}), qos=1
+            )
+            for i, v in enumerate(values)
+        ]
+        for info in infos:
+            info.wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def last_step(svc: ServeProcess, stream: str) -> int | None:
+    r = svc.get(f"/v1/streams/{stream}")
+    if r.status_code != 200 or r.json()["last_time"] is None:
+        return None
+    s = r.json()
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(s["last_time"]).timestamp()) * 10**9
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> tuple[Path, KitWeights]:
+    _, weights = write_model(tmp_path / "models", SPEC)
+    return tmp_path / "models", weights
+
+
+@pytest.fixture
+def service(tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, models: tuple[Path, KitWeights]) -> Iterator[ServeProcess]:
+    db = f"t{uuid.uuid4().hex[:8]}"
+    influxd.create_db(db)
+    svc = ServeProcess(tmp_path / "svc", mosquitto.url, f"influxdb://127.0.0.1:{influxd.port}/{db}", models[0])
+    svc.start()
+    yield svc
+    svc.kill()
+
+
+def test_spike_gives_one_firing_one_resolved_and_forecast_matches_offline(
+    service: ServeProcess, mosquitto: Mosquitto, models: tuple[Path, KitWeights]
+) -> None:
+    watch = Watcher(mosquitto.port, "sensorcast/alerts/#", client_id=f"w-{service.tag}")
+    pub = Publisher(mosquitto.port)
+    clean, spiky = series(False), series(True)
+    try:
+        # The first reading alone, so warm-up from the store finds no older history and the
+        # live state starts at step 0 like the offline roll.
+        pub.send("clean", clean[:1], 0)
+        pub.send("spiky", spiky[:1], 0)
+        wait_until(lambda: last_step(service, "clean/value") == T0 and last_step(service, "spiky/value") == T0,
+                   what="first steps")
+        assert service.get("/v1/streams/clean/value").json()["warm_up"]["message"] == f"warming up (1 / {SPEC.warmup_steps})"
+        pub.send("clean", clean[1:], 1)
+        pub.send("spiky", spiky[1:], 1)
+        end = T0 + (N - 1) * C
+        wait_until(lambda: last_step(service, "clean/value") == end and last_step(service, "spiky/value") == end,
+                   what="all steps")
+
+        got = watch.wait_for(lambda m: len(m) >= 2, timeout=10)
+        time.sleep(1.0)  # anything more would be a spurious alert
+        got = watch.messages
+        events = [(m.json()["stream_id"], m.json()["state"]) for m in got]
+        assert events == [("spiky/value", "firing"), ("spiky/value", "resolved")]
+        firing = got[0].json()
+        # M of N = 2 of 3: the spike and the jump back down are both surprising.
+        assert firing["ts_ns"] in (T0 + SPIKE * C, T0 + (SPIKE + 1) * C)
+        assert not (firing["lower"] <= firing["value"] <= firing["upper"]) and firing["score"] >= 0.99
+        assert firing["model"] == "m" and firing["warm"] is True and got[0].topic == "sensorcast/alerts/spiky/value"
+        rest = [(a["stream_id"], a["state"]) for a in service.get("/v1/alerts").json()]
+        assert rest == [("spiky/value", "resolved"), ("spiky/value", "firing")]  # newest first
+
+        state = Watcher(mosquitto.port, "sensorcast/state/#", client_id=f"s-{service.tag}")
+        try:
+            retained = state.wait_for(lambda m: len(m) >= 1, timeout=5)
+            assert retained[0].retain and retained[0].json()["state"] == "resolved"
+        finally:
+            state.close()
+
+        _, weights = models
+        for name, values in (("clean", clean), ("spiky", spiky)):
+            fc = service.get(f"/v1/streams/{name}/value/forecast").json()
+            mean, scale = offline(weights, values)
+            assert np.abs(np.array(fc["mean"], np.float64) - mean).max() <= 1e-4
+            assert np.abs(np.array(fc["scale"], np.float64) - scale).max() <= 1e-4
+            body = {"model": "m", "values": [[float(v)] for v in values],
+                    "timestamps_ns": [T0 + i * C for i in range(N)]}
+            stateless = service.post("/v1/predict", json=body).json()
+            assert np.abs(np.array(stateless["mean"], np.float64) - mean).max() <= 1e-4
+    finally:
+        pub.close()
+        watch.close()
+
+
+@pytest.mark.slow
+def test_sigkill_restart_restores_state_and_delivers_outbox(
+    tmp_path: Path, fresh_mosquitto: Callable[..., Mosquitto], influxd: Influxd, models: tuple[Path, KitWeights]
+) -> None:
+    broker = fresh_mosquitto()
+    db = f"t{uuid.uuid4().hex[:8]}"
+    influxd.create_db(db)
+    svc = ServeProcess(tmp_path / "svc", broker.url, f"influxdb://127.0.0.1:{influxd.port}/{db}", models[0])
+    svc.start()
+    values = series(True)
+    cut = SPIKE - 10  # history over MQTT up to here; the spike goes in while the broker is down
+    try:
+        pub = Publisher(broker.port)
+        pub.send("spiky", values[:1], 0)
+        wait_until(lambda: last_step(svc, "spiky/value") == T0, what="first step")
+        pub.send("spiky", values[1:cut], 1)
+        pub.close()
+        wait_until(lambda: last_step(svc, "spiky/value") == T0 + (cut - 1) * C, what="history")
+
+        # Broker gone: readings still come in over HTTP, alerts pile up in the outbox.
+        broker.kill()
+        upto = SPIKE + 5
+        msgs = [{"topic": "sensors/spiky/value", "payload": {"ts": T0 + i * C, "value": float(values[i])}}
+                for i in range(cut, upto)]
+        r = svc.post("/v1/readings", json={"messages": msgs})
+        assert r.status_code == 202 and r.json()["accepted"] == len(msgs), r.text
+        wait_until(lambda: last_step(svc, "spiky/value") == T0 + (upto - 1) * C, what="HTTP readings stepped")
+        wait_until(lambda: len(svc.get("/v1/alerts").json()) == 2, what="alerts emitted")
+        ready = svc.get("/readyz")
+        assert ready.status_code == 503 and not ready.json()["checks"]["alerts"]["ok"]
+        assert "4 alert message(s) in the outbox" in ready.json()["checks"]["alerts"]["detail"]
+        time.sleep(1.2)  # > checkpoint interval: the spike is in the checkpoint
+        assert svc.kill() == -9
+
+        broker.start()  # same port and data directory
+        watch = Watcher(broker.port, "sensorcast/alerts/#", client_id="after-crash")
+        svc.start(wait_ready=True)
+        try:
+            got = watch.wait_for(lambda m: len(m) >= 2, timeout=15)
+            assert [m.json()["state"] for m in got[:2]] == ["firing", "resolved"]
+            # Restored: no warm-up, the last step is where we were.
+            s = svc.get("/v1/streams/spiky/value").json()
+            assert s["status"] == "ok" and s["warm_up"]["message"] == "ready"
+            assert last_step(svc, "spiky/value") == T0 + (upto - 1) * C
+            pub = Publisher(broker.port)
+            pub.send("spiky", values[upto:], upto)
+            pub.close()
+            wait_until(lambda: last_step(svc, "spiky/value") == T0 + (N - 1) * C, what="steps after restart")
+            fc = svc.get("/v1/streams/spiky/value/forecast").json()
+            mean, _ = offline(models[1], values)
+            assert np.abs(np.array(fc["mean"], np.float64) - mean).max() <= 1e-4  # as if never stopped
+        finally:
+            watch.close()
+    finally:
+        svc.kill()
