@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         doc = {
             "benchmark": "NAB v1.1 corpus, own scorer (training/nab/scoring.py)",
-            "command": "python -m training.bench_nab --data ../shared/data/nab --json docs/results/nab.json",
+            "command": "python -m training.bench_nab " + " ".join(sys.argv[1:]),
             "sensorcast_path": args.path,
             "model": str(model) if args.model is not None else "nab-persistence/1 (training/nab/persistence.py)",
             "files": len(files),

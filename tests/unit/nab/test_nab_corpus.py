@@ -1,4 +1,4 @@
-"""Two real NAB files end to end: sensorcast detector, NAB result files, scoring."""
+"""Two real NAB files end to end: sensorcast through ``sensorcast backtest``, NAB result files, scoring."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from training.nab.corpus import load_corpus, load_profiles, probation_length
-from training.nab.live import run_live
+from training.nab.engine_run import run_engine
 from training.nab.persistence import write_model
 from training.nab.run import label_column, score_run, write_results
 
@@ -21,7 +21,7 @@ def test_sensorcast_detects_both_windows_without_false_positives(shared_data: Pa
     root = shared_data / "nab"
     files = load_corpus(root, FILES)
     profiles = load_profiles(root)
-    scores = run_live(files, write_model(tmp_path / "models"))
+    scores = run_engine(files, write_model(tmp_path / "models"))
     for f in files:
         s, lab = scores[f.name], label_column(f)
         p = probation_length(len(s))
