@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from training.data import load as load_data
     from training.evaluate import report_markdown, write_report
     from training.export import export, save_checkpoint
-    from training.trainer import assess, train
+    from training.trainer import assess, calibrate_threshold, train
 
     cfg = config_from_args(args)
     torch.set_num_threads(cfg.train.threads)
@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
           f"{sum(len(s.values) for s in ds.series)} rows from {ds.source}")
     t = train(cfg, ds)
     a = {"val": assess(t, "val"), "test": assess(t, "test")}
-    exported = export(t, args.models_dir, a, version=cfg.version)
+    threshold, calib = calibrate_threshold(t)
+    exported = export(t, args.models_dir, a, version=cfg.version, default_threshold=threshold,
+                      extra_metrics={"calibration": calib} if calib else None)
     run_dir = args.runs_dir / cfg.name / cfg.version
     save_checkpoint(t, run_dir / "checkpoint.pt")
     rep = write_report(t, a, run_dir)

@@ -17,14 +17,20 @@ from training.nets import SegRNN, StepNet
 _CHUNK = 1024  # rows per streaming call: long enough to be quick, short enough for memory
 
 
-@torch.no_grad()
 def stream(net: StepNet, values: F32, tf: F32 | None, positions: np.ndarray) -> F32:
     """(P, H, F) raw forecasts at ``positions`` from one stateful pass over the series."""
+    return stream_with_scale(net, values, tf, positions)[0]
+
+
+@torch.no_grad()
+def stream_with_scale(net: StepNet, values: F32, tf: F32 | None, positions: np.ndarray) -> tuple[F32, F32]:
+    """(P, H, F) forecasts and predicted spreads at ``positions``, one stateful pass."""
     net.eval()
     want = np.zeros(len(values), dtype=bool)
     want[positions] = True
     state = net.initial_state(1)
     out: list[torch.Tensor] = []
+    scales: list[torch.Tensor] = []
     stop = int(positions.max()) + 1
     for a in range(0, stop, _CHUNK):
         b = min(a + _CHUNK, stop)
@@ -35,9 +41,10 @@ def stream(net: StepNet, values: F32, tf: F32 | None, positions: np.ndarray) -> 
             # Still need the state: run without asking for forecasts at any position.
             _, _, state = net.seq(x, t, state, positions=torch.tensor([b - a - 1]))
             continue
-        fc, _, state = net.seq(x, t, state, positions=torch.from_numpy(pos))
+        fc, sc, state = net.seq(x, t, state, positions=torch.from_numpy(pos))
         out.append(fc[0])  # (P_chunk, H, F)
-    return torch.cat(out).numpy()
+        scales.append(sc[0])
+    return torch.cat(out).numpy(), torch.cat(scales).numpy()
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from torch import nn
 from training import rollout
 from training.config import STEP_CELLS, Config
 from training.data import F32, Dataset, split_rows, targets, tf_for, train_stats
-from training.fit import History, Prepared, fit_step, fit_window
+from training.fit import History, Prepared, fit_step, fit_window, seed_all
 from training.metrics import Score, repeat_last, score, season_steps, seasonal_naive
 from training.nets import SegRNN, StepNet
 
@@ -54,6 +54,7 @@ def build(cfg: Config, n_features: int, mean: F32, std: F32) -> StepNet | SegRNN
 
 def train(cfg: Config, ds: Dataset) -> Trained:
     data, mean, std = prepare(ds, cfg)
+    seed_all(cfg.train.seed, cfg.train.threads)  # before build: initial weights are part of the run
     net = build(cfg, len(ds.features), mean, std)
     if isinstance(net, StepNet):
         hist = fit_step(net, data, cfg.train)
@@ -119,3 +120,32 @@ def assess(t: Trained, which: str, fresh_length: int | None = None) -> Assessmen
     r = pooled(parts["last"])
     assert m is not None and r is not None
     return Assessment(m, r, pooled(parts["season"]), pooled(parts["fresh"]))
+
+
+def calibrate_threshold(t: Trained, target_rate: float = 1e-3) -> tuple[float, dict[str, float]]:
+    """Default anomaly threshold from validation one-step residuals.
+
+    The service scores ``erf(z / sqrt 2)`` with ``z = |actual - forecast[0]| / scale[0]``;
+    the threshold is the score that normal validation data exceeds at ``target_rate`` of
+    steps, so a miscalibrated spread moves the threshold instead of flooding alerts.
+    """
+    from math import erf, sqrt
+
+    zs = []
+    for d in t.data:
+        pos = rollout.split_positions(d.split.train_end, d.split.val_end, 1, first_valid=t.cfg.model.window)
+        if len(pos) == 0:
+            continue
+        if isinstance(t.net, StepNet):
+            fc, sc = rollout.stream_with_scale(t.net, d.values, d.tf, pos)
+        else:
+            fc, sc = rollout.windowed(t.net, d.values, pos)
+        y = d.values[pos + 1]  # (P, F)
+        z = np.abs(y - fc[:, 0]) / sc[:, 0]
+        zs.append(z[~np.isnan(z)])
+    if not zs or not sum(len(z) for z in zs):
+        return 0.999, {}
+    z = np.concatenate(zs)
+    zq = float(np.quantile(z, 1 - target_rate))
+    thr = float(np.clip(erf(zq / sqrt(2)), 0.99, 0.999999))
+    return thr, {"val_coverage_95": float(np.mean(z < 1.96)), "val_z_q999": zq, "threshold": thr}
