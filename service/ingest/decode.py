@@ -77,7 +77,7 @@ class Decoder:
                 try:
                     value = float(body)
                 except ValueError:
-                    if b" " in body:
+                    if b" " in body and b"=" in body:  # `series field=value [ts]` at least
                         self._lines(fields, body, received_ns, out)
                     else:
                         raise DecodeError("non_numeric", f"payload {body[:40]!r} is not a number") from None
