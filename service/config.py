@@ -9,6 +9,7 @@ Secrets can come from files (``*_file`` fields) so they never sit in the environ
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,11 @@ class MqttSettings(BaseModel):
     client_id: str = Field(
         "sensorcast-ingest",
         description="Fixed client id; with a persistent session the broker queues readings while we are away.",
+    )
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description="MQTT version of the ingester: 5 (session expiry, receive maximum) or 3.1.1 "
+        "(persistent session via clean_session=false; for brokers without MQTT 5, e.g. the demo's amqtt).",
     )
     session_expiry_s: int = Field(
         7 * 24 * 3600, description="MQTT 5 session expiry: how long the broker keeps our queue."
@@ -66,7 +72,9 @@ class IngestSettings(BaseModel):
     )
     batch_size: int = Field(5000, description="Store write batch size (points).")
     batch_interval_s: float = Field(0.25, description="Flush a partial batch after this long.")
-    queue_max: int = Field(50_000, description="Readings buffered before MQTT intake blocks (backpressure).")
+    queue_max: int = Field(
+        50_000, description="Messages (or HTTP submits) waiting for the writer before intake blocks (backpressure)."
+    )
 
 
 class StoreSettings(BaseModel):
