@@ -63,8 +63,10 @@ bench-ett: $(VENV)/.installed
 bench-nab: $(VENV)/.installed
 	$(PY) -m training.bench_nab --data $(DATA)/nab
 
-faults: setup
-	$(PY) -m pytest -q tests/faults
+# The full 60 s database outage here; CI (make test) uses the tests' short default.
+FAULT_OUTAGE_S ?= 60
+faults: setup  ## fault injection, hostile input and security suites on real servers
+	SENSORCAST_FAULT_OUTAGE_S=$(FAULT_OUTAGE_S) $(PY) -m pytest -q tests/faults tests/hostile tests/security
 
 soak: setup
 	$(VENV)/bin/sensorcast bench soak
