@@ -268,3 +268,18 @@ def test_restored_stream_after_long_downtime_warms_from_store(tmp_path: Path) ->
     offline = again.predict("m", None, [[float(v)] for v in vals[60 - n :]], [T0 + i * C for i in range(60 - n, 61)])
     live = again.forecast("dev/value")
     assert live is not None and np.abs(np.array(live.mean) - np.array(offline.mean)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("topic", [None, "sensorcast/forecast/{device}/{quantity}"])
+def test_on_forecast_only_when_forecasts_are_published(tmp_path: Path, topic: str | None) -> None:
+    models = tmp_path / "models"
+    write_model(models, STEP)
+    got: list = []
+    settings = settings_for(tmp_path, models, alerts={"forecast_topic": topic})
+    eng = Engine(settings, ModelRegistry(models), None, Metrics(), on_forecast=got.append)
+    feed(eng, StreamKey("dev", "value"), signal(10))
+    if topic is None:
+        assert got == []
+        return
+    assert len(got) == 10 - STEP.warmup_steps + 1  # every step once warm
+    assert got[-1] == eng.forecast("dev/value")
