@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from service.config import ModelBinding, Settings
 from service.errors import ConfigError, ModelError
 from service.metrics import Metrics
@@ -95,22 +97,30 @@ def backtest_frame(
         # bucket's end before it arrives (as it would live), so the bucket is fed now.
         nxt = None if i + 1 == n else (start + (i + 1) * cadence_ns if as_steps else int(timestamps_ns[i + 1]))
         engine.tick(bucket_ts if nxt is None or nxt > bucket_ts else t)
+        snap = engine.snapshot(stream_ids)
+        fed = (snap["last_ts_ns"] == bucket_ts).tolist()
+        warm = snap["warm"].tolist()
+        status = np.where(snap["firing"], "firing", np.where(snap["warm"], "ok", "warming"))
+        status[~snap["known"]] = "none"
+        cols = {k: snap[k].tolist() for k in ("value", "expected", "lower", "upper", "score")}
         for j, sid in enumerate(stream_ids):
-            st = engine.stream(sid)
-            value = float(row[j]) if not multivariate else math.nan
-            if st is None or st.last_ts_ns != bucket_ts:
-                out.append(BacktestRow(int(ts), sid, value, None, None, None, None, "none" if st is None else st.status, ""))
+            value = cols["value"][j] if multivariate else float(row[j])
+            if not fed[j]:
+                out.append(BacktestRow(int(ts), sid, value, None, None, None, None, str(status[j]), ""))
                 continue
-            if multivariate:
-                value = st.last_value if st.last_value is not None else math.nan
-            warm = st.status != "warming"
+            ok = warm[j]
             out.append(BacktestRow(
                 ts_ns=int(ts), stream=sid, value=value,
-                expected=st.expected if warm else None, lower=st.lower, upper=st.upper,
-                score=st.score if warm else None, status=st.status,
+                expected=_opt(cols["expected"][j]) if ok else None,
+                lower=_opt(cols["lower"][j]), upper=_opt(cols["upper"][j]),
+                score=_opt(cols["score"][j]) if ok else None, status=str(status[j]),
                 event=events.pop((sid, bucket_ts), ""),
             ))
     return out
+
+
+def _opt(v: float) -> float | None:
+    return None if v != v else v
 
 
 # ---------------------------------------------------------------- CSV and store input

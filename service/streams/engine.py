@@ -501,6 +501,49 @@ class Engine:
             feature=t.model.manifest.output_features[j] if t.n_out > 1 else None,
         )
 
+    def snapshot(self, stream_ids: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
+        """Vectorised ``stream()`` for many ids: arrays aligned with ``stream_ids``.
+
+        Keys: ``known``, ``warm``, ``firing`` (bool); ``last_ts_ns`` (int64, -1 when nothing
+        fed); ``value``, ``expected``, ``lower``, ``upper``, ``score`` (float64, NaN when
+        unknown or unscored). The backtest reads it after every tick.
+        """
+        n = len(stream_ids)
+        out: dict[str, npt.NDArray[Any]] = {
+            "known": np.zeros(n, bool), "warm": np.zeros(n, bool), "firing": np.zeros(n, bool),
+            "last_ts_ns": np.full(n, -1, np.int64),
+        }
+        for k in ("value", "expected", "lower", "upper", "score"):
+            out[k] = np.full(n, np.nan)
+        with self._lock:
+            groups: dict[int, tuple[ModelTable, list[int], list[int]]] = {}
+            for i, sid in enumerate(stream_ids):
+                st = self._streams.get(sid)
+                if st is not None:
+                    g = groups.setdefault(st.table.uid, (st.table, [], []))
+                    g[1].append(i)
+                    g[2].append(st.row)
+            for t, idx_list, row_list in groups.values():
+                idx = np.array(idx_list, np.intp)
+                rows = np.array(row_list, np.intp)
+                j = t.top_feature[rows] if t.n_out > 1 else np.zeros(len(rows), np.int64)
+                have = t.warm_have[rows]
+                expected = t.expected[rows, j]
+                half = t.band_z * t.spread[rows, j]
+                i_in = t.out_in[j]
+                value = np.where(i_in >= 0, t.last_x[rows, np.maximum(i_in, 0)], np.nan)
+                out["known"][idx] = True
+                out["warm"][idx] = have >= t.warm_need
+                out["firing"][idx] = t.decider.firing[rows]
+                out["last_ts_ns"][idx] = np.where(have > 0, t.last_bucket[rows] * t.cadence_ns, -1)
+                out["value"][idx] = np.where(have > 0, value, np.nan)
+                out["expected"][idx] = np.where(have > 0, expected, np.nan)
+                out["score"][idx] = t.score[rows]
+                scored = ~np.isnan(t.score[rows])
+                out["lower"][idx] = np.where(scored, expected - half, np.nan)
+                out["upper"][idx] = np.where(scored, expected + half, np.nan)
+        return out
+
     def streams(self) -> list[StreamStatus]:
         with self._lock:
             return [self._status_of(st) for st in sorted(self._streams.values(), key=lambda s: s.id)]

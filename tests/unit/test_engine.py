@@ -283,3 +283,28 @@ def test_on_forecast_only_when_forecasts_are_published(tmp_path: Path, topic: st
         return
     assert len(got) == 10 - STEP.warmup_steps + 1  # every step once warm
     assert got[-1] == eng.forecast("dev/value")
+
+
+def test_snapshot_agrees_with_stream_status(tmp_path: Path) -> None:
+    mv = KitSpec(name="mv", features=("t", "h"), hidden=8, warmup_steps=3)
+    eng, _, _ = make(tmp_path, mv, STEP, anomaly={"min_count": 1, "window": 1})
+    vals = signal(40)
+    vals[30] += 30
+    for i, v in enumerate(vals):
+        ts = T0 + i * C
+        eng.accept([Reading(StreamKey("d", "t"), ts, float(v)), Reading(StreamKey("d", "h"), ts, float(v) / 2),
+                    Reading(StreamKey("d", "value"), ts, float(v))])
+        eng.tick(ts)
+        ids = ["d", "d/value", "unknown"]
+        snap = eng.snapshot(ids)
+        for k, sid in enumerate(ids):
+            s = eng.stream(sid)
+            if s is None:
+                assert not snap["known"][k]
+                continue
+            assert snap["firing"][k] == (s.status == "firing") and snap["warm"][k] == (s.status != "warming")
+            for field in ("score", "expected", "lower", "upper"):
+                got, want = snap[field][k], getattr(s, field)
+                assert (want is None and np.isnan(got)) or got == pytest.approx(want)
+            assert snap["last_ts_ns"][k] == s.last_ts_ns == ts
+            assert snap["value"][k] == pytest.approx(s.last_value)
