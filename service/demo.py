@@ -39,15 +39,18 @@ from service.records import NS_PER_S
 log = logging.getLogger("sensorcast.demo")
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
-KINDS_IN_TURN = ("level_shift", "spike", "drift", "stuck", "variance_burst")
-# (duration in steps, magnitude in noise sigmas): large enough that a decent model flags
-# them, long enough for the M-of-N rule (2 of 3 steps by default).
+# The first kinds are the ones a one-step forecaster flags for sure: a spike jumps away
+# and back (two anomalous steps, enough for the default 2-of-3 rule), a variance burst
+# keeps jumping. A level shift is flagged at its start, a slow drift or a stuck sensor
+# only by a model that has learnt the cycle well.
+KINDS_IN_TURN = ("spike", "variance_burst", "level_shift", "drift", "stuck")
+# (duration in steps, magnitude in noise sigmas, a noise multiplier for variance_burst).
 _SHAPE = {
+    "spike": (1, 16.0),
+    "variance_burst": (30, 8.0),
     "level_shift": (25, 12.0),
-    "spike": (4, 16.0),
     "drift": (45, 16.0),
     "stuck": (40, 0.0),
-    "variance_burst": (30, 8.0),
 }
 
 
@@ -203,7 +206,7 @@ class Terminal:
         self.alerts += 1
         state = str(a.get("state", "?")).upper()
         self.say(
-            f"ALERT {state:8s} {a.get('stream_id')} at {str(a.get('time', ''))[11:19]}: "
+            f"ALERT {state:8s} {a.get('stream_id')} at {str(a.get('time', ''))[11:19]}Z: "
             f"value {_num(a.get('value'))}, expected {_num(a.get('expected'))} "
             f"[{_num(a.get('lower'))}, {_num(a.get('upper'))}], score {_num(a.get('score'))} "
             f"(model {a.get('model')}/{a.get('model_version')})"
@@ -241,6 +244,8 @@ def schedule(stream_ids: list[str], first_step: int, every_steps: int, count: in
         kind = KINDS_IN_TURN[i % len(KINDS_IN_TURN)]
         duration, magnitude = _SHAPE[kind]
         sign = -1.0 if (i // len(KINDS_IN_TURN)) % 2 else 1.0
+        if kind == "variance_burst":
+            sign = 1.0  # a noise multiplier, not an offset
         sid = stream_ids[i % len(stream_ids)]
         out.append((sid, Scheduled(first_step + i * every_steps, kind, duration, sign * magnitude)))
     return out
@@ -277,7 +282,7 @@ def _run(args: argparse.Namespace, model: DemoModel, data: Path, stop: threading
     from service.config import Settings
     from service.localservers import free_port
     from service.sim.broker import EmbeddedBroker
-    from service.sim.live import FleetClock
+    from service.sim.live import FleetClock, SimReading, TruthLog
     from service.sim.mqttout import MqttOut
     from service.sim.runner import SimRunner
     from service.sim.signals import DEMO_SEED, demo_fleet
@@ -290,7 +295,8 @@ def _run(args: argparse.Namespace, model: DemoModel, data: Path, stop: threading
     port = int(sock.getsockname()[1])
     overrides: dict[str, Any] = {  # the rest comes from defaults and the environment
         "roles": "ingest,inference,api",
-        "mqtt": {"url": broker.url, "client_id": "sensorcast-demo-ingest"},
+        # amqtt speaks MQTT 3.1.1 only.
+        "mqtt": {"url": broker.url, "client_id": "sensorcast-demo-ingest", "protocol": "3.1.1"},
         "store": {"url": f"sqlite:///{data / 'sensorcast.db'}", "spool_dir": data / "spool"},
         "models": {
             "dir": model.models_dir,
@@ -308,6 +314,7 @@ def _run(args: argparse.Namespace, model: DemoModel, data: Path, stop: threading
     sim_thread: threading.Thread | None = None
     out: MqttOut | None = None
     watch: AlertWatch | None = None
+    truth: TruthLog | None = None
     try:
         api.start()
         watch = AlertWatch(broker.url, settings.alerts.topic.format(device="+", quantity="+"), term)
@@ -324,7 +331,17 @@ def _run(args: argparse.Namespace, model: DemoModel, data: Path, stop: threading
         clock = FleetClock(specs, start_ns, DEMO_SEED if args.seed is None else args.seed)
         out = MqttOut(settings.mqtt, "sensorcast-demo-sim")
         out.start()
-        runner = SimRunner(clock, out)
+        truth = log_ = TruthLog(data / "truth.csv", clock)
+        shown = [0]
+
+        def announce(r: SimReading) -> None:
+            # Say when each injected anomaly goes out, so alerts can be matched to it.
+            while shown[0] < len(log_.rows):
+                sid, kind, _, _, start, _, _ = log_.rows[shown[0]]
+                shown[0] += 1
+                term.say(f"INJECT  {kind} on {sid} at {start[11:19]}Z")
+
+        runner = SimRunner(clock, out, truth=truth, on_reading=announce)
         sim_thread = threading.Thread(target=runner.run, args=(None, stop), name="simulator", daemon=True)
         sim_thread.start()
         term.say(
@@ -332,7 +349,9 @@ def _run(args: argparse.Namespace, model: DemoModel, data: Path, stop: threading
             f"(cadence {cadence:g} s, warm-up {model.warmup_steps} steps), embedded broker {broker.url}"
         )
         term.say(f"dashboard: {base}/   API docs: {base}/docs   (Ctrl-C stops)")
-        term.say(f"first anomaly injected in ~15 s on {ids[0]}, then one every {args.every:g} s")
+        term.say(
+            f"first anomaly ({KINDS_IN_TURN[0]}) injected in ~15 s on {ids[0]}, then one every {args.every:g} s"
+        )
         until = time.monotonic() + args.duration if args.duration > 0 else None
         with httpx.Client(base_url=base, timeout=5.0) as http:
             while not stop.wait(args.print_every):
@@ -345,6 +364,8 @@ def _run(args: argparse.Namespace, model: DemoModel, data: Path, stop: threading
             sim_thread.join(5)
         if out is not None:
             out.stop(flush_timeout_s=2.0)
+        if truth is not None:
+            truth.close()
         time.sleep(0.5)  # let the last alerts reach the terminal
         if watch is not None:
             watch.stop()

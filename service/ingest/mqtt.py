@@ -58,8 +58,11 @@ def parse_broker_url(settings: MqttSettings) -> BrokerAddress:
 def make_client(settings: MqttSettings, client_id: str, manual_ack: bool) -> tuple[paho.Client, BrokerAddress, Properties]:
     """A configured (not yet connected) MQTT 5 client and its CONNECT properties."""
     addr = parse_broker_url(settings)
+    v5 = settings.protocol == "5"
     client = paho.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5, manual_ack=manual_ack
+        CallbackAPIVersion.VERSION2, client_id=client_id, manual_ack=manual_ack,
+        # 3.1.1 has no session expiry: clean_session=False keeps the session (and queue).
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311, clean_session=None if v5 else False,
     )
     if addr.username is not None:
         client.username_pw_set(addr.username, addr.password)
@@ -113,10 +116,13 @@ class MqttSource:
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
-        self.client.connect_async(
-            self.addr.host, self.addr.port, self.settings.keepalive_s,
-            clean_start=False, properties=self._props,
-        )
+        if self.settings.protocol == "5":
+            self.client.connect_async(
+                self.addr.host, self.addr.port, self.settings.keepalive_s,
+                clean_start=False, properties=self._props,
+            )
+        else:  # paho refuses clean_start and properties on 3.1.1
+            self.client.connect_async(self.addr.host, self.addr.port, self.settings.keepalive_s)
         rc = self.client.loop_start()
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise ConfigError(f"MQTT network loop did not start: {paho.error_string(rc)}")

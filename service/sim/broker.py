@@ -66,6 +66,9 @@ class EmbeddedBroker:
             loop = asyncio.new_event_loop()
             self._loop = loop
             asyncio.set_event_loop(loop)
+            # amqtt lets errors of clients that hang up mid-handshake reach the loop's
+            # default handler, which prints tracebacks; keep them out of the demo's output.
+            loop.set_exception_handler(lambda lp, ctx: log.debug("embedded broker: %s", ctx.get("message")))
             try:
                 self._broker = Broker(config, loop=loop)
                 loop.run_until_complete(self._broker.start())
