@@ -308,3 +308,19 @@ def test_snapshot_agrees_with_stream_status(tmp_path: Path) -> None:
                 assert (want is None and np.isnan(got)) or got == pytest.approx(want)
             assert snap["last_ts_ns"][k] == s.last_ts_ns == ts
             assert snap["value"][k] == pytest.approx(s.last_value)
+
+
+def test_runner_hot_reloads_when_model_files_change(tmp_path: Path) -> None:
+    eng, _, _ = make(tmp_path, STEP, streams={"tick_s": 0.01}, models={"watch": True})
+    runner = EngineRunner(eng, restore=False, watch_interval_s=0.02)
+    runner.start()
+    try:
+        assert [m.version for m in eng.models()] == ["1"]
+        write_model(eng.settings.models.dir, dataclasses.replace(STEP, version="2"))
+        deadline = time.monotonic() + 10
+        while [m.version for m in eng.models()] != ["1", "2"]:
+            assert time.monotonic() < deadline, "the runner never reloaded"
+            time.sleep(0.02)
+    finally:
+        runner.stop()
+    assert runner.last_error is None
