@@ -5,7 +5,8 @@ matches (and, for a univariate model, whose quantity glob matches) wins. A multi
 model (F > 1) serves a *device*: its quantities fill the features of the same name, and the
 stream id is the device (with its tags). A univariate model serves *device/quantity*.
 With no bindings, every model serves the quantities named in its features (newest version,
-models in name order).
+models in name order), and the first univariate model whose feature is ``value`` (trained on
+anonymous series, like the demo model) serves every quantity no other model claims.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from service.config import ModelBinding
 from service.errors import ModelError
 from service.records import StreamKey
 from service.runtime.registry import LoadedModel, ModelRegistry
+
+GENERIC_FEATURE = "value"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,7 @@ def route(key: StreamKey, registry: ModelRegistry, bindings: list[ModelBinding])
             if r is not None:
                 return r
         return None
+    generic: LoadedModel | None = None
     for name in registry.names():
         try:
             model = registry.get(name)
@@ -53,7 +57,10 @@ def route(key: StreamKey, registry: ModelRegistry, bindings: list[ModelBinding])
         features = model.manifest.features
         if key.quantity in features:
             return _fit(key, model, key.quantity)
-    return None
+        if generic is None and features == [GENERIC_FEATURE]:
+            generic = model
+    # A univariate model trained on anonymous series serves whatever nothing else claims.
+    return None if generic is None else _fit(key, generic, "*")
 
 
 def _fit(key: StreamKey, model: LoadedModel, quantity_glob: str) -> Route | None:

@@ -324,3 +324,13 @@ def test_runner_hot_reloads_when_model_files_change(tmp_path: Path) -> None:
     finally:
         runner.stop()
     assert runner.last_error is None
+
+
+def test_without_bindings_named_features_win_and_value_models_take_the_rest(tmp_path: Path) -> None:
+    eng, _, _ = make(tmp_path, STEP, KitSpec(name="temp_model", features=("temp",)),
+                     KitSpec(name="mv", features=("a", "b")))
+    eng.accept([Reading(StreamKey("x", q), T0, 1.0) for q in ("temp", "humidity", "a", "value")])
+    eng.tick(T0)
+    assert {s.id: s.model for s in eng.streams()} == {
+        "x/temp": "temp_model", "x/humidity": "m", "x": "mv", "x/value": "m",
+    }
