@@ -73,11 +73,14 @@ class StepNet(nn.Module):
             # per-step queries, its initial state the encoder's top layer.
             self.queries = nn.Parameter(torch.randn(H, 16) * 0.1)  # (H, E)
             self.decoder = _rnn(self.base_cell, 16, Hd, 1, 0.0)
-            self.head = nn.Linear(Hd, 2 * F)
+            self.head = nn.Linear(Hd, F)
+            self.scale_head = nn.Linear(Hd, F)
         else:
-            self.head = nn.Linear(Hd, H * F * 2)
-        nn.init.zeros_(self.head.weight)  # start as repeat-last with unit spread
-        nn.init.zeros_(self.head.bias)
+            self.head = nn.Linear(Hd, H * F)
+            self.scale_head = nn.Linear(Hd, H * F)
+        for lin in (self.head, self.scale_head):  # start as repeat-last with unit spread
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
         self.lag_head = nn.Linear(cfg.lags, H) if cfg.lags > 0 else None
         if self.lag_head is not None:
             nn.init.zeros_(self.lag_head.weight)
@@ -212,10 +215,13 @@ class StepNet(nn.Module):
             init: Tensor | tuple[Tensor, Tensor] = (h0, torch.zeros_like(h0)) if self.base_cell == "lstm" else h0
             q = self.queries[None].expand(B * P, H, self.queries.shape[1])  # (B*P, H, E)
             dec, _ = self.decoder(q, init)  # (B*P, H, Hd)
-            raw = self.head(self.drop(dec)).reshape(B, P, H, F, 2)
+            feat = self.drop(dec)
         else:
-            raw = self.head(top).reshape(B, P, H, F, 2)
-        delta, pre_scale = raw[..., 0], raw[..., 1]  # (B, P, H, F)
+            feat = top
+        # The spread head reads detached features: its NLL gradient must not reshape the
+        # recurrent state the mean depends on (measured: with it, the mean barely learns).
+        delta = self.head(feat).reshape(B, P, H, F)
+        pre_scale = self.scale_head(feat.detach()).reshape(B, P, H, F)
         if self.lag_head is not None:
             lf = torch.stack(lagfeats, dim=1)  # type: ignore[arg-type]  # (B, P, lags, F)
             delta = delta + self.lag_head(lf.transpose(2, 3)).transpose(2, 3)  # (B, P, H, F)
@@ -265,7 +271,8 @@ class SegRNN(nn.Module):
         self.chan = nn.Parameter(torch.randn(n_features, d - d // 2) * 0.1)
         self.decoder = nn.GRU(d, d, batch_first=True)
         self.drop = nn.Dropout(cfg.dropout)
-        self.out = nn.Linear(d, 2 * w)
+        self.out = nn.Linear(d, w)
+        self.out_scale = nn.Linear(d, w)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B, L, F) raw with NaN -> forecast (B, H, F), scale (B, H, F), raw units."""
@@ -291,9 +298,10 @@ class SegRNN(nn.Module):
         q = q[None].expand(B, F, self.n_out, d).reshape(B * F * self.n_out, 1, d)  # (BFm, 1, d)
         h0 = hf[:, None, :].expand(B * F, self.n_out, d).reshape(1, B * F * self.n_out, d)
         y, _ = self.decoder(q, h0)  # (BFm, 1, d)
-        o = self.out(self.drop(y)).reshape(B, F, self.n_out, 2, w)
-        mu = o[:, :, :, 0].reshape(B, F, self.n_out * w)[:, :, :H].transpose(1, 2)  # (B, H, F)
-        ps = o[:, :, :, 1].reshape(B, F, self.n_out * w)[:, :, :H].transpose(1, 2)
+        feat = self.drop(y)
+        mu = self.out(feat).reshape(B, F, self.n_out * w)[:, :, :H].transpose(1, 2)  # (B, H, F)
+        # Spread from detached features, as in StepNet: the NLL must not bend the mean.
+        ps = self.out_scale(feat.detach()).reshape(B, F, self.n_out * w)[:, :, :H].transpose(1, 2)
         fc = (mu + last) * self.std + self.mean
         sc = (F_.softplus(ps + math.log(math.e - 1)) + _SCALE_FLOOR) * self.std
         return fc, sc
