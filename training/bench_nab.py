@@ -48,6 +48,7 @@ ABLATIONS = {
     "no_range_novelty": {"range_tolerance": 1e12},
     "no_peak_ratio": {"use_peak": False},
     "engine_spread_defaults": {"spread_alpha": 0.05, "learn_below": 0.99, "min_residuals": 10},
+    "model_scale": {"use_model_scale": True},  # probabilistic --model only
 }
 SHORT = {"standard": "standard", "reward_low_FP_rate": "low FP", "reward_low_FN_rate": "low FN"}
 

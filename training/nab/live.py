@@ -50,6 +50,7 @@ class LiveConfig:
     range_tolerance: float = 0.01  # excursions beyond 1% of the seen range count as novel
     range_floor: float = 0.9  # range novelty outranks every residual-based score
     use_peak: bool = True  # False (ablation): the squashed residual itself, no peak ratio
+    use_model_scale: bool = False  # probabilistic models: z in units of the predicted spread
 
 
 class NabScorer:
@@ -64,10 +65,15 @@ class NabScorer:
             scorer.grow(n_streams)
         self._learn_z = z_for_score(cfg.learn_below)
 
-    def update(self, rows: IntArr, actual: F64, expected: F64) -> F64:
-        """rows (B,), actual (B,), expected (B,) (NaN: no forecast yet) -> scores (B,) in [0, 1]."""
+    def update(self, rows: IntArr, actual: F64, expected: F64, scale: F64 | None = None) -> F64:
+        """rows (B,), actual (B,), expected (B,) (NaN: no forecast yet) -> scores (B,) in [0, 1].
+
+        ``scale`` (B,): the model's predicted spread for this step, used instead of the
+        learnt residual spread when given (probabilistic models)."""
         cfg = self.config
         s = self.spread.spread(rows, None)[:, 0]  # (B,) residual sigma, NaN until learnt
+        if scale is not None:
+            s = np.where(np.isfinite(scale) & (scale > 0), scale, s)
         with np.errstate(invalid="ignore", divide="ignore"):
             z = np.abs(actual - expected) / s
         z = np.where(np.isfinite(z), z, 0.0)
@@ -102,12 +108,16 @@ def run_live(files: Sequence[DataFile], model_folder: Path, config: LiveConfig |
     scorer = NabScorer(n, config)
     state = np.zeros((n, manifest.state_size), np.float32)  # (B, S)
     expected = np.full(n, np.nan)  # (B,): forecast of this step, made one step earlier
+    spread = np.full(n, np.nan)  # (B,): the model's predicted spread for it (NaN: none)
+    use_scale = scorer.config.use_model_scale and manifest.probabilistic
     scores = np.zeros_like(values)
     for t in range(values.shape[1]):
         rows = np.nonzero(lengths > t)[0]
         actual = values[rows, t]  # (B,)
-        scores[rows, t] = scorer.update(rows, actual, expected[rows])
-        fc, _, state_out = runtime.step(actual[:, None].astype(np.float32), state[rows], None)
+        scores[rows, t] = scorer.update(rows, actual, expected[rows], spread[rows] if use_scale else None)
+        fc, sc, state_out = runtime.step(actual[:, None].astype(np.float32), state[rows], None)
         state[rows] = state_out
         expected[rows] = fc[:, 0, 0]  # (B,): the next step's forecast
+        if sc is not None:
+            spread[rows] = sc[:, 0, 0]
     return {f.name: scores[i, : len(f.values)] for i, f in enumerate(files)}

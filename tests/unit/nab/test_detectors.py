@@ -82,3 +82,21 @@ def test_engine_path_gives_the_same_scores_as_the_direct_path(tmp_path: Path) ->
     for f in files:
         np.testing.assert_allclose(engine[f.name], direct[f.name], rtol=0, atol=1e-9)
     assert engine["c/a.csv"][300] == engine["c/a.csv"][50:].max()
+
+
+def test_nab_scorer_uses_the_model_scale_when_given() -> None:
+    from training.nab.live import NabScorer
+
+    cfg = LiveConfig(learning_steps=10, min_residuals=5, range_tolerance=1e12)  # residual path only
+    learnt, told = NabScorer(1, cfg), NabScorer(1, cfg)
+    rows = np.array([0])
+    v = series(120, 7, spike_at=100)
+    out_l, out_t = [], []
+    for t in range(1, 120):
+        a, e = v[t : t + 1], v[t - 1 : t]
+        out_l.append(learnt.update(rows, a, e)[0])
+        # The model "expected" a wild step exactly at the spike: a huge predicted spread there.
+        scale = np.array([1e6 if t == 100 else 1.0])
+        out_t.append(told.update(rows, a, e, scale=scale)[0])
+    assert out_l[99] > out_l[98]  # row 100: the spike raises the score (learnt-spread units)
+    assert out_t[99] < out_t[98]  # in units of the predicted spread it is no surprise at all
