@@ -119,6 +119,11 @@ class StreamsSettings(BaseModel):
     checkpoint_dir: Path = Field(Path("./data/state"), description="Where stream state checkpoints are written.")
     checkpoint_interval_s: float = Field(60.0, description="Seconds between state checkpoints.")
     tick_s: float = Field(0.05, description="Inference loop period: due streams are stepped in one batch per tick.")
+    max_future_s: float = Field(
+        300.0,
+        description="Readings stamped further than this ahead of the engine's clock are dropped (reason future): "
+        "one bad clock must not push a stream's state ahead of time.",
+    )
 
 
 class AnomalySettings(BaseModel):

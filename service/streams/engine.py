@@ -42,6 +42,7 @@ F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 IntArr = npt.NDArray[np.intp]
 _MISSING = object()
+_F32_MAX = float(np.finfo(np.float32).max)
 HISTORY_SLACK = 2  # extra buckets read for warm-up beyond the model's need
 
 
@@ -101,7 +102,8 @@ class Engine:
         self._need_history: dict[str, _Stream] = {}
         self._restored: set[str] = set()  # restored streams not yet checked for a long gap
         self._waiting: dict[int, list[_Stream]] = {}  # due time (ns) -> streams with pending buckets
-        self._drops = {r: metrics.late_dropped.labels(r) for r in ("late", "duplicate", "not_finite")}
+        self._drops = {r: metrics.late_dropped.labels(r) for r in ("late", "duplicate", "not_finite", "future")}
+        self._future_ns = round(settings.streams.max_future_s * NS_PER_S)
 
     # ------------------------------------------------------------ intake
 
@@ -248,13 +250,18 @@ class Engine:
             idx = np.arange(n) if uids.size == 1 else np.flatnonzero(uid == u)
             table = self._by_uid[u]
             rows, ts, v = rows_all[idx], ts_all[idx], v_all[idx]
-            finite = np.isfinite(v)
+            # float32 is what the model sees: 1e39 is finite here but inf there.
+            finite = np.abs(v) < _F32_MAX  # NaN compares False
+            future = ts > now + self._future_ns
+            if future.any():
+                self._drops["future"].inc(int((future & finite).sum()))
+                finite &= ~future
             buckets = -(-ts // table.cadence_ns)
             nb = table.next_bucket[rows]
             late = finite & (nb >= 0) & (buckets < nb)
             dup = late & (ts == table.last_fed_ts[rows])
             if not finite.all():
-                self._drops["not_finite"].inc(int((~finite).sum()))
+                self._drops["not_finite"].inc(int((~finite & ~future).sum()))
             if late.any():
                 n_dup = int(dup.sum())
                 if n_dup:
@@ -327,8 +334,18 @@ class Engine:
             buckets = np.concatenate([first[1], buckets])
             x = np.concatenate([first[2], x])
         t0 = time.perf_counter()
-        outcome = table.step(rows, buckets, x)
         name = table.model.name
+        poisoned = table.poisoned
+        try:
+            outcome = table.step(rows, buckets, x)
+            if table.poisoned != poisoned:
+                log.warning("model %s returned a non-finite state for %d streams: they re-warm",
+                            table.model.key, table.poisoned - poisoned)
+        except Exception:  # one model failing must not stop the others; its streams re-warm
+            log.exception("model %s failed a step of %d streams: they re-warm", table.model.key, len(rows))
+            self.metrics.model_errors.inc()
+            table.reset(rows)
+            return 0
         self.metrics.step_latency.labels(name).observe(time.perf_counter() - t0)
         self.metrics.steps.labels(name).inc(len(rows))
         if outcome.fired.size or outcome.resolved.size:
@@ -422,7 +439,7 @@ class Engine:
                 earliest = cutoff - (st.table.warm_need + HISTORY_SLACK) * st.table.cadence_ns
                 for f, key in enumerate(st.keys):
                     for r in history.get(key, ()):
-                        if earliest <= r.ts_ns < cutoff and math.isfinite(r.value):
+                        if earliest <= r.ts_ns < cutoff and abs(r.value) < _F32_MAX:
                             res.add(r.ts_ns, f, r.value)
 
     # ------------------------------------------------------------ models
@@ -616,9 +633,12 @@ class Engine:
             if len(row) != n_f:
                 raise ValueError(f"values[{i}] has {len(row)} features, model expects {n_f} {list(m.features)}")
         try:
-            x = np.array([[math.nan if v is None else v for v in row] for row in values], np.float32)  # (T, F)
+            wide = np.array([[math.nan if v is None else v for v in row] for row in values], np.float64)  # (T, F)
         except (TypeError, ValueError) as e:
             raise ValueError(f"values must be numbers: {e}") from e
+        if bool((np.abs(wide) >= _F32_MAX).any()):
+            raise ValueError(f"values must be finite and within float32 range (|v| < {_F32_MAX:.3g}); NaN/None = missing")
+        x = wide.astype(np.float32)
         c_ns = round(m.cadence_s * NS_PER_S)
         if timestamps_ns is None:
             if m.time_features:

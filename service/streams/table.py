@@ -48,6 +48,7 @@ class ModelTable:
         m = model.manifest
         self.model = model
         self.uid = 0  # set by the engine: a small int naming this table in hot loops
+        self.poisoned = 0  # rows reset because the model returned a non-finite state
         self.runtime = model.runtime
         self.cadence_ns = round(m.cadence_s * NS_PER_S)
         self.n_in = len(m.features)
@@ -177,6 +178,11 @@ class ModelTable:
                 tf = time_features(ts[lo : lo + MAX_CALL_BATCH], self.tf_names) if self.tf_names else None  # (b, K)
                 fc, sc, state_out = self.runtime.step(x[lo : lo + MAX_CALL_BATCH], self.state[r], tf)
                 self.state[r] = state_out
+                poisoned = ~np.isfinite(state_out).all(axis=1)
+                if poisoned.any():  # a NaN/inf state would stay so forever: start those rows over
+                    self.poisoned += int(poisoned.sum())
+                    self.reset(r[poisoned])
+                    self.warm_have[r[poisoned]] = -1  # the += 1 below brings it back to 0
             else:
                 tfw = time_features(self.ring_ts[r], self.tf_names) if self.tf_names else None  # (b, L, K)
                 fc, sc = self.runtime.window(self.ring[r], tfw)

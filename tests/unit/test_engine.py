@@ -222,6 +222,12 @@ def test_predict_validates(tmp_path: Path) -> None:
         eng.predict("m", None, [[1.0], [2.0]], ts[::-1])
     with pytest.raises(ValueError, match="cadence 30"):
         eng.predict("m", None, [[1.0], [2.0]], ts, cadence=30)
+    with pytest.raises(ValueError, match="float32 range"):
+        eng.predict("m", None, [[1.0], [math.inf]], ts)
+    with pytest.raises(ValueError, match="must be numbers"):
+        eng.predict("m", None, [[1.0], ["x"]], ts)  # type: ignore[list-item]
+    f = eng.predict("m", "1", [[1.0], [None]], ts, cadence=60)  # type: ignore[list-item]
+    assert all(math.isfinite(v[0]) for v in f.mean)
     f = eng.predict("m", "1", [[1.0], [2.0]], ts, cadence=60)
     assert len(f.mean) == STEP.horizon and all(math.isfinite(v[0]) for v in f.mean)
 
@@ -334,3 +340,66 @@ def test_without_bindings_named_features_win_and_value_models_take_the_rest(tmp_
     assert {s.id: s.model for s in eng.streams()} == {
         "x/temp": "temp_model", "x/humidity": "m", "x": "mv", "x/value": "m",
     }
+
+
+def test_absurd_values_and_future_timestamps_are_counted_drops(tmp_path: Path) -> None:
+    eng, _, metrics = make(tmp_path, STEP)
+    key = StreamKey("dev", "value")
+    feed(eng, key, signal(10))
+    eng.accept([Reading(key, T0 + 10 * C, 1e39), Reading(key, T0 + 10 * C + 3600 * 10**9, 1.0)])
+    assert eng.tick(T0 + 10 * C) == 0
+    assert metrics.late_dropped.labels("not_finite")._value.get() == 1
+    assert metrics.late_dropped.labels("future")._value.get() == 1
+    feed(eng, key, signal(12)[10:], start=10)  # the stream carries on in time
+    s = eng.stream("dev/value")
+    assert s is not None and s.last_ts_ns == T0 + 11 * C and s.status == "ok"
+
+
+def _registry_with(tmp: Path, step) -> tuple[Engine, Metrics]:  # type: ignore[no-untyped-def]
+    from service.runtime.session import FunctionRuntime
+
+    models = tmp / "models"
+    write_model(models, KitSpec(name="a", hidden=4, warmup_steps=1, features=("va",)))
+    write_model(models, KitSpec(name="b", hidden=4, warmup_steps=1, features=("vb",)))
+
+    def factory(folder: Path, manifest):  # type: ignore[no-untyped-def]
+        if manifest.name == "a":
+            return FunctionRuntime(manifest, step=step)
+        from service.runtime.session import OrtRuntime
+
+        return OrtRuntime(folder, manifest)
+
+    metrics = Metrics()
+    return Engine(settings_for(tmp, models), ModelRegistry(models, factory=factory), None, metrics), metrics
+
+
+def test_a_failing_model_does_not_stop_the_others(tmp_path: Path) -> None:
+    def broken(x, state, tf):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    eng, metrics = _registry_with(tmp_path, broken)
+    for i in range(3):
+        eng.accept([Reading(StreamKey("d", "va"), T0 + i * C, 1.0), Reading(StreamKey("d", "vb"), T0 + i * C, 1.0)])
+        eng.tick(T0 + i * C)
+    a, b = eng.stream("d/va"), eng.stream("d/vb")
+    assert a is not None and a.warm_have == 0
+    assert b is not None and b.warm_have == 1 and b.status == "ok" and b.last_ts_ns == T0 + 2 * C
+    assert metrics.model_errors._value.get() == 3
+
+
+def test_non_finite_state_restarts_only_that_stream(tmp_path: Path) -> None:
+    def fragile(x, state, tf):  # type: ignore[no-untyped-def]
+        new = state + 1.0
+        new[x[:, 0] > 100] = np.nan  # this model blows up on large inputs
+        return np.repeat(x[:, None, :], 4, axis=1), np.ones((len(x), 4, 1), np.float32), new
+
+    eng, _ = _registry_with(tmp_path, fragile)
+    for i in range(4):
+        v = 1000.0 if i == 2 else 1.0
+        eng.accept([Reading(StreamKey("d", "va"), T0 + i * C, v), Reading(StreamKey("e", "va"), T0 + i * C, 1.0)])
+        eng.tick(T0 + i * C)
+    table = eng._tables["a@1"]
+    assert table.poisoned == 1
+    d, e = eng._streams["d/va"].row, eng._streams["e/va"].row
+    assert np.isfinite(table.state).all()
+    assert table.state[d, 0] == 1.0 and table.state[e, 0] == 4.0  # d restarted at step 2, e did not
