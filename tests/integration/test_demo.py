@@ -7,87 +7,29 @@ it, then stop cleanly on Ctrl-C (SIGINT) or at --duration.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+from tests.integration.demo_helpers import REPO, Demo, demo_models, tracked_demos
 
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped demo model when present; else a tiny contract model built here."""
-    if list((REPO / "models" / "demo").glob("*/manifest.json")):
-        return REPO / "models"
-    pytest.importorskip("onnx")
-    from service.runtime.modelkit import KitSpec, write_model
-
-    d = tmp_path_factory.mktemp("models")
-    write_model(d, KitSpec(name="demo", version="kit", cadence_s=1.0, warmup_steps=20, horizon=12, std=(0.3,)))
-    return d
-
-
-class Demo:
-    def __init__(self, *args: str) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "demo", "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO,
-        )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-
-    def wait_for(self, pattern: str, timeout: float, after: int = -1) -> re.Match[str]:
-        """The first line (with index > ``after``) matching ``pattern``."""
-        deadline = time.monotonic() + timeout
-        rx = re.compile(pattern)
-        with self._cond:
-            while True:
-                for line in self.lines[after + 1 :]:
-                    m = rx.search(line)
-                    if m:
-                        return m
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._cond.wait(0.2)):
-                    raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines[-60:]))
-                self._cond.wait(min(left, 0.5))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+    return demo_models(tmp_path_factory)
 
 
 @pytest.fixture
 def demo_factory() -> Iterator[type[Demo]]:
-    started: list[Demo] = []
-
-    class Tracked(Demo):
-        def __init__(self, *args: str) -> None:
-            super().__init__(*args)
-            started.append(self)
-
-    yield Tracked
-    for d in started:
-        d.stop()
+    yield from tracked_demos()
 
 
 def test_demo_shows_forecasts_and_an_alert_for_the_injected_anomaly(

@@ -81,6 +81,7 @@
     if (s.status === "warming") { rec.forecast = null; return; }
     try {
       const fc = await api(`/v1/streams/${encodeId(s.id)}/forecast`);
+      rec.cadence = fc.cadence_s;
       rec.forecast = {
         times: fc.times.map((t) => Date.parse(t) / 1000),
         mean: fc.mean.map((r) => r[0]),
@@ -148,6 +149,25 @@
     }
   }
 
+  // A column for the chart's x positions from a sparse series (time -> value): values
+  // between two points closer than maxSpan seconds are interpolated, wider gaps stay
+  // null, so a line never bridges a real gap (missing data, the page not polling).
+  function column(x, map, maxSpan, pick = (v) => v) {
+    const keys = [...map.keys()].sort((a, b) => a - b);
+    const out = new Array(x.length).fill(null);
+    let j = 0;
+    x.forEach((t, i) => {
+      while (j < keys.length && keys[j] < t) j++;
+      if (j < keys.length && keys[j] === t) { out[i] = pick(map.get(t)); return; }
+      const lo = keys[j - 1], hi = keys[j];
+      if (lo === undefined || hi === undefined || hi - lo > maxSpan) return;
+      const a = pick(map.get(lo)), b = pick(map.get(hi));
+      if (a === null || b === null || a === undefined || b === undefined) return;
+      out[i] = a + (b - a) * (t - lo) / (hi - lo);
+    });
+    return out;
+  }
+
   function chartData(id, rec) {
     const xs = new Set([...rec.actual.keys()]);
     const t0 = Math.min(...rec.actual.keys());
@@ -162,13 +182,17 @@
       }
     }
     const x = [...xs].sort((a, b) => a - b);
+    const cadence = rec.cadence || 1;
+    const act = column(x, rec.actual, 2.5 * cadence);
+    // Expected values arrive once per poll: bridge a few polls, not a page left asleep.
+    const span = Math.max(3 * POLL_MS / 1000, 2.5 * cadence);
+    const exp = column(x, rec.expected, span, (e) => e[0]);
+    const lo = column(x, rec.expected, span, (e) => e[1]);
+    const hi = column(x, rec.expected, span, (e) => e[2]);
     const col = () => new Array(x.length).fill(null);
-    const [act, exp, lo, hi, fm, flo, fhi, mk] = [col(), col(), col(), col(), col(), col(), col(), col()];
+    const [fm, flo, fhi, mk] = [col(), col(), col(), col()];
     const fIdx = fc ? new Map(fc.times.map((t, i) => [t, i])) : new Map();
     x.forEach((t, i) => {
-      if (rec.actual.has(t)) act[i] = rec.actual.get(t);
-      const e = rec.expected.get(t);
-      if (e) [exp[i], lo[i], hi[i]] = e;
       const k = fIdx.get(t);
       if (k !== undefined) {
         fm[i] = fc.mean[k];
@@ -180,7 +204,8 @@
   }
 
   function makeChart(id, el) {
-    const line = (label, stroke, extra = {}) => ({ label, stroke, width: 1.5, spanGaps: true, points: { show: false }, ...extra });
+    // Gaps are decided in column(); the forecast's points are contiguous anyway.
+    const line = (label, stroke, extra = {}) => ({ label, stroke, width: 1.5, spanGaps: false, points: { show: false }, ...extra });
     const opts = {
       width: Math.max(300, el.clientWidth - 8),
       height: 200,
@@ -192,9 +217,9 @@
         line("expected", "#805ad5", { dash: [4, 3], width: 1 }),
         line("lower", "rgba(128,90,213,0.35)", { width: 0.5 }),
         line("upper", "rgba(128,90,213,0.35)", { width: 0.5 }),
-        line("forecast", "#dd6b20", { width: 2 }),
-        line("forecast lower", "rgba(221,107,32,0.4)", { width: 0.5 }),
-        line("forecast upper", "rgba(221,107,32,0.4)", { width: 0.5 }),
+        line("forecast", "#dd6b20", { width: 2, spanGaps: true }),
+        line("forecast lower", "rgba(221,107,32,0.4)", { width: 0.5, spanGaps: true }),
+        line("forecast upper", "rgba(221,107,32,0.4)", { width: 0.5, spanGaps: true }),
         { label: "alert", stroke: "#c53030", fill: "#c53030", paths: () => null, points: { show: true, size: 10, fill: "#c53030" } },
       ],
       bands: [
@@ -239,10 +264,11 @@
     try {
       const streams = await api("/v1/streams");
       streams.sort((a, b) => a.id.localeCompare(b.id));
-      renderSummary(streams);
-      renderTable(streams);
       await Promise.all(streams.slice(0, MAX_CHARTS).map(updateStream));
       state.alerts = await api("/v1/alerts?limit=50");
+      // Everything is redrawn from the same poll, so table, badges and charts agree.
+      renderSummary(streams);
+      renderTable(streams);
       renderAlerts();
       drawCharts();
       $("#error").hidden = true;

@@ -1,0 +1,110 @@
+"""The dashboard in a real headless chromium, against a running `sensorcast demo`.
+
+The page loads with its vendored assets only, the charts draw points, and the anomaly
+the demo injects shows up in the alert list and as a marker on its chart. A screenshot
+goes to reports/browser/dashboard.png (or $SENSORCAST_SCREENSHOT_DIR).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.demo_helpers import REPO, Demo, demo_models, tracked_demos
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+SHOTS = Path(os.environ.get("SENSORCAST_SCREENSHOT_DIR", REPO / "reports" / "browser"))
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip("chromium / chromedriver not installed (make setup installs them)")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1100",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # An explicit driver path: selenium never tries to download one.
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _until(fn: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
+        time.sleep(0.5)
+
+
+def test_dashboard_shows_live_charts_and_the_injected_alert(
+    browser: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    models = demo_models(tmp_path_factory)
+    for DemoT in tracked_demos():
+        _run(browser, DemoT("--models", str(models), "--print-every", "5"))
+
+
+def _run(browser: Any, demo: Demo) -> None:
+    from selenium.webdriver.common.by import By
+
+    url = demo.wait_for(r"dashboard: (http://127\.0\.0\.1:\d+/)", timeout=60).group(1)
+    browser.get(url)
+    assert browser.title == "sensorcast"
+    _until(lambda: browser.execute_script("return (window.sensorcast || {}).polls || 0") >= 2, 30, "two polls")
+    # Table rows for every simulated stream, with a status badge.
+    rows = browser.find_elements(By.CSS_SELECTOR, "#streams tbody tr")
+    assert len(rows) == 9
+    assert {r.get_attribute("data-stream") for r in rows} >= {"dev01/temperature", "dev03/power"}
+    # The charts draw points: actual values from the store, and a forecast ahead.
+    count = "const u = window.sensorcast.charts[arguments[0]]; return u ? u.data[arguments[1]].filter(v => v !== null).length : 0"
+    _until(lambda: browser.execute_script(count, "dev01/temperature", 1) > 20, 30, "actual points")
+    _until(lambda: browser.execute_script(count, "dev01/temperature", 5) >= 5, 30, "forecast points")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#charts .chart canvas")) == 9
+    # The injected anomaly: an alert after it in the list, and a marker on its chart.
+    m = demo.wait_for(r"^INJECT  spike on (\S+) at (\d\d):(\d\d):(\d\d)Z", timeout=60)
+    stream = m.group(1)
+    today = datetime.now(UTC).replace(hour=int(m.group(2)), minute=int(m.group(3)), second=int(m.group(4)))
+    t_inject = today.timestamp() - 1  # the line shows whole seconds
+    fired = (
+        "return window.sensorcast.alerts.some(a => a.stream_id === arguments[0] && a.state === 'firing'"
+        " && a.ts_ns / 1e9 >= arguments[1])"
+    )
+    _until(lambda: browser.execute_script(fired, stream, t_inject), 40, f"a firing alert for {stream} after the spike")
+    sel = f'#alerts li[data-stream="{stream}"] .firing'
+    assert browser.find_elements(By.CSS_SELECTOR, sel)
+    marker = (
+        "const u = window.sensorcast.charts[arguments[0]];"
+        " return u.data[8].some((v, i) => v !== null && u.data[0][i] >= arguments[1])"
+    )
+    _until(lambda: browser.execute_script(marker, stream, t_inject), 10, f"an alert marker on {stream}'s chart")
+    time.sleep(4)  # two more polls: the chart shows the points after the spike too
+    assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SHOTS / "dashboard.png"))
+    assert (SHOTS / "dashboard.png").stat().st_size > 20_000
+    # No script errors (the page loads nothing from the network but this service).
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
