@@ -46,6 +46,7 @@ DETECTORS = ("sensorcast", "windowed_gaussian", "gaussian_likelihood")
 # Ablations of sensorcast (direct runtime path, same model): what each part is worth.
 ABLATIONS = {
     "no_range_novelty": {"range_tolerance": 1e12},
+    "no_rising_edge": {"edge_window": 0},
     "no_peak_ratio": {"use_peak": False},
     "engine_spread_defaults": {"spread_alpha": 0.05, "learn_below": 0.99, "min_residuals": 10},
     "model_scale": {"use_model_scale": True},  # probabilistic --model only

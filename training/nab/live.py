@@ -9,9 +9,12 @@ come from the service's scorers:
    robust spread (anomalous residuals are kept out of the spread);
 3. ``service.anomaly.peak.PeakRatio``: the short-window mean of that surprise against its
    slowly decaying past peak, so one threshold serves streams of any scale and noise;
-4. ``service.anomaly.novelty.RangeNovelty``: a value beyond the stream's seen range.
+4. ``service.anomaly.novelty.RangeNovelty``: a value beyond the stream's seen range;
+5. ``service.anomaly.edge.RisingEdge``: a score that is not above the stream's recent
+   maximum is halved, so an incident's aftermath does not cross the threshold again.
 
-The final score is the range novelty when it fires (0.9..1), else 0.9 x the peak ratio.
+The score is the range novelty when it fires (0.9..1), else 0.9 x the peak ratio, then
+the rising-edge filter.
 Online: row t's score uses rows 0..t only.
 """
 
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from service.anomaly.edge import RisingEdge
 from service.anomaly.novelty import RangeNovelty
 from service.anomaly.peak import PeakRatio
 from service.anomaly.scoring import SpreadScorer, z_for_score
@@ -50,6 +54,8 @@ class LiveConfig:
     range_tolerance: float = 0.01  # excursions beyond 1% of the seen range count as novel
     range_floor: float = 0.9  # range novelty outranks every residual-based score
     use_peak: bool = True  # False (ablation): the squashed residual itself, no peak ratio
+    edge_window: int = 50  # rising edge: damp scores not above the last 50 (0: off)
+    edge_damp: float = 0.5
     use_model_scale: bool = False  # probabilistic models: z in units of the predicted spread
 
 
@@ -61,7 +67,8 @@ class NabScorer:
         self.spread = SpreadScorer(n_features=1, alpha=cfg.spread_alpha, min_residuals=cfg.min_residuals)
         self.peak = PeakRatio(cfg.peak_window, cfg.peak_decay, cfg.learning_steps)
         self.novelty = RangeNovelty(cfg.range_tolerance, cfg.learning_steps, cfg.range_floor)
-        for scorer in (self.spread, self.peak, self.novelty):
+        self.edge = RisingEdge(max(cfg.edge_window, 1), cfg.edge_damp)
+        for scorer in (self.spread, self.peak, self.novelty, self.edge):
             scorer.grow(n_streams)
         self._learn_z = z_for_score(cfg.learn_below)
 
@@ -85,6 +92,8 @@ class NabScorer:
         if learn.any():
             self.spread.learn(rows[learn], actual[learn, None], expected[learn, None])
         out: F64 = np.where(nov > 0, nov, cfg.range_floor * p)
+        if cfg.edge_window > 0:
+            out = self.edge.update(rows, out)
         return out
 
 

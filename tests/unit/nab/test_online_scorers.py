@@ -100,3 +100,20 @@ def test_likelihood_rejects_bad_config() -> None:
         PeakRatio(decay=1.5)
     with pytest.raises(ValueError, match="tolerance"):
         RangeNovelty(tolerance=-1.0)
+
+
+def test_rising_edge_keeps_onsets_and_damps_aftermath() -> None:
+    from service.anomaly.edge import RisingEdge
+
+    e = RisingEdge(window=3, damp=0.5)
+    e.grow(2)
+    rows = np.array([0, 1])
+    a = [0.2, 0.9, 0.8, 0.95, 0.1, 0.1, 0.1, 0.7]
+    b = [0.5] * 8
+    out = np.array([e.update(rows, np.array([x, y])) for x, y in zip(a, b, strict=True)])
+    np.testing.assert_allclose(out[:, 0], [0.2, 0.9, 0.4, 0.95, 0.05, 0.05, 0.05, 0.7])
+    # A flat stream: only its first score is an onset; rows do not see each other.
+    np.testing.assert_allclose(out[:, 1], [0.5] + [0.25] * 7)
+    e.reset(np.array([1]))
+    assert e.update(np.array([1]), np.array([0.5]))[0] == 0.5
+    assert np.isnan(e.update(np.array([0]), np.array([np.nan]))[0])
