@@ -57,7 +57,10 @@ _SHAPE = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=0.0, help="Stop after this many seconds (0: until Ctrl-C).")
     p.add_argument("--host", default="127.0.0.1", help="Bind address of the API and dashboard.")
-    p.add_argument("--port", type=int, default=8080, help="API/dashboard port (0: any free port).")
+    p.add_argument(
+        "--port", type=int, default=None,
+        help="API/dashboard port (default 8080, or any free port when 8080 is taken; 0: any free port).",
+    )
     p.add_argument("--mqtt-port", type=int, default=0, help="Embedded broker port (0: any free port).")
     p.add_argument("--models", type=Path, help="Models directory (default: ./models, else the shipped one).")
     p.add_argument("--model", help="Model name to run (default: 'demo' when present, else the first).")
@@ -119,14 +122,21 @@ def find_model(models_dir: Path | None, name: str | None) -> DemoModel:
 # ---- the service, in this process ----------------------------------------------------
 
 
-def _listen(host: str, port: int) -> socket.socket:
+DEFAULT_PORT = 8080
+
+
+def _listen(host: str, port: int | None) -> socket.socket:
+    """A listening socket on ``port``; without one, 8080 or else any free port."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sock.bind((host, DEFAULT_PORT if port is None else port))
     except OSError as e:
-        sock.close()
-        raise SystemExit(f"sensorcast demo: cannot listen on {host}:{port} ({e.strerror}); try --port 0") from e
+        if port is None:  # 8080 is taken (another service, another demo): any port will do
+            sock.bind((host, 0))
+        else:
+            sock.close()
+            raise SystemExit(f"sensorcast demo: cannot listen on {host}:{port} ({e.strerror}); try --port 0") from e
     sock.listen(128)
     return sock
 
@@ -139,7 +149,9 @@ class ApiServer:
 
         self.sock = sock
         self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="on", access_log=False, timeout_graceful_shutdown=10
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="api", daemon=True)
 
