@@ -29,6 +29,7 @@ class DataConfig:
     # "series": each series (stream) is one multivariate asset with these features.
     # "univariate": every column/stream becomes its own F=1 series (global model).
     layout: str = "series"
+    season_steps: int = 0  # seasonal-naive baseline period in steps; 0: a day when sensible
 
 
 @dataclass(frozen=True, slots=True)

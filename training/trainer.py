@@ -89,7 +89,7 @@ def assess(t: Trained, which: str, fresh_length: int | None = None) -> Assessmen
     fresh_length = fresh_length or max(t.cfg.model.lags, t.cfg.train.chunk)
     first = t.cfg.model.window - 1 if isinstance(t.net, SegRNN) else 0
     first = max(first, fresh_length - 1) if isinstance(t.net, StepNet) else first
-    season = season_steps(t.dataset.cadence_s, H)
+    season = t.cfg.data.season_steps or season_steps(t.dataset.cadence_s, H)
     parts: dict[str, list[tuple[F32, F32, F32, F32]]] = {"model": [], "last": [], "season": [], "fresh": []}
     for d in t.data:
         lo, hi = (d.split.train_end, d.split.val_end) if which == "val" else (d.split.val_end, d.split.test_end)
