@@ -38,7 +38,8 @@ RUN useradd --system --uid 10001 --user-group --home-dir /work --create-home --s
 COPY --from=train-build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 WORKDIR /work
-USER sensorcast
+# Numeric, so orchestrators can verify it is not root (runAsNonRoot).
+USER 10001:10001
 ENTRYPOINT ["sensorcast"]
 CMD ["train", "--help"]
 
@@ -61,7 +62,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     SENSORCAST_MODELS__DIR=/models
 WORKDIR /data
 VOLUME ["/data"]
-USER sensorcast
+# Numeric, so orchestrators can verify it is not root (runAsNonRoot).
+USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=3)"]

@@ -106,7 +106,7 @@ def test_dockerfile_service_image_is_slim_nonroot_healthchecked() -> None:
     stages = re.findall(r"^FROM \S+ AS (\S+)$", text, flags=re.M)
     assert stages[-1] == "service" and "train" in stages  # default target: the service
     service = text[text.rindex("AS service"):]
-    assert re.search(r"^USER sensorcast$", service, flags=re.M)
+    assert re.search(r"^USER 10001:10001$", service, flags=re.M)  # the sensorcast user, numeric
     assert "HEALTHCHECK" in service and "/healthz" in service
     assert "--only-binary=:all:" in text  # wheels only: same build on amd64 and arm64
     assert "torch" not in service
