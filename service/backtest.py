@@ -89,6 +89,7 @@ def backtest_frame(
     stream_ids = [DEVICE] if multivariate else [k.id for k in keys]
     out: list[BacktestRow] = []
     n = len(timestamps_ns)
+    grace_ns = round(s.streams.close_grace_s * NS_PER_S)
     for i, (ts, row) in enumerate(zip(timestamps_ns, values, strict=True)):
         t = start + i * cadence_ns if as_steps else int(ts)
         engine.accept([Reading(k, t, float(v)) for k, v in zip(keys, row, strict=True) if v == v])
@@ -96,7 +97,8 @@ def backtest_frame(
         # The simulated clock: when the next row lies in a later bucket, time passes this
         # bucket's end before it arrives (as it would live), so the bucket is fed now.
         nxt = None if i + 1 == n else (start + (i + 1) * cadence_ns if as_steps else int(timestamps_ns[i + 1]))
-        engine.tick(bucket_ts if nxt is None or nxt > bucket_ts else t)
+        # (A multivariate row missing some columns waits out the grace, as it would live.)
+        engine.tick(bucket_ts + grace_ns if nxt is None or nxt > bucket_ts else t)
         snap = engine.snapshot(stream_ids)
         fed = (snap["last_ts_ns"] == bucket_ts).tolist()
         warm = snap["warm"].tolist()

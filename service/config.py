@@ -119,6 +119,11 @@ class StreamsSettings(BaseModel):
     checkpoint_dir: Path = Field(Path("./data/state"), description="Where stream state checkpoints are written.")
     checkpoint_interval_s: float = Field(60.0, description="Seconds between state checkpoints.")
     tick_s: float = Field(0.05, description="Inference loop period: due streams are stepped in one batch per tick.")
+    close_grace_s: float = Field(
+        2.0,
+        description="A multivariate (device) bucket still missing some quantities is held this long past its end "
+        "for them to arrive before it is fed with those features missing.",
+    )
     max_future_s: float = Field(
         300.0,
         description="Readings stamped further than this ahead of the engine's clock are dropped (reason future): "

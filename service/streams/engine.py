@@ -104,6 +104,7 @@ class Engine:
         self._waiting: dict[int, list[_Stream]] = {}  # due time (ns) -> streams with pending buckets
         self._drops = {r: metrics.late_dropped.labels(r) for r in ("late", "duplicate", "not_finite", "future")}
         self._future_ns = round(settings.streams.max_future_s * NS_PER_S)
+        self._grace_ns = round(settings.streams.close_grace_s * NS_PER_S)
 
     # ------------------------------------------------------------ intake
 
@@ -220,7 +221,7 @@ class Engine:
         t, row = st.table, st.row
         if st.res is None:
             s = self.settings.streams
-            st.res = Resampler(t.cadence_ns, t.n_in, s.late_tolerance_steps, s.max_gap_steps)
+            st.res = Resampler(t.cadence_ns, t.n_in, s.late_tolerance_steps, s.max_gap_steps, self._grace_ns)
         if not t.has_pending[row]:
             nb = int(t.next_bucket[row])
             st.res.restore(None if nb < 0 else nb, int(t.last_fed_ts[row]))
@@ -243,7 +244,16 @@ class Engine:
         n = len(hits)
         uid = np.fromiter((h[0] for h in hits), np.int64, n)
         rows_all = np.fromiter((h[1] for h in hits), np.intp, n)
-        ts_all = np.fromiter(tss, np.int64, n)
+        try:
+            ts_all = np.fromiter(tss, np.int64, n)
+        except OverflowError:  # a timestamp beyond int64: drop it ("future"), keep the rest
+            fits = [i for i, t in enumerate(tss) if -(2**63) <= t < 2**63]
+            self._drops["future"].inc(n - len(fits))
+            hits, tss, vals = [hits[i] for i in fits], [tss[i] for i in fits], [vals[i] for i in fits]
+            if not hits:
+                return
+            self._intake(hits, tss, vals, now, fast, slow)
+            return
         v_all = np.fromiter(vals, np.float64, n)
         uids = np.unique(uid)
         for u in uids.tolist():
@@ -269,15 +279,38 @@ class Engine:
                 if int(late.sum()) > n_dup:
                     self._drops["late"].inc(int(late.sum()) - n_dup)
             keep = finite & ~late
-            once = np.bincount(rows[keep], minlength=table.capacity)[rows] == 1
-            go = keep & once & (buckets == nb) & (buckets <= now // table.cadence_ns) & ~table.has_pending[rows]
-            if table.n_in != 1:
-                go[:] = False
+            # A row goes fast when this tick brings exactly one reading per feature, all in
+            # the next bucket, that bucket has ended, and nothing else is pending.
+            cap, f_in = table.capacity, table.n_in
+            due = keep & (buckets == nb) & (buckets <= now // table.cadence_ns) & ~table.has_pending[rows]
+            n_keep = np.bincount(rows[keep], minlength=cap)
+            n_due = np.bincount(rows[due], minlength=cap)
+            feats = np.zeros(0, np.int64)
+            if f_in == 1:
+                row_ok = (n_keep == 1) & (n_due == 1)
+            else:
+                feats = np.fromiter((hits[j][2] for j in idx.tolist()), np.int64, len(idx))
+                pairs = np.unique(rows[due].astype(np.int64) * f_in + feats[due])
+                distinct = np.bincount(pairs // f_in, minlength=cap)
+                row_ok = (n_keep == f_in) & (n_due == f_in) & (distinct == f_in)
+            go = due & row_ok[rows]
             if go.any():
-                fr, fb = rows[go], buckets[go]
+                if f_in == 1:
+                    fr, fb = rows[go], buckets[go]
+                    x = v[go].astype(np.float32)[:, None]  # (B, 1)
+                    last_ts = ts[go]
+                else:
+                    fr = np.unique(rows[go])
+                    pos = np.searchsorted(fr, rows[go])
+                    fb = np.empty(len(fr), np.int64)
+                    fb[pos] = buckets[go]
+                    x = np.full((len(fr), f_in), np.nan, np.float32)  # (B, F)
+                    x[pos, feats[go]] = v[go]
+                    last_ts = np.zeros(len(fr), np.int64)
+                    np.maximum.at(last_ts, pos, ts[go])
                 table.next_bucket[fr] = fb + 1
-                table.last_fed_ts[fr] = ts[go]
-                fast[u] = (fr, fb, v[go].astype(np.float32)[:, None])  # x (B, 1)
+                table.last_fed_ts[fr] = last_ts
+                fast[u] = (fr, fb, x)
             for i in np.flatnonzero(keep & ~go).tolist():
                 j = int(idx[i])
                 st = hits[j][3]
@@ -298,8 +331,7 @@ class Engine:
             t.last_fed_ts[row] = res.last_fed_ts
             if res.pending:
                 t.has_pending[row] = True
-                due = (now // t.cadence_ns + 1) * t.cadence_ns
-                self._waiting.setdefault(due, []).append(st)
+                self._waiting.setdefault(res.due_after(now), []).append(st)
             else:
                 t.has_pending[row] = False
                 st.res = None  # the table arrays hold the position again

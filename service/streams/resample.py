@@ -12,8 +12,10 @@ Policy (stated once, here):
   not been fed yet replaces nothing and is dropped (reason ``duplicate``); a reading with
   the timestamp of the last fed reading is also ``duplicate``.
 - **When a bucket is fed.** A bucket with readings is fed once the clock has passed its end
-  or a reading for a later bucket has arrived. Out-of-order readings are merged as long as
-  their bucket has not been fed.
+  or a reading for a later bucket has arrived. A multivariate bucket that still lacks some
+  features waits up to ``grace`` past its end for them (sensors publish each quantity as
+  its own message). Out-of-order readings are merged as long as their bucket has not been
+  fed.
 - **Late.** Readings for a bucket that was already fed are dropped (reason ``late``): the
   recurrent state cannot be rewound. To give stragglers a chance, an *empty* bucket is
   only fed as missing once the clock (or a later reading) is ``late_tolerance_steps``
@@ -42,10 +44,13 @@ class Step:
 class Resampler:
     """Pending readings of one stream and the next bucket to feed."""
 
-    __slots__ = ("_pending", "cadence_ns", "last_fed_ts", "max_gap", "n_features", "next_bucket", "tolerance")
+    __slots__ = (
+        "_pending", "cadence_ns", "grace_ns", "last_fed_ts", "max_gap", "n_features", "next_bucket", "tolerance",
+    )
 
-    def __init__(self, cadence_ns: int, n_features: int, tolerance: int, max_gap: int) -> None:
+    def __init__(self, cadence_ns: int, n_features: int, tolerance: int, max_gap: int, grace_ns: int = 0) -> None:
         self.cadence_ns = cadence_ns
+        self.grace_ns = grace_ns
         self.n_features = n_features
         self.tolerance = tolerance
         self.max_gap = max_gap
@@ -95,10 +100,11 @@ class Resampler:
         if not self._pending:
             return []
         clock = now_ns // self.cadence_ns  # buckets <= clock have ended
+        grace_clock = (now_ns - self.grace_ns) // self.cadence_ns  # ... and their grace is over
         if len(self._pending) == 1:  # the common case: one bucket, in order
             b = next(iter(self._pending))
             nb = self.next_bucket
-            if b <= clock and (nb is None or b == nb):
+            if b <= clock and (nb is None or b == nb) and (b <= grace_clock or self._full(b)):
                 return [self._take(b, reset=False)]
         buckets = sorted(self._pending)
         newest = buckets[-1]
@@ -106,7 +112,7 @@ class Resampler:
         steps: list[Step] = []
         f = self.next_bucket if self.next_bucket is not None else buckets[0]
         for b in buckets:
-            if b > limit:
+            if b > limit or (b == newest and b > grace_clock and not self._full(b)):
                 break
             gap = b - f
             reset = False
@@ -119,6 +125,21 @@ class Resampler:
             steps.append(self._take(b, reset))
             f = b + 1
         return steps
+
+    def due_after(self, now_ns: int) -> int:
+        """The next time the clock alone could make a pending bucket ready."""
+        nxt = (now_ns // self.cadence_ns + 1) * self.cadence_ns  # the next bucket end
+        if self.grace_ns and self._pending:
+            g = max(self._pending) * self.cadence_ns + self.grace_ns  # the newest bucket's grace runs out
+            if now_ns < g < nxt:
+                return g
+        return nxt
+
+    def _full(self, b: int) -> bool:
+        """Every feature has a reading in bucket ``b`` (always true for one feature)."""
+        if self.n_features == 1:
+            return True
+        return len({f for f, _ in self._pending[b]}) == self.n_features
 
     def _take(self, b: int, reset: bool) -> Step:
         bucket = self._pending.pop(b)

@@ -128,3 +128,20 @@ def test_empty_bucket_waits_for_stragglers() -> None:
     assert res.ready(60) == []
     steps = res.ready(70)  # clock two buckets past bucket 5
     assert [s.bucket for s in steps] == [4, 5, 6] and math.isnan(steps[0].values[0])
+
+
+def test_multivariate_bucket_waits_for_missing_features_until_grace() -> None:
+    res = Resampler(C, 2, tolerance=0, max_gap=5, grace_ns=4)
+    res.add(10, 0, 1.0)  # on the grid: bucket 1 has ended at once
+    assert res.ready(10) == []  # feature 1 may still be on its way
+    assert res.due_after(10) == 14
+    res.add(10, 1, 2.0)
+    assert res.ready(11) == [Step(1, (1.0, 2.0))]  # complete: no need to wait
+    res.add(20, 0, 3.0)
+    assert res.ready(23) == []
+    [step] = res.ready(24)  # grace over: fed with feature 1 missing
+    assert step.bucket == 2 and step.values[0] == 3.0 and math.isnan(step.values[1])
+    # Too late; counted as "duplicate" because it carries the last fed timestamp (the
+    # position keeps one timestamp, not one per feature).
+    assert res.add(20, 1, 4.0) == "duplicate"
+    assert res.add(19, 1, 4.0) == "late"
