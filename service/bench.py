@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHES = ("ingest", "inference", "soak")
+BENCHES = ("ingest", "inference", "soak", "latency")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,6 +25,8 @@ def list_streams(
 
 # Declared before the plain stream route: ids contain "/", so the path converter of the
 # plain route would otherwise swallow ".../forecast".
+# Plain ``def`` (threadpool), not ``async def``: the engine's lock can be held for long
+# (bulk warm-up reads the store inside a tick), and that must never stall the event loop.
 @router.get("/{stream_id:path}/forecast", responses={**_404, 409: {"model": ErrorOut, "description": "No forecast yet (warming up)."}})
 def get_forecast(
     stream_id: str,
