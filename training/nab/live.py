@@ -49,7 +49,7 @@ class LiveConfig:
     learn_below: float = 0.999  # residuals scoring >= this (two-sided normal tail) stay out of the spread
     squash: float = 1.0  # raw = z / (squash + z): bounded, so one huge residual cannot dominate
     peak_window: int = 20  # steps averaged before comparing with the past peak
-    peak_decay: float = 0.99995  # per step: an old peak halves after ~14,000 steps
+    peak_decay: float = 0.9999  # per step: an old peak halves after ~7,000 steps (picked by training.nab.crossval)
     learning_steps: int = 200  # no peak or range verdicts before this many steps
     range_tolerance: float = 0.01  # excursions beyond 1% of the seen range count as novel
     range_floor: float = 0.9  # range novelty outranks every residual-based score
