@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="API/dashboard port (default 8080, or any free port when 8080 is taken; 0: any free port).",
     )
     p.add_argument("--mqtt-port", type=int, default=0, help="Embedded broker port (0: any free port).")
+    p.add_argument(
+        "--mqtt-url", help="Use this broker (e.g. a local mosquitto, MQTT 5) instead of the embedded one."
+    )
     p.add_argument("--models", type=Path, help="Models directory (default: ./models, else the shipped one).")
     p.add_argument("--model", help="Model name to run (default: 'demo' when present, else the first).")
     p.add_argument("--devices", type=int, default=3)
@@ -174,16 +177,14 @@ class ApiServer:
 class AlertWatch:
     """Subscribes to the alert topic and prints every event, like an operator would see it."""
 
-    def __init__(self, url: str, topic: str, out: Terminal) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
+    def __init__(self, settings: Any, topic: str, out: Terminal) -> None:
+        from service.alerts.mqttconn import make_client
 
         self.out = out
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="sensorcast-demo-terminal")
-        host, port = url.removeprefix("mqtt://").rsplit(":", 1)
+        self.client, addr = make_client(settings, "sensorcast-demo-terminal")
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_message = self._on_message
-        self.client.connect_async(host, int(port))
+        self.client.connect_async(addr.host, addr.port)
         self.client.loop_start()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
@@ -301,14 +302,21 @@ def _run(args: argparse.Namespace, model: DemoModel, data: Path, stop: threading
 
     t_start = time.monotonic()
     term = Terminal()
-    broker = EmbeddedBroker(port=args.mqtt_port or free_port())
-    broker.start()
+    broker: EmbeddedBroker | None = None
+    if args.mqtt_url:
+        mqtt_url, protocol, where = args.mqtt_url, "5", f"broker {args.mqtt_url}"
+    else:
+        broker = EmbeddedBroker(port=args.mqtt_port or free_port())
+        broker.start()
+        # amqtt speaks MQTT 3.1.1 only.
+        mqtt_url, protocol, where = broker.url, "3.1.1", f"embedded broker {broker.url}"
     sock = _listen(args.host, args.port)
     port = int(sock.getsockname()[1])
     overrides: dict[str, Any] = {  # the rest comes from defaults and the environment
         "roles": "ingest,inference,api",
-        # amqtt speaks MQTT 3.1.1 only.
-        "mqtt": {"url": broker.url, "client_id": "sensorcast-demo-ingest", "protocol": "3.1.1"},
+        # A short session expiry: a demo must not leave a week-long queue on a real broker.
+        "mqtt": {"url": mqtt_url, "client_id": "sensorcast-demo-ingest", "protocol": protocol,
+                 "session_expiry_s": 60},
         "store": {"url": f"sqlite:///{data / 'sensorcast.db'}", "spool_dir": data / "spool"},
         "models": {
             "dir": model.models_dir,
@@ -329,7 +337,7 @@ def _run(args: argparse.Namespace, model: DemoModel, data: Path, stop: threading
     truth: TruthLog | None = None
     try:
         api.start()
-        watch = AlertWatch(broker.url, settings.alerts.topic.format(device="+", quantity="+"), term)
+        watch = AlertWatch(settings.mqtt, settings.alerts.topic.format(device="+", quantity="+"), term)
         quantities = [q.strip() for q in args.quantities.split(",") if q.strip()]
         ids = [f"dev{i + 1:02d}/{q}" for i in range(args.devices) for q in quantities]
         cadence = model.cadence_s
@@ -358,7 +366,7 @@ def _run(args: argparse.Namespace, model: DemoModel, data: Path, stop: threading
         sim_thread.start()
         term.say(
             f"sensorcast demo: {len(specs)} simulated streams, model {model.name}/{model.version} "
-            f"(cadence {cadence:g} s, warm-up {model.warmup_steps} steps), embedded broker {broker.url}"
+            f"(cadence {cadence:g} s, warm-up {model.warmup_steps} steps), {where}"
         )
         term.say(f"dashboard: {base}/   API docs: {base}/docs   (Ctrl-C stops)")
         term.say(
@@ -382,7 +390,8 @@ def _run(args: argparse.Namespace, model: DemoModel, data: Path, stop: threading
         if watch is not None:
             watch.stop()
         api.stop()
-        broker.stop()
+        if broker is not None:
+            broker.stop()
     term.say(
         f"demo stopped after {time.monotonic() - t_start:.0f} s: {term.forecasts} forecasts and "
         f"{term.alerts} alert events shown"

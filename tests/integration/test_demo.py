@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from service.localservers import Mosquitto
 from tests.integration.demo_helpers import REPO, Demo, demo_models, tracked_demos
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -71,3 +72,12 @@ def test_demo_without_a_model_says_what_to_do(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "no usable model found" in proc.stderr and "models/demo" in proc.stderr
+
+
+def test_demo_on_an_external_mqtt5_broker(models_dir: Path, demo_factory: type[Demo], mosquitto: Mosquitto) -> None:
+    # --mqtt-url: the same demo on a real mosquitto, the ingester speaking MQTT 5.
+    demo = demo_factory("--models", str(models_dir), "--mqtt-url", mosquitto.url, "--duration", "6",
+                        "--print-every", "2")
+    assert demo.proc.wait(timeout=90) == 0
+    demo.wait_for(rf"broker {re.escape(mosquitto.url)}$", timeout=1)
+    demo.wait_for(r"^forecast dev\d\d/\w+: now ", timeout=1)
