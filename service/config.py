@@ -119,6 +119,11 @@ class StreamsSettings(BaseModel):
     checkpoint_dir: Path = Field(Path("./data/state"), description="Where stream state checkpoints are written.")
     checkpoint_interval_s: float = Field(60.0, description="Seconds between state checkpoints.")
     tick_s: float = Field(0.05, description="Inference loop period: due streams are stepped in one batch per tick.")
+    max_buffered: int = Field(
+        1_000_000,
+        description="Readings buffered for the engine between ticks; beyond this, new ones are dropped for "
+        "inference (counted, reason overload; they are still stored) instead of exhausting memory.",
+    )
     close_grace_s: float = Field(
         2.0,
         description="A multivariate (device) bucket still missing some quantities is held this long past its end "

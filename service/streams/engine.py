@@ -102,16 +102,31 @@ class Engine:
         self._need_history: dict[str, _Stream] = {}
         self._restored: set[str] = set()  # restored streams not yet checked for a long gap
         self._waiting: dict[int, list[_Stream]] = {}  # due time (ns) -> streams with pending buckets
-        self._drops = {r: metrics.late_dropped.labels(r) for r in ("late", "duplicate", "not_finite", "future")}
+        self._drops = {
+            r: metrics.late_dropped.labels(r) for r in ("late", "duplicate", "not_finite", "future", "overload")
+        }
+        self._max_buffered = settings.streams.max_buffered
+        self._overload_logged = 0.0
+        self._gauges_at = 0.0
         self._future_ns = round(settings.streams.max_future_s * NS_PER_S)
         self._grace_ns = round(settings.streams.close_grace_s * NS_PER_S)
 
     # ------------------------------------------------------------ intake
 
     def accept(self, readings: Sequence[Reading]) -> None:
-        """Buffer readings for the next tick (thread-safe, O(len))."""
+        """Buffer readings for the next tick (thread-safe, O(len)); bounded by streams.max_buffered."""
         with self._inbox_lock:
-            self._inbox.extend(readings)
+            room = self._max_buffered - len(self._inbox)
+            if len(readings) <= room:
+                self._inbox.extend(readings)
+                return
+            self._inbox.extend(readings[: max(room, 0)])
+            lost = len(readings) - max(room, 0)
+        self._drops["overload"].inc(lost)
+        now = time.monotonic()
+        if now - self._overload_logged > 10:  # one line per 10 s, not one per batch
+            self._overload_logged = now
+            log.warning("engine is behind: %d buffered readings, dropped %d for inference", self._max_buffered, lost)
 
     def pending(self) -> int:
         with self._inbox_lock:
@@ -192,7 +207,24 @@ class Engine:
                 for st in self._waiting.pop(due):
                     if st.table.has_pending[st.row] and self._streams.get(st.id) is st:
                         slow.setdefault(st.id, st)
-            return self._run(fast, slow, now)
+            done = self._run(fast, slow, now)
+            if time.monotonic() - self._gauges_at > 1.0:
+                self._update_gauges()
+            return done
+
+    def _update_gauges(self) -> None:
+        """sensorcast_streams{status}: counted from the table arrays (cheap at 100k rows)."""
+        self._gauges_at = time.monotonic()
+        counts = {"warming": 0, "ok": 0, "firing": 0}
+        for t in self._tables.values():
+            occupied = t.occupied
+            firing = occupied & t.decider.firing
+            warming = occupied & ~firing & (t.warm_have < t.warm_need)
+            counts["firing"] += int(firing.sum())
+            counts["warming"] += int(warming.sum())
+            counts["ok"] += int(occupied.sum()) - int(firing.sum()) - int(warming.sum())
+        for status, n in counts.items():
+            self.metrics.streams.labels(status).set(n)
 
     def _rewarm_after_restore(self, slow: dict[str, _Stream]) -> None:
         """A restored stream whose next reading comes after a long gap warms from the store

@@ -88,6 +88,7 @@ class ModelTable:
         self.next_bucket: I64 = np.zeros(0, np.int64)  # -1: nothing fed yet
         self.last_fed_ts: I64 = np.zeros(0, np.int64)
         self.has_pending: npt.NDArray[np.bool_] = np.zeros(0, bool)
+        self.occupied: npt.NDArray[np.bool_] = np.zeros(0, bool)  # row serves a stream
         self.grow(capacity)
 
     # ------------------------------------------------------------ rows
@@ -116,6 +117,7 @@ class ModelTable:
         self.next_bucket = more(self.next_bucket, -1)  # type: ignore[assignment]
         self.last_fed_ts = more(self.last_fed_ts, 0)  # type: ignore[assignment]
         self.has_pending = more(self.has_pending, False)  # type: ignore[assignment]
+        self.occupied = more(self.occupied, False)  # type: ignore[assignment]
         self.scorer.grow(capacity)
         self.decider.grow(capacity)
         self.free.extend(range(capacity - 1, old - 1, -1))
@@ -127,6 +129,7 @@ class ModelTable:
             self.grow(max(64, self.capacity * 3 // 2))  # 1.5x: less slack than doubling at 100k rows
         row = self.free.pop()
         self.used += 1
+        self.occupied[row] = True
         self.reset(np.array([row], np.intp))
         self.forget_position(np.array([row], np.intp))
         return row
@@ -135,6 +138,7 @@ class ModelTable:
         self.reset(np.array([row], np.intp))
         self.free.append(row)
         self.owners[row] = None
+        self.occupied[row] = False
         self.used -= 1
 
     def reset(self, rows: IntArr) -> None:

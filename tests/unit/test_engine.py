@@ -346,10 +346,11 @@ def test_absurd_values_and_future_timestamps_are_counted_drops(tmp_path: Path) -
     eng, _, metrics = make(tmp_path, STEP)
     key = StreamKey("dev", "value")
     feed(eng, key, signal(10))
-    eng.accept([Reading(key, T0 + 10 * C, 1e39), Reading(key, T0 + 10 * C + 3600 * 10**9, 1.0)])
+    eng.accept([Reading(key, T0 + 10 * C, 1e39), Reading(key, T0 + 10 * C + 3600 * 10**9, 1.0),
+                Reading(key, 2**70, 1.0)])
     assert eng.tick(T0 + 10 * C) == 0
     assert metrics.late_dropped.labels("not_finite")._value.get() == 1
-    assert metrics.late_dropped.labels("future")._value.get() == 1
+    assert metrics.late_dropped.labels("future")._value.get() == 2
     feed(eng, key, signal(12)[10:], start=10)  # the stream carries on in time
     s = eng.stream("dev/value")
     assert s is not None and s.last_ts_ns == T0 + 11 * C and s.status == "ok"
@@ -403,3 +404,13 @@ def test_non_finite_state_restarts_only_that_stream(tmp_path: Path) -> None:
     d, e = eng._streams["d/va"].row, eng._streams["e/va"].row
     assert np.isfinite(table.state).all()
     assert table.state[d, 0] == 1.0 and table.state[e, 0] == 4.0  # d restarted at step 2, e did not
+
+
+def test_buffer_is_bounded_and_status_gauges_count(tmp_path: Path) -> None:
+    eng, _, metrics = make(tmp_path, STEP, streams={"max_buffered": 5})
+    eng.accept([Reading(StreamKey(f"d{i}", "value"), T0, 1.0) for i in range(4)])
+    eng.accept([Reading(StreamKey(f"e{i}", "value"), T0, 1.0) for i in range(3)])
+    assert eng.pending() == 5 and metrics.late_dropped.labels("overload")._value.get() == 2
+    eng.tick(T0)
+    assert metrics.streams.labels("warming")._value.get() == 5
+    assert metrics.streams.labels("ok")._value.get() == 0
