@@ -34,7 +34,9 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.4,<2.14" \
  && pip install --only-binary=:all: "onnx>=1.16,<2" "onnxscript>=0.1" "matplotlib>=3.8,<4" "tqdm>=4.66,<5" "pyyaml>=6,<7"
 
 FROM ${PYTHON_IMAGE} AS train
-RUN useradd --system --uid 10001 --user-group --home-dir /work --create-home --shell /usr/sbin/nologin sensorcast
+# reports/ and models/ exist and belong to the user, so volumes mounted there start writable.
+RUN useradd --system --uid 10001 --user-group --home-dir /work --create-home --shell /usr/sbin/nologin sensorcast \
+ && mkdir -p /work/reports /work/models && chown -R sensorcast:sensorcast /work
 COPY --from=train-build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 WORKDIR /work
