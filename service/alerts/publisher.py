@@ -173,7 +173,7 @@ class AlertPublisher:
             log.warning("alerts: broker refused connection: %s", reason)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._stopping.is_set():
             log.warning("alerts: disconnected from broker (%s); paho will reconnect", reason)
         self._connected.clear()
 

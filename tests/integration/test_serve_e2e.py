@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -217,3 +218,24 @@ def test_sigkill_restart_restores_state_and_delivers_outbox(
             watch.close()
     finally:
         svc.kill()
+
+
+def test_sigterm_flushes_checkpoints_and_exits_cleanly(
+    service: ServeProcess, mosquitto: Mosquitto
+) -> None:
+    pub = Publisher(mosquitto.port)
+    values = series(False)[:30]
+    try:
+        pub.send("clean", values[:1], 0)
+        wait_until(lambda: last_step(service, "clean/value") == T0, what="first step")
+        pub.send("clean", values[1:], 1)
+        wait_until(lambda: last_step(service, "clean/value") == T0 + 29 * C, what="steps")
+    finally:
+        pub.close()
+    # uvicorn re-raises the signal once its graceful shutdown is done: exit by SIGTERM.
+    assert service.kill(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert list((service.workdir / "state").glob("*.state.npz")), "no checkpoint written on SIGTERM"
+    assert "pipeline stopped" in service.log.read_text()
+    service.start()
+    s = service.get("/v1/streams/clean/value").json()
+    assert s["status"] == "ok" and last_step(service, "clean/value") == T0 + 29 * C

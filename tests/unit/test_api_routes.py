@@ -205,3 +205,31 @@ def test_readings_payload_that_cannot_be_encoded_is_refused(h: Harness) -> None:
     r = h.client.post("/v1/readings", json=body)
     assert r.status_code == 202
     assert r.json()["accepted"] == 1 and r.json()["refused"][0]["reason"] == "bad_json"
+
+
+def test_roles_without_inference_or_ingest_answer_503(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.api.app import create_app
+    from service.config import Settings
+    from service.metrics import Metrics
+    from service.pipeline import Pipeline
+
+    settings = Settings(roles="api")  # type: ignore[call-arg]
+    pipeline = Pipeline(settings, Metrics())
+    pipeline.start()
+    with TestClient(create_app(settings, pipeline=pipeline)) as client:
+        r = client.get("/v1/streams")
+        assert r.status_code == 503 and "'inference' role" in r.json()["detail"]
+        r = client.post("/v1/readings", json={"messages": [{"topic": "sensors/a/b", "payload": 1}]})
+        assert r.status_code == 503 and "'ingest' role" in r.json()["detail"]
+        assert client.get("/healthz").status_code == 200
+
+
+def test_unknown_role_is_a_config_error() -> None:
+    from service.errors import ConfigError
+    from service.pipeline import parse_roles
+
+    with pytest.raises(ConfigError, match="not understood"):
+        parse_roles("api,training")
+    assert parse_roles(" ingest , api ") == {"ingest", "api"}

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1", tags=["readings"], dependencies=[WriteScope])
     status_code=status.HTTP_202_ACCEPTED,
     responses={503: {"model": ErrorOut, "description": "Readings could not be made durable; retry later."}},
 )
-def post_readings(body: ReadingsIn, decoder: DecoderDep, ingester: IngesterDep, pipeline: PipelineDep) -> ReadingsOut:
+def post_readings(body: ReadingsIn, ingester: IngesterDep, decoder: DecoderDep, pipeline: PipelineDep) -> ReadingsOut:
     """Ingest readings given as MQTT-style topic + payload messages."""
     received_ns = time.time_ns()
     readings: list[Reading] = []
