@@ -536,9 +536,7 @@ class Engine:
 
     def models(self) -> list[ModelInfo]:
         with self._lock:
-            counts: dict[str, int] = {}
-            for st in self._streams.values():
-                counts[st.table.model.key] = counts.get(st.table.model.key, 0) + 1
+            counts = {t.model.key: t.used for t in self._tables.values()}
         out = []
         for m in self.registry.all():
             mf = m.manifest
