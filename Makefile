@@ -10,7 +10,7 @@ DATA ?= ../shared/data
 SYSTEM_PACKAGES := mosquitto influxdb chromium chromium-driver
 
 .PHONY: setup setup-system setup-service demo test test-fast lint bench bench-ingest \
-	bench-inference bench-ett bench-nab soak faults clean env-example check-image-deps compose-config
+	bench-inference bench-latency bench-ett bench-nab soak faults clean env-example check-image-deps compose-config
 
 setup: setup-system $(VENV)/.installed  ## venv with service, trainer and test tools
 
@@ -49,13 +49,16 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check service training tests
 	$(VENV)/bin/mypy service
 
-bench: bench-ingest bench-inference
+bench: bench-ingest bench-inference bench-latency
 
 bench-ingest: setup
 	$(VENV)/bin/sensorcast bench ingest
 
 bench-inference: $(VENV)/.installed
 	$(VENV)/bin/sensorcast bench inference
+
+bench-latency: setup  ## publish->alert and GET forecast latency at 10k readings/s
+	$(VENV)/bin/sensorcast bench latency
 
 bench-ett: $(VENV)/.installed
 	$(PY) -m training.bench_ett --data $(DATA)/ett/ETTh1.csv
