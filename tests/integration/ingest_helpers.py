@@ -65,7 +65,9 @@ class Publisher:
     def __post_init__(self) -> None:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv311,
                                   clean_session=False)
-        self.client.max_inflight_messages_set(1000)
+        # 0 = no paho limit (a limit makes paho rescan all in-flight messages per PUBACK);
+        # publish() waits for acks every 500 messages, which bounds the window instead.
+        self.client.max_inflight_messages_set(0)
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(1, 2)
         self.client.connect("127.0.0.1", self.port)
