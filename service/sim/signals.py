@@ -314,7 +314,7 @@ class StreamSignal:
         events = self._random_events(block) + [
             Event(s.kind, s.step, s.step + s.duration, s.magnitude) for s in self.spec.scheduled
         ]
-        for idx, ev in enumerate(events):
+        for ev in events:
             s, e = max(ev.start, b0), min(ev.end, b0 + BLOCK)
             if s >= e:
                 continue
@@ -332,7 +332,7 @@ class StreamSignal:
             elif ev.kind == "variance_burst":
                 # Extra noise drawn per event from its own seed, so it does not depend on
                 # which block asks (scheduled events may span blocks).
-                r = _rng(self.seed, self.spec.stream_id, _SCHEDULED, ev.start, idx)
+                r = _rng(self.seed, self.spec.stream_id, _SCHEDULED, ev.start)
                 extra = r.normal(0.0, 1.0, size=ev.end - ev.start)
                 values[ls:le] += extra[s - ev.start : e - ev.start] * sigma * ev.magnitude
             labels[ls:le] = ANOMALY_KINDS.index(ev.kind) + 1
