@@ -277,13 +277,32 @@ def _data_dir(path: Path | None) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _check_args(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments, before anything starts; None when fine."""
+    from service.sim.signals import QUANTITIES
+
+    quantities = [q.strip() for q in args.quantities.split(",") if q.strip()]
+    unknown = [q for q in quantities if q not in QUANTITIES]
+    if not quantities or unknown:
+        return f"--quantities {args.quantities!r}: use some of {', '.join(sorted(QUANTITIES))}"
+    if args.devices < 1:
+        return f"--devices must be >= 1, found {args.devices}"
+    if args.duration < 0 or args.every <= 0 or args.print_every <= 0:
+        return "--duration must be >= 0, --every and --print-every > 0"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    problem = _check_args(args)
+    if problem:
+        print(f"sensorcast demo: {problem}", file=sys.stderr)
+        return 2
+    model = find_model(args.models, args.model)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    model = find_model(args.models, args.model)
     with _data_dir(args.data_dir) as data:
         return _run(args, model, data, stop)
 

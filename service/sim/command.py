@@ -73,9 +73,13 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings()  # type: ignore[call-arg]  # fields come from the environment
     if args.mqtt_url:
         settings.mqtt.url = args.mqtt_url
-    if args.rate <= 0:
-        print("sensorcast simulate: --rate must be > 0", file=sys.stderr)
-        return 2
+    for name, value, ok in (
+        ("--rate", args.rate, args.rate > 0), ("--duration", args.duration, args.duration >= 0),
+        ("--backfill", args.backfill, args.backfill >= 0), ("--bad-rate", args.bad_rate, 0 <= args.bad_rate <= 1),
+    ):
+        if not ok:
+            print(f"sensorcast simulate: {name} {value:g} is out of range", file=sys.stderr)
+            return 2
     try:
         specs = fleet(
             args.devices, args.quantities,

@@ -186,6 +186,9 @@ class Replayer:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.speed < 0 or args.limit < 0 or args.start_row < 0:
+        print("sensorcast replay: --speed, --limit and --start-row must be >= 0", file=sys.stderr)
+        return 2
     if args.scale_time and not (args.rebase and args.speed > 0):
         print("sensorcast replay: --scale-time needs --rebase and --speed > 0", file=sys.stderr)
         return 2

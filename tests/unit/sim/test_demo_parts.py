@@ -61,3 +61,24 @@ def test_default_port_falls_back_when_taken() -> None:
                 _listen("127.0.0.1", taken)
         finally:
             demo.DEFAULT_PORT = old
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--quantities", "temperature,flux"],
+        ["demo", "--devices", "0"],
+        ["demo", "--every", "0"],
+        ["simulate", "--duration", "-1"],
+        ["simulate", "--rate", "0"],
+        ["simulate", "--bad-rate", "2"],
+        ["replay", "x.csv", "--speed", "-1"],
+        ["replay", "x.csv", "--scale-time"],
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_starts(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sensorcast {argv[0]}: ") and "Traceback" not in err
