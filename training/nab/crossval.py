@@ -45,25 +45,24 @@ def main(argv: list[str] | None = None) -> int:
             halves[k % 2].append(i)
     model = write_model(Path(tempfile.mkdtemp(prefix="nab-cv-")))
     keys = list(GRID)
-    table = []  # (config, score on half 0, score on half 1)
+    configs: list[dict[str, float]] = []
+    scores_by_half: list[list[float]] = [[], []]  # [half][config]
     for values in itertools.product(*GRID.values()):
-        cfg = replace(LiveConfig(), **dict(zip(keys, values, strict=True)))  # type: ignore[arg-type]
-        scores = run_live(files, model, cfg)
-        per_half = []
-        for h in halves:
-            sub = [files[i] for i in h]
-            per_half.append(score_corpus(sub, {f.name: scores[f.name] for f in sub}, standard).score)
-        table.append((dict(zip(keys, values, strict=True)), *per_half))
-        print(f"{table[-1][0]}: half A {per_half[0]:.1f}, half B {per_half[1]:.1f}", flush=True)
-    default = {k: getattr(LiveConfig(), k) for k in keys}
-    for tune, test in ((1, 2), (2, 1)):
-        best = max(table, key=lambda r: r[tune])
-        dflt = next(r for r in table if r[0] == default)
-        print(f"tuned on half {'AB'[tune - 1]}: {best[0]} -> {best[tune]:.1f} there, "
-              f"{best[test]:.1f} on the held-out half (shipped defaults there: {dflt[test]:.1f}, "
-              f"best possible there: {max(r[test] for r in table):.1f})")
-    spread = np.array([r[1] + r[2] for r in table]) / 2
-    print(f"mean over halves across the grid: min {spread.min():.1f}, median {np.median(spread):.1f}, max {spread.max():.1f}")
+        chosen = dict(zip(keys, values, strict=True))
+        scores = run_live(files, model, replace(LiveConfig(), **chosen))  # type: ignore[arg-type]
+        configs.append(chosen)
+        for h, idx in enumerate(halves):
+            sub = [files[i] for i in idx]
+            scores_by_half[h].append(score_corpus(sub, {f.name: scores[f.name] for f in sub}, standard).score)
+        print(f"{chosen}: half A {scores_by_half[0][-1]:.1f}, half B {scores_by_half[1][-1]:.1f}", flush=True)
+    a_s, b_s = np.array(scores_by_half[0]), np.array(scores_by_half[1])
+    default = configs.index({k: getattr(LiveConfig(), k) for k in keys})
+    for name, tune, test in (("A", a_s, b_s), ("B", b_s, a_s)):
+        k = int(np.argmax(tune))
+        print(f"tuned on half {name}: {configs[k]} -> {tune[k]:.1f} there, {test[k]:.1f} on the held-out half "
+              f"(shipped defaults there: {test[default]:.1f}, best possible there: {test.max():.1f})")
+    mean = (a_s + b_s) / 2
+    print(f"mean over halves across the grid: min {mean.min():.1f}, median {np.median(mean):.1f}, max {mean.max():.1f}")
     return 0
 
 

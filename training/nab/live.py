@@ -5,6 +5,9 @@ of the ONNX model per row index (as the engine does per tick), and each stream's
 come from the service's scorers:
 
 1. ``service.runtime.session.OrtRuntime``: the model's one-step forecast (state fed back);
+
+then ``service.anomaly.surprise.SurpriseScorer``:
+
 2. ``service.anomaly.scoring.SpreadScorer``: the residual in units of the stream's own
    robust spread (anomalous residuals are kept out of the spread);
 3. ``service.anomaly.peak.PeakRatio``: the short-window mean of that surprise against its
@@ -27,10 +30,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from service.anomaly.edge import RisingEdge
-from service.anomaly.novelty import RangeNovelty
-from service.anomaly.peak import PeakRatio
-from service.anomaly.scoring import SpreadScorer, z_for_score
+from service.anomaly.surprise import SurpriseConfig, SurpriseScorer
 from service.runtime.manifest import load_manifest
 from service.runtime.session import OrtRuntime
 from training.nab.corpus import DataFile
@@ -40,61 +40,20 @@ IntArr = npt.NDArray[np.intp]
 
 
 @dataclass(frozen=True, slots=True)
-class LiveConfig:
-    """Post-processing settings. Defaults were chosen on the NAB corpus itself (as every
-    NAB entry's are); docs/nab.md lists the sensitivity of each."""
+class LiveConfig(SurpriseConfig):
+    """The service's surprise-score settings plus what only the NAB runner decides."""
 
-    spread_alpha: float = 0.003  # ~300-step memory of |residual| (the engine's 0.05 scored ~7 points lower)
-    min_residuals: int = 20  # neutral score until the spread has seen this many residuals
-    learn_below: float = 0.999  # residuals scoring >= this (two-sided normal tail) stay out of the spread
-    squash: float = 1.0  # raw = z / (squash + z): bounded, so one huge residual cannot dominate
-    peak_window: int = 20  # steps averaged before comparing with the past peak
-    peak_decay: float = 0.9999  # per step: an old peak halves after ~7,000 steps (picked by training.nab.crossval)
-    learning_steps: int = 200  # no peak or range verdicts before this many steps
-    range_tolerance: float = 0.01  # excursions beyond 1% of the seen range count as novel
-    range_floor: float = 0.9  # range novelty outranks every residual-based score
-    use_peak: bool = True  # False (ablation): the squashed residual itself, no peak ratio
-    edge_window: int = 50  # rising edge: damp scores not above the last 50 (0: off)
-    edge_damp: float = 0.5
     use_model_scale: bool = False  # probabilistic models: z in units of the predicted spread
 
 
-class NabScorer:
-    """Steps 2-4 above for B streams: (actual, expected) per step -> NAB anomaly score."""
+class NabScorer(SurpriseScorer):
+    """``service.anomaly.surprise.SurpriseScorer`` sized for B streams."""
+
+    config: LiveConfig
 
     def __init__(self, n_streams: int, config: LiveConfig | None = None) -> None:
-        cfg = self.config = config or LiveConfig()
-        self.spread = SpreadScorer(n_features=1, alpha=cfg.spread_alpha, min_residuals=cfg.min_residuals)
-        self.peak = PeakRatio(cfg.peak_window, cfg.peak_decay, cfg.learning_steps)
-        self.novelty = RangeNovelty(cfg.range_tolerance, cfg.learning_steps, cfg.range_floor)
-        self.edge = RisingEdge(max(cfg.edge_window, 1), cfg.edge_damp)
-        for scorer in (self.spread, self.peak, self.novelty, self.edge):
-            scorer.grow(n_streams)
-        self._learn_z = z_for_score(cfg.learn_below)
-
-    def update(self, rows: IntArr, actual: F64, expected: F64, scale: F64 | None = None) -> F64:
-        """rows (B,), actual (B,), expected (B,) (NaN: no forecast yet) -> scores (B,) in [0, 1].
-
-        ``scale`` (B,): the model's predicted spread for this step, used instead of the
-        learnt residual spread when given (probabilistic models)."""
-        cfg = self.config
-        s = self.spread.spread(rows, None)[:, 0]  # (B,) residual sigma, NaN until learnt
-        if scale is not None:
-            s = np.where(np.isfinite(scale) & (scale > 0), scale, s)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.abs(actual - expected) / s
-        z = np.where(np.isfinite(z), z, 0.0)
-        # Surprise squashed to [0, 1): one huge residual cannot dominate the peak.
-        raw = z / (cfg.squash + z)
-        p = self.peak.update(rows, raw) if cfg.use_peak else raw
-        nov = self.novelty.update(rows, actual)
-        learn = np.isfinite(expected) & np.isfinite(actual) & (z < self._learn_z)
-        if learn.any():
-            self.spread.learn(rows[learn], actual[learn, None], expected[learn, None])
-        out: F64 = np.where(nov > 0, nov, cfg.range_floor * p)
-        if cfg.edge_window > 0:
-            out = self.edge.update(rows, out)
-        return out
+        super().__init__(config or LiveConfig())
+        self.grow(n_streams)
 
 
 def stack(files: Sequence[DataFile]) -> tuple[np.ndarray, np.ndarray]:

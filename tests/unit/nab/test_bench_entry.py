@@ -14,6 +14,7 @@ import service.anomaly.edge
 import service.anomaly.likelihood
 import service.anomaly.novelty
 import service.anomaly.peak
+import service.anomaly.surprise
 from training import bench_nab
 
 PROFILES = {
@@ -62,7 +63,7 @@ def test_bench_entry_refuses_a_missing_corpus(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("module", [service.anomaly.edge, service.anomaly.likelihood,
-                                    service.anomaly.novelty, service.anomaly.peak])
+                                    service.anomaly.novelty, service.anomaly.peak, service.anomaly.surprise])
 def test_docstring_examples_run(module: object) -> None:
     result = doctest.testmod(module)  # type: ignore[arg-type]
     assert result.attempted > 0 and result.failed == 0
