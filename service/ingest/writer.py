@@ -262,9 +262,14 @@ class BatchWriter:
             self._update_spool_metrics()
             return False
 
-    def _replay(self) -> None:
-        """Move spooled batches into the store, oldest first, until one fails."""
-        while True:
+    def _replay(self, budget_s: float = 1.0) -> None:
+        """Move spooled batches into the store, oldest first, until one fails.
+
+        At most ``budget_s`` per call: new intake (which joins the spool meanwhile) keeps
+        moving, so paho's thread never blocks long enough to miss its keepalive.
+        """
+        deadline = time.monotonic() + budget_s
+        while time.monotonic() < deadline:
             head = self.spool.oldest()
             if head is None:
                 break

@@ -163,3 +163,22 @@ def test_backpressure_blocks_put_when_queue_full(tmp_path: Path) -> None:
     assert w.put(Item(rs(3, 1), done=done), 2.0)
     assert done.wait(2.0)
     w.stop()
+
+
+def test_long_replay_does_not_block_new_intake(tmp_path: Path) -> None:
+    class SlowStore(MemoryStore):
+        def write(self, readings: list[Reading]) -> None:  # type: ignore[override]
+            time.sleep(0.1)
+            super().write(readings)
+
+    sp = Spool(tmp_path / "spool", 10**8)
+    for i in range(40):  # ~4 s of replay at 0.1 s per batch
+        sp.append(rs(i * 100, 5))
+    store, acks, sinks = SlowStore(), [], []  # type: ignore[var-annotated]
+    w = make_writer(tmp_path, store, acks, sinks)
+    time.sleep(0.2)
+    w.put(Item(rs(10**6, 1), (1, 1, 1)))
+    wait_for(lambda: len(acks) == 1, timeout=3.0)  # spooled and acknowledged mid-replay
+    assert w.spool.readings > 0
+    wait_for(lambda: store.count() == 201, timeout=20)
+    w.stop()
