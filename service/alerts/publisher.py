@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -26,6 +27,7 @@ from service.records import Alert, Forecast
 log = logging.getLogger(__name__)
 
 _MAX_HANDED = 10_000  # well under paho's 65,535 message ids
+_SYNC_EVERY_S = 1.0  # outbox fsync period: bounds what a power cut can lose
 _OK = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)  # NO_CONN: paho keeps it and sends on connect
 
 
@@ -88,6 +90,7 @@ class AlertPublisher:
                 client.disconnect()
                 client.loop_stop()
         self._flush_acks()
+        self.outbox.sync()
         self.outbox.close()
 
     @property
@@ -153,13 +156,17 @@ class AlertPublisher:
             self.outbox.ack(entry_id)
 
     def _run(self) -> None:
+        next_sync = time.monotonic() + _SYNC_EVERY_S
         while not self._stopping.is_set():
-            self._wake.wait(1.0)
+            self._wake.wait(_SYNC_EVERY_S)
             self._wake.clear()
             try:
                 self._flush_acks()
                 if self._connected.is_set():
                     self._drain()
+                if time.monotonic() >= next_sync:
+                    next_sync = time.monotonic() + _SYNC_EVERY_S
+                    self.outbox.sync()
             except Exception:  # the worker must outlive one bad round (disk full, ...)
                 log.exception("alert outbox worker round failed; retrying")
                 self._stopping.wait(1.0)
