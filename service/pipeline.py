@@ -115,6 +115,9 @@ class Pipeline:
         self.runner = runner
         self._closers = list(closers)
         self.started = False
+        # stream id -> newest forecast, filled by on_forecast: GET .../forecast reads it
+        # without waiting for the engine's lock (held for a whole tick).
+        self._latest: dict[str, Forecast] = {}
 
     # -- the callbacks the engine is given ------------------------------------------
     def on_alert(self, alert: Alert) -> None:
@@ -127,6 +130,7 @@ class Pipeline:
             log.exception("could not queue alert for %s (%s) in the outbox", alert.stream_id, alert.state)
 
     def on_forecast(self, fc: Forecast) -> None:
+        self._latest[fc.stream_id] = fc  # one dict store: atomic under the GIL
         if self.publisher is None:
             return
         device, quantity = split_stream_id(fc.stream_id)
@@ -134,6 +138,10 @@ class Pipeline:
             self.publisher.publish_forecast(fc, device, quantity)
         except Exception:
             log.exception("could not publish forecast for %s", fc.stream_id)
+
+    def latest_forecast(self, stream_id: str) -> Forecast | None:
+        """The newest forecast the engine has emitted for ``stream_id`` (None: ask the engine)."""
+        return self._latest.get(stream_id)
 
     # -- building from settings --------------------------------------------------------
     @classmethod
@@ -213,4 +221,5 @@ def _build_engine(
 
     registry = ModelRegistry(settings.models.dir, settings.models.threads, metrics)
     engine = Engine(settings, registry, store, metrics, on_alert=on_alert, on_forecast=on_forecast)
+    engine.publish_forecasts = True  # always: the API's forecast cache is fed from it too
     return engine, EngineRunner(engine, restore=True)

@@ -233,3 +233,13 @@ def test_unknown_role_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="not understood"):
         parse_roles("api,training")
     assert parse_roles(" ingest , api ") == {"ingest", "api"}
+
+
+def test_forecast_served_from_the_pipeline_cache_first(h: Harness) -> None:
+    from service.records import Forecast
+
+    newer = Forecast("pump-1/temperature", T0 + MIN, 60.0, ("value",), ((30.0,), (31.0,), (32.0,)), None, "twin", "1")
+    h.pipeline.on_forecast(newer)  # what the engine calls after each step
+    f = h.client.get("/v1/streams/pump-1/temperature/forecast").json()
+    assert f["mean"] == [[30.0], [31.0], [32.0]] and f["lower"] is None  # not probabilistic: no bands
+    assert f["made_at"] == "2023-11-14T22:14:20Z"

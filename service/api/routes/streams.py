@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
-from service.api.deps import EngineDep, ReadScope
+from service.api.deps import EngineDep, PipelineDep, ReadScope
 from service.api.schemas import ErrorOut, ForecastOut, StreamOut
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"], dependencies=[ReadScope])
@@ -31,18 +31,22 @@ def list_streams(
 def get_forecast(
     stream_id: str,
     engine: EngineDep,
+    pipeline: PipelineDep,
     request: Request,
     z: Annotated[float | None, Query(gt=0, le=10, description="Band half-width in spreads; settings.api.band_z when empty.")] = None,
 ) -> ForecastOut:
     """Latest stateful forecast of one stream, with bands."""
+    band_z = z if z is not None else request.app.state.settings.api.band_z
+    fc = pipeline.latest_forecast(stream_id)
+    if fc is not None:
+        return ForecastOut.from_forecast(fc, band_z, stream_id)
     status = engine.stream(stream_id)
     if status is None:
         raise HTTPException(404, f"unknown stream {stream_id!r}")
-    fc = engine.forecast(stream_id)
+    fc = engine.forecast(stream_id)  # e.g. restored from a checkpoint, not stepped yet
     if fc is None:
         have, need = int(status.warm_have), int(status.warm_need)
         raise HTTPException(409, f"no forecast yet for {stream_id!r}: warming up ({have} / {need})")
-    band_z = z if z is not None else request.app.state.settings.api.band_z
     return ForecastOut.from_forecast(fc, band_z, stream_id)
 
 
