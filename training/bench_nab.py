@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     runs = []
     for name in names:
         r = _run(name, files, profiles, model, args.path)
-        out = write_results(r, files, args.results)
+        out = write_results(r, files, args.results, profiles)
         runs.append(r)
         print(f"  {name}: {r.seconds:.1f} s ({n_rows / max(r.seconds, 1e-9):,.0f} rows/s), results in {out}")
 

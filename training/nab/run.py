@@ -11,7 +11,7 @@ import numpy as np
 
 from training.nab.corpus import CostProfile, DataFile
 from training.nab.detectors import Detector
-from training.nab.scoring import ProfileResult, score_corpus
+from training.nab.scoring import ProfileResult, score_corpus, sweep_weights, window_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,18 +44,28 @@ def label_column(f: DataFile) -> np.ndarray:
     return lab
 
 
-def write_results(run: DetectorRun, files: Sequence[DataFile], out_dir: Path) -> Path:
-    """NAB layout: ``<out>/<detector>/<category>/<detector>_<file>.csv``."""
+def write_results(run: DetectorRun, files: Sequence[DataFile], out_dir: Path,
+                  profiles: Mapping[str, CostProfile] | None = None) -> Path:
+    """NAB layout: ``<out>/<detector>/<category>/<detector>_<file>.csv``.
+
+    Columns ``timestamp,value,anomaly_score,label``, then, as NAB's scored result files
+    have, ``S(t)_<profile>``: what a detection at each row would earn or cost.
+    """
     base = out_dir / run.name
+    profiles = profiles or {}
     for f in files:
         path = base / f.category / f"{run.name}_{f.stem}"
         path.parent.mkdir(parents=True, exist_ok=True)
         lab = label_column(f)
         scores = run.scores[f.name].tolist()  # Python floats: repr() gives plain round-trip digits
         values = f.values.tolist()
+        rows = window_rows(f.timestamps, f.windows)
+        sweeps = [sweep_weights(len(scores), rows, prof)[0].tolist() for prof in profiles.values()]
         ts = np.datetime_as_string(f.timestamps, unit="s")
         with path.open("w", encoding="utf-8") as out:
-            out.write("timestamp,value,anomaly_score,label\n")
+            out.write(",".join(["timestamp", "value", "anomaly_score", "label",
+                                *(f"S(t)_{p}" for p in profiles)]) + "\n")
             for i in range(len(scores)):
-                out.write(f"{ts[i].replace('T', ' ')},{values[i]!r},{scores[i]!r},{lab[i]}\n")
+                extra = "".join(f",{w[i]!r}" for w in sweeps)
+                out.write(f"{ts[i].replace('T', ' ')},{values[i]!r},{scores[i]!r},{lab[i]}{extra}\n")
     return base

@@ -33,11 +33,16 @@ def test_sensorcast_detects_both_windows_without_false_positives(shared_data: Pa
     assert std.detected_windows == 2 and std.fp_rows == 0
     assert std.score > 50  # both found, neither at its window's very end
 
-    base = write_results(run, files, tmp_path / "results")
+    base = write_results(run, files, tmp_path / "results", profiles)
     path = base / "artificialWithAnomaly" / "sensorcast_art_daily_jumpsup.csv"
     with path.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["timestamp", "value", "anomaly_score", "label"]
+    assert list(rows[0]) == ["timestamp", "value", "anomaly_score", "label", "S(t)_standard",
+                             "S(t)_reward_low_FP_rate", "S(t)_reward_low_FN_rate"]
+    # A detection at the window's first row earns exactly tp; before any window, -fp.
+    first = next(i for i, r in enumerate(rows) if r["label"] == "1")
+    assert float(rows[first]["S(t)_standard"]) == pytest.approx(1.0)
+    assert float(rows[0]["S(t)_reward_low_FP_rate"]) == pytest.approx(-0.22)
     assert len(rows) == len(files[0].values)
     assert rows[0]["timestamp"] == "2014-04-01 00:00:00"
     np.testing.assert_allclose([float(r["anomaly_score"]) for r in rows], scores[files[0].name])
