@@ -239,3 +239,31 @@ def test_sigterm_flushes_checkpoints_and_exits_cleanly(
     service.start()
     s = service.get("/v1/streams/clean/value").json()
     assert s["status"] == "ok" and last_step(service, "clean/value") == T0 + 29 * C
+
+
+def test_headless_roles_run_without_http_and_stop_on_sigterm(
+    tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, models: tuple[Path, KitWeights]
+) -> None:
+    db = f"t{uuid.uuid4().hex[:8]}"
+    influxd.create_db(db)
+    svc = ServeProcess(tmp_path / "svc", mosquitto.url, f"influxdb://127.0.0.1:{influxd.port}/{db}", models[0],
+                       extra_env={"SENSORCAST_ROLES": "ingest,inference"})
+    watch = Watcher(mosquitto.port, "sensorcast/alerts/#", client_id=f"h-{svc.tag}")
+    try:
+        with pytest.raises(RuntimeError, match="not up"):
+            svc.start(wait_ready=False, timeout=3)  # no HTTP server in this role set
+        assert svc.proc is not None and svc.proc.poll() is None
+        wait_until(lambda: "pipeline started (roles: inference,ingest)" in svc.log.read_text(), what="start")
+        pub = Publisher(mosquitto.port)
+        values = series(True)[: SPIKE + 5]
+        pub.send("spiky", values[:1], 0)
+        time.sleep(0.5)  # first reading alone (warm-up from an empty store)
+        pub.send("spiky", values[1:], 1)
+        pub.close()
+        got = watch.wait_for(lambda m: len(m) >= 1, timeout=15)
+        assert got and got[0].json()["state"] == "firing"  # the whole flow runs headless
+        assert svc.kill(signal.SIGTERM) == 0
+        assert "pipeline stopped" in svc.log.read_text()
+    finally:
+        watch.close()
+        svc.kill()
