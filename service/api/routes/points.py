@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import PipelineDep, ReadScope
+from service.api.schemas import ErrorOut
 from service.errors import StoreError
 from service.records import NS_PER_S, StreamKey
 
@@ -47,7 +48,14 @@ def parse_stream_id(stream_id: str) -> StreamKey:
     return StreamKey(device, quantity, tuple(sorted(tags)))
 
 
-@router.get("/{stream_id:path}", responses={503: {"description": "No store in this process, or it failed."}})
+@router.get(
+    "/{stream_id:path}",
+    responses={
+        # The path converter does not match a newline: such an id never reaches the route.
+        404: {"model": ErrorOut, "description": "No such route (a stream id with a line break cannot match)."},
+        503: {"description": "No store in this process, or it failed."},
+    },
+)
 async def get_points(
     stream_id: str,
     pipeline: PipelineDep,
