@@ -106,3 +106,24 @@ def test_nab_file_through_backtest(tmp_path: Path, shared_data: Path) -> None:
     rows = backtest_frame(tmp_path / "models", "nab", ts, vals, cols)
     assert len(rows) == len(ts) == 4032
     assert all(r.score is None or 0 <= r.score <= 1 for r in rows)
+
+
+def test_command_replays_stored_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.config import StoreSettings
+    from service.store import open_store
+
+    write_model(tmp_path / "models", SPEC)
+    ts, v = _data(60)
+    url = f"sqlite:///{tmp_path}/h.db"
+    store = open_store(StoreSettings(url=url, spool_dir=tmp_path / "spool"))  # type: ignore[call-arg]
+    store.write([Reading(StreamKey("pump", "value"), t, float(x)) for t, x in zip(ts, v, strict=True)])
+    store.close()
+    monkeypatch.setenv("SENSORCAST_STORE__URL", url)
+    out = tmp_path / "out.csv"
+    rc = main(["backtest", "--model", "bt", "--models-dir", str(tmp_path / "models"), "--device", "pump",
+               "--columns", "value", "--out", str(out)])
+    assert rc == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 60 and rows[-1]["status"] == "ok"
+    assert float(rows[-1]["value"]) == pytest.approx(v[-1])
+    assert main(["backtest", "--model", "bt", "--models-dir", str(tmp_path / "models"), "--device", "pump"]) == 2
