@@ -30,6 +30,10 @@ T0_NS = 1_600_000_200 * 1_000_000_000  # synthetic row clock (the real timestamp
 def engine_forecasts(files: Sequence[DataFile], model_folder: Path) -> np.ndarray:
     """(B, T) one-step forecasts from the engine: [i, t] is what it expected for row t of file i."""
     manifest = load_manifest(model_folder)
+    if manifest.features != ["value"] or manifest.time_features:
+        # Rows are re-stamped onto a synthetic clock: time features would be fiction.
+        raise ValueError(f"{manifest.name}: NAB needs a univariate model ('value') without time features, "
+                         f"found features {manifest.features}, time features {manifest.time_features}")
     registry = ModelRegistry(model_folder.parent.parent)  # the models directory holding it
     lengths, values = stack(files)
     n, steps = values.shape
