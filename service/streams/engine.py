@@ -91,6 +91,7 @@ class Engine:
         self.publish_forecasts = settings.alerts.forecast_topic is not None
         self._lock = threading.RLock()
         self._inbox_lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
         self._inbox: list[Reading] = []
         self._tables: dict[str, ModelTable] = {}
         self._streams: dict[str, _Stream] = {}
@@ -740,11 +741,14 @@ class Engine:
     # ------------------------------------------------------------ checkpoints
 
     def checkpoint(self) -> int:
-        """Write every table's state to ``settings.streams.checkpoint_dir``; returns streams saved."""
+        """Write every table's state to ``settings.streams.checkpoint_dir``; returns streams saved.
+
+        Rows are copied under the lock (fast); the files are written after releasing it,
+        so ticks and API reads do not wait for the disk. Concurrent calls are serialised.
+        """
         directory = self.settings.streams.checkpoint_dir
-        saved = 0
+        jobs: list[tuple[str, dict[str, Any], dict[str, npt.NDArray[np.generic]]]] = []
         with self._lock:
-            names = set()
             for name, table in self._tables.items():
                 owners = table.owners
                 rows = np.array([r for r, o in enumerate(owners) if o is not None], np.intp)
@@ -760,11 +764,12 @@ class Engine:
                         for r in rows.tolist()
                     ],
                 }
-                checkpoint.write(directory, name, meta, table.export_rows(rows))
-                names.add(name)
-                saved += len(rows)
-            checkpoint.remove_others(directory, names)
-        return saved
+                jobs.append((name, meta, table.export_rows(rows)))  # fancy indexing: copies
+        with self._checkpoint_lock:
+            for name, meta, arrays in jobs:
+                checkpoint.write(directory, name, meta, arrays)
+            checkpoint.remove_others(directory, {name for name, _, _ in jobs})
+        return sum(len(meta["streams"]) for _, meta, _ in jobs)
 
     def restore(self) -> int:
         """Load checkpoints whose model still matches; returns streams restored."""
@@ -779,18 +784,31 @@ class Engine:
                 if loaded.manifest.sha256 != meta["sha256"]:
                     log.warning("checkpoint %s skipped: model %s changed since", path, loaded.key)
                     continue
-                for i, s in enumerate(meta["streams"]):
-                    key = StreamKey(s["key"][0], s["key"][1], tuple((k, v) for k, v in s["tags"]))
-                    hit = self._bind(key)
-                    if hit is None or hit[3].table.model is not loaded or hit[3].id != s["id"]:
-                        continue  # bindings changed: this stream now warms from the store
-                    st = hit[3]
-                    rows = np.array([st.row], np.intp)
-                    st.table.import_rows(rows, {k: v[i : i + 1] for k, v in arrays.items()})
-                    self._need_history.pop(st.id, None)
-                    self._restored.add(st.id)
-                    restored += 1
+                try:
+                    restored += self._restore_table(loaded, meta, arrays)
+                except (KeyError, ValueError, TypeError, IndexError) as e:  # a damaged file: warm from the store
+                    log.error("checkpoint %s unusable, those streams warm from the store: %s", path, e)
         log.info("restored %d streams from checkpoints", restored)
+        return restored
+
+    def _restore_table(self, loaded: LoadedModel, meta: dict[str, Any], arrays: dict[str, Any]) -> int:
+        restored = 0
+        for i, s in enumerate(meta["streams"]):
+            key = StreamKey(s["key"][0], s["key"][1], tuple((k, v) for k, v in s["tags"]))
+            hit = self._bind(key)
+            if hit is None or hit[3].table.model is not loaded or hit[3].id != s["id"]:
+                continue  # bindings changed: this stream now warms from the store
+            st = hit[3]
+            row = np.array([st.row], np.intp)
+            try:
+                st.table.import_rows(row, {k: v[i : i + 1] for k, v in arrays.items()})
+            except Exception:
+                st.table.reset(row)  # no half-restored stream: it warms from the store instead
+                st.table.forget_position(row)
+                raise
+            self._need_history.pop(st.id, None)
+            self._restored.add(st.id)
+            restored += 1
         return restored
 
     def close(self) -> None:

@@ -414,3 +414,23 @@ def test_buffer_is_bounded_and_status_gauges_count(tmp_path: Path) -> None:
     eng.tick(T0)
     assert metrics.streams.labels("warming")._value.get() == 5
     assert metrics.streams.labels("ok")._value.get() == 0
+
+
+def test_damaged_checkpoint_does_not_stop_restore(tmp_path: Path) -> None:
+    import orjson
+
+    from service.streams import checkpoint
+
+    eng, _, _ = make(tmp_path, STEP)
+    feed(eng, StreamKey("dev", "value"), signal(10))
+    eng.checkpoint()
+    directory = eng.settings.streams.checkpoint_dir
+    [(path, meta, arrays)] = checkpoint.read_all(directory)
+    arrays["state"] = arrays["state"][:, :3]  # wrong width
+    checkpoint.write(directory, path.name.removesuffix(checkpoint.SUFFIX), meta, arrays)
+    (directory / "garbage.state.npz").write_bytes(b"not a zip")
+    (directory / "nometa.state.npz").write_bytes(orjson.dumps({}))
+    again = Engine(eng.settings, ModelRegistry(eng.settings.models.dir), None, Metrics())
+    assert again.restore() == 0
+    s = again.stream("dev/value")
+    assert s is None or s.status == "warming"
