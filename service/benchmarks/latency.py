@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import shutil
 import tempfile
 import time
@@ -164,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         sent = np.full((rounds, n_streams), np.nan)  # (K, S) publish wall time
         slot = 0.01  # pace in 10 ms slots
         per_slot = max(1, int(args.rate * slot))
+        print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work on this box skews every number)")
         print(f"publishing {rounds * n_streams} readings ({rounds} rounds x {n_streams} streams) at {args.rate:.0f}/s; "
               f"GET forecast at {args.http_rate:.0f}/s")
         t_start = time.perf_counter()
@@ -219,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         cpu = svc.cpu_seconds()
         rss = svc.rss_bytes()
         ms = 1000.0
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
         print(f"published      {count} readings in {elapsed:.1f} s = {count / elapsed:,.0f}/s (QoS 1)")
         print(f"service        stored {stored:,.0f}, model steps {steps:,.0f}, CPU {cpu:.1f} s "
               f"({cpu / (elapsed + 3):.2f} cores), RSS {rss / 2**20:.0f} MiB")
