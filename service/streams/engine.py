@@ -493,8 +493,9 @@ class Engine:
             keys = [k for st in group for k in st.keys]
             try:
                 history = self.store.read_last_many(keys, need)
-            except StoreError as e:
-                log.warning("warm-up read failed for %d streams, warming live: %s", len(group), e)
+            except Exception as e:  # StoreError, or anything a store lets through: warm live instead
+                level = logging.WARNING if isinstance(e, StoreError) else logging.ERROR
+                log.log(level, "warm-up read failed for %d streams, warming live: %s", len(group), e)
                 continue
             for st in group:
                 res = st.res

@@ -434,3 +434,16 @@ def test_damaged_checkpoint_does_not_stop_restore(tmp_path: Path) -> None:
     assert again.restore() == 0
     s = again.stream("dev/value")
     assert s is None or s.status == "warming"
+
+
+def test_store_failure_during_warm_up_means_warming_live(tmp_path: Path) -> None:
+    from service.errors import StoreError
+
+    class DownStore(MemoryStore):
+        def read_last_many(self, streams, n):  # type: ignore[no-untyped-def]
+            raise StoreError("influxd unreachable")
+
+    eng, _, _ = make(tmp_path, STEP, store=DownStore())
+    feed(eng, StreamKey("dev", "value"), signal(3))
+    s = eng.stream("dev/value")
+    assert s is not None and s.status == "warming" and s.warm_have == 3
