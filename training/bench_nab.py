@@ -30,6 +30,7 @@ from training.nab.engine_run import run_engine
 from training.nab.live import LiveConfig, run_live
 from training.nab.persistence import write_model
 from training.nab.run import DetectorRun, run_detector, score_run, write_results
+from training.nab.scoring import ProfileResult
 
 # Published standard / low-FP / low-FN scores (NAB scoreboard, v1.1 data).
 SCOREBOARD = {
@@ -84,6 +85,21 @@ def _run(name: str, files: list, profiles: dict, model: Path, path: str) -> Dete
         cfg = replace(ResidualConfig(), spatial_tolerance=None, likelihood=LikelihoodConfig())
         return run_detector(name, ResidualDetector(config=cfg), files, profiles)
     raise SystemExit(f"unknown detector {name!r}; expected one of {DETECTORS} or {tuple(ABLATIONS)}")
+
+
+def _per_category(res: ProfileResult) -> dict[str, dict[str, float]]:
+    """Raw score and counts per NAB category at the corpus threshold."""
+    out: dict[str, dict[str, float]] = {}
+    for name, fs in res.per_file.items():
+        c = out.setdefault(name.split("/", 1)[0], {"raw": 0.0, "windows_detected": 0, "windows_missed": 0,
+                                                   "false_positive_rows": 0})
+        c["raw"] += fs.score
+        c["windows_detected"] += fs.detected_windows
+        c["windows_missed"] += fs.missed_windows
+        c["false_positive_rows"] += fs.fp_rows
+    for c in out.values():
+        c["raw"] = round(c["raw"], 4)
+    return dict(sorted(out.items()))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
                         "windows_detected": res.detected_windows,
                         "windows_missed": res.missed_windows,
                         "false_positive_rows": res.fp_rows,
+                        "per_category": _per_category(res),
                     } for p, res in r.results.items()},
                 } for r in runs
             },
