@@ -111,7 +111,10 @@ class ModelsSettings(BaseModel):
 
 class StreamsSettings(BaseModel):
     late_tolerance_steps: int = Field(
-        2, description="Readings up to this many cadence steps late are still merged; later ones are counted drops."
+        2,
+        description="Out-of-order readings are merged while their bucket has not been fed; an empty bucket waits "
+        "this many cadence steps for a late reading before it is fed as missing. Readings for buckets already "
+        "fed are counted drops (reason late).",
     )
     max_gap_steps: int = Field(
         12, description="Gaps up to this many steps are bridged with missing values; longer gaps re-warm the stream."
