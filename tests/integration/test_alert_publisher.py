@@ -52,7 +52,7 @@ def test_alert_and_retained_state_are_delivered(mosquitto: Mosquitto, tmp_path: 
         pub.stop()
         watch.close()
     # A late subscriber still learns the current state from the retained message.
-    late = Watcher(mosquitto.port, "sensorcast/state/#", client_id="late")
+    late = Watcher(mosquitto.port, "sensorcast/state/pump-1/temperature", client_id="late")
     try:
         got = late.wait_for(lambda m: len(m) >= 1, timeout=5)
         assert got and got[0].retain and got[0].json()["state"] == "firing"
