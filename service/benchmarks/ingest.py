@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("live", "backlog"), default="live")
     parser.add_argument("--per-message", type=int, default=1,
                         help="Readings per message: 1 = one JSON object each; K > 1 = JSON arrays of K readings of one stream.")
+    parser.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5",
+                        help="MQTT version of the ingester under test (3.1.1 parses cheaper; 5 is the default).")
     parser.add_argument("--timeout", type=float, default=600.0, help="Give up a target after this many seconds.")
 
 
@@ -169,6 +171,7 @@ def _ingest(target: str, mqtt_port: int, influx_port: int, work: Path, args: arg
     s = Settings()  # type: ignore[call-arg]
     s.mqtt.url = f"mqtt://127.0.0.1:{mqtt_port}"
     s.mqtt.client_id = f"bench-ingest-{target}"
+    s.mqtt.protocol = args.mqtt_protocol
     s.ingest.topic = f"{target}/{{device}}/{{quantity}}"
     s.store.spool_dir = work / f"spool-{target}"
     s.store.url = (f"influxdb://127.0.0.1:{influx_port}/bench" if target == "influxdb" else f"sqlite:///{work}/bench.db")
@@ -220,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
         if args.per_message > 1 and args.readings % (args.streams * args.per_message):
             raise SystemExit("--readings must be a multiple of --streams x --per-message")
         print(f"ingest benchmark: {args.readings} readings over {args.streams} streams, QoS 1, "
-              f"{args.per_message} reading(s) per message, {args.publishers} publisher processes, mode {args.mode}")
+              f"{args.per_message} reading(s) per message, {args.publishers} publisher processes, mode {args.mode}, "
+              f"ingester MQTT {args.mqtt_protocol}")
         for t in targets:
             if t == "ceiling":
                 results[t] = r = _ceiling(mosq.port, args, base_ns)
