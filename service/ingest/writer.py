@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from service.errors import SpoolFullError, StoreError
 from service.metrics import Metrics
@@ -98,7 +98,6 @@ class WriterState:
     last_error: str | None = None
     stored: int = 0
     spooled: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class BatchWriter:
