@@ -207,6 +207,7 @@ def test_model_replaced_by_corrupt_or_mismatched_keeps_old_serving(
             errors_before = sp.metric("sensorcast_model_errors_total")
             corrupt()
             assert wait_for(lambda b=errors_before: sp.metric("sensorcast_model_errors_total") > b, 15), name
+            assert sp.http.get("/v1/models/refused").json().get("kit/1"), name  # the watcher's refusal
             reload = sp.http.post("/v1/models/reload").json()
             assert "kit/1" in reload["refused"] and reload["refused"]["kit/1"], (name, reload)
             listed = sp.http.get("/v1/models").json()
@@ -221,7 +222,8 @@ def test_model_replaced_by_corrupt_or_mismatched_keeps_old_serving(
         (folder / "model.onnx").write_bytes(good_onnx)
         (folder / "manifest.json").write_bytes(good_manifest)
         reload = sp.http.post("/v1/models/reload").json()
-    assert reload["refused"] == {}
+        refused_after = sp.http.get("/v1/models/refused").json()
+    assert reload["refused"] == {} and refused_after == {}
     assert "does not match manifest" in log  # half-copied
     assert "onnxruntime cannot load the model" in log  # corrupt
     assert "state width 16, manifest says 8" in log  # mismatched

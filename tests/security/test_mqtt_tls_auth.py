@@ -58,7 +58,7 @@ def tls_client(b: TlsBroker, client_id: str, password: str = PASSWORD, cert: str
     return c
 
 
-def connects(client: paho.Client, port: int, timeout: float = 5.0) -> bool:
+def connects(client: paho.Client, port: int, timeout: float = 3.0) -> bool:
     """True when the broker accepted the CONNECT (TLS and credentials)."""
     ok = threading.Event()
     client.on_connect = lambda c, u, f, rc, p: ok.set() if not rc.is_failure else None

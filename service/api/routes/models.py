@@ -31,6 +31,14 @@ def list_models(engine: EngineDep) -> list[ModelOut]:
     return [_model_out(m) for m in engine.models()]
 
 
+@router.get("/refused", dependencies=[ReadScope])
+def refused_models(engine: EngineDep) -> dict[str, str]:
+    """Model folders the last load or reload refused (name/version -> reason); older versions keep serving."""
+    # The directory watcher reloads on its own: this is where its refusals show up.
+    registry = getattr(engine, "registry", None)
+    return {str(k): str(v) for k, v in dict(getattr(registry, "errors", {})).items()}
+
+
 @router.post("/reload", dependencies=[WriteScope])
 def reload_models(engine: EngineDep) -> ReloadOut:
     """Re-scan the models directory; a broken artefact keeps the old version serving."""
