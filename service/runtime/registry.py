@@ -73,6 +73,7 @@ class ModelRegistry:
         self._metrics = metrics
         self._factory: RuntimeFactory = factory or (lambda folder, m: OrtRuntime(folder, m, threads))
         self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()  # the REST route and the file watcher may reload at once
         self._models: dict[str, dict[str, LoadedModel]] = {}
         self.errors: dict[str, str] = {}
         self.generation = 0  # bumped whenever the set of served models changes
@@ -136,6 +137,10 @@ class ModelRegistry:
 
     def reload(self) -> dict[str, list[str] | dict[str, str]]:
         """Re-scan the directory; returns what was loaded, kept, removed, and errors."""
+        with self._reload_lock:
+            return self._reload()
+
+    def _reload(self) -> dict[str, list[str] | dict[str, str]]:
         loaded: list[str] = []
         unchanged: list[str] = []
         errors: dict[str, str] = {}
