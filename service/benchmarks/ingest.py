@@ -139,7 +139,10 @@ def _wait(cond: Any, timeout: float) -> bool:
 
 def _ceiling(port: int, args: argparse.Namespace, base_ns: int) -> dict[str, float]:
     count = [0]
-    sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-ceiling", protocol=paho.MQTTv5)
+    # Same MQTT version as the ingester under test: paho parses MQTT 5 messages dearer.
+    v5 = args.mqtt_protocol == "5"
+    sub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-ceiling",
+                      protocol=paho.MQTTv5 if v5 else paho.MQTTv311)
     subscribed = threading.Event()
 
     k = max(1, args.per_message)
