@@ -46,6 +46,10 @@ _F32_MAX = float(np.finfo(np.float32).max)
 HISTORY_SLACK = 2  # extra buckets read for warm-up beyond the model's need
 
 
+def _num(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
 class _Stream:
     """Mutable per-stream bookkeeping (the numbers live in the model table)."""
 
@@ -589,45 +593,76 @@ class Engine:
         fed); ``value``, ``expected``, ``lower``, ``upper``, ``score`` (float64, NaN when
         unknown or unscored). The backtest reads it after every tick.
         """
-        n = len(stream_ids)
+        out = self._empty_snapshot(len(stream_ids))
+        with self._lock:
+            self._snapshot_locked(stream_ids, out)
+        return out
+
+    def _snapshot_locked(self, stream_ids: Sequence[str], out: dict[str, npt.NDArray[Any]]) -> None:
+        groups: dict[int, tuple[ModelTable, list[int], list[int]]] = {}
+        for i, sid in enumerate(stream_ids):
+            st = self._streams.get(sid)
+            if st is not None:
+                g = groups.setdefault(st.table.uid, (st.table, [], []))
+                g[1].append(i)
+                g[2].append(st.row)
+        for t, idx_list, row_list in groups.values():
+            idx = np.array(idx_list, np.intp)
+            rows = np.array(row_list, np.intp)
+            j = t.top_feature[rows] if t.n_out > 1 else np.zeros(len(rows), np.int64)
+            have = t.warm_have[rows]
+            expected = t.expected[rows, j]
+            half = t.band_z * t.spread[rows, j]
+            i_in = t.out_in[j]
+            value = np.where(i_in >= 0, t.last_x[rows, np.maximum(i_in, 0)], np.nan)
+            out["known"][idx] = True
+            out["warm_have"][idx] = have
+            out["warm_need"][idx] = t.warm_need
+            out["feature"][idx] = j
+            out["warm"][idx] = have >= t.warm_need
+            out["firing"][idx] = t.decider.firing[rows]
+            out["last_ts_ns"][idx] = np.where(have > 0, t.last_bucket[rows] * t.cadence_ns, -1)
+            out["value"][idx] = np.where(have > 0, value, np.nan)
+            out["expected"][idx] = np.where(have > 0, expected, np.nan)
+            out["score"][idx] = t.score[rows]
+            scored = ~np.isnan(t.score[rows])
+            out["lower"][idx] = np.where(scored, expected - half, np.nan)
+            out["upper"][idx] = np.where(scored, expected + half, np.nan)
+
+    def streams(self) -> list[StreamStatus]:
+        """Every stream, by id. Numbers are gathered under the lock in bulk; the records are
+        built after releasing it (100k streams must not stall the tick for a second)."""
+        with self._lock:
+            items = sorted(self._streams.values(), key=lambda s: s.id)
+            meta = [(st.id, st.device, st.quantity, st.table.model) for st in items]
+            snap = self._empty_snapshot(len(items))
+            self._snapshot_locked([m[0] for m in meta], snap)
+        cols = {k: v.tolist() for k, v in snap.items()}
+        out = []
+        for i, (sid, device, quantity, model) in enumerate(meta):
+            have, need = cols["warm_have"][i], cols["warm_need"][i]
+            feats = model.manifest.output_features
+            out.append(StreamStatus(
+                id=sid, device=device, quantity=quantity, model=model.name, model_version=model.version,
+                status="firing" if cols["firing"][i] else ("ok" if have >= need else "warming"),
+                warm_have=min(have, need), warm_need=need,
+                last_ts_ns=None if cols["last_ts_ns"][i] < 0 else cols["last_ts_ns"][i],
+                last_value=_num(cols["value"][i]), score=_num(cols["score"][i]),
+                expected=_num(cols["expected"][i]), lower=_num(cols["lower"][i]), upper=_num(cols["upper"][i]),
+                feature=feats[cols["feature"][i]] if len(feats) > 1 else None,
+            ))
+        return out
+
+    @staticmethod
+    def _empty_snapshot(n: int) -> dict[str, npt.NDArray[Any]]:
         out: dict[str, npt.NDArray[Any]] = {
             "known": np.zeros(n, bool), "warm": np.zeros(n, bool), "firing": np.zeros(n, bool),
-            "last_ts_ns": np.full(n, -1, np.int64),
+            "last_ts_ns": np.full(n, -1, np.int64), "warm_have": np.zeros(n, np.int64),
+            "warm_need": np.zeros(n, np.int64), "feature": np.zeros(n, np.int64),
         }
         for k in ("value", "expected", "lower", "upper", "score"):
             out[k] = np.full(n, np.nan)
-        with self._lock:
-            groups: dict[int, tuple[ModelTable, list[int], list[int]]] = {}
-            for i, sid in enumerate(stream_ids):
-                st = self._streams.get(sid)
-                if st is not None:
-                    g = groups.setdefault(st.table.uid, (st.table, [], []))
-                    g[1].append(i)
-                    g[2].append(st.row)
-            for t, idx_list, row_list in groups.values():
-                idx = np.array(idx_list, np.intp)
-                rows = np.array(row_list, np.intp)
-                j = t.top_feature[rows] if t.n_out > 1 else np.zeros(len(rows), np.int64)
-                have = t.warm_have[rows]
-                expected = t.expected[rows, j]
-                half = t.band_z * t.spread[rows, j]
-                i_in = t.out_in[j]
-                value = np.where(i_in >= 0, t.last_x[rows, np.maximum(i_in, 0)], np.nan)
-                out["known"][idx] = True
-                out["warm"][idx] = have >= t.warm_need
-                out["firing"][idx] = t.decider.firing[rows]
-                out["last_ts_ns"][idx] = np.where(have > 0, t.last_bucket[rows] * t.cadence_ns, -1)
-                out["value"][idx] = np.where(have > 0, value, np.nan)
-                out["expected"][idx] = np.where(have > 0, expected, np.nan)
-                out["score"][idx] = t.score[rows]
-                scored = ~np.isnan(t.score[rows])
-                out["lower"][idx] = np.where(scored, expected - half, np.nan)
-                out["upper"][idx] = np.where(scored, expected + half, np.nan)
         return out
-
-    def streams(self) -> list[StreamStatus]:
-        with self._lock:
-            return [self._status_of(st) for st in sorted(self._streams.values(), key=lambda s: s.id)]
 
     def stream(self, stream_id: str) -> StreamStatus | None:
         with self._lock:

@@ -302,6 +302,7 @@ def test_snapshot_agrees_with_stream_status(tmp_path: Path) -> None:
                     Reading(StreamKey("d", "value"), ts, float(v))])
         eng.tick(ts)
         ids = ["d", "d/value", "unknown"]
+        assert eng.streams() == [eng.stream("d"), eng.stream("d/value")]  # bulk path == one by one
         snap = eng.snapshot(ids)
         for k, sid in enumerate(ids):
             s = eng.stream(sid)
