@@ -44,12 +44,15 @@ REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
 # keeps jumping. A level shift is flagged at its start, a slow drift or a stuck sensor
 # only by a model that has learnt the cycle well.
 KINDS_IN_TURN = ("spike", "variance_burst", "level_shift", "drift", "stuck")
-# (duration in steps, magnitude in noise sigmas, a noise multiplier for variance_burst).
+# (duration in steps, size in daily amplitudes of the quantity). Sized against the signal,
+# not its noise: a model's predicted spread includes what it has not learnt of the daily
+# cycle, and a sensor fault of a few degrees is what an operator wants flagged. For a
+# variance burst the size is the standard deviation of the extra noise.
 _SHAPE = {
-    "spike": (1, 16.0),
-    "variance_burst": (30, 8.0),
-    "level_shift": (25, 12.0),
-    "drift": (45, 16.0),
+    "spike": (1, 3.0),
+    "variance_burst": (30, 1.5),
+    "level_shift": (25, 2.5),
+    "drift": (45, 3.0),
     "stuck": (40, 0.0),
 }
 
@@ -250,17 +253,19 @@ def _num(x: Any) -> str:
 
 def schedule(stream_ids: list[str], first_step: int, every_steps: int, count: int) -> list[tuple[str, Any]]:
     """Anomalies in turn: a different stream and kind each time, ``every_steps`` apart."""
-    from service.sim.signals import Scheduled
+    from service.sim.signals import QUANTITIES, Scheduled
 
     out: list[tuple[str, Any]] = []
     for i in range(count):
         kind = KINDS_IN_TURN[i % len(KINDS_IN_TURN)]
-        duration, magnitude = _SHAPE[kind]
+        duration, size = _SHAPE[kind]
         sign = -1.0 if (i // len(KINDS_IN_TURN)) % 2 else 1.0
         if kind == "variance_burst":
             sign = 1.0  # a noise multiplier, not an offset
         sid = stream_ids[i % len(stream_ids)]
-        out.append((sid, Scheduled(first_step + i * every_steps, kind, duration, sign * magnitude)))
+        q = QUANTITIES[sid.rsplit("/", 1)[1]]
+        sigmas = size * q.daily_amp / q.noise  # Scheduled magnitudes are in noise sigmas
+        out.append((sid, Scheduled(first_step + i * every_steps, kind, duration, sign * sigmas)))
     return out
 
 

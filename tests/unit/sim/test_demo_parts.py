@@ -11,14 +11,16 @@ from service.demo import KINDS_IN_TURN, _listen, find_model, schedule
 
 
 def test_schedule_rotates_streams_and_kinds() -> None:
-    ids = ["a/t", "b/t", "c/t"]
+    ids = ["a/temperature", "b/temperature", "c/humidity"]
     got = schedule(ids, first_step=100, every_steps=45, count=7)
-    assert [sid for sid, _ in got] == ["a/t", "b/t", "c/t", "a/t", "b/t", "c/t", "a/t"]
+    assert [sid for sid, _ in got] == [*ids, *ids, ids[0]]
     assert [s.step for _, s in got] == [100 + 45 * i for i in range(7)]
     assert [s.kind for _, s in got][:5] == list(KINDS_IN_TURN)
     assert got[0][1].kind == "spike" and got[0][1].duration == 1
     assert all(s.magnitude >= 0 for _, s in got if s.kind == "variance_burst")
     assert got[5][1].magnitude < 0  # second round: offsets the other way
+    # Sized in daily amplitudes: 3 x 3.0 degC = 9 degC for a temperature spike (75 sigmas).
+    assert got[0][1].magnitude == pytest.approx(3.0 * 3.0 / 0.12)
 
 
 def test_find_model_prefers_demo_and_the_newest(tmp_path: Path) -> None:
