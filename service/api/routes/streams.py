@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+import orjson
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 
 from service.api.deps import EngineDep, PipelineDep, ReadScope
-from service.api.schemas import ErrorOut, ForecastOut, StreamOut
+from service.api.schemas import ErrorOut, ForecastOut, StreamOut, forecast_body
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"], dependencies=[ReadScope])
 _404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "Unknown stream."}}
@@ -27,19 +28,23 @@ def list_streams(
 # plain route would otherwise swallow ".../forecast".
 # Plain ``def`` (threadpool), not ``async def``: the engine's lock can be held for long
 # (bulk warm-up reads the store inside a tick), and that must never stall the event loop.
-@router.get("/{stream_id:path}/forecast", responses={**_404, 409: {"model": ErrorOut, "description": "No forecast yet (warming up)."}})
+@router.get(
+    "/{stream_id:path}/forecast",
+    response_model=ForecastOut,
+    responses={**_404, 409: {"model": ErrorOut, "description": "No forecast yet (warming up)."}},
+)
 def get_forecast(
     stream_id: str,
     engine: EngineDep,
     pipeline: PipelineDep,
     request: Request,
     z: Annotated[float | None, Query(gt=0, le=10, description="Band half-width in spreads; settings.api.band_z when empty.")] = None,
-) -> ForecastOut:
+) -> Response:
     """Latest stateful forecast of one stream, with bands."""
     band_z = z if z is not None else request.app.state.settings.api.band_z
     fc = pipeline.latest_forecast(stream_id)
     if fc is not None:
-        return ForecastOut.from_forecast(fc, band_z, stream_id)
+        return _json(forecast_body(fc, band_z, stream_id))
     status = engine.stream(stream_id)
     if status is None:
         raise HTTPException(404, f"unknown stream {stream_id!r}")
@@ -47,7 +52,11 @@ def get_forecast(
     if fc is None:
         have, need = int(status.warm_have), int(status.warm_need)
         raise HTTPException(409, f"no forecast yet for {stream_id!r}: warming up ({have} / {need})")
-    return ForecastOut.from_forecast(fc, band_z, stream_id)
+    return _json(forecast_body(fc, band_z, stream_id))
+
+
+def _json(body: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")
 
 
 @router.get("/{stream_id:path}", responses=_404)
