@@ -17,7 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped demo model when present; else a tiny contract model built here."""
+    """$SENSORCAST_DEMO_MODELS, else the shipped demo model, else a tiny contract model built here."""
+    if os.environ.get("SENSORCAST_DEMO_MODELS"):
+        return Path(os.environ["SENSORCAST_DEMO_MODELS"])
     if list((REPO / "models" / "demo").glob("*/manifest.json")):
         return REPO / "models"
     pytest.importorskip("onnx")
