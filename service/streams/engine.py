@@ -46,6 +46,19 @@ _F32_MAX = float(np.finfo(np.float32).max)
 HISTORY_SLACK = 2  # extra buckets read for warm-up beyond the model's need
 
 
+def _onset(t: ModelTable, row: int) -> dict[str, str]:
+    """Alert.extra for a firing: where the run of hot steps began (ISO time, value, expected, score)."""
+    from datetime import UTC, datetime
+
+    ts = int(t.onset_ts[row])
+    return {
+        "onset_time": datetime.fromtimestamp(ts / NS_PER_S, tz=UTC).isoformat(),
+        "onset_value": f"{float(t.onset_value[row]):.6g}",
+        "onset_expected": f"{float(t.onset_expected[row]):.6g}",
+        "onset_score": f"{float(t.onset_score[row]):.6g}",
+    }
+
+
 def _num(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
@@ -420,7 +433,8 @@ class Engine:
         if outcome.fired.size or outcome.resolved.size:
             owners = table.owners
             for row in outcome.fired.tolist():
-                self._emit(owners[row], "firing", int(table.last_bucket[row]) * table.cadence_ns, warm=True)
+                self._emit(owners[row], "firing", int(table.last_bucket[row]) * table.cadence_ns, warm=True,
+                           extra=_onset(table, row))
             for row in outcome.resolved.tolist():
                 self._emit(owners[row], "resolved", int(table.last_bucket[row]) * table.cadence_ns, warm=True)
         if self.on_forecast is not None and self.publish_forecasts:

@@ -89,6 +89,10 @@ class ModelTable:
         self.last_fed_ts: I64 = np.zeros(0, np.int64)
         self.has_pending: npt.NDArray[np.bool_] = np.zeros(0, bool)
         self.occupied: npt.NDArray[np.bool_] = np.zeros(0, bool)  # row serves a stream
+        self.onset_ts: I64 = np.zeros(0, np.int64)  # first hot step of the current run
+        self.onset_value: F64 = np.zeros(0)
+        self.onset_expected: F64 = np.zeros(0)
+        self.onset_score: F64 = np.zeros(0)
         self.grow(capacity)
 
     # ------------------------------------------------------------ rows
@@ -118,6 +122,10 @@ class ModelTable:
         self.last_fed_ts = more(self.last_fed_ts, 0)  # type: ignore[assignment]
         self.has_pending = more(self.has_pending, False)  # type: ignore[assignment]
         self.occupied = more(self.occupied, False)  # type: ignore[assignment]
+        self.onset_ts = more(self.onset_ts, 0)  # type: ignore[assignment]
+        self.onset_value = more(self.onset_value, np.nan)  # type: ignore[assignment]
+        self.onset_expected = more(self.onset_expected, np.nan)  # type: ignore[assignment]
+        self.onset_score = more(self.onset_score, np.nan)  # type: ignore[assignment]
         self.scorer.grow(capacity)
         self.decider.grow(capacity)
         self.free.extend(range(capacity - 1, old - 1, -1))
@@ -214,7 +222,19 @@ class ModelTable:
         # Anomalies stay out of the baseline; unscored rows (no baseline yet) may learn.
         learn = was_warm & ~(score >= fire_t)
         self.scorer.learn(rows[learn], actual[learn], expected[learn])
+        quiet_before = self.decider.hot[rows] == 0
         fired, resolved = self.decider.update(rows, score, ts)
+        # Onset: the first hot step of a run (with M > 1 the alert fires on a later step,
+        # and for a spike that later step is often the return to normal).
+        onset = quiet_before & (score >= fire_t)
+        if onset.any():
+            i = np.flatnonzero(onset)
+            o = rows[i]
+            j = self.top_feature[o] if self.n_out > 1 else np.zeros(len(o), np.int64)  # the worst feature
+            self.onset_ts[o] = ts[i]
+            self.onset_value[o] = actual[i, j]
+            self.onset_expected[o] = expected[i, j]
+            self.onset_score[o] = score[i]
         return StepOutcome(rows, rows[fired], rows[resolved])
 
     def band(self, row: int, feature: int) -> tuple[float, float]:
@@ -228,6 +248,7 @@ class ModelTable:
     _ROW_ARRAYS = (
         "state", "fc", "sc", "ring", "ring_ts", "warm_have", "last_bucket", "last_x",
         "score", "expected", "spread", "top_feature", "next_bucket", "last_fed_ts",
+        "onset_ts", "onset_value", "onset_expected", "onset_score",
     )
 
     def export_rows(self, rows: IntArr) -> dict[str, npt.NDArray[np.generic]]:

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,19 @@ def test_checkpoint_of_changed_model_is_ignored(tmp_path: Path) -> None:
     write_model(eng.settings.models.dir, dataclasses.replace(STEP, seed=5))  # same name/version, new weights
     again = Engine(eng.settings, ModelRegistry(eng.settings.models.dir), None, Metrics())
     assert again.restore() == 0
+
+
+def test_alert_on_a_later_step_names_the_onset(tmp_path: Path) -> None:
+    eng, alerts, _ = make(tmp_path, STEP, anomaly={"min_count": 2, "window": 3, "cooldown_s": 0})
+    vals = signal(80)
+    vals[60] += 50  # a spike: the step after it (back to normal) is surprising too
+    feed(eng, StreamKey("dev", "value"), vals)
+    firing = [a for a in alerts if a.state == "firing"]
+    assert firing and firing[0].ts_ns == T0 + 61 * C
+    extra = firing[0].extra
+    assert float(extra["onset_value"]) == pytest.approx(vals[60], rel=1e-5)
+    assert float(extra["onset_score"]) >= 0.99
+    assert datetime.fromisoformat(extra["onset_time"]).timestamp() * 10**9 == pytest.approx(T0 + 60 * C)
 
 
 def test_alert_fires_and_resolves_with_explanation(tmp_path: Path) -> None:
