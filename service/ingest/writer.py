@@ -131,6 +131,7 @@ class BatchWriter:
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
+        self.spool.acquire()  # raises StoreError when another process owns the spool
         self._thread = threading.Thread(target=self._run, name="sensorcast-writer", daemon=True)
         self._thread.start()
 
@@ -141,6 +142,8 @@ class BatchWriter:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
                 log.error("writer did not stop within %.0f s; unacknowledged readings stay with the broker", timeout_s)
+                return  # still running: keep the spool locked
+        self.spool.close()
 
     @property
     def stopping(self) -> bool:

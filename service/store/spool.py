@@ -8,12 +8,16 @@ which is removed on open. Batches are replayed oldest first (by sequence number)
 
 When the spool is at ``max_bytes`` or the disk is full, ``append`` raises
 ``SpoolFullError``: the caller must stop acknowledging, so the broker keeps the readings.
+
+One process owns a spool directory at a time (an exclusive ``flock`` on ``.lock``): two
+writers would hand out the same sequence numbers and overwrite each other's batches.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import threading
@@ -59,19 +63,53 @@ class Spool:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create spool directory {self.dir}: {e}") from e
+        self._lockfd: int | None = None
+        self._scan()
+
+    def acquire(self) -> None:
+        """Become the directory's one writer (before appending or replaying); idempotent."""
+        if self._lockfd is not None:
+            return
+        try:
+            fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot open spool lock in {self.dir}: {e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"spool directory {self.dir} is in use by another ingester; give each process its own "
+                "store.spool_dir"
+            ) from None
+        self._lockfd = fd
         for tmp in self.dir.glob("*.tmp"):
             tmp.unlink(missing_ok=True)  # a write that never completed was never acknowledged
-        self._entries: list[SpoolEntry] = []
+        self._scan()
+
+    def _scan(self) -> None:
+        entries: list[SpoolEntry] = []
         for p in sorted(self.dir.glob("*.spool")):
             try:
                 seq_s, count_s = p.stem.split("-")
-                self._entries.append(SpoolEntry(p, int(seq_s), int(count_s), p.stat().st_size))
+                entries.append(SpoolEntry(p, int(seq_s), int(count_s), p.stat().st_size))
             except (ValueError, OSError):
                 log.error("spool: ignoring unexpected file %s", p)
-        self._entries.sort(key=lambda e: e.seq)
-        self._next = self._entries[-1].seq + 1 if self._entries else 0
-        self._bytes = sum(e.size for e in self._entries)
+        with self._lock:
+            self._entries = entries
+            self._entries.sort(key=lambda e: e.seq)
+            self._next = self._entries[-1].seq + 1 if self._entries else 0
+            self._bytes = sum(e.size for e in self._entries)
         self.full = False
+
+    def close(self) -> None:
+        """Release the directory for another process (the files stay)."""
+        if self._lockfd is not None:
+            os.close(self._lockfd)  # closing the descriptor drops the flock
+            self._lockfd = None
+
+    def __del__(self) -> None:
+        self.close()
 
     # --- state ---------------------------------------------------------------------------
     @property
@@ -88,6 +126,7 @@ class Spool:
     # --- writing -------------------------------------------------------------------------
     def append(self, readings: Sequence[Reading]) -> None:
         """Make ``readings`` durable or raise ``SpoolFullError`` (nothing written then)."""
+        self.acquire()
         data = encode_batch(readings)
         with self._lock:
             if self._bytes + len(data) > self.max_bytes:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import SpoolFullError
+from service.errors import SpoolFullError, StoreError
 from service.ingest.writer import BatchWriter, Item
 from service.metrics import Metrics
 from service.records import Reading, StreamKey
@@ -35,6 +35,9 @@ def test_spool_round_trip_in_order_and_survives_reopen(tmp_path: Path) -> None:
     sp.append(rs(0, 3))
     sp.append(rs(100, 2))
     assert (len(sp), sp.readings) == (2, 5)
+    with pytest.raises(StoreError, match="in use"):
+        Spool(tmp_path, 10_000_000).acquire()  # a second writer is refused
+    sp.close()
     sp2 = Spool(tmp_path, 10_000_000)  # a restart
     head = sp2.oldest()
     assert head is not None and head[1] == rs(0, 3)
@@ -129,7 +132,9 @@ def test_spool_full_stops_acknowledging_until_store_returns(tmp_path: Path) -> N
 
 
 def test_writer_restart_replays_spool_from_previous_run(tmp_path: Path) -> None:
-    Spool(tmp_path / "spool", 10_000_000).append(rs(0, 7))
+    first = Spool(tmp_path / "spool", 10_000_000)
+    first.append(rs(0, 7))
+    first.close()
     store, acks, sinks = MemoryStore(), [], []  # type: ignore[var-annotated]
     w = make_writer(tmp_path, store, acks, sinks)
     wait_for(lambda: store.count() == 7)
@@ -174,6 +179,7 @@ def test_long_replay_does_not_block_new_intake(tmp_path: Path) -> None:
     sp = Spool(tmp_path / "spool", 10**8)
     for i in range(40):  # ~4 s of replay at 0.1 s per batch
         sp.append(rs(i * 100, 5))
+    sp.close()
     store, acks, sinks = SlowStore(), [], []  # type: ignore[var-annotated]
     w = make_writer(tmp_path, store, acks, sinks)
     time.sleep(0.2)
