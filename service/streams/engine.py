@@ -764,6 +764,9 @@ class Engine:
             ts = np.asarray(timestamps_ns, np.int64)
             if ts.size > 1 and bool((np.diff(ts) <= 0).any()):
                 raise ValueError("timestamps_ns must be strictly increasing")
+            # Label each row by the end of its cadence bucket, as the live path does (the
+            # time features and the forecast's time then match a live stream's exactly).
+            ts = -(-ts // c_ns) * c_ns
         rt = loaded.runtime
         if m.kind == "step":
             state = np.zeros((1, m.state_size), np.float32)  # (1, S)

@@ -60,7 +60,8 @@ def test_live_forecast_equals_stateless_predict(tmp_path: Path, jitter: bool) ->
     live = eng.forecast("dev/value")
     assert live is not None
     hist = [[float(v)] for v in vals]
-    offline = eng.predict("m", None, hist, [T0 + i * C for i in range(50)])
+    # The same timestamps the live readings carried (jittered or not).
+    offline = eng.predict("m", None, hist, [T0 + i * C - (C // 3 if jitter else 0) for i in range(50)])
     assert live.ts_ns == offline.ts_ns == T0 + 49 * C
     assert np.abs(np.array(live.mean) - np.array(offline.mean)).max() <= 1e-4
     assert live.scale is not None and offline.scale is not None
