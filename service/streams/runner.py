@@ -39,7 +39,9 @@ class EngineRunner:
         s = self.engine.settings
         next_ckpt = time.monotonic() + s.streams.checkpoint_interval_s
         next_watch = time.monotonic() + self.watch_interval_s
-        while not self._stop.wait(s.streams.tick_s):
+        pause = s.streams.tick_s
+        while not self._stop.wait(pause):
+            started = time.monotonic()
             try:
                 self.engine.tick()
                 now = time.monotonic()
@@ -54,6 +56,9 @@ class EngineRunner:
             except Exception as e:  # keep inferring; the error is visible in status
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.exception("engine loop error")
+            # A tick that took long is followed at once by the next one: under load the
+            # loop runs flat out instead of idling tick_s between long ticks.
+            pause = max(0.0, s.streams.tick_s - (time.monotonic() - started))
 
     @property
     def running(self) -> bool:
