@@ -213,7 +213,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", type=Path, help="Models directory (default: settings).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--csv", type=Path, help="CSV with a timestamp column and value columns.")
-    src.add_argument("--device", help="Replay stored history of this device (store URL from settings).")
+    src.add_argument("--device", help="Replay stored history of this device (see --store).")
+    p.add_argument("--store", help="Store URL for --device (default: settings, SENSORCAST_STORE__URL).")
     p.add_argument("--time-column", default="timestamp")
     p.add_argument("--columns", help="Comma-separated value columns / quantities (CSV default: all).")
     p.add_argument("--start", help="Store replay start (ISO time).")
@@ -232,6 +233,8 @@ def run(args: argparse.Namespace) -> int:
     updates = {k: getattr(args, k) for k in ("threshold", "clear_threshold", "min_count", "window", "cooldown_s")
                if getattr(args, k) is not None}
     settings = settings.model_copy(update={"anomaly": settings.anomaly.model_copy(update=updates)})
+    if args.store:
+        settings = settings.model_copy(update={"store": settings.store.model_copy(update={"url": args.store})})
     models_dir = args.models_dir or settings.models.dir
     columns = args.columns.split(",") if args.columns else None
     try:

@@ -118,10 +118,10 @@ def test_command_replays_stored_history(tmp_path: Path, monkeypatch: pytest.Monk
     store = open_store(StoreSettings(url=url, spool_dir=tmp_path / "spool"))  # type: ignore[call-arg]
     store.write([Reading(StreamKey("pump", "value"), t, float(x)) for t, x in zip(ts, v, strict=True)])
     store.close()
-    monkeypatch.setenv("SENSORCAST_STORE__URL", url)
+    monkeypatch.setenv("SENSORCAST_STORE__URL", "sqlite:///nowhere/else.db")  # --store wins
     out = tmp_path / "out.csv"
     rc = main(["backtest", "--model", "bt", "--models-dir", str(tmp_path / "models"), "--device", "pump",
-               "--columns", "value", "--out", str(out)])
+               "--columns", "value", "--store", url, "--out", str(out)])
     assert rc == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 60 and rows[-1]["status"] == "ok"
