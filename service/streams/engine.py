@@ -28,10 +28,10 @@ from service.errors import ModelError, StoreError
 from service.metrics import Metrics
 from service.records import NS_PER_S, Alert, AlertState, Forecast, Reading, StreamKey
 from service.runtime.registry import LoadedModel, ModelRegistry
-from service.runtime.timefeatures import time_features
 from service.store.base import Store
-from service.streams import checkpoint
+from service.streams import checkpoint, report
 from service.streams.binding import Route, route
+from service.streams.predict import predict as predict_history
 from service.streams.resample import Resampler, Step
 from service.streams.status import ModelInfo, StreamStatus
 from service.streams.table import ModelTable
@@ -44,23 +44,6 @@ IntArr = npt.NDArray[np.intp]
 _MISSING = object()
 _F32_MAX = float(np.finfo(np.float32).max)
 HISTORY_SLACK = 2  # extra buckets read for warm-up beyond the model's need
-
-
-def _onset(t: ModelTable, row: int) -> dict[str, str]:
-    """Alert.extra for a firing: where the run of hot steps began (ISO time, value, expected, score)."""
-    from datetime import UTC, datetime
-
-    ts = int(t.onset_ts[row])
-    return {
-        "onset_time": datetime.fromtimestamp(ts / NS_PER_S, tz=UTC).isoformat(),
-        "onset_value": f"{float(t.onset_value[row]):.6g}",
-        "onset_expected": f"{float(t.onset_expected[row]):.6g}",
-        "onset_score": f"{float(t.onset_score[row]):.6g}",
-    }
-
-
-def _num(v: float) -> float | None:
-    return v if math.isfinite(v) else None
 
 
 class _Stream:
@@ -434,7 +417,7 @@ class Engine:
             owners = table.owners
             for row in outcome.fired.tolist():
                 self._emit(owners[row], "firing", int(table.last_bucket[row]) * table.cadence_ns, warm=True,
-                           extra=_onset(table, row))
+                           extra=report.onset_extra(table, row))
             for row in outcome.resolved.tolist():
                 self._emit(owners[row], "resolved", int(table.last_bucket[row]) * table.cadence_ns, warm=True)
         if self.on_forecast is not None and self.publish_forecasts:
@@ -571,35 +554,6 @@ class Engine:
 
     # ------------------------------------------------------------ queries
 
-    def _status_of(self, st: _Stream) -> StreamStatus:
-        t, row = st.table, st.row
-        have = int(t.warm_have[row])
-        warm = have >= t.warm_need
-        firing = bool(t.decider.firing[row])
-        j = int(t.top_feature[row]) if t.n_out > 1 else 0
-        i_in = int(t.out_in[j])
-        last_bucket = int(t.last_bucket[row])
-
-        def num(v: float) -> float | None:
-            return v if math.isfinite(v) else None
-
-        score = num(float(t.score[row]))
-        lower = upper = None
-        if score is not None:
-            lo, up = t.band(row, j)
-            lower, upper = num(lo), num(up)
-        return StreamStatus(
-            id=st.id, device=st.device, quantity=st.quantity, model=t.model.name,
-            model_version=t.model.version,
-            status="firing" if firing else ("ok" if warm else "warming"),
-            warm_have=min(have, t.warm_need), warm_need=t.warm_need,
-            last_ts_ns=last_bucket * t.cadence_ns if have > 0 else None,
-            last_value=num(float(t.last_x[row, i_in])) if i_in >= 0 and have > 0 else None,
-            score=score, expected=num(float(t.expected[row, j])) if have > 0 else None,
-            lower=lower, upper=upper,
-            feature=t.model.manifest.output_features[j] if t.n_out > 1 else None,
-        )
-
     def snapshot(self, stream_ids: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
         """Vectorised ``stream()`` for many ids: arrays aligned with ``stream_ids``.
 
@@ -607,7 +561,7 @@ class Engine:
         fed); ``value``, ``expected``, ``lower``, ``upper``, ``score`` (float64, NaN when
         unknown or unscored). The backtest reads it after every tick.
         """
-        out = self._empty_snapshot(len(stream_ids))
+        out = report.empty_snapshot(len(stream_ids))
         with self._lock:
             self._snapshot_locked(stream_ids, out)
         return out
@@ -621,27 +575,7 @@ class Engine:
                 g[1].append(i)
                 g[2].append(st.row)
         for t, idx_list, row_list in groups.values():
-            idx = np.array(idx_list, np.intp)
-            rows = np.array(row_list, np.intp)
-            j = t.top_feature[rows] if t.n_out > 1 else np.zeros(len(rows), np.int64)
-            have = t.warm_have[rows]
-            expected = t.expected[rows, j]
-            half = t.band_z * t.spread[rows, j]
-            i_in = t.out_in[j]
-            value = np.where(i_in >= 0, t.last_x[rows, np.maximum(i_in, 0)], np.nan)
-            out["known"][idx] = True
-            out["warm_have"][idx] = have
-            out["warm_need"][idx] = t.warm_need
-            out["feature"][idx] = j
-            out["warm"][idx] = have >= t.warm_need
-            out["firing"][idx] = t.decider.firing[rows]
-            out["last_ts_ns"][idx] = np.where(have > 0, t.last_bucket[rows] * t.cadence_ns, -1)
-            out["value"][idx] = np.where(have > 0, value, np.nan)
-            out["expected"][idx] = np.where(have > 0, expected, np.nan)
-            out["score"][idx] = t.score[rows]
-            scored = ~np.isnan(t.score[rows])
-            out["lower"][idx] = np.where(scored, expected - half, np.nan)
-            out["upper"][idx] = np.where(scored, expected + half, np.nan)
+            report.fill_snapshot(out, t, np.array(idx_list, np.intp), np.array(row_list, np.intp))
 
     def streams(self) -> list[StreamStatus]:
         """Every stream, by id. Numbers are gathered under the lock in bulk; the records are
@@ -649,57 +583,25 @@ class Engine:
         with self._lock:
             items = sorted(self._streams.values(), key=lambda s: s.id)
             meta = [(st.id, st.device, st.quantity, st.table.model) for st in items]
-            snap = self._empty_snapshot(len(items))
+            snap = report.empty_snapshot(len(items))
             self._snapshot_locked([m[0] for m in meta], snap)
-        cols = {k: v.tolist() for k, v in snap.items()}
-        out = []
-        for i, (sid, device, quantity, model) in enumerate(meta):
-            have, need = cols["warm_have"][i], cols["warm_need"][i]
-            feats = model.manifest.output_features
-            out.append(StreamStatus(
-                id=sid, device=device, quantity=quantity, model=model.name, model_version=model.version,
-                status="firing" if cols["firing"][i] else ("ok" if have >= need else "warming"),
-                warm_have=min(have, need), warm_need=need,
-                last_ts_ns=None if cols["last_ts_ns"][i] < 0 else cols["last_ts_ns"][i],
-                last_value=_num(cols["value"][i]), score=_num(cols["score"][i]),
-                expected=_num(cols["expected"][i]), lower=_num(cols["lower"][i]), upper=_num(cols["upper"][i]),
-                feature=feats[cols["feature"][i]] if len(feats) > 1 else None,
-            ))
-        return out
-
-    @staticmethod
-    def _empty_snapshot(n: int) -> dict[str, npt.NDArray[Any]]:
-        out: dict[str, npt.NDArray[Any]] = {
-            "known": np.zeros(n, bool), "warm": np.zeros(n, bool), "firing": np.zeros(n, bool),
-            "last_ts_ns": np.full(n, -1, np.int64), "warm_have": np.zeros(n, np.int64),
-            "warm_need": np.zeros(n, np.int64), "feature": np.zeros(n, np.int64),
-        }
-        for k in ("value", "expected", "lower", "upper", "score"):
-            out[k] = np.full(n, np.nan)
-        return out
+        return report.statuses(meta, snap)
 
     def stream(self, stream_id: str) -> StreamStatus | None:
         with self._lock:
             st = self._streams.get(stream_id)
-            return None if st is None else self._status_of(st)
-
-    def _forecast_of(self, st: _Stream) -> Forecast | None:
-        t, row = st.table, st.row
-        if t.warm_have[row] < t.warm_need:
-            return None
-        m = t.model.manifest
-        scale = tuple(tuple(r) for r in t.sc[row].tolist()) if t.has_scale else None
-        return Forecast(
-            stream_id=st.id, ts_ns=int(t.last_bucket[row]) * t.cadence_ns, cadence_s=m.cadence_s,
-            features=tuple(m.output_features), mean=tuple(tuple(r) for r in t.fc[row].tolist()),
-            scale=scale, model=t.model.name, model_version=t.model.version,
-        )
+            if st is None:
+                return None
+            snap = report.empty_snapshot(1)
+            report.fill_snapshot(snap, st.table, np.zeros(1, np.intp), np.array([st.row], np.intp))
+            meta = [(st.id, st.device, st.quantity, st.table.model)]
+        return report.statuses(meta, snap)[0]
 
     def forecast(self, stream_id: str) -> Forecast | None:
         """The latest stateful forecast (None while warming or unknown)."""
         with self._lock:
             st = self._streams.get(stream_id)
-            return None if st is None else self._forecast_of(st)
+            return None if st is None else report.forecast_of(st.id, st.table, st.row)
 
     def recent_alerts(self, limit: int = 100, stream: str | None = None, state: str | None = None) -> list[Alert]:
         """Newest first."""
@@ -730,66 +632,12 @@ class Engine:
         timestamps_ns: list[int] | None = None,
         cadence: float | None = None,
     ) -> Forecast:
-        """Forecast from a given history with a fresh state (no stream state touched).
+        """Forecast from a given history with a fresh state (see ``predict.predict``).
 
         Raises ModelError for an unknown model/version, ValueError when the history does
         not fit the model (feature count, lengths, order of timestamps, cadence).
         """
-        loaded = self.registry.get(model, version)
-        m = loaded.manifest
-        if cadence is not None and not math.isclose(cadence, m.cadence_s):
-            raise ValueError(f"cadence {cadence} s does not match model {m.name}/{m.version} cadence {m.cadence_s} s")
-        if not values:
-            raise ValueError("values is empty: need at least one step of history")
-        n_f = len(m.features)
-        for i, row in enumerate(values):
-            if len(row) != n_f:
-                raise ValueError(f"values[{i}] has {len(row)} features, model expects {n_f} {list(m.features)}")
-        try:
-            wide = np.array([[math.nan if v is None else v for v in row] for row in values], np.float64)  # (T, F)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"values must be numbers: {e}") from e
-        if bool((np.abs(wide) >= _F32_MAX).any()):
-            raise ValueError(f"values must be finite and within float32 range (|v| < {_F32_MAX:.3g}); NaN/None = missing")
-        x = wide.astype(np.float32)
-        c_ns = round(m.cadence_s * NS_PER_S)
-        if timestamps_ns is None:
-            if m.time_features:
-                raise ValueError(f"model {m.name} uses time features {m.time_features}: timestamps_ns are required")
-            end = time.time_ns() // c_ns * c_ns
-            ts = np.arange(end - (len(values) - 1) * c_ns, end + 1, c_ns, dtype=np.int64)
-        else:
-            if len(timestamps_ns) != len(values):
-                raise ValueError(f"{len(timestamps_ns)} timestamps for {len(values)} rows of values")
-            ts = np.asarray(timestamps_ns, np.int64)
-            if ts.size > 1 and bool((np.diff(ts) <= 0).any()):
-                raise ValueError("timestamps_ns must be strictly increasing")
-            # Label each row by the end of its cadence bucket, as the live path does (the
-            # time features and the forecast's time then match a live stream's exactly).
-            ts = -(-ts // c_ns) * c_ns
-        rt = loaded.runtime
-        if m.kind == "step":
-            state = np.zeros((1, m.state_size), np.float32)  # (1, S)
-            tfs = time_features(ts, m.time_features) if m.time_features else None  # (T, K)
-            fc = sc = None
-            for t in range(x.shape[0]):
-                fc, sc, state = rt.step(x[t : t + 1], state, None if tfs is None else tfs[t : t + 1])
-        else:
-            length = m.window or 1
-            win = np.full((1, length, n_f), np.nan, np.float32)  # (1, L, F), NaN-padded on the left
-            tail = x[-length:]
-            win[0, length - tail.shape[0] :] = tail
-            wts = np.zeros(length, np.int64)
-            wts[length - tail.shape[0] :] = ts[-length:]
-            tfw = time_features(wts[None, :], m.time_features) if m.time_features else None  # (1, L, K)
-            fc, sc = rt.window(win, tfw)
-        assert fc is not None
-        return Forecast(
-            stream_id="", ts_ns=int(ts[-1]), cadence_s=m.cadence_s, features=tuple(m.output_features),
-            mean=tuple(tuple(r) for r in fc[0].tolist()),
-            scale=None if sc is None else tuple(tuple(r) for r in sc[0].tolist()),
-            model=m.name, model_version=m.version,
-        )
+        return predict_history(self.registry, model, version, values, timestamps_ns, cadence)
 
     # ------------------------------------------------------------ checkpoints
 
