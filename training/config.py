@@ -46,6 +46,10 @@ class ModelConfig:
     segment: int = 24  # segrnn: segment length w (window % segment == 0)
     bidirectional: bool = False  # window models only
     probabilistic: bool = True
+    # The spread head reads detached features, so its NLL cannot reshape the recurrent
+    # state. Measured both ways: detached learns the mean far better on the demo streams
+    # (val MSE 0.350 vs 0.445); attached regularises the ETT lag models (test 0.38 vs 0.42).
+    detach_scale: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ rows only.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -166,7 +166,7 @@ def _parse_key(text: str) -> StreamKey:
     return StreamKey(device, quantity)
 
 
-def readings_to_dataset(by_stream: dict[StreamKey, Sequence[Reading]], cfg: DataConfig, source: str) -> Dataset:
+def readings_to_dataset(by_stream: Mapping[StreamKey, Sequence[Reading]], cfg: DataConfig, source: str) -> Dataset:
     """Readings per stream -> Dataset. 'series' layout: one series per device, quantities as features."""
     nonempty = {k: v for k, v in by_stream.items() if v}
     if not nonempty:

@@ -147,9 +147,11 @@ def _metrics(a: dict[str, Assessment]) -> dict[str, dict[str, float]]:
 def warmup_steps(t: Trained) -> int:
     if isinstance(t.net, SegRNN):
         return t.cfg.model.window
-    # The training burn-in (one chunk) plus the lag buffer: before that the state is not
-    # what the model was trained on.
-    return max(t.cfg.train.chunk, t.cfg.model.lags)
+    # The training burn-in (one chunk) and the lag buffer: before that the state is not
+    # what the model was trained on. Running (ema) statistics need longer to settle:
+    # from a fresh state the demo model raised false alarms up to step ~85 of 400.
+    ema = round(0.25 / t.cfg.model.ema_alpha) if t.cfg.model.scaling == "ema" else 0
+    return max(t.cfg.train.chunk, t.cfg.model.lags, ema)
 
 
 def export(

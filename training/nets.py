@@ -65,6 +65,8 @@ class StepNet(nn.Module):
         self.ema = cfg.scaling == "ema"
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32))
+        # Per-horizon-step spread multiplier, fitted on validation after training (calibration).
+        self.register_buffer("scale_mult", torch.ones(cfg.horizon, 1))  # (H, 1)
         F, Hd, H = n_features, cfg.hidden, cfg.horizon
         self.rnn = _rnn(self.base_cell, 2 * F + n_time, Hd, cfg.layers, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
@@ -218,16 +220,16 @@ class StepNet(nn.Module):
             feat = self.drop(dec)
         else:
             feat = top
-        # The spread head reads detached features: its NLL gradient must not reshape the
-        # recurrent state the mean depends on (measured: with it, the mean barely learns).
+        # The spread head reads detached features by default: its NLL gradient must not
+        # reshape the recurrent state the mean depends on (see ModelConfig.detach_scale).
         delta = self.head(feat).reshape(B, P, H, F)
-        pre_scale = self.scale_head(feat.detach()).reshape(B, P, H, F)
+        pre_scale = self.scale_head(feat.detach() if self.cfg.detach_scale else feat).reshape(B, P, H, F)
         if self.lag_head is not None:
             lf = torch.stack(lagfeats, dim=1)  # type: ignore[arg-type]  # (B, P, lags, F)
             delta = delta + self.lag_head(lf.transpose(2, 3)).transpose(2, 3)  # (B, P, H, F)
         # Forecast = last observed value + predicted change; spread via softplus (>0).
         fc = anchor[:, :, None, :] + delta * sigma[:, :, None, :]
-        sc = (F_.softplus(pre_scale + math.log(math.e - 1)) + _SCALE_FLOOR) * sigma[:, :, None, :]
+        sc = (F_.softplus(pre_scale + math.log(math.e - 1)) + _SCALE_FLOOR) * sigma[:, :, None, :] * self.scale_mult
         if not self.ema:  # stored units are normalised: back to raw
             fc = fc * self.std + self.mean
             sc = sc * self.std
@@ -260,6 +262,7 @@ class SegRNN(nn.Module):
         self.n_features = n_features
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32))
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32))
+        self.register_buffer("scale_mult", torch.ones(cfg.horizon, 1))  # (H, 1), see StepNet
         w, d = cfg.segment, cfg.hidden
         self.n_in = cfg.window // w
         self.n_out = math.ceil(cfg.horizon / w)
@@ -300,8 +303,9 @@ class SegRNN(nn.Module):
         y, _ = self.decoder(q, h0)  # (BFm, 1, d)
         feat = self.drop(y)
         mu = self.out(feat).reshape(B, F, self.n_out * w)[:, :, :H].transpose(1, 2)  # (B, H, F)
-        # Spread from detached features, as in StepNet: the NLL must not bend the mean.
-        ps = self.out_scale(feat.detach()).reshape(B, F, self.n_out * w)[:, :, :H].transpose(1, 2)
+        # Spread from detached features by default, as in StepNet.
+        ps = self.out_scale(feat.detach() if self.cfg.detach_scale else feat)
+        ps = ps.reshape(B, F, self.n_out * w)[:, :, :H].transpose(1, 2)
         fc = (mu + last) * self.std + self.mean
-        sc = (F_.softplus(ps + math.log(math.e - 1)) + _SCALE_FLOOR) * self.std
+        sc = (F_.softplus(ps + math.log(math.e - 1)) + _SCALE_FLOOR) * self.std * self.scale_mult
         return fc, sc
