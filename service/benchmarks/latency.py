@@ -53,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(must serve quantity 'value' with a 60 s cadence).")
     parser.add_argument("--tick-s", type=float, default=0.01, help="Engine tick period of the service.")
     parser.add_argument("--batch-interval-s", type=float, default=0.01, help="Ingest flush interval of the service.")
+    parser.add_argument("--forecast-cache", action="store_true", help="Serve GET forecast from the API's cache.")
 
 
 def _watcher(port: int, out: Any, ready: Any, stop: Any) -> None:
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
             SENSORCAST_INGEST__BATCH_INTERVAL_S=str(args.batch_interval_s),
             SENSORCAST_ANOMALY__MIN_COUNT="1", SENSORCAST_ANOMALY__WINDOW="1",  # fire on the spike itself
             SENSORCAST_ANOMALY__COOLDOWN_S="0",
+            SENSORCAST_API__FORECAST_CACHE=str(bool(args.forecast_cache)).lower(),
         )
         (work / "svc").mkdir(parents=True)
         svc = ServeProcess(env, work / "svc" / "serve.log")
