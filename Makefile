@@ -7,7 +7,8 @@ PIP := $(VENV)/bin/pip
 # Local CPU wheel of torch; any other torch spec pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 DATA ?= ../shared/data
-SYSTEM_PACKAGES := mosquitto influxdb chromium chromium-driver
+# docker-compose only validates docker-compose.yml in the tests (no Docker engine needed).
+SYSTEM_PACKAGES := mosquitto influxdb chromium chromium-driver docker-compose
 
 .PHONY: setup setup-system setup-service demo test test-fast lint bench bench-ingest \
 	bench-inference bench-latency bench-ett bench-nab soak faults clean env-example check-image-deps compose-config
@@ -16,7 +17,7 @@ setup: setup-system $(VENV)/.installed  ## venv with service, trainer and test t
 
 # Servers the integration tests start themselves (Debian packages). Only as root.
 setup-system:
-	@missing=""; for b in mosquitto influxd chromium chromedriver; do \
+	@missing=""; for b in mosquitto influxd chromium chromedriver docker-compose; do \
 	  command -v $$b >/dev/null || [ -x /usr/sbin/$$b ] || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
