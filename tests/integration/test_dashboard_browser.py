@@ -108,3 +108,47 @@ def _run(browser: Any, demo: Demo) -> None:
     # No script errors (the page loads nothing from the network but this service).
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
+
+
+def test_dashboard_asks_for_the_read_key_and_then_shows_data(browser: Any, tmp_path: Path) -> None:
+    """The compose stack sets a read key: the page must ask for it, then work."""
+    from selenium.webdriver.common.by import By
+
+    from service.api.app import create_app
+    from service.demo import ApiServer, _listen
+    from service.ingest.ingester import Ingester
+    from service.metrics import Metrics
+    from service.pipeline import Pipeline
+    from service.records import Reading, StreamKey
+    from service.store.memory import MemoryStore
+    from tests.apiharness import T0, populated_twin, settings_for
+
+    (tmp_path / "read.key").write_text("r-secret\n")
+    settings = settings_for(tmp_path, read_key_file=tmp_path / "read.key")
+    store, metrics, engine = MemoryStore(), Metrics(), populated_twin()
+    key = StreamKey("pump-1", "temperature")
+    store.write([Reading(key, T0 - (50 - i) * 60 * 10**9, 20.0 + (i % 7) * 0.3) for i in range(50)])
+    ingester = Ingester(settings, store, metrics, sinks=[engine.accept], mqtt=False)
+    pipeline = Pipeline(settings, metrics, store=store, engine=engine, ingester=ingester, decoder=ingester.decoder)
+    pipeline.start()
+    server = ApiServer(create_app(settings, pipeline=pipeline), _listen("127.0.0.1", 0))
+    server.start()
+    try:
+        browser.get(f"http://127.0.0.1:{server.port}/")
+        form = browser.find_element(By.ID, "keyform")
+        _until(lambda: form.is_displayed(), 10, "the API key form")
+        assert "401" in browser.find_element(By.ID, "error").text
+        assert not browser.find_elements(By.CSS_SELECTOR, "#streams tbody tr")
+        browser.find_element(By.ID, "apikey").send_keys("r-secret")
+        form.submit()
+        _until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#streams tbody tr")) == 2, 10, "stream rows")
+        count = "const u = window.sensorcast.charts[arguments[0]]; return u ? u.data[1].filter(v => v !== null).length : 0"
+        _until(lambda: browser.execute_script(count, "pump-1/temperature") >= 50, 10, "stored history drawn")
+        assert not form.is_displayed()
+        assert browser.execute_script("return localStorage.getItem('sensorcast.apiKey')") == "r-secret"
+        badges = {b.text for b in browser.find_elements(By.CSS_SELECTOR, "#streams .badge")}
+        assert badges == {"ok", "warming 2/5"}
+        assert browser.find_elements(By.CSS_SELECTOR, '#alerts li[data-stream="pump-1/temperature"] .firing')
+    finally:
+        server.stop()
+        pipeline.stop()
