@@ -648,24 +648,25 @@ class Engine:
         so ticks and API reads do not wait for the disk. Concurrent calls are serialised.
         """
         directory = self.settings.streams.checkpoint_dir
-        jobs: list[tuple[str, dict[str, Any], dict[str, npt.NDArray[np.generic]]]] = []
+        taken: list[tuple[ModelTable, str, list[_Stream], dict[str, npt.NDArray[np.generic]]]] = []
         with self._lock:
             for name, table in self._tables.items():
+                rows = np.flatnonzero(table.occupied)
                 owners = table.owners
-                rows = np.array([r for r, o in enumerate(owners) if o is not None], np.intp)
-                meta = {
-                    "model": table.model.name, "version": table.model.version,
-                    "sha256": table.model.manifest.sha256, "saved_ns": time.time_ns(),
-                    "streams": [
-                        {
-                            "id": owners[r].id, "device": owners[r].device, "quantity": owners[r].quantity,
-                            "tags": [list(t) for t in owners[r].tags],
-                            "key": [owners[r].keys[0].device, owners[r].keys[0].quantity],
-                        }
-                        for r in rows.tolist()
-                    ],
-                }
-                jobs.append((name, meta, table.export_rows(rows)))  # fancy indexing: copies
+                taken.append((table, name, [owners[r] for r in rows.tolist()], table.export_rows(rows)))  # copies
+        # Stream identities never change: the JSON is built after releasing the lock.
+        jobs: list[tuple[str, dict[str, Any], dict[str, npt.NDArray[np.generic]]]] = []
+        for table, name, streams, arrays in taken:
+            meta = {
+                "model": table.model.name, "version": table.model.version,
+                "sha256": table.model.manifest.sha256, "saved_ns": time.time_ns(),
+                "streams": [
+                    {"id": st.id, "device": st.device, "quantity": st.quantity,
+                     "tags": [list(t) for t in st.tags], "key": [st.keys[0].device, st.keys[0].quantity]}
+                    for st in streams
+                ],
+            }
+            jobs.append((name, meta, arrays))
         with self._checkpoint_lock:
             for name, meta, arrays in jobs:
                 checkpoint.write(directory, name, meta, arrays)
