@@ -157,6 +157,17 @@ def test_trained_model_beats_repeat_last_and_exports_a_valid_artefact(tmp_path: 
     assert m.metrics["test"]["mse"] < m.metrics["test"]["repeat_last_mse"]
     if cell == "gru":
         assert m.state_size == t.net.state_size and m.time_features == ["hour_sin", "hour_cos"]
+    # the service's own runtime wrapper accepts the artefact
+    from service.runtime.session import OrtRuntime
+
+    rt = OrtRuntime(ex.folder, m)
+    if m.kind == "step":
+        fc, sc, st = rt.step(np.full((2, 2), 20.0, np.float32), np.zeros((2, m.state_size), np.float32),
+                             np.zeros((2, 2), np.float32))
+        assert st.shape == (2, m.state_size)
+    else:
+        fc, sc = rt.window(np.full((2, m.window or 0, 2), 20.0, np.float32), None)
+    assert fc.shape == (2, 12, 2) and sc is not None and (sc > 0).all()
     # tampering with the graph is caught by the manifest's hash
     onnx_file = tmp_path / "models" / f"sine-{cell}" / "t1" / "model.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
