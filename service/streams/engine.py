@@ -694,24 +694,30 @@ class Engine:
         return restored
 
     def _restore_table(self, loaded: LoadedModel, meta: dict[str, Any], arrays: dict[str, Any]) -> int:
-        restored = 0
+        streams: list[_Stream] = []
+        src: list[int] = []
         for i, s in enumerate(meta["streams"]):
             key = StreamKey(s["key"][0], s["key"][1], tuple((k, v) for k, v in s["tags"]))
             hit = self._bind(key)
             if hit is None or hit[3].table.model is not loaded or hit[3].id != s["id"]:
                 continue  # bindings changed: this stream now warms from the store
-            st = hit[3]
-            row = np.array([st.row], np.intp)
-            try:
-                st.table.import_rows(row, {k: v[i : i + 1] for k, v in arrays.items()})
-            except Exception:
-                st.table.reset(row)  # no half-restored stream: it warms from the store instead
-                st.table.forget_position(row)
-                raise
+            streams.append(hit[3])
+            src.append(i)
+        if not streams:
+            return 0
+        table = streams[0].table
+        rows = np.array([st.row for st in streams], np.intp)
+        picked = np.array(src, np.intp)
+        try:
+            table.import_rows(rows, {k: v[picked] for k, v in arrays.items()})  # one gather per array
+        except Exception:
+            table.reset(rows)  # no half-restored streams: they warm from the store instead
+            table.forget_position(rows)
+            raise
+        for st in streams:
             self._need_history.pop(st.id, None)
             self._restored.add(st.id)
-            restored += 1
-        return restored
+        return len(streams)
 
     def close(self) -> None:
         """Final checkpoint (shutdown)."""

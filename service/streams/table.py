@@ -135,15 +135,16 @@ class ModelTable:
     def add_row(self) -> int:
         if not self.free:
             self.grow(max(64, self.capacity * 3 // 2))  # 1.5x: less slack than doubling at 100k rows
-        row = self.free.pop()
+        row = self.free.pop()  # clean: new from grow(), or cleaned by release()
         self.used += 1
         self.occupied[row] = True
-        self.reset(np.array([row], np.intp))
-        self.forget_position(np.array([row], np.intp))
         return row
 
     def release(self, row: int) -> None:
-        self.reset(np.array([row], np.intp))
+        rows = np.array([row], np.intp)
+        self.reset(rows)
+        self.forget_position(rows)
+        self.decider.row_threshold[row] = np.nan  # a per-stream override leaves with its stream
         self.free.append(row)
         self.owners[row] = None
         self.occupied[row] = False
