@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from training.config import STEP_CELLS, Config, DataConfig, ModelConfig, TrainConfig, validate
 from training.data import load_csv
@@ -86,7 +87,7 @@ def run_one(cfg: Config) -> dict[str, object]:
 
 def merge(out: Path, key: str, row: dict[str, object]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    doc = json.loads(out.read_text()) if out.exists() else {"anchors_h96_mse": ANCHORS, "results": {}}
+    doc: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {"anchors_h96_mse": ANCHORS, "results": {}}
     doc["results"][key] = row
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))

@@ -100,7 +100,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
     model = _build(ModelConfig, top.pop("model", {}) or {}, "[model]")
     train = _build(TrainConfig, top.pop("train", {}) or {}, "[train]")
     base = _build(Config, top, "top level")
-    cfg = replace(base, data=data, model=model, train=train)
+    cfg: Config = replace(base, data=data, model=model, train=train)
     validate(cfg)
     return cfg
 
@@ -111,7 +111,7 @@ def load(path: Path) -> Config:
     if path.suffix == ".toml":
         raw = tomllib.loads(text)
     elif path.suffix in (".yaml", ".yml"):
-        import yaml
+        import yaml  # type: ignore[import-untyped]
 
         raw = yaml.safe_load(text) or {}
     else:

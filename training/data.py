@@ -202,7 +202,7 @@ def load_store(cfg: DataConfig) -> Dataset:
     from service.config import StoreSettings
     from service.store import open_store
 
-    store = open_store(StoreSettings(url=cfg.source))
+    store = open_store(StoreSettings.model_validate({"url": cfg.source}))
     try:
         keys = [_parse_key(s) for s in cfg.streams] or store.streams()
         start = _parse_time(cfg.start) if cfg.start else 0

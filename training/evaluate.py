@@ -151,7 +151,7 @@ def load_checkpoint(path: Path, source: str | None = None) -> Trained:
     std = np.array(blob["std"], dtype=np.float32)
     net = build(cfg, len(blob["features"]), mean, std)
     net.load_state_dict(blob["state_dict"])
-    net.trained = True
+    setattr(net, "trained", True)  # noqa: B010
     net.eval()
     hist = History(epochs=list(blob.get("history", [])))
     if hist.epochs:

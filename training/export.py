@@ -93,7 +93,7 @@ def parity(net: StepNet | SegRNN, path: Path, sample: F32, tf: F32 | None, steps
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     net.eval()
-    std = net.std.numpy()  # type: ignore[operator]
+    std = net.std.numpy()
     rng = np.random.default_rng(0)
     B = 3
     if isinstance(net, StepNet):

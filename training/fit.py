@@ -114,7 +114,7 @@ class _Loop:
             self.opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(i, total) / total))
         )
         self.avg = (
-            AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+            AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)  # type: ignore[no-untyped-call]
             if cfg.ema_decay > 0
             else None
         )
@@ -183,7 +183,7 @@ def fit_step(net: StepNet, data: Sequence[Prepared], cfg: TrainConfig) -> Histor
     for epoch in range(cfg.epochs):
         net.train()
         order = strands()
-        rng.shuffle(order)  # type: ignore[arg-type]
+        rng.shuffle(order)
         losses = []
         for b in range(0, len(order), cfg.batch):
             rows = order[b : b + cfg.batch]

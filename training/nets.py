@@ -33,16 +33,20 @@ _SCALE_FLOOR = 1e-4  # smallest predicted spread in normalised units (keeps NLL 
 def _rnn(cell: str, inp: int, hidden: int, layers: int, dropout: float, bidirectional: bool = False) -> nn.RNNBase:
     kw = dict(num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional)
     if cell == "rnn":
-        return nn.RNN(inp, hidden, nonlinearity="tanh", **kw)  # type: ignore[arg-type]
+        return nn.RNN(inp, hidden, nonlinearity="tanh", **kw)
     if cell == "lstm":
-        return nn.LSTM(inp, hidden, **kw)  # type: ignore[arg-type]
+        return nn.LSTM(inp, hidden, **kw)
     if cell == "gru":
-        return nn.GRU(inp, hidden, **kw)  # type: ignore[arg-type]
+        return nn.GRU(inp, hidden, **kw)
     raise ValueError(f"unknown recurrent cell {cell!r}")
 
 
 class StepNet(nn.Module):
     """A stateful forecaster that advances one cadence step per call."""
+
+    mean: Tensor  # (F,) buffers, typed for mypy
+    std: Tensor
+    scale_mult: Tensor  # (H, 1)
 
     def __init__(
         self,
@@ -170,8 +174,9 @@ class StepNet(nn.Module):
             u = torch.where(obs, (x0 - self.mean) / self.std, last)  # normalised units
             xn = torch.clamp(u, -_CLIP, _CLIP)
             sigma = torch.ones_like(u)
-            new_stats = stats
-        newbuf, lagfeat = None, None
+            new_stats = None  # fixed scaling keeps no statistics in the state
+        newbuf: Tensor | None = None
+        lagfeat: Tensor | None = None
         if lagbuf is not None:
             newbuf = torch.cat([lagbuf[:, 1:], u[:, None, :]], dim=1)  # (B, lags, F)
             lagfeat = torch.clamp((newbuf - u[:, None, :]) / sigma[:, None, :], -_CLIP, _CLIP)
@@ -255,6 +260,10 @@ class SegRNN(nn.Module):
     and run through a GRU (optionally bidirectional); all output segments are decoded in
     parallel from the final state with position + channel queries.
     """
+
+    mean: Tensor
+    std: Tensor
+    scale_mult: Tensor
 
     def __init__(self, cfg: ModelConfig, n_features: int, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

@@ -61,7 +61,7 @@ def train(cfg: Config, ds: Dataset) -> Trained:
         hist = fit_step(net, data, cfg.train)
     else:
         hist = fit_window(net, data, cfg.train)
-    net.trained = True  # export refuses a network without this mark
+    setattr(net, "trained", True)  # noqa: B010  export refuses a network without this mark
     t = Trained(cfg, net, hist, data, mean, std, ds)
     calibrate_scale(t)
     return t
