@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from service.localservers import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -56,7 +58,25 @@ class ServeProcess:
         return self.proc.pid
 
     def start(self, timeout_s: float = 60.0) -> None:
-        """Start and wait until the API answers ``/healthz`` and the pipeline has started."""
+        """Start and wait until the API answers ``/readyz`` with the pipeline started.
+
+        A free port can be taken by someone else between choosing and binding it: then
+        the process exits with "address already in use" and is started on another port.
+        """
+        for attempt in range(3):
+            try:
+                self._start(timeout_s)
+                return
+            except RuntimeError as e:
+                if "address already in use" not in str(e) or attempt == 2:
+                    raise
+                self.port = free_port()
+                self.env["SENSORCAST_API__PORT"] = str(self.port)
+                self.url = f"http://127.0.0.1:{self.port}"
+                self.http.close()
+                self.http = httpx.Client(base_url=self.url, timeout=10)
+
+    def _start(self, timeout_s: float) -> None:
         with self.log.open("ab") as f:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "service.cli", "serve"], cwd=self.log.parent, env=self.env,

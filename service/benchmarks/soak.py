@@ -83,8 +83,7 @@ def _publisher(port: int, rate: float, streams: int, quantity: str, duration: fl
     c.on_publish = on_publish
     c.connect("127.0.0.1", port)
     c.loop_start()
-    topics = [f"sensors/s{i:05d}/{quantity}".encode() for i in range(streams)]
-    topic_s = [t.decode() for t in topics]
+    topic_s = [f"sensors/s{i:05d}/{quantity}" for i in range(streams)]
     period = streams / rate  # seconds between two readings of one stream
     total = int(duration * rate)
     sent = errors = behind_max = 0
