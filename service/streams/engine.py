@@ -6,8 +6,9 @@ row), resample it (``resample.py``), warm new streams from the store in bulk, th
 every due stream of a model in batched calls (a stream with several due buckets takes
 one per round), score, decide and emit alerts through ``on_alert``.
 
-Stateless ``predict()`` rolls a fresh state over a given history and must agree with the
-live path (tests/unit/test_engine_parity.py).
+Stateless ``predict()`` (``predict.py``) rolls a fresh state over a given history and
+agrees with the live path (tests/unit/test_engine.py). Read-outs are in ``report.py``,
+the per-stream bucket policy in ``resample.py``, the batched step in ``table.py``.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class Engine:
         self.on_alert = on_alert
         self.on_forecast = on_forecast
         # Building a Forecast record per stream-step costs ~5-10 us (H tuples each, plus GC
-        # pressure): only do it when forecasts are published (alerts.forecast_topic set).
+        # pressure): only when forecasts are wanted (the pipeline also sets this for its cache).
         self.publish_forecasts = settings.alerts.forecast_topic is not None
         self._lock = threading.RLock()
         self._inbox_lock = threading.Lock()
@@ -95,7 +96,7 @@ class Engine:
         self._inbox: list[Reading] = []
         self._tables: dict[str, ModelTable] = {}
         self._streams: dict[str, _Stream] = {}
-        self._routes: dict[StreamKey, Any] = {}  # -> (stream, feature) | None
+        self._routes: dict[StreamKey, Any] = {}  # -> (table uid, row, feature, stream) | None
         self._alerts: deque[Alert] = deque(maxlen=1000)
         self._generation = registry.generation
         self._by_uid: dict[int, ModelTable] = {}
