@@ -463,3 +463,29 @@ def test_store_failure_during_warm_up_means_warming_live(tmp_path: Path) -> None
     feed(eng, StreamKey("dev", "value"), signal(3))
     s = eng.stream("dev/value")
     assert s is not None and s.status == "warming" and s.warm_have == 3
+
+
+def test_off_grid_streams_are_fed_by_the_clock_and_bookkeeping_stays_bounded(tmp_path: Path) -> None:
+    eng, _, metrics = make(tmp_path, STEP)
+    keys = [StreamKey(f"dev{i}", "value") for i in range(50)]
+    rng = np.random.default_rng(0)
+    offsets = rng.integers(1, C - 1, len(keys))  # each sensor reports at its own phase
+    ticks_per_bucket = 6
+    n_buckets = 30
+    dt = C // ticks_per_bucket
+    for step in range(1, n_buckets * ticks_per_bucket + 1):
+        now = T0 + step * dt
+        batch = []
+        for key, off in zip(keys, offsets.tolist(), strict=True):
+            b = (now - T0 - off) // C  # this sensor's latest report time is T0 + b C + off
+            ts = T0 + b * C + off
+            if b >= 0 and now - dt < ts <= now:
+                batch.append(Reading(key, ts, 20.0 + b % 5))
+        eng.accept(batch)
+        eng.tick(now)
+        assert len(eng._waiting) <= 2  # one due time per cadence boundary, not per tick
+    eng.tick(T0 + (n_buckets + 1) * C)  # the clock passes the last bucket's end
+    table = eng._tables["m@1"]
+    assert {int(table.warm_have[eng._streams[k.id].row]) for k in keys} == {n_buckets}
+    assert not table.has_pending.any() and all(st.res is None for st in eng._streams.values())
+    assert metrics.late_dropped.labels("late")._value.get() == 0
