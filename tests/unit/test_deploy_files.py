@@ -173,3 +173,34 @@ def test_docker_compose_config_validates(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True,
     ).stdout.split()
     assert sorted(services) == ["influxdb", "mosquitto", "sensorcast", "simulator", "trainer"]
+
+
+def test_compose_commands_parse(compose: dict[str, Any]) -> None:
+    """Every `sensorcast ...` command in the compose file names real subcommands and flags."""
+    import argparse
+    import importlib
+
+    from service.cli import COMMANDS
+
+    checked = 0
+    for name, svc in compose["services"].items():
+        cmd = list(svc.get("command") or [])
+        entry = svc.get("entrypoint")
+        if entry == ["sensorcast"]:
+            cmd = ["sensorcast", *cmd]
+        if not cmd or cmd[0] != "sensorcast":
+            continue
+        sub, args = cmd[1], cmd[2:]
+        assert sub in COMMANDS, f"{name}: unknown command {sub!r}"
+        if sub in ("train", "evaluate"):
+            pytest.importorskip("torch")
+        parser = argparse.ArgumentParser(prog=f"sensorcast {sub}")
+        importlib.import_module(COMMANDS[sub][0]).add_arguments(parser)
+        if "--help" in args:
+            continue
+        try:
+            parser.parse_args(args)
+        except SystemExit as e:  # argparse exits on an unknown flag
+            raise AssertionError(f"{name}: `{' '.join(cmd)}` does not parse") from e
+        checked += 1
+    assert checked >= 2  # the service and the simulator at least
