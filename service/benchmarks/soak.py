@@ -178,6 +178,10 @@ def _diff(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> list[tu
     return [(bound, count - before.get(bound, 0.0)) for bound, count in b]
 
 
+def _counter(metrics_text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines() if line.startswith(name))
+
+
 def _stored(influx_url: str) -> int:
     r = httpx.post(f"{influx_url}/query", params={"db": "sensorcast"},
                    data={"q": "SELECT count(value) FROM readings"}, timeout=120)
@@ -229,16 +233,22 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(max(0.0, t0 + args.warmup - time.time()))
         rss_start = sp.rss_bytes()
         cpu_start = sp.cpu_seconds()
-        hist_start = _histogram(sp.http.get("/metrics").text, "sensorcast_step_batch_seconds")
+        text_start = sp.http.get("/metrics").text
+        hist_start = _histogram(text_start, "sensorcast_step_batch_seconds")
+        steps_start = _counter(text_start, "sensorcast_steps_total")
         rss_max = rss_start
+        not_ready = 0
         next_print = time.time() + 30
         while any(proc.is_alive() for proc in pubs) and out.qsize() < len(pubs):
             time.sleep(1.0)
             rss_max = max(rss_max, sp.rss_bytes())
+            ready = sp.ready()  # sampled once a second
+            if ready["http_status"] != 200:
+                not_ready += 1
             if time.time() >= next_print:
                 next_print += 30
                 print(f"  t={time.time() - t0:5.0f} s  rss={sp.rss_bytes() / 2**20:6.1f} MiB  "
-                      f"readiness={sp.ready()['status']}", flush=True)
+                      f"readiness={ready['status']}", flush=True)
         parts = [out.get(timeout=150) for _ in pubs]
         for proc in pubs:
             proc.join(10)
@@ -275,8 +285,8 @@ def run(args: argparse.Namespace) -> int:
             "step_batches": int(steady[-1][1]) if steady else 0,
             "step_p50_s": _quantile(steady, 0.5), "step_p90_s": _quantile(steady, 0.9),
             "step_p99_s": _quantile(steady, 0.99), "step_max_bucket_s": _quantile(steady, 1.0),
-            "stream_steps": sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                                if line.startswith("sensorcast_steps_total")),
+            "stream_steps": _counter(text, "sensorcast_steps_total") - steps_start,
+            "readyz_not_ready_seconds": not_ready,
             "streams_by_status": by_status,
             "refused": sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                            if line.startswith("sensorcast_readings_refused_total")),
@@ -313,7 +323,9 @@ def _print(r: dict[str, Any]) -> None:
           f"stored in influxd {r.get('stored_in_influxd')}, LOST {r.get('lost')}")
     print(f"  memory        RSS {r.get('rss_start_mib')} MiB after warm-up -> {r.get('rss_end_mib')} MiB at end "
           f"({r.get('rss_growth_pct')} %), max {r.get('rss_max_mib')} MiB; serve used {r.get('serve_cpu_cores')} cores")
-    print(f"  steps         {r.get('stream_steps'):.0f} stream-steps in {r.get('step_batches')} batched calls; "
+    print(f"  steps         after warm-up {r.get('stream_steps'):.0f} stream-steps in {r.get('step_batches')} batched "
+          f"calls; readyz not ready for {r.get('readyz_not_ready_seconds')} s of the run")
+    print(f"                "
           f"latency p50 {_ms(r.get('step_p50_s'))}, p90 {_ms(r.get('step_p90_s'))}, p99 {_ms(r.get('step_p99_s'))}")
     print(f"  streams       {r.get('streams_by_status')}; refused {r.get('refused'):.0f}, "
           f"late/duplicate dropped {r.get('late_dropped'):.0f}")
