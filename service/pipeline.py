@@ -25,6 +25,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from prometheus_client import Gauge
+
 from service.alerts.publisher import AlertPublisher
 from service.config import Settings
 from service.errors import ConfigError
@@ -119,6 +121,7 @@ class Pipeline:
         # (api.forecast_cache or alerts.forecast_topic): GET .../forecast then reads it
         # without waiting for the engine's lock (held for a whole tick).
         self._latest: dict[str, Forecast] = {}
+        self.outbox_gauge = _outbox_gauge(metrics)
 
     # -- the callbacks the engine is given ------------------------------------------
     def on_alert(self, alert: Alert) -> None:
@@ -199,6 +202,19 @@ class Pipeline:
             _safely("close", close)
         self.started = False
         log.info("pipeline stopped")
+
+
+def _outbox_gauge(metrics: Metrics) -> Gauge:
+    """``sensorcast_alert_outbox_messages``, registered once per metrics registry."""
+    registry = metrics.registry
+    existing = getattr(registry, "_sensorcast_outbox_gauge", None)
+    if isinstance(existing, Gauge):
+        return existing
+    gauge = Gauge(
+        "sensorcast_alert_outbox_messages", "Alert messages not yet acknowledged by the broker.", registry=registry
+    )
+    registry._sensorcast_outbox_gauge = gauge  # type: ignore[attr-defined]
+    return gauge
 
 
 def _safely(what: str, fn: Callable[[], object]) -> None:

@@ -195,6 +195,7 @@ def test_sigkill_restart_restores_state_and_delivers_outbox(
         ready = svc.get("/readyz")
         assert ready.status_code == 503 and not ready.json()["checks"]["alerts"]["ok"]
         assert "4 alert message(s) in the outbox" in ready.json()["checks"]["alerts"]["detail"]
+        assert "sensorcast_alert_outbox_messages 4.0" in svc.get("/metrics").text
         time.sleep(1.2)  # > checkpoint interval: the spike is in the checkpoint
         assert svc.kill() == -9
 

@@ -171,6 +171,7 @@ def test_metrics_has_stream_gauges(h: Harness) -> None:
     text = h.client.get("/metrics").text
     assert 'sensorcast_streams{status="warming"} 1.0' in text
     assert 'sensorcast_streams{status="ok"} 1.0' in text
+    assert "sensorcast_alert_outbox_messages 0.0" in text
 
 
 def test_body_over_limit_is_413(h: Harness) -> None:

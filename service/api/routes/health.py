@@ -49,6 +49,8 @@ def metrics(pipeline: PipelineDep) -> Response:
             counts[str(s.status)] = counts.get(str(s.status), 0) + 1
         for status, n in counts.items():
             pipeline.metrics.streams.labels(status=status).set(n)
+    if pipeline.publisher is not None:
+        pipeline.outbox_gauge.set(pipeline.publisher.pending())
     return Response(pipeline.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
