@@ -70,6 +70,11 @@ class IngestSettings(BaseModel):
     dead_letter_topic: str | None = Field(
         None, description="Republish refused payloads here (with the reason), when set."
     )
+    share_group: str | None = Field(
+        None,
+        description="MQTT shared subscription group ($share/<group>/...): several ingesters (each with its own "
+        "client_id and spool_dir) split the messages between them.",
+    )
     batch_size: int = Field(5000, description="Store write batch size (points).")
     batch_interval_s: float = Field(0.25, description="Flush a partial batch after this long.")
     queue_max: int = Field(

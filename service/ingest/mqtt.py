@@ -101,7 +101,13 @@ class MqttSource:
         self.writer = writer
         self.reporter = reporter
         self.qos = qos
-        self.subscription = decoder.template.subscription
+        group = decoder.settings.share_group
+        if group is not None and (not group or any(c in group for c in "/+#")):
+            raise ConfigError(f"ingest.share_group must be a plain name (no / + #), found {group!r}")
+        # A shared subscription: the broker hands each message to one member of the group.
+        self.subscription = (
+            f"$share/{group}/{decoder.template.subscription}" if group else decoder.template.subscription
+        )
         self.client, self.addr, self._props = make_client(settings, settings.client_id, manual_ack=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
