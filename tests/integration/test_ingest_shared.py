@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,28 @@ def test_shared_subscription_splits_and_stores_once(mosquitto: Mosquitto, influx
     shares = [ing.status().stored for ing in ings]
     assert sum(shares) == len(expected)  # each message went to exactly one member
     assert min(shares) > 0  # and both did part of the work
+
+
+def test_shared_subscription_member_gets_what_was_published_while_away(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    from service.store.memory import MemoryStore
+
+    s = make_settings(mosquitto.port, "memory://", tmp_path / "spool", client_id="shared-away",
+                      topic="sharedaway/{device}/{quantity}", share_group="away")
+    store = MemoryStore()
+    ing = Ingester(s, store, Metrics())
+    ing.start()
+    assert ing.source is not None and ing.source.subscribed.wait(10)
+    ing.stop()  # the persistent session (and its shared subscription) stays with the broker
+    pub = Publisher(mosquitto.port, client_id="shared-away-pub")
+    try:
+        pub.publish(readings(1_000, 10), topic="sharedaway/{d}/{q}")
+        pub.wait_acked()
+        ing = Ingester(s, store, Metrics())
+        ing.start()
+        deadline = time.monotonic() + 20
+        while store.count() < 1_000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        pub.close()
+        ing.stop()
+    assert store.count() == 1_000
