@@ -3,7 +3,10 @@
     MQTT ──> Ingester (decode, validate, batch) ──> store, or the durable spool
                  │  once a batch is durable, every sink gets it
                  v
-             Engine.accept ──> tick: one batched ONNX step per model ──> score ──> decide
+             TickOnArrival.feed: Engine.accept, then tick at once (the runner also ticks
+                 │               on the clock, checkpoints, reloads)
+                 v
+             Engine.tick: one batched ONNX step per model ──> score ──> decide
                                                    │                             │
                                            on_forecast                       on_alert
                                                    v                             v
@@ -22,6 +25,7 @@ first, then flushes, checkpoints and closes.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -43,6 +47,7 @@ class EngineLike(Protocol):
     """What the pipeline and the API use of ``service.streams.engine.Engine``."""
 
     def accept(self, readings: Sequence[Reading]) -> None: ...
+    def tick(self, now_ns: int | None = None) -> int: ...
     def streams(self) -> Sequence[Any]: ...
     def stream(self, stream_id: str) -> Any | None: ...
     def forecast(self, stream_id: str) -> Forecast | None: ...
@@ -75,6 +80,50 @@ class DecoderLike(Protocol):
     def decode(self, topic: str, payload: bytes, received_ns: int) -> Any: ...
 
 
+class TickOnArrival:
+    """Tick the engine as soon as a durable batch arrives, not at the runner's next period.
+
+    Saves ``streams.tick_s / 2`` on average between a reading and its alert (25 ms with the
+    default 50 ms). The runner still ticks on the clock (buckets that fall due with no new
+    reading), checkpoints and reloads; ``Engine.tick`` is serialised by the engine's lock.
+    Its own thread, so the store writer never waits for a model step.
+    """
+
+    def __init__(self, engine: EngineLike) -> None:
+        self._engine = engine
+        self._arrived = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def feed(self, readings: Sequence[Reading]) -> None:
+        """The ingester's sink: hand over, then wake the ticker."""
+        self._engine.accept(readings)
+        self._arrived.set()
+
+    def start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="engine-on-arrival", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._arrived.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            self._arrived.wait()
+            if self._stopping.is_set():
+                return
+            self._arrived.clear()
+            try:
+                self._engine.tick()
+            except Exception:  # the runner keeps ticking; this one must not die either
+                log.exception("engine tick on arrival failed")
+
+
 def parse_roles(text: str) -> frozenset[str]:
     roles = frozenset(r.strip() for r in text.split(",") if r.strip())
     unknown = roles - set(ROLES)
@@ -104,6 +153,7 @@ class Pipeline:
         decoder: DecoderLike | None = None,
         publisher: AlertPublisher | None = None,
         runner: RunnerLike | None = None,
+        ticker: TickOnArrival | None = None,
         closers: Sequence[Callable[[], object]] = (),
     ) -> None:
         self.settings = settings
@@ -115,6 +165,7 @@ class Pipeline:
         self.decoder = decoder
         self.publisher = publisher
         self.runner = runner
+        self.ticker = ticker
         self._closers = list(closers)
         self.started = False
         # stream id -> newest forecast, filled by on_forecast when the engine emits them
@@ -170,7 +221,10 @@ class Pipeline:
             from service.ingest.ingester import Ingester
 
             assert pipe.store is not None
-            sinks = [pipe.engine.accept] if pipe.engine is not None else []
+            sinks = []
+            if pipe.engine is not None:
+                pipe.ticker = TickOnArrival(pipe.engine)
+                sinks.append(pipe.ticker.feed)
             ingester = Ingester(settings, pipe.store, metrics, sinks=sinks)
             pipe.ingester = ingester
             pipe.decoder = ingester.decoder  # one decoder (and its caches) for MQTT and HTTP
@@ -183,6 +237,8 @@ class Pipeline:
             self.publisher.start()
         if self.runner is not None:
             self.runner.start()  # restores checkpoints, then ticks every streams.tick_s
+        if self.ticker is not None:
+            self.ticker.start()
         if self.ingester is not None:
             self.ingester.start()
         self.started = True
@@ -192,6 +248,8 @@ class Pipeline:
         """Stop intake, let the engine finish and checkpoint, flush alerts, close."""
         if self.ingester is not None:
             _safely("stop ingester", self.ingester.stop)
+        if self.ticker is not None:
+            _safely("stop tick on arrival", self.ticker.stop)
         if self.runner is not None:
             _safely("stop engine", self.runner.stop)  # a last tick for what was flushed, then a checkpoint
         if self.engine is not None:

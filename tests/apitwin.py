@@ -58,6 +58,9 @@ class TwinEngine:
     def accept(self, readings: Sequence[Reading]) -> None:
         self.accepted.extend(readings)
 
+    def tick(self, now_ns: int | None = None) -> int:
+        return 0
+
     def streams(self) -> list[TwinStatus]:
         return list(self.statuses.values())
 
