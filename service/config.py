@@ -146,7 +146,24 @@ class StreamsSettings(BaseModel):
 
 
 class AnomalySettings(BaseModel):
-    threshold: float | None = Field(None, description="Score threshold to fire; the model's default when empty.")
+    scorer: Literal["spread", "surprise"] = Field(
+        "spread",
+        description="Alert score. 'spread': the residual's two-sided normal tail in units of the model's "
+        "predicted spread, else an EWMA of |residual| (0.99 = a 1-in-100 residual). 'surprise': the "
+        "NAB-benchmarked composite (service/anomaly/surprise.py: residual in learnt-spread units vs its past "
+        "peak, range novelty, rising edge); one threshold fits streams of any scale, use it with min_count=1.",
+    )
+    spread_alpha: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="EWMA rate of the robust residual spread; empty: the scorer's own (spread 0.05, ~20 steps; "
+        "surprise 0.003, ~300 steps, as benchmarked on NAB).",
+    )
+    threshold: float | None = Field(
+        None,
+        description="Score threshold to fire; empty: the model's default (scorer spread) or 0.5 (scorer surprise).",
+    )
     clear_threshold: float | None = Field(None, description="Score below which a firing alert resolves (hysteresis).")
     min_count: int = Field(2, description="M: anomalous steps among the last N needed to fire.")
     window: int = Field(3, description="N: the window for the M-of-N rule.")

@@ -13,6 +13,7 @@ score was measured in.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,16 +21,18 @@ import numpy as np
 import numpy.typing as npt
 
 from service.anomaly.decision import Decider
-from service.anomaly.scoring import SpreadScorer, z_for_score
 from service.config import AnomalySettings
 from service.records import NS_PER_S
 from service.runtime.registry import LoadedModel
 from service.runtime.timefeatures import time_features
+from service.streams.scorers import default_threshold, make_scorer
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 IntArr = npt.NDArray[np.intp]
+
+log = logging.getLogger(__name__)
 
 # Rows per ONNX call: per-stream cost is lowest at B ~ 256-512 (activations stay in cache;
 # MEASURED.md, re-measured here: 2.6 us/stream at 512 vs 3.8 us at 10,000).
@@ -60,12 +63,12 @@ class ModelTable:
         self.warm_need = max(m.warmup_steps, self.window or 0, 1)
         # Output feature j is scored against input feature out_in[j] (-1: not an input).
         self.out_in = np.array([m.features.index(f) if f in m.features else -1 for f in m.output_features])
-        threshold = anomaly.threshold if anomaly.threshold is not None else m.default_threshold
+        threshold = default_threshold(anomaly, m.default_threshold)
         self.decider = Decider(
             threshold, anomaly.clear_threshold, anomaly.min_count, anomaly.window, round(anomaly.cooldown_s * NS_PER_S)
         )
-        self.scorer = SpreadScorer(self.n_out)
-        self.band_z = z_for_score(threshold)
+        self.scorer = make_scorer(anomaly, self.n_out, threshold)  # anomaly.scorer: spread or surprise
+        self.band_z = self.scorer.band_z
         self.capacity = 0
         self.used = 0
         self.owners: list[Any] = []  # row -> the engine's stream object (None: free)
@@ -210,19 +213,15 @@ class ModelTable:
         actual = np.full((len(rows), self.n_out), np.nan)
         has_in = self.out_in >= 0
         actual[:, has_in] = x[:, self.out_in[has_in]]
-        actual[~was_warm] = np.nan
-        score, spread = self.scorer.score(rows, actual, expected, prev_scale)
+        fire_t, _ = self.decider.thresholds(rows)
+        # The scorer learns from this step itself, keeping anomalies out of its baseline.
+        score, spread, top = self.scorer.step(rows, actual, expected, prev_scale, was_warm, fire_t)
+        actual[~was_warm] = np.nan  # a cold model's forecast is not scored
         if self.n_out > 1:
-            with np.errstate(invalid="ignore"):
-                z = np.abs(actual - expected) / spread
-            self.top_feature[rows] = np.argmax(np.where(np.isnan(z), -1.0, z), axis=1)
+            self.top_feature[rows] = top
         self.score[rows] = score
         self.expected[rows] = expected
         self.spread[rows] = spread
-        fire_t, _ = self.decider.thresholds(rows)
-        # Anomalies stay out of the baseline; unscored rows (no baseline yet) may learn.
-        learn = was_warm & ~(score >= fire_t)
-        self.scorer.learn(rows[learn], actual[learn], expected[learn])
         quiet_before = self.decider.hot[rows] == 0
         fired, resolved = self.decider.update(rows, score, ts)
         # Onset: the first hot step of a run (with M > 1 the alert fires on a later step,
@@ -254,8 +253,7 @@ class ModelTable:
 
     def export_rows(self, rows: IntArr) -> dict[str, npt.NDArray[np.generic]]:
         out: dict[str, npt.NDArray[np.generic]] = {k: getattr(self, k)[rows] for k in self._ROW_ARRAYS}
-        out["scorer.abs_ewma"] = self.scorer.abs_ewma[rows]
-        out["scorer.count"] = self.scorer.count[rows]
+        out.update(self.scorer.export_rows(rows))
         for k in ("hot", "warm", "firing", "quiet_until", "row_threshold"):
             out[f"decider.{k}"] = getattr(self.decider, k)[rows]
         return out
@@ -268,7 +266,10 @@ class ModelTable:
             if src.shape[1:] != target.shape[1:]:
                 raise ValueError(f"checkpoint array {k} has shape {src.shape[1:]}, table has {target.shape[1:]}")
             target[rows] = src
-        self.scorer.abs_ewma[rows] = arrays["scorer.abs_ewma"]
-        self.scorer.count[rows] = arrays["scorer.count"]
+        try:
+            self.scorer.import_rows(rows, arrays)
+        except KeyError as e:  # saved under the other anomaly.scorer: keep the streams, re-learn scores
+            log.warning("checkpoint has no state for this scorer (%s): scores of %d streams start over", e, len(rows))
+            self.scorer.reset(rows)
         for k in ("hot", "warm", "firing", "quiet_until", "row_threshold"):
             getattr(self.decider, k)[rows] = arrays[f"decider.{k}"]
