@@ -3,7 +3,8 @@
     python -m training.bench_nab --data ../shared/data/nab          (make bench-nab)
 
 Detectors: ``sensorcast`` (an ONNX step model served by the service's inference engine,
-then the service's online scorers; see ``training.nab.engine_run`` and ``training.nab.live``), ``windowed_gaussian`` (NAB's baseline, to cross-check the scorer
+scored by the engine itself with ``anomaly.scorer="surprise"``; see ``training.nab.engine_run``;
+``--path direct`` runs the same scorer straight off the ONNX runtime, ``training.nab.live``), ``windowed_gaussian`` (NAB's baseline, to cross-check the scorer
 against its published 39.6) and ``gaussian_likelihood`` (persistence residual + a
 Numenta-style Gaussian anomaly likelihood, the post-processing sensorcast did not pick).
 Scores are normalised NAB scores (null detector 0, perfect 100) under the three profiles,
@@ -72,8 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _run(name: str, files: list, profiles: dict, model: Path, path: str) -> DetectorRun:  # type: ignore[type-arg]
     if name == "sensorcast":
         t0 = time.perf_counter()
-        runner = run_engine if path == "engine" else run_live
-        scores = runner(files, model, LiveConfig())
+        # engine: the engine's own score column (anomaly.scorer="surprise"); direct: the same
+        # scorer fed straight from the ONNX runtime, for cross-checking.
+        scores = run_engine(files, model) if path == "engine" else run_live(files, model, LiveConfig())
         return score_run(name, scores, time.perf_counter() - t0, files, profiles)
     if name in ABLATIONS:
         t0 = time.perf_counter()
