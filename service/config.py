@@ -76,7 +76,9 @@ class IngestSettings(BaseModel):
         "client_id and spool_dir) split the messages between them.",
     )
     batch_size: int = Field(5000, description="Store write batch size (points).")
-    batch_interval_s: float = Field(0.25, description="Flush a partial batch after this long.")
+    batch_interval_s: float = Field(
+        0.05, description="Flush a partial batch after this long (bounds the store-then-alert latency)."
+    )
     queue_max: int = Field(
         50_000, description="Messages (or HTTP submits) waiting for the writer before intake blocks (backpressure)."
     )
