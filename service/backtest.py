@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.config import ModelBinding, Settings
+from service.config import AnomalySettings, ModelBinding, Settings
 from service.errors import ConfigError, ModelError
 from service.metrics import Metrics
 from service.records import NS_PER_S, Alert, Reading, StreamKey
@@ -220,6 +220,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", help="Store replay start (ISO time).")
     p.add_argument("--end", help="Store replay end (ISO time, exclusive).")
     p.add_argument("--as-steps", action="store_true", help="Every row is one model step (ignore spacing).")
+    p.add_argument("--scorer", choices=("spread", "surprise"), help="anomaly.scorer (default: settings).")
+    p.add_argument("--spread-alpha", type=float, help="anomaly.spread_alpha (default: settings, then the scorer's).")
     p.add_argument("--threshold", type=float, help="Score threshold (default: settings, then model).")
     p.add_argument("--clear-threshold", type=float)
     p.add_argument("--min-count", type=int, help="M of the M-of-N rule.")
@@ -230,9 +232,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = Settings()  # type: ignore[call-arg]
-    updates = {k: getattr(args, k) for k in ("threshold", "clear_threshold", "min_count", "window", "cooldown_s")
-               if getattr(args, k) is not None}
-    settings = settings.model_copy(update={"anomaly": settings.anomaly.model_copy(update=updates)})
+    names = ("scorer", "spread_alpha", "threshold", "clear_threshold", "min_count", "window", "cooldown_s")
+    updates = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    try:  # validated like the settings themselves (model_copy would not check the values)
+        anomaly = AnomalySettings.model_validate({**settings.anomaly.model_dump(), **updates})
+    except ValueError as e:
+        print(f"sensorcast backtest: {e}", file=sys.stderr)
+        return 2
+    settings = settings.model_copy(update={"anomaly": anomaly})
     if args.store:
         settings = settings.model_copy(update={"store": settings.store.model_copy(update={"url": args.store})})
     models_dir = args.models_dir or settings.models.dir

@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recompute-batch", type=int, default=512,
                    help="Streams per recompute call (the engine's own call size; cost reported per stream).")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads.")
+    p.add_argument("--scorer", choices=("spread", "surprise"), default="spread", help="anomaly.scorer of the engine.")
     p.add_argument("--one-call", action="store_true",
                    help="Also time one ORT call over all streams (<= 10k; grows ORT's arena, inflating RSS).")
 
@@ -136,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings.model_validate({
             "models": {"dir": str(models), "threads": args.threads, "watch": False},
             "streams": {"checkpoint_dir": str(Path(tmp) / "state")},
+            "anomaly": {"scorer": args.scorer},
         })
         registry = ModelRegistry(models, threads=args.threads)
         print(f"model: 2x64 GRU step (MatMul form), horizon 12, built+loaded in {_clock() - t0:.1f} CPU s; "

@@ -139,3 +139,29 @@ def test_checkpoint_from_the_spread_scorer_keeps_streams_and_relearns_scores(tmp
     assert s is not None and s.status == "ok"
     scores, _ = run(again, ["value"], signal(10, 3)[:, None], start=40)
     assert (scores == 0.0).all()  # the surprise scorer learns anew: no verdicts yet
+
+
+def test_backtest_command_selects_the_scorer(tmp_path: Path) -> None:
+    import csv
+
+    from service.backtest import backtest_frame
+    from service.cli import main
+
+    write_model(tmp_path / "models", UNI)
+    vals = signal(260)
+    vals[240] += 40
+    stamps = [T0 + i * C for i in range(len(vals))]
+    src = tmp_path / "in.csv"
+    with src.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp", "value"])
+        w.writerows([t // 10**9, repr(float(x))] for t, x in zip(stamps, vals, strict=True))
+    out = tmp_path / "out.csv"
+    args = ["backtest", "--model", "m", "--models-dir", str(tmp_path / "models"), "--csv", str(src), "--out", str(out)]
+    assert main([*args, "--scorer", "surprise", "--min-count", "1", "--window", "1"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    settings = settings_for(tmp_path, tmp_path / "models", anomaly=SURPRISE)
+    want = backtest_frame(tmp_path / "models", "m", stamps, [[v] for v in vals], ["value"], settings)
+    assert [r["score"] for r in rows] == ["" if r.score is None else f"{r.score:.6g}" for r in want]
+    assert float(rows[240]["score"]) > 0.9 and rows[240]["event"] == "firing"
+    assert main([*args, "--scorer", "surprise", "--spread-alpha", "2"]) == 2  # refused: alpha must be <= 1
