@@ -87,12 +87,18 @@ def infer_cadence(ts_ns: I64) -> float:
 
 
 def resample(ts_ns: I64, values: F32, cadence_s: float) -> tuple[I64, F32]:
-    """Put irregular rows on the cadence grid: mean of the readings in each bin, NaN where none."""
+    """Put irregular rows on the cadence grid: mean of the readings in each bin, NaN where none.
+
+    Bins are ``((k-1)c, kc]`` labelled by their end ``kc``, exactly as the service's stream
+    resampler does, so time features and groups match between training and serving.
+    """
     if len(ts_ns) == 0:
         raise ValueError("no rows to resample")
     step = round(cadence_s * NS_PER_S)
-    t0 = int(ts_ns.min()) // step * step
-    idx = (ts_ns - t0) // step  # (N,)
+    k = -(-np.asarray(ts_ns, dtype=np.int64) // step)  # (N,) ceil(ts / step)
+    k0 = int(k.min())
+    t0 = k0 * step
+    idx = k - k0  # (N,)
     n = int(idx.max()) + 1
     F = values.shape[1]
     out = np.full((n, F), np.nan, dtype=np.float32)

@@ -92,7 +92,8 @@ class LineFormatter:
         """One line per reading; ``repr(float)`` round-trips exactly."""
         key = self.series_key
         return "\n".join(
-            [f"{key(r.stream)} value={r.value!r} {r.ts_ns}" for r in readings]
+            # float(): a numpy scalar would print as np.float64(...) and fail the whole batch.
+            [f"{key(r.stream)} value={float(r.value)!r} {r.ts_ns}" for r in readings]
         ).encode()
 
 

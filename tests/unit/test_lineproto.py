@@ -41,3 +41,10 @@ def test_reserved_tag_keys_refused() -> None:
 def test_formatter_rejects_bad_measurement() -> None:
     with pytest.raises(ValueError):
         LineFormatter("bad\n")
+
+
+def test_numpy_scalars_format_as_plain_floats() -> None:
+    import numpy as np
+
+    line = LineFormatter("readings").lines([Reading(StreamKey("d", "q"), 5, np.float64(20.0))]).decode()  # type: ignore[arg-type]
+    assert line == "readings,device=d,quantity=q value=20.0 5"

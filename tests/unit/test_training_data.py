@@ -24,12 +24,21 @@ S = NS_PER_S
 
 
 def test_resample_averages_bins_and_leaves_gaps_missing() -> None:
-    ts = np.array([0, 2 * S, 10 * S, 11 * S, 30 * S], dtype=np.int64)
+    # Bins are ((k-1)c, kc] labelled kc, as the service's stream resampler does.
+    ts = np.array([0, 2 * S, 10 * S, 31 * S, 40 * S], dtype=np.int64)
     v = np.array([[1.0], [3.0], [5.0], [7.0], [9.0]], dtype=np.float32)
     grid, out = resample(ts, v, 10.0)
-    assert grid.tolist() == [0, 10 * S, 20 * S, 30 * S]
-    assert out[0, 0] == 2.0 and out[1, 0] == 6.0 and out[3, 0] == 9.0
-    assert np.isnan(out[2, 0])  # nothing arrived: missing, not interpolated
+    assert grid.tolist() == [0, 10 * S, 20 * S, 30 * S, 40 * S]
+    assert out[0, 0] == 1.0 and out[1, 0] == 4.0 and out[4, 0] == 8.0
+    assert np.isnan(out[2, 0]) and np.isnan(out[3, 0])  # nothing arrived: missing, not interpolated
+
+
+def test_resample_bins_match_the_service_resampler() -> None:
+    ts = np.array([1 * S, 9 * S, 10 * S, 10 * S + 1, 20 * S], dtype=np.int64)
+    v = np.arange(5, dtype=np.float32)[:, None]
+    grid, out = resample(ts, v, 10.0)
+    assert grid.tolist() == [10 * S, 20 * S]  # 1, 9 and 10 s end at 10 s; 10 s + 1 ns and 20 s at 20 s
+    assert out[:, 0].tolist() == [1.0, 3.5]
 
 
 def test_csv_missing_cells_stay_nan(tmp_path: Path) -> None:
