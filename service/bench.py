@@ -6,6 +6,7 @@ Each benchmark lives in ``service/benchmarks/<name>.py`` with ``add_arguments`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 
 BENCHES = ("ingest", "inference", "soak", "latency")
@@ -15,10 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", required=True)
     for name in BENCHES:
         p = sub.add_parser(name)
-        try:
+        # A benchmark whose optional dependencies are missing still lists, without flags.
+        with contextlib.suppress(ModuleNotFoundError):
             importlib.import_module(f"service.benchmarks.{name}").add_arguments(p)
-        except ModuleNotFoundError:
-            pass
 
 
 def run(args: argparse.Namespace) -> int:
