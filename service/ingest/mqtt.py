@@ -13,46 +13,23 @@
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from service.config import MqttSettings, read_secret
+from service.config import MqttSettings
 from service.errors import ConfigError
 from service.ingest.decode import Decoder, Refusal
 from service.ingest.refusals import RefusalReporter
 from service.ingest.writer import AckToken, BatchWriter, Item
+from service.mqttaddr import BrokerAddress, parse_broker_url, tls_context
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-    username: str | None
-    password: str | None
-
-
-def parse_broker_url(settings: MqttSettings) -> BrokerAddress:
-    u = urlsplit(settings.url)
-    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ConfigError(f"MQTT URL must start with mqtt:// or mqtts://, found {settings.url!r}")
-    tls = u.scheme in ("mqtts", "ssl")
-    password = read_secret(None, settings.password_file) or (unquote(u.password) if u.password else None)
-    return BrokerAddress(
-        u.hostname or "127.0.0.1", u.port or (8883 if tls else 1883), tls,
-        unquote(u.username) if u.username else None, password,
-    )
 
 
 def make_client(settings: MqttSettings, client_id: str, manual_ack: bool) -> tuple[paho.Client, BrokerAddress, Properties]:
@@ -67,13 +44,7 @@ def make_client(settings: MqttSettings, client_id: str, manual_ack: bool) -> tup
     if addr.username is not None:
         client.username_pw_set(addr.username, addr.password)
     if addr.tls:
-        client.tls_set(
-            ca_certs=str(settings.ca_file) if settings.ca_file else None,
-            certfile=str(settings.cert_file) if settings.cert_file else None,
-            keyfile=str(settings.key_file) if settings.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-        )
-        client.tls_insecure_set(settings.tls_insecure)
+        client.tls_set_context(tls_context(settings))
     client.reconnect_delay_set(
         min_delay=max(1, round(settings.reconnect_min_s)), max_delay=max(1, round(settings.reconnect_max_s))
     )
