@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,15 +46,6 @@ def serve(workdir: Path, mqtt_url: str, store_url: str, models: Path, **env: str
         yield sp
     finally:
         sp.close()
-
-
-def wait_for(pred: Any, timeout: float = 30.0, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(every)
 
 
 def restored_counts(log_text: str) -> list[int]:

@@ -30,7 +30,6 @@ from tests.faults.serve_helpers import (
     restored_counts,
     series,
     serve,
-    wait_for,
 )
 from tests.integration.ingest_helpers import (
     Publisher,
@@ -38,6 +37,7 @@ from tests.integration.ingest_helpers import (
     run_in_thread,
     wait_stored,
 )
+from tests.waiting import poll
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ def test_influxd_down_mid_stream_serve_degrades_spools_and_recovers(
             pub.wait_acked()
             store = store_for(influxd.port, "sensorcast", tmp_path)
             got = wait_stored(store, expected, timeout=90)
-            assert wait_for(lambda: sp.metric("sensorcast_spool_readings") == 0, 30)
+            assert poll(lambda: sp.metric("sensorcast_spool_readings") == 0, 30)
             after = sp.wait_ready(30)
         finally:
             pub.close()
@@ -122,7 +122,7 @@ def test_serve_sigkilled_restores_checkpoint_and_keeps_alerts_in_outbox(
         pub = Publisher(broker.port, client_id="f-svc-kill-pub")
         pub.publish(warm)
         pub.wait_acked()
-        assert wait_for(lambda: len([s for s in sp.http.get("/v1/streams").json() if s["status"] == "ok"])
+        assert poll(lambda: len([s for s in sp.http.get("/v1/streams").json() if s["status"] == "ok"])
                         == n_streams, 30), sp.http.get("/v1/streams").text
         time.sleep(2.5)
         # 2. SIGKILL mid-stream, restart: every acknowledged reading lands once.
@@ -138,7 +138,7 @@ def test_serve_sigkilled_restores_checkpoint_and_keeps_alerts_in_outbox(
         got = wait_stored(store, all_sent, timeout=60)
         assert got == by_key(all_sent)
         assert restored_counts(sp.tail(10**6))[-1] == n_streams, sp.tail()
-        assert wait_for(lambda: all(s["status"] != "warming" for s in sp.http.get("/v1/streams").json()), 10)
+        assert poll(lambda: all(s["status"] != "warming" for s in sp.http.get("/v1/streams").json()), 10)
 
         # 3. An alert emitted while the broker is down waits in the outbox, survives a
         #    SIGKILL of the service, and is published once the broker is back.
@@ -147,19 +147,19 @@ def test_serve_sigkilled_restores_checkpoint_and_keeps_alerts_in_outbox(
         spikes = [Reading(StreamKey("dev000", "temp"), last + (k + 1) * CADENCE_NS, 1e4 if k % 2 == 0 else -1e4)
                   for k in range(6)]
         assert _post(sp, spikes) == len(spikes)
-        firing = wait_for(lambda: sp.http.get("/v1/alerts", params={"state": "firing"}).json(), 20)
+        firing = poll(lambda: sp.http.get("/v1/alerts", params={"state": "firing"}).json(), 20)
         assert firing, sp.http.get("/v1/streams/dev000/temp").text
-        assert wait_for(lambda: "0 alert message" not in sp.ready()["checks"]["alerts"]["detail"], 10)
+        assert poll(lambda: "0 alert message" not in sp.ready()["checks"]["alerts"]["detail"], 10)
         outbox_detail = sp.ready()["checks"]["alerts"]["detail"]
         sp.kill(signal.SIGKILL)
         broker.start()
         sub = Subscriber(broker.port, "sensorcast/alerts/#", "f-svc-kill-sub")
         try:
             sp.start()
-            got_alerts = wait_for(lambda: [m for _, m in sub.got() if m.get("state") == "firing"], 30)
+            got_alerts = poll(lambda: [m for _, m in sub.got() if m.get("state") == "firing"], 30)
             time.sleep(2)  # anything sent twice would have arrived by now
             firings = [m for _, m in sub.got() if m.get("state") == "firing"]
-            pending = wait_for(lambda: "0 alert message" in sp.ready()["checks"]["alerts"]["detail"], 20)
+            pending = poll(lambda: "0 alert message" in sp.ready()["checks"]["alerts"]["detail"], 20)
         finally:
             sub.close()
     assert "alert message(s) in the outbox" in outbox_detail
@@ -206,7 +206,7 @@ def test_model_replaced_by_corrupt_or_mismatched_keeps_old_serving(
         for name, corrupt in cases.items():
             errors_before = sp.metric("sensorcast_model_errors_total")
             corrupt()
-            assert wait_for(lambda b=errors_before: sp.metric("sensorcast_model_errors_total") > b, 15), name
+            assert poll(lambda b=errors_before: sp.metric("sensorcast_model_errors_total") > b, 15), name
             assert sp.http.get("/v1/models/refused").json().get("kit/1"), name  # the watcher's refusal
             reload = sp.http.post("/v1/models/reload").json()
             assert "kit/1" in reload["refused"] and reload["refused"]["kit/1"], (name, reload)
@@ -215,7 +215,7 @@ def test_model_replaced_by_corrupt_or_mismatched_keeps_old_serving(
             # The old model still forecasts: a new reading steps the stream.
             _post(sp, series(1, 5, start, first_step=step))
             step += 5
-            assert wait_for(lambda: (sp.http.get("/v1/streams/dev000/temp").json().get("status") == "ok"), 10), name
+            assert poll(lambda: (sp.http.get("/v1/streams/dev000/temp").json().get("status") == "ok"), 10), name
             assert sp.ready()["checks"]["models"]["ok"]
         log = sp.tail(10**6)
         # Put the good files back: the model is loaded again and errors clear.
@@ -257,7 +257,7 @@ def test_broker_sigkilled_under_serve_everything_stored_once_and_ready_again(
             assert len(wait_stored(store, before, timeout=30)) == len(before)
             time.sleep(1.5)  # the broker's 1 s autosave has both sessions
             broker.kill(signal.SIGKILL)
-            down = wait_for(lambda: sp.ready()["http_status"] == 503, 10)
+            down = poll(lambda: sp.ready()["http_status"] == 503, 10)
             pub.publish(during, rate=2000)  # queued by the publisher's client, sent on reconnect
             broker.start()
             pub.publish(after, rate=2000)

@@ -26,6 +26,7 @@ from service.localservers import Influxd, Mosquitto
 from service.runtime.modelkit import KitSpec, KitWeights, NumpyKitModel, write_model
 from tests.integration.serving import ServeProcess
 from tests.mqttwatch import Watcher
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -73,13 +74,6 @@ class Publisher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def last_step(svc: ServeProcess, stream: str) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from service.metrics import Metrics
 from service.records import Reading, StreamKey
 from service.store.memory import MemoryStore
 from service.store.spool import Spool
+from tests.waiting import wait_until
 
 S = StreamKey("dev", "q", (("k", "v,=\\ x"),))
 
@@ -22,11 +24,8 @@ def rs(start: int, n: int) -> list[Reading]:
     return [Reading(S, start + i, float(i) / 3) for i in range(n)]
 
 
-def wait_for(cond: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
+def wait_for(cond: Callable[[], object], timeout: float = 5.0) -> None:
+    wait_until(cond, timeout=timeout, every=0.01)
 
 
 # --- spool -----------------------------------------------------------------------------
