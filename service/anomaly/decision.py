@@ -31,9 +31,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-IntArr = npt.NDArray[np.intp]
+from service.arrays import F64, I64, IntArr
 
 
 def default_clear(threshold: float) -> float:

@@ -19,8 +19,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-F64 = npt.NDArray[np.float64]
-IntArr = npt.NDArray[np.intp]
+from service.arrays import F64, IntArr
 
 
 class RisingEdge:

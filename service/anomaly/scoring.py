@@ -28,8 +28,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-F64 = npt.NDArray[np.float64]
-IntArr = npt.NDArray[np.intp]
+from service.arrays import F64, IntArr
 
 SQRT_HALF_PI = float(np.sqrt(np.pi / 2))  # E|r| = sigma * sqrt(2/pi) for a normal residual
 _SQRT2 = float(np.sqrt(2.0))

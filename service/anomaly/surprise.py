@@ -30,15 +30,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from service.anomaly.edge import RisingEdge
 from service.anomaly.novelty import RangeNovelty
 from service.anomaly.peak import PeakRatio
 from service.anomaly.scoring import SpreadScorer, z_for_score
-
-F64 = npt.NDArray[np.float64]
-IntArr = npt.NDArray[np.intp]
+from service.arrays import F64, IntArr
 
 
 @dataclass(frozen=True, slots=True)

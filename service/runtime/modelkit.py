@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.arrays import F32
 from service.runtime.manifest import SCHEMA_VERSION, sha256_file
 from service.runtime.timefeatures import time_features
 
-F32 = npt.NDArray[np.float32]
 OPSET = 17
 SCALE_FLOOR = 0.05  # keeps the predicted spread strictly positive
 

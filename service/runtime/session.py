@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-import numpy.typing as npt
 
+from service.arrays import F32
 from service.errors import ModelError
 from service.runtime.manifest import Manifest
 
-F32 = npt.NDArray[np.float32]
 StepFn = Callable[[F32, F32, F32 | None], tuple[F32, F32 | None, F32]]
 WindowFn = Callable[[F32, F32 | None], tuple[F32, F32 | None]]
 

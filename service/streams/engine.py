@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.arrays import F32, I64, IntArr
 from service.config import Settings
 from service.errors import ModelError, StoreError
 from service.metrics import Metrics
@@ -39,9 +40,6 @@ from service.streams.table import ModelTable
 
 log = logging.getLogger(__name__)
 
-F32 = npt.NDArray[np.float32]
-I64 = npt.NDArray[np.int64]
-IntArr = npt.NDArray[np.intp]
 _MISSING = object()
 _F32_MAX = float(np.finfo(np.float32).max)
 HISTORY_SLACK = 2  # extra buckets read for warm-up beyond the model's need

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from service.arrays import IntArr
 from service.records import NS_PER_S, Forecast
 from service.runtime.registry import LoadedModel
 from service.streams.status import StreamStatus
 from service.streams.table import ModelTable
 
-IntArr = npt.NDArray[np.intp]
 Snapshot = dict[str, npt.NDArray[Any]]
 StreamMeta = tuple[str, str, str, LoadedModel]  # id, device, quantity, model
 

@@ -27,11 +27,9 @@ import numpy.typing as npt
 
 from service.anomaly.scoring import SpreadScorer, z_for_score
 from service.anomaly.surprise import SurpriseConfig, SurpriseScorer
+from service.arrays import F64, I64, IntArr
 from service.config import AnomalySettings
 
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-IntArr = npt.NDArray[np.intp]
 Arrays = dict[str, npt.NDArray[np.generic]]
 
 SPREAD_ALPHA = 0.05  # spread scorer: the spread follows about the last 20 normal steps

@@ -21,16 +21,12 @@ import numpy as np
 import numpy.typing as npt
 
 from service.anomaly.decision import Decider
+from service.arrays import F32, F64, I64, IntArr
 from service.config import AnomalySettings
 from service.records import NS_PER_S
 from service.runtime.registry import LoadedModel
 from service.runtime.timefeatures import time_features
 from service.streams.scorers import default_threshold, make_scorer
-
-F32 = npt.NDArray[np.float32]
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-IntArr = npt.NDArray[np.intp]
 
 log = logging.getLogger(__name__)
 
