@@ -25,6 +25,7 @@ from paho.mqtt.properties import Properties
 from service.config import MqttSettings
 from service.errors import ConfigError
 from service.ingest.decode import Decoder, Refusal
+from service.ingest.leanclient import LeanClient, client_class
 from service.ingest.refusals import RefusalReporter
 from service.ingest.writer import AckToken, BatchWriter, Item
 from service.mqttaddr import BrokerAddress, parse_broker_url, tls_context
@@ -33,10 +34,14 @@ log = logging.getLogger(__name__)
 
 
 def make_client(settings: MqttSettings, client_id: str, manual_ack: bool) -> tuple[paho.Client, BrokerAddress, Properties]:
-    """A configured (not yet connected) MQTT 5 client and its CONNECT properties."""
+    """A configured (not yet connected) client and its MQTT 5 CONNECT properties.
+
+    The client is paho's, with the cheaper receive path of ``leanclient`` when the
+    installed paho has the internals it relies on.
+    """
     addr = parse_broker_url(settings)
     v5 = settings.protocol == "5"
-    client = paho.Client(
+    client = client_class()(
         CallbackAPIVersion.VERSION2, client_id=client_id, manual_ack=manual_ack,
         # 3.1.1 has no session expiry: clean_session=False keeps the session (and queue).
         protocol=paho.MQTTv5 if v5 else paho.MQTTv311, clean_session=None if v5 else False,
@@ -170,13 +175,19 @@ class MqttSource:
     # --- acknowledgements (writer thread) ------------------------------------------------
     def ack(self, tokens: list[AckToken]) -> None:
         gen = self._gen
-        for mid, qos, g in tokens:
-            if g != gen:
-                continue  # from an earlier connection: the broker will redeliver it
-            rc = self.client.ack(mid, qos)
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self.acked += 1
-            else:
-                self.ack_errors += 1
-                if self.ack_errors < 10 or self.ack_errors % 10_000 == 0:
-                    log.warning("MQTT ack of mid %d failed: %s (redelivery will follow)", mid, paho.error_string(rc))
+        current = [(mid, qos) for mid, qos, g in tokens if g == gen]  # older: the broker redelivers
+        if isinstance(self.client, LeanClient) and all(qos == 1 for _, qos in current):
+            rc = self.client.ack_many([mid for mid, _ in current])
+            self._count_acks(rc, len(current), current[0][0] if current else 0)
+            return
+        for mid, qos in current:
+            self._count_acks(self.client.ack(mid, qos), 1, mid)
+
+    def _count_acks(self, rc: MQTTErrorCode, n: int, mid: int) -> None:
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.acked += n
+            return
+        self.ack_errors += n
+        if self.ack_errors <= 10 or self.ack_errors % 10_000 < n:
+            log.warning("MQTT ack of %d message(s) from mid %d failed: %s (redelivery will follow)",
+                        n, mid, paho.error_string(rc))
