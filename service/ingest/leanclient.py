@@ -33,6 +33,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 
 _READ_AHEAD = 65_536
+_BURST = 512  # packets per loop pass before paho gets to write (acks) and keepalive again
 _PUBACK = 0x40
 _PUBACK_PACK = struct.Struct("!BBH")
 
@@ -52,7 +53,7 @@ class ReadAheadSocket:
 
     def recv(self, bufsize: int) -> bytes:
         if self._pos >= len(self._data):
-            data = self._sock.recv(max(bufsize, _READ_AHEAD))  # BlockingIOError etc. pass to paho
+            data: bytes = self._sock.recv(max(bufsize, _READ_AHEAD))  # BlockingIOError etc. pass to paho
             if len(data) <= bufsize:
                 self._data, self._pos = b"", 0
                 return data
@@ -61,6 +62,9 @@ class ReadAheadSocket:
         out = self._data[self._pos:end]
         self._pos = min(end, len(self._data))
         return out
+
+    def buffered(self) -> int:
+        return len(self._data) - self._pos
 
     def pending(self) -> int:
         """Bytes paho can read without waiting for the socket (ours plus TLS's own)."""
@@ -77,6 +81,16 @@ class LeanClient(paho.Client):
     def _create_socket(self) -> Any:
         sock = super()._create_socket()
         return sock if self._transport == "websockets" else ReadAheadSocket(sock)
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        # paho handles one packet per select(); go on while whole packets sit in our buffer.
+        rc = super().loop_read(max_packets)
+        for _ in range(_BURST):
+            sock = self._sock
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or not isinstance(sock, ReadAheadSocket) or not sock.buffered():
+                break
+            rc = super().loop_read(1)
+        return rc
 
     def _handle_publish(self) -> MQTTErrorCode:
         header = self._in_packet["command"]
