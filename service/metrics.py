@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 # Step latency buckets in seconds: one batched ONNX call is ~10 us to ~10 ms.
 _STEP_BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+_WRITE_BUCKETS = (1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class Metrics:
@@ -21,6 +22,10 @@ class Metrics:
             "sensorcast_readings_refused", "Messages or readings refused, by reason.", ["reason"], registry=r
         )
         self.readings_stored = Counter("sensorcast_readings_stored", "Readings written to the store.", registry=r)
+        self.store_write_latency = Histogram(
+            "sensorcast_store_write_seconds", "Latency of one batch write to the store (spool excluded).",
+            buckets=_WRITE_BUCKETS, registry=r,
+        )
         self.store_errors = Counter("sensorcast_store_errors", "Failed store writes.", registry=r)
         self.spool_depth = Gauge("sensorcast_spool_readings", "Readings waiting in the spool.", registry=r)
         self.spool_bytes = Gauge("sensorcast_spool_bytes", "Bytes used by the spool.", registry=r)

@@ -78,31 +78,49 @@ def _watcher(port: int, out: Any, ready: Any, stop: Any) -> None:
     out.put(got)
 
 
-def _prober(url: str, streams: int, rate: float, out: Any, go: Any, stop: Any) -> None:
+def _prober(url: str, streams: int, rate: float, out: Any, go: Any, stop: Any, clients: int = 4) -> None:
+    """``clients`` threads, each on its own keep-alive connection, together at ``rate`` req/s.
+
+    Several connections keep the offered rate when one request is slow (one sequential
+    client falls behind as soon as a request takes longer than 1/rate).
+    """
+    import threading
+
     import httpx
 
-    rng = np.random.default_rng(7)
     lat: list[float] = []
     codes: dict[int | str, int] = {}
-    interval = 1.0 / rate
-    with httpx.Client(base_url=url, timeout=5) as http:
-        go.wait()
-        nxt = time.perf_counter()
-        while not stop.is_set():
-            s = int(rng.integers(streams))
-            t = time.perf_counter()
-            try:
-                code: int | str = http.get(f"/v1/streams/dev{s}/value/forecast").status_code
-            except httpx.HTTPError as e:
-                code = type(e).__name__
-            lat.append(time.perf_counter() - t)
-            codes[code] = codes.get(code, 0) + 1
-            nxt += interval
-            sleep = nxt - time.perf_counter()
-            if sleep > 0:
-                time.sleep(sleep)
-            else:
-                nxt = time.perf_counter()  # behind: do not burst to catch up
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        interval = clients / rate
+        with httpx.Client(base_url=url, timeout=5) as http:
+            go.wait()
+            nxt = time.perf_counter() + interval * seed / clients  # staggered starts
+            while not stop.is_set():
+                sleep = nxt - time.perf_counter()
+                if sleep > 0:
+                    time.sleep(sleep)
+                s = int(rng.integers(streams))
+                t = time.perf_counter()
+                try:
+                    code: int | str = http.get(f"/v1/streams/dev{s}/value/forecast").status_code
+                except httpx.HTTPError as e:
+                    code = type(e).__name__
+                took = time.perf_counter() - t
+                with lock:
+                    lat.append(took)
+                    codes[code] = codes.get(code, 0) + 1
+                nxt += interval
+                if nxt < time.perf_counter():
+                    nxt = time.perf_counter()  # behind: do not burst to catch up
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     out.put((lat, codes))
 
 
@@ -218,6 +236,14 @@ def run(args: argparse.Namespace) -> int:
             if 0 <= k < rounds and not np.isnan(sent[k, s]):
                 lat_alert.append(arrived - sent[k, s])
                 matched_spikes += int(spike_round[s] == k)
+        stages = {
+            "store write": "sensorcast_store_write_seconds",
+            "model step": "sensorcast_step_batch_seconds",
+        }
+        stage_text = "  ".join(
+            f"{label} p50 <= {svc.histogram_le(m, 0.5) * 1e3:g} ms, p99 <= {svc.histogram_le(m, 0.99) * 1e3:g} ms"
+            for label, m in stages.items()
+        )
         stored = svc.metric("sensorcast_readings_stored_total")
         steps = svc.metric("sensorcast_steps_total")
         cpu = svc.cpu_seconds()
@@ -227,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"published      {count} readings in {elapsed:.1f} s = {count / elapsed:,.0f}/s (QoS 1)")
         print(f"service        stored {stored:,.0f}, model steps {steps:,.0f}, CPU {cpu:.1f} s "
               f"({cpu / (elapsed + 3):.2f} cores), RSS {rss / 2**20:.0f} MiB")
+        print(f"stages         {stage_text} (histogram bucket bounds)")
         print(f"alerts         {sum(1 for a in alerts if a[2] == 'firing')} firing "
               f"({matched_spikes} of {n_streams} injected spikes), {sum(1 for a in alerts if a[2] == 'resolved')} resolved")
         print(f"publish->alert p50 {_pct(lat_alert, 50) * ms:.1f} ms  p90 {_pct(lat_alert, 90) * ms:.1f} ms  "

@@ -120,6 +120,19 @@ class ServeProcess:
                     total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def histogram_le(self, name: str, q: float) -> float:
+        """Upper bound of the bucket holding the q-quantile of histogram ``name`` (all labels summed)."""
+        buckets: dict[float, float] = {}
+        for line in self.http.get("/metrics").text.splitlines():
+            if line.startswith(name + "_bucket{"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                bound = float("inf") if le == "+Inf" else float(le)
+                buckets[bound] = buckets.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+        if not buckets or max(buckets.values()) == 0:
+            return float("nan")
+        total = buckets[max(buckets)]
+        return next(b for b in sorted(buckets) if buckets[b] >= q * total)
+
     def rss_bytes(self) -> int:
         """Resident memory of the serve process now (Linux /proc)."""
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():

@@ -238,7 +238,8 @@ class BatchWriter:
             return True
         if not len(self.spool):
             try:
-                self.store.write(readings)
+                with self.metrics.store_write_latency.time():
+                    self.store.write(readings)
                 self._stored.inc(len(readings))
                 self.state.stored += len(readings)
                 self._store_up()
