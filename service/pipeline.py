@@ -1,7 +1,7 @@
 """Where a reading goes: the one place the flow is wired.
 
     MQTT ──> Ingester (decode, validate, batch) ──> store, or the durable spool
-                 │  once a batch is durable, every sink gets it
+                 │  each decoded message at once (live), before the store write
                  v
              TickOnArrival.feed: Engine.accept, then tick at once (the runner also ticks
                  │               on the clock, checkpoints, reloads)
@@ -17,7 +17,10 @@
 
 Roles (``settings.roles``) choose which parts this process runs: ``ingest`` (the
 ingester), ``inference`` (engine and alert publisher), ``api`` (the REST server, which
-``serve`` starts around this pipeline). ``start`` brings parts up in flow order from the
+``serve`` starts around this pipeline). An ``inference`` process without ``ingest``
+subscribes to the readings itself (``intake``: same decoder, a clean session, client id
+``<mqtt.client_id>-inference``), so ingest and inference can run as two processes, each
+with its own interpreter lock, and an alert never waits for the database. ``start`` brings parts up in flow order from the
 far end (publisher first, so no alert is emitted into nothing); ``stop`` stops intake
 first, then flushes, checkpoints and closes.
 """
@@ -27,7 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Gauge
 
@@ -37,6 +40,9 @@ from service.errors import ConfigError
 from service.metrics import Metrics
 from service.records import Alert, Forecast, Reading
 from service.store.base import Store
+
+if TYPE_CHECKING:
+    from service.ingest.mqtt import MqttSource
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +161,7 @@ class Pipeline:
         runner: RunnerLike | None = None,
         ticker: TickOnArrival | None = None,
         closers: Sequence[Callable[[], object]] = (),
+        intake: MqttSource | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -166,6 +173,7 @@ class Pipeline:
         self.publisher = publisher
         self.runner = runner
         self.ticker = ticker
+        self.intake = intake
         self._closers = list(closers)
         self.started = False
         # stream id -> newest forecast, filled by on_forecast when the engine emits them
@@ -217,17 +225,26 @@ class Pipeline:
             if settings.alerts.enabled:
                 pipe.publisher = AlertPublisher(settings.mqtt, settings.alerts)
             pipe.engine, pipe.runner = _build_engine(settings, pipe.store, metrics, pipe.on_alert, pipe.on_forecast)
+        live = []
+        if pipe.engine is not None:
+            pipe.ticker = TickOnArrival(pipe.engine)
+            live.append(pipe.ticker.feed)
         if "ingest" in roles:
             from service.ingest.ingester import Ingester
 
             assert pipe.store is not None
-            sinks = []
-            if pipe.engine is not None:
-                pipe.ticker = TickOnArrival(pipe.engine)
-                sinks.append(pipe.ticker.feed)
-            ingester = Ingester(settings, pipe.store, metrics, sinks=sinks)
+            ingester = Ingester(settings, pipe.store, metrics, live=live)
             pipe.ingester = ingester
             pipe.decoder = ingester.decoder  # one decoder (and its caches) for MQTT and HTTP
+        elif pipe.engine is not None:
+            from service.ingest.mqtt import MqttSource
+            from service.ingest.refusals import RefusalReporter
+
+            assert isinstance(pipe.decoder, Decoder)
+            pipe.intake = MqttSource(
+                settings.mqtt, pipe.decoder, None, RefusalReporter(metrics, None), settings.ingest.qos,
+                live=live, client_id=f"{settings.mqtt.client_id}-inference",
+            )
         pipe._closers = closers
         return pipe
 
@@ -241,6 +258,8 @@ class Pipeline:
             self.ticker.start()
         if self.ingester is not None:
             self.ingester.start()
+        if self.intake is not None:
+            self.intake.start()
         self.started = True
         log.info("pipeline started (roles: %s)", ",".join(sorted(self.roles)))
 
@@ -248,6 +267,8 @@ class Pipeline:
         """Stop intake, let the engine finish and checkpoint, flush alerts, close."""
         if self.ingester is not None:
             _safely("stop ingester", self.ingester.stop)
+        if self.intake is not None:
+            _safely("stop inference intake", self.intake.stop)
         if self.ticker is not None:
             _safely("stop tick on arrival", self.ticker.stop)
         if self.runner is not None:

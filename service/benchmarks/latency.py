@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tick-s", type=float, default=0.01, help="Engine tick period of the service.")
     parser.add_argument("--batch-interval-s", type=float, default=0.01, help="Ingest flush interval of the service.")
     parser.add_argument("--forecast-cache", action="store_true", help="Serve GET forecast from the API's cache.")
+    parser.add_argument("--topology", choices=("split", "one"), default="split",
+                        help="split: an ingest process and an inference+API process (as docker-compose runs "
+                        "them); one: a single process with every role.")
 
 
 def _watcher(port: int, out: Any, ready: Any, stop: Any) -> None:
@@ -137,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="sc-bench-latency-"))
     broker = start_mosquitto()
     influx = start_influxd(db="bench")
-    svc: ServeProcess | None = None
+    procs: dict[str, ServeProcess] = {}
     try:
         models = args.models_dir
         if models is None:
@@ -146,19 +149,25 @@ def run(args: argparse.Namespace) -> int:
             models = work / "models"
             write_model(models, KitSpec(name="kit", layers=2, hidden=args.hidden, mean=(20.0,), std=(3.0,),
                                         warmup_steps=10, horizon=12))
-        env = stack_env(
-            work / "svc", broker.url, f"influxdb://127.0.0.1:{influx.port}/bench", models, free_port(),
-            SENSORCAST_LOG_LEVEL="WARNING",
-            SENSORCAST_STREAMS__TICK_S=str(args.tick_s),
-            SENSORCAST_INGEST__BATCH_INTERVAL_S=str(args.batch_interval_s),
-            SENSORCAST_ANOMALY__MIN_COUNT="1", SENSORCAST_ANOMALY__WINDOW="1",  # fire on the spike itself
-            SENSORCAST_ANOMALY__COOLDOWN_S="0",
-            SENSORCAST_API__FORECAST_CACHE=str(bool(args.forecast_cache)).lower(),
-        )
-        (work / "svc").mkdir(parents=True)
-        svc = ServeProcess(env, work / "svc" / "serve.log")
-        svc.start()
-        svc.wait_ready(30)
+        roles = {"svc": "ingest,inference,api"} if args.topology == "one" else {
+            "ingest": "ingest,api", "svc": "inference,api"}
+        for name, role_set in roles.items():
+            env = stack_env(
+                work / name, broker.url, f"influxdb://127.0.0.1:{influx.port}/bench", models, free_port(),
+                SENSORCAST_ROLES=role_set,
+                SENSORCAST_LOG_LEVEL="WARNING",
+                SENSORCAST_STREAMS__TICK_S=str(args.tick_s),
+                SENSORCAST_INGEST__BATCH_INTERVAL_S=str(args.batch_interval_s),
+                SENSORCAST_ANOMALY__MIN_COUNT="1", SENSORCAST_ANOMALY__WINDOW="1",  # fire on the spike itself
+                SENSORCAST_ANOMALY__COOLDOWN_S="0",
+                SENSORCAST_API__FORECAST_CACHE=str(bool(args.forecast_cache)).lower(),
+            )
+            (work / name).mkdir(parents=True)
+            procs[name] = ServeProcess(env, work / name / "serve.log")
+            procs[name].start()
+            procs[name].wait_ready(30)
+        svc = procs["svc"]  # inference and API
+        ingest = procs.get("ingest", svc)
 
         ctx = mp.get_context("spawn")
         w_out, w_ready, w_stop = ctx.Queue(), ctx.Event(), ctx.Event()
@@ -175,7 +184,11 @@ def run(args: argparse.Namespace) -> int:
         acked = [0]
         pub.on_publish = lambda *a: acked.__setitem__(0, acked[0] + 1)
         pub.connect("127.0.0.1", broker.port)
-        pub.loop_start()
+        # Driven from this thread (no loop_start): publish() writes to the socket at once, so
+        # a reading's stamp is when it went on the wire, not when a paho network thread got
+        # the GIL to send it (that wait would be counted as service latency).
+        while not pub.is_connected():
+            pub.loop(0.1)
 
         n_streams = args.streams
         rounds = max(WARM_ROUNDS + 20, int(args.seconds * args.rate / n_streams))
@@ -186,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         slot = 0.01  # pace in 10 ms slots
         per_slot = max(1, int(args.rate * slot))
         print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work on this box skews every number)")
+        print(f"topology: {args.topology} ({', '.join(f'{n}: {r}' for n, r in roles.items())})")
         print(f"publishing {rounds * n_streams} readings ({rounds} rounds x {n_streams} streams) at {args.rate:.0f}/s; "
               f"GET forecast at {args.http_rate:.0f}/s")
         t_start = time.perf_counter()
@@ -206,12 +220,13 @@ def run(args: argparse.Namespace) -> int:
                     raise RuntimeError(f"publish failed: rc {info.rc}")
                 count += 1
                 while count - acked[0] > _MAX_UNACKED:  # the broker is behind: wait, never drop
-                    time.sleep(0.001)
+                    pub.loop(0.001)
+                if count % 32 == 0:
+                    pub.loop(0)  # read the PUBACKs that have arrived
                 if count % per_slot == 0:
                     nxt += slot
-                    pause = nxt - time.perf_counter()
-                    if pause > 0:
-                        time.sleep(pause)
+                    while (pause := nxt - time.perf_counter()) > 0:
+                        pub.loop(pause)  # returns early when a PUBACK arrives
         elapsed = time.perf_counter() - t_start
         p_stop.set()  # forecast latency is measured under load only
         probe_s = time.perf_counter() - t_probe if t_probe else 0.0
@@ -224,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
         alerts = w_out.get(timeout=30)
         watcher.join(10)
         prober.join(10)
-        pub.loop_stop()
+        pub.disconnect()
 
         lat_alert = []
         matched_spikes = 0
@@ -237,22 +252,23 @@ def run(args: argparse.Namespace) -> int:
                 lat_alert.append(arrived - sent[k, s])
                 matched_spikes += int(spike_round[s] == k)
         stages = {
-            "store write": "sensorcast_store_write_seconds",
-            "model step": "sensorcast_step_batch_seconds",
+            "store write": (ingest, "sensorcast_store_write_seconds"),
+            "model step": (svc, "sensorcast_step_batch_seconds"),
         }
         stage_text = "  ".join(
-            f"{label} p50 <= {svc.histogram_le(m, 0.5) * 1e3:g} ms, p99 <= {svc.histogram_le(m, 0.99) * 1e3:g} ms"
-            for label, m in stages.items()
+            f"{label} p50 <= {p.histogram_le(m, 0.5) * 1e3:g} ms, p99 <= {p.histogram_le(m, 0.99) * 1e3:g} ms"
+            for label, (p, m) in stages.items()
         )
-        stored = svc.metric("sensorcast_readings_stored_total")
+        stored = ingest.metric("sensorcast_readings_stored_total")
         steps = svc.metric("sensorcast_steps_total")
-        cpu = svc.cpu_seconds()
-        rss = svc.rss_bytes()
         ms = 1000.0
         print(f"load average after: {os.getloadavg()[0]:.1f}")
         print(f"published      {count} readings in {elapsed:.1f} s = {count / elapsed:,.0f}/s (QoS 1)")
-        print(f"service        stored {stored:,.0f}, model steps {steps:,.0f}, CPU {cpu:.1f} s "
-              f"({cpu / (elapsed + 3):.2f} cores), RSS {rss / 2**20:.0f} MiB")
+        print(f"service        stored {stored:,.0f}, model steps {steps:,.0f}")
+        for name, proc in procs.items():
+            cpu = proc.cpu_seconds()
+            print(f"  process {name:<7} roles {proc.env['SENSORCAST_ROLES']:<21} CPU {cpu:.1f} s "
+                  f"({cpu / (elapsed + 3):.2f} cores), RSS {proc.rss_bytes() / 2**20:.0f} MiB")
         print(f"stages         {stage_text} (histogram bucket bounds)")
         print(f"alerts         {sum(1 for a in alerts if a[2] == 'firing')} firing "
               f"({matched_spikes} of {n_streams} injected spikes), {sum(1 for a in alerts if a[2] == 'resolved')} resolved")
@@ -264,8 +280,8 @@ def run(args: argparse.Namespace) -> int:
               f"(n={len(lat_http)}, {len(lat_http) / max(probe_s, 1e-9):.0f}/s, status {codes}; target p99 <= 10 ms)")
         return 0
     finally:
-        if svc is not None:
-            svc.close()
+        for proc in procs.values():
+            proc.close()
         broker.stop()
         influx.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -1,8 +1,14 @@
 """The ingester: MQTT (and HTTP ``submit``) -> decode -> batch -> store or spool -> ack -> sinks.
 
-``Ingester(settings, store, metrics, sinks)`` owns the writer thread, the spool and, when
-``mqtt`` is enabled, the subscriber. Sinks receive every batch of accepted readings once it
-is durable (in the store or the spool); that is how the inference engine is fed.
+``Ingester(settings, store, metrics, sinks, live)`` owns the writer thread, the spool and,
+when ``mqtt`` is enabled, the subscriber. Two kinds of consumers:
+
+* ``sinks`` receive every batch of accepted readings once it is durable (in the store or
+  the spool);
+* ``live`` sinks receive MQTT readings as soon as they are decoded (before the store write,
+  so database latency never delays an alert) and HTTP readings once they are durable (the
+  request waits for that anyway). This is how the inference engine is fed. A reading the
+  broker redelivers after a failed write reaches them twice; the engine drops duplicates.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class Ingester:
         metrics: Metrics,
         sinks: Sequence[Sink] = (),
         mqtt: bool = True,
+        live: Sequence[Sink] = (),
     ) -> None:
         self.settings = settings
         self.store = store
@@ -57,6 +64,7 @@ class Ingester:
         ing = settings.ingest
         self.decoder = Decoder(ing)
         self.source: MqttSource | None = None
+        self.live = list(live)
         self.writer = BatchWriter(
             store, self.spool, metrics, ing.batch_size, ing.batch_interval_s, ing.queue_max,
             sinks=sinks, acker=self._ack,
@@ -64,7 +72,7 @@ class Ingester:
         self.reporter = RefusalReporter(metrics, self._dead_letter if ing.dead_letter_topic else None)
         if mqtt:
             self.source = MqttSource(
-                settings.mqtt, self.decoder, self.writer, self.reporter, ing.qos
+                settings.mqtt, self.decoder, self.writer, self.reporter, ing.qos, live=self.live
             )
         self._http_in = metrics.readings_in.labels("http")
         self._started = False
@@ -122,6 +130,8 @@ class Ingester:
                 + ("spool full" if self.spool.full else self.writer.state.last_error or "store not answering")
             )
         self._http_in.inc(len(readings))
+        for sink in self.live:
+            sink(list(readings))
 
     # --- state ---------------------------------------------------------------------------
     def status(self) -> IngestStatus:

@@ -1,13 +1,22 @@
-"""The MQTT side of the ingester: a paho-mqtt 2.x subscriber with a persistent session.
+"""The MQTT side of intake: a paho-mqtt 2.x subscriber that decodes and hands readings on.
 
-* MQTT 5, fixed client id, ``clean_start=False`` on every connect and a session expiry:
-  the broker queues readings while we are away and hands them over when we return.
-* ``manual_ack=True``: a message is acknowledged only when the writer has made its readings
-  durable. The ack token carries the connection generation; a token from before a
-  reconnect is not sent (the packet id may belong to another message by then), the broker
-  redelivers instead, and the duplicate overwrites the same point.
-* Decoding runs in paho's thread (orjson, ~1-3 us); the blocking ``put`` into the writer's
-  bounded queue is the backpressure: paho stops reading the socket and the broker holds.
+Two uses:
+
+* the ingester's (``writer`` given): MQTT 5, fixed client id, ``clean_start=False`` on
+  every connect and a session expiry, so the broker queues readings while we are away.
+  ``manual_ack=True``: a message is acknowledged only when the writer has made its
+  readings durable. The ack token carries the connection generation; a token from before
+  a reconnect is not sent (the packet id may belong to another message by then), the
+  broker redelivers instead, and the duplicate overwrites the same point. The blocking
+  ``put`` into the writer's bounded queue is the backpressure: paho stops reading the
+  socket and the broker holds.
+* an inference-only process's (no writer): a clean session, acknowledged on receipt. It
+  keeps no broker-side backlog: after a restart the engine resumes from its checkpoint
+  and warms up from the store, which the ingest process kept filling.
+
+Either way decoded readings go to the ``live`` sinks at once, from paho's thread: the
+engine sees a reading before the store write, so the database's latency is never part
+of an alert's.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 import paho.mqtt.client as paho
@@ -27,13 +37,15 @@ from service.errors import ConfigError
 from service.ingest.decode import Decoder, Refusal
 from service.ingest.leanclient import LeanClient, client_class
 from service.ingest.refusals import RefusalReporter
-from service.ingest.writer import AckToken, BatchWriter, Item
+from service.ingest.writer import AckToken, BatchWriter, Item, Sink
 from service.mqttaddr import BrokerAddress, parse_broker_url, tls_context
 
 log = logging.getLogger(__name__)
 
 
-def make_client(settings: MqttSettings, client_id: str, manual_ack: bool) -> tuple[paho.Client, BrokerAddress, Properties]:
+def make_client(
+    settings: MqttSettings, client_id: str, manual_ack: bool, persistent: bool = True
+) -> tuple[paho.Client, BrokerAddress, Properties]:
     """A configured (not yet connected) client and its MQTT 5 CONNECT properties.
 
     The client is paho's, with the cheaper receive path of ``leanclient`` when the
@@ -44,7 +56,7 @@ def make_client(settings: MqttSettings, client_id: str, manual_ack: bool) -> tup
     client = client_class()(
         CallbackAPIVersion.VERSION2, client_id=client_id, manual_ack=manual_ack,
         # 3.1.1 has no session expiry: clean_session=False keeps the session (and queue).
-        protocol=paho.MQTTv5 if v5 else paho.MQTTv311, clean_session=None if v5 else False,
+        protocol=paho.MQTTv5 if v5 else paho.MQTTv311, clean_session=None if v5 else not persistent,
     )
     if addr.username is not None:
         client.username_pw_set(addr.username, addr.password)
@@ -56,27 +68,31 @@ def make_client(settings: MqttSettings, client_id: str, manual_ack: bool) -> tup
     # Our own publishes (dead letters): queue instead of refusing while reconnecting.
     client.max_queued_messages_set(10_000)
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = settings.session_expiry_s
+    props.SessionExpiryInterval = settings.session_expiry_s if persistent else 0
     props.ReceiveMaximum = max(1, min(settings.receive_maximum, 65535))
     return client, addr, props
 
 
 class MqttSource:
-    """Subscribes, decodes, queues; acknowledges when the writer says the batch is durable."""
+    """Subscribes and decodes; feeds the live sinks, queues for the writer (if any) and acks."""
 
     def __init__(
         self,
         settings: MqttSettings,
         decoder: Decoder,
-        writer: BatchWriter,
+        writer: BatchWriter | None,
         reporter: RefusalReporter,
         qos: int,
+        live: Sequence[Sink] = (),
+        client_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.decoder = decoder
         self.writer = writer
         self.reporter = reporter
         self.qos = qos
+        self.live = list(live)
+        self.persistent = writer is not None
         group = decoder.settings.share_group
         if group is not None and (not group or any(c in group for c in "/+#")):
             raise ConfigError(f"ingest.share_group must be a plain name (no / + #), found {group!r}")
@@ -84,7 +100,9 @@ class MqttSource:
         self.subscription = (
             f"$share/{group}/{decoder.template.subscription}" if group else decoder.template.subscription
         )
-        self.client, self.addr, self._props = make_client(settings, settings.client_id, manual_ack=True)
+        self.client, self.addr, self._props = make_client(
+            settings, client_id or settings.client_id, manual_ack=self.persistent, persistent=self.persistent
+        )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
@@ -101,7 +119,7 @@ class MqttSource:
         if self.settings.protocol == "5":
             self.client.connect_async(
                 self.addr.host, self.addr.port, self.settings.keepalive_s,
-                clean_start=False, properties=self._props,
+                clean_start=not self.persistent, properties=self._props,
             )
         else:  # paho refuses clean_start and properties on 3.1.1
             self.client.connect_async(self.addr.host, self.addr.port, self.settings.keepalive_s)
@@ -164,12 +182,20 @@ class MqttSource:
         result = self.decoder.decode(topic, payload, received)
         if result.refusals:
             self.reporter.report("mqtt", topic, payload, result.refusals)
-        token: AckToken | None = (msg.mid, msg.qos, self._gen) if msg.qos > 0 else None
-        # Even a fully refused message goes through the queue so acks stay in order.
-        self.writer.put(Item(result.readings, token))
+        if result.readings:
+            for sink in self.live:
+                try:
+                    sink(result.readings)
+                except Exception:
+                    log.exception("live sink %r failed on %d readings", sink, len(result.readings))
+        if self.writer is not None:
+            token: AckToken | None = (msg.mid, msg.qos, self._gen) if msg.qos > 0 else None
+            # Even a fully refused message goes through the queue so acks stay in order.
+            self.writer.put(Item(result.readings, token))
+        # else: paho acknowledges when this callback returns (manual_ack is off)
 
     def _ack_now(self, msg: paho.MQTTMessage) -> None:
-        if msg.qos > 0:
+        if msg.qos > 0 and self.persistent:
             self.ack([(msg.mid, msg.qos, self._gen)])
 
     # --- acknowledgements (writer thread) ------------------------------------------------

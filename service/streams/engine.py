@@ -34,7 +34,7 @@ from service.store.base import Store
 from service.streams import checkpoint, report
 from service.streams.binding import Route, route
 from service.streams.predict import predict as predict_history
-from service.streams.resample import Resampler, Step
+from service.streams.resample import Resampler, Step, live_window_ns
 from service.streams.status import ModelInfo, StreamStatus
 from service.streams.table import ModelTable
 
@@ -299,6 +299,10 @@ class Engine:
                 self._drops["future"].inc(int((future & finite).sum()))
                 finite &= ~future
             buckets = -(-ts // table.cadence_ns)
+            # The wall clock for live readings, the reading's own time for a backlog (see
+            # Resampler.stream_clock): a backlog bucket is fed when a later reading comes.
+            live_ns = live_window_ns(table.cadence_ns, self.settings.streams.late_tolerance_steps, self._grace_ns)
+            clock = np.where(ts >= now - live_ns, now, ts) // table.cadence_ns
             nb = table.next_bucket[rows]
             late = finite & (nb >= 0) & (buckets < nb)
             dup = late & (ts == table.last_fed_ts[rows])
@@ -314,7 +318,7 @@ class Engine:
             # A row goes fast when this tick brings exactly one reading per feature, all in
             # the next bucket, that bucket has ended, and nothing else is pending.
             cap, f_in = table.capacity, table.n_in
-            due = keep & (buckets == nb) & (buckets <= now // table.cadence_ns) & ~table.has_pending[rows]
+            due = keep & (buckets == nb) & (buckets <= clock) & ~table.has_pending[rows]
             n_keep = np.bincount(rows[keep], minlength=cap)
             n_due = np.bincount(rows[due], minlength=cap)
             feats = np.zeros(0, np.int64)

@@ -41,11 +41,17 @@ class Step:
     reset: bool = False  # zero the state before this step (a long gap came first)
 
 
+def live_window_ns(cadence_ns: int, tolerance: int, grace_ns: int) -> int:
+    """A stream whose newest reading is older than this (vs the clock) is catching up."""
+    return (tolerance + 1) * cadence_ns + grace_ns
+
+
 class Resampler:
     """Pending readings of one stream and the next bucket to feed."""
 
     __slots__ = (
-        "_pending", "cadence_ns", "grace_ns", "last_fed_ts", "max_gap", "n_features", "next_bucket", "tolerance",
+        "_pending", "cadence_ns", "grace_ns", "last_fed_ts", "live_ns", "max_gap", "n_features", "next_bucket",
+        "tolerance",
     )
 
     def __init__(self, cadence_ns: int, n_features: int, tolerance: int, max_gap: int, grace_ns: int = 0) -> None:
@@ -54,6 +60,7 @@ class Resampler:
         self.n_features = n_features
         self.tolerance = tolerance
         self.max_gap = max_gap
+        self.live_ns = live_window_ns(cadence_ns, tolerance, grace_ns)
         self.next_bucket: int | None = None  # None: nothing fed yet
         self.last_fed_ts = -(2**62)
         self._pending: dict[int, dict[tuple[int, int], float]] = {}
@@ -95,10 +102,21 @@ class Resampler:
             counts[f] += 1
         return tuple(s / n if n else NAN for s, n in zip(sums, counts, strict=True))
 
+    def stream_clock(self, now_ns: int) -> int:
+        """``now_ns`` while the stream is live; its newest reading's time while it catches up.
+
+        A backlog (a gateway flushing an hour of buffered readings) arrives long after its
+        buckets ended by the wall clock, and several readings may share a bucket: the wall
+        clock says nothing about whether more are coming, the next reading does.
+        """
+        newest = max(self.last_fed_ts, max((ts for b in self._pending.values() for _, ts in b), default=self.last_fed_ts))
+        return now_ns if newest >= now_ns - self.live_ns else newest
+
     def ready(self, now_ns: int) -> list[Step]:
         """The steps that can be fed now, oldest first (and forget them)."""
         if not self._pending:
             return []
+        now_ns = self.stream_clock(now_ns)
         clock = now_ns // self.cadence_ns  # buckets <= clock have ended
         grace_clock = (now_ns - self.grace_ns) // self.cadence_ns  # ... and their grace is over
         if len(self._pending) == 1:  # the common case: one bucket, in order

@@ -263,3 +263,46 @@ def test_headless_roles_run_without_http_and_stop_on_sigterm(
     finally:
         watch.close()
         svc.kill()
+
+
+def test_ingest_and_inference_as_two_processes(
+    tmp_path: Path, mosquitto: Mosquitto, influxd: Influxd, models: tuple[Path, KitWeights]
+) -> None:
+    """The deployment split: one process stores, the other subscribes itself and alerts."""
+    db = f"t{uuid.uuid4().hex[:8]}"
+    influxd.create_db(db)
+    store_url = f"influxdb://127.0.0.1:{influxd.port}/{db}"
+    ingest = ServeProcess(tmp_path / "ingest", mosquitto.url, store_url, models[0],
+                          extra_env={"SENSORCAST_ROLES": "ingest,api"})
+    infer = ServeProcess(tmp_path / "infer", mosquitto.url, store_url, models[0], tag=ingest.tag,
+                         extra_env={"SENSORCAST_ROLES": "inference,api"})
+    watch = Watcher(mosquitto.port, "sensorcast/alerts/#", client_id=f"split-{ingest.tag}")
+    pub = Publisher(mosquitto.port)
+    try:
+        ingest.start()
+        infer.start()  # ready = subscribed to readings, models loaded, alerts connected
+        checks = infer.get("/readyz").json()["checks"]
+        assert checks["broker"]["ok"] and "store" not in checks
+        values = series(True)
+        pub.send("spiky", values[:1], 0)
+        wait_until(lambda: last_step(infer, "spiky/value") == T0, what="first step")
+        pub.send("spiky", values[1:], 1)
+        end = T0 + (N - 1) * C
+        wait_until(lambda: last_step(infer, "spiky/value") == end, what="all steps in the inference process")
+        got = watch.wait_for(lambda m: len(m) >= 2, timeout=10)
+        assert [m.json()["state"] for m in got] == ["firing", "resolved"]
+        mean, _ = offline(models[1], values)  # every reading reached the engine, in order
+        fc = infer.get("/v1/streams/spiky/value/forecast").json()
+        assert np.abs(np.array(fc["mean"], np.float64) - mean).max() <= 1e-4
+        # The ingest process stored all of them, and runs no engine.
+        def stored() -> int:
+            r = ingest.get("/v1/points/spiky/value", params={"last": 1000})
+            return len(r.json()["values"]) if r.status_code == 200 else -1
+
+        wait_until(lambda: stored() == N, what="all readings stored")
+        assert ingest.get("/v1/streams").status_code == 503
+    finally:
+        pub.close()
+        watch.close()
+        infer.kill()
+        ingest.kill()

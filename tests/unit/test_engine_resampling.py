@@ -42,7 +42,8 @@ readings_st = st.lists(
         st.sampled_from([1, 1, 1, 1, 0, 0, 2, 3, -1, -3, 20]),  # bucket step from this stream's previous reading
         st.sampled_from([0, 0, -1, -3 * 10**9, -C + 1]),  # offset inside the bucket
         st.booleans(),  # start a new tick before this reading
-        st.sampled_from([0, 0, 1, 2, 10**9, 4 * 10**9, 2 * C]),  # clock advance at a new tick (ns)
+        st.sampled_from([0, 0, 1, 2, 10**9, 4 * 10**9, 2 * C, 40 * C]),  # clock advance at a new tick (ns);
+        # 40 cadences: the streams fall behind the clock and catch up (a backlog)
     ),
     min_size=1,
     max_size=60,

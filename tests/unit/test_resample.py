@@ -145,3 +145,30 @@ def test_multivariate_bucket_waits_for_missing_features_until_grace() -> None:
     # position keeps one timestamp, not one per feature).
     assert res.add(20, 1, 4.0) == "duplicate"
     assert res.add(19, 1, 4.0) == "late"
+
+
+def test_a_backlog_closes_buckets_on_later_readings_not_on_the_wall_clock() -> None:
+    # A gateway flushes buffered readings long after their buckets ended: two per bucket.
+    res = Resampler(C, 1, tolerance=0, max_gap=5)
+    now = 10_000
+    res.add(11, 0, 1.0)
+    assert res.ready(now) == []  # the wall clock is far ahead; the next reading decides
+    assert res.add(15, 0, 3.0) is None  # merged, not "late"
+    assert res.ready(now) == []
+    res.add(21, 0, 5.0)
+    assert res.ready(now) == [Step(2, (2.0,))]
+    res.add(30, 0, 7.0)  # stamped on its bucket's end: nothing more can fall in bucket 3
+    assert res.ready(now) == [Step(3, (6.0,))]
+    # Caught up: a reading close to the clock makes the stream live again.
+    res.add(now - 5, 0, 9.0)
+    assert res.stream_clock(now) == now
+    assert res.ready(now) == [Step(1000, (9.0,), reset=True)]  # after a gap too long to bridge
+
+
+def test_a_live_stream_follows_the_wall_clock() -> None:
+    res = Resampler(C, 1, tolerance=1, max_gap=5)
+    res.add(95, 0, 1.0)
+    assert res.stream_clock(100) == 100 and res.ready(100) == [Step(10, (1.0,))]
+    res.add(101, 0, 2.0)
+    assert res.ready(109) == [] and res.ready(110) == [Step(11, (2.0,))]  # when its bucket ends
+    assert res.stream_clock(500) == 101  # silent for long: its own time, not the clock's

@@ -73,6 +73,9 @@ def readiness(pipeline: Pipeline) -> dict[str, CheckOut]:
             detail = "store unreachable and the spool is full: intake stopped"
         # The spool keeps every reading durable while the store is away: still ready.
         checks["store"] = CheckOut(ok=store_ok or spool_ok, detail=detail, degraded=not store_ok)
+    if pipeline.intake is not None:  # an inference process's own subscription
+        ok = pipeline.intake.subscribed.is_set()
+        checks["broker"] = CheckOut(ok=ok, detail="subscribed to readings" if ok else "not subscribed to the MQTT broker")
     if pipeline.engine is not None:
         n = len(pipeline.engine.models())
         checks["models"] = CheckOut(ok=n > 0, detail=f"{n} model(s) loaded" if n else "no model loaded")
