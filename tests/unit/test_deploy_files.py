@@ -177,7 +177,7 @@ def test_docker_compose_config_validates(tmp_path: Path) -> None:
         [exe, "--profile", "train", "--profile", "demo", "config", "--services"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True,
     ).stdout.split()
-    assert sorted(services) == ["influxdb", "mosquitto", "sensorcast", "simulator", "trainer"]
+    assert sorted(services) == ["influxdb", "mosquitto", "sensorcast", "sensorcast-ingest", "simulator", "trainer"]
 
 
 def test_compose_commands_parse(compose: dict[str, Any]) -> None:
