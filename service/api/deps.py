@@ -25,7 +25,7 @@ _write_key = APIKeyHeader(
 )
 
 
-def get_pipeline(request: Request) -> Pipeline:
+async def get_pipeline(request: Request) -> Pipeline:
     pipeline: Pipeline | None = getattr(request.app.state, "pipeline", None)
     if pipeline is None:
         raise HTTPException(503, "the service is starting or stopping")
@@ -35,19 +35,19 @@ def get_pipeline(request: Request) -> Pipeline:
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 
 
-def get_engine(pipeline: PipelineDep) -> EngineLike:
+async def get_engine(pipeline: PipelineDep) -> EngineLike:
     if pipeline.engine is None:
         raise HTTPException(503, "this process does not run the 'inference' role")
     return pipeline.engine
 
 
-def get_ingester(pipeline: PipelineDep) -> IngesterLike:
+async def get_ingester(pipeline: PipelineDep) -> IngesterLike:
     if pipeline.ingester is None:
         raise HTTPException(503, "this process does not run the 'ingest' role")
     return pipeline.ingester
 
 
-def get_decoder(pipeline: PipelineDep) -> DecoderLike:
+async def get_decoder(pipeline: PipelineDep) -> DecoderLike:
     if pipeline.decoder is None:
         raise HTTPException(503, "no decoder configured")
     return pipeline.decoder
@@ -63,11 +63,11 @@ def _keys(request: Request) -> ApiKeys:
     return keys
 
 
-def require_read(request: Request, key: Annotated[str | None, Security(_read_key)]) -> None:
+async def require_read(request: Request, key: Annotated[str | None, Security(_read_key)]) -> None:
     _keys(request).check(key, "read")
 
 
-def require_write(request: Request, key: Annotated[str | None, Security(_write_key)]) -> None:
+async def require_write(request: Request, key: Annotated[str | None, Security(_write_key)]) -> None:
     _keys(request).check(key, "write")
 
 

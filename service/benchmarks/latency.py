@@ -54,9 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tick-s", type=float, default=0.01, help="Engine tick period of the service.")
     parser.add_argument("--batch-interval-s", type=float, default=0.01, help="Ingest flush interval of the service.")
     parser.add_argument("--forecast-cache", action="store_true", help="Serve GET forecast from the API's cache.")
-    parser.add_argument("--topology", choices=("split", "one"), default="split",
-                        help="split: an ingest process and an inference+API process (as docker-compose runs "
-                        "them); one: a single process with every role.")
+    parser.add_argument("--topology", choices=("one", "split"), default="one",
+                        help="one: a single process with every role (as docker-compose runs it); split: an "
+                        "ingest process and an inference+API process with its own subscription.")
+    parser.add_argument("--gather-s", type=float, help="streams.gather_s of the service (default: its default).")
 
 
 def _watcher(port: int, out: Any, ready: Any, stop: Any) -> None:
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
                 SENSORCAST_ANOMALY__MIN_COUNT="1", SENSORCAST_ANOMALY__WINDOW="1",  # fire on the spike itself
                 SENSORCAST_ANOMALY__COOLDOWN_S="0",
                 SENSORCAST_API__FORECAST_CACHE=str(bool(args.forecast_cache)).lower(),
+                **({} if args.gather_s is None else {"SENSORCAST_STREAMS__GATHER_S": str(args.gather_s)}),
             )
             (work / name).mkdir(parents=True)
             procs[name] = ServeProcess(env, work / name / "serve.log")

@@ -50,19 +50,14 @@ def test_env_example_is_generated_from_current_settings() -> None:
 
 def test_compose_services_healthchecks_and_ordering(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"mosquitto", "influxdb", "sensorcast-ingest", "sensorcast", "trainer"} <= set(services)
-    for name in ("mosquitto", "influxdb", "sensorcast-ingest", "sensorcast"):
+    assert {"mosquitto", "influxdb", "sensorcast", "trainer"} <= set(services)
+    for name in ("mosquitto", "influxdb", "sensorcast"):
         hc = services[name]["healthcheck"]
         assert hc["test"] and hc["interval"] and hc["retries"] >= 3, name
     for name, svc in services.items():
         for dep, cond in svc.get("depends_on", {}).items():
             assert cond == {"condition": "service_healthy"}, f"{name} -> {dep}"
-    for name in ("sensorcast-ingest", "sensorcast"):
-        assert set(services[name]["depends_on"]) == {"mosquitto", "influxdb"}
-        assert services[name]["build"]["target"] == "service"
-    # Every role runs somewhere, each in one process only.
-    roles = [services[n]["environment"]["SENSORCAST_ROLES"] for n in ("sensorcast-ingest", "sensorcast")]
-    assert roles == ["ingest,api", "inference,api"]
+    assert set(services["sensorcast"]["depends_on"]) == {"mosquitto", "influxdb"}
     assert services["trainer"]["profiles"] == ["train"]
     assert services["trainer"]["build"]["target"] == "train"
     assert services["sensorcast"]["build"]["target"] == "service"
@@ -78,9 +73,9 @@ def test_compose_images_are_pinned(compose: dict[str, Any]) -> None:
 
 
 def test_compose_volumes_and_secrets(compose: dict[str, Any]) -> None:
-    targets = {v.split(":")[1] for v in compose["services"]["sensorcast"]["volumes"]}
-    assert {"/data", "/data/state", "/models"} <= targets  # outbox and checkpoints, models
-    assert {v.split(":")[1] for v in compose["services"]["sensorcast-ingest"]["volumes"]} == {"/data/spool"}
+    svc = compose["services"]["sensorcast"]
+    targets = {v.split(":")[1] for v in svc["volumes"]}
+    assert {"/data", "/data/spool", "/data/state", "/models"} <= targets
     init = (REPO / "deploy" / "init.sh").read_text()
     for name, spec in compose["secrets"].items():
         assert spec["file"] == f"./deploy/secrets/{name}"
@@ -177,7 +172,7 @@ def test_docker_compose_config_validates(tmp_path: Path) -> None:
         [exe, "--profile", "train", "--profile", "demo", "config", "--services"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True,
     ).stdout.split()
-    assert sorted(services) == ["influxdb", "mosquitto", "sensorcast", "sensorcast-ingest", "simulator", "trainer"]
+    assert sorted(services) == ["influxdb", "mosquitto", "sensorcast", "simulator", "trainer"]
 
 
 def test_compose_commands_parse(compose: dict[str, Any]) -> None:

@@ -6,9 +6,12 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import EngineDep, PipelineDep, ReadScope
 from service.api.schemas import ErrorOut, ForecastOut, StreamOut, forecast_body
+from service.pipeline import EngineLike
+from service.records import Forecast
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"], dependencies=[ReadScope])
 _404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "Unknown stream."}}
@@ -26,14 +29,15 @@ def list_streams(
 
 # Declared before the plain stream route: ids contain "/", so the path converter of the
 # plain route would otherwise swallow ".../forecast".
-# Plain ``def`` (threadpool), not ``async def``: the engine's lock can be held for long
-# (bulk warm-up reads the store inside a tick), and that must never stall the event loop.
+# ``async``: a cached forecast is a dict lookup, answered on the event loop. The engine
+# path runs in the threadpool: the engine's lock can be held for long (bulk warm-up
+# reads the store inside a tick), and that must never stall the event loop.
 @router.get(
     "/{stream_id:path}/forecast",
     response_model=ForecastOut,
     responses={**_404, 409: {"model": ErrorOut, "description": "No forecast yet (warming up)."}},
 )
-def get_forecast(
+async def get_forecast(
     stream_id: str,
     engine: EngineDep,
     pipeline: PipelineDep,
@@ -43,8 +47,12 @@ def get_forecast(
     """Latest stateful forecast of one stream, with bands."""
     band_z = z if z is not None else request.app.state.settings.api.band_z
     fc = pipeline.latest_forecast(stream_id)
-    if fc is not None:
-        return _json(forecast_body(fc, band_z, stream_id))
+    if fc is None:
+        fc = await run_in_threadpool(_engine_forecast, engine, stream_id)
+    return _json(forecast_body(fc, band_z, stream_id))
+
+
+def _engine_forecast(engine: EngineLike, stream_id: str) -> Forecast:
     status = engine.stream(stream_id)
     if status is None:
         raise HTTPException(404, f"unknown stream {stream_id!r}")
@@ -52,7 +60,7 @@ def get_forecast(
     if fc is None:
         have, need = int(status.warm_have), int(status.warm_need)
         raise HTTPException(409, f"no forecast yet for {stream_id!r}: warming up ({have} / {need})")
-    return _json(forecast_body(fc, band_z, stream_id))
+    return fc
 
 
 def _json(body: dict[str, Any]) -> Response:
