@@ -20,9 +20,9 @@ ingester), ``inference`` (engine and alert publisher), ``api`` (the REST server,
 ``serve`` starts around this pipeline). An ``inference`` process without ``ingest``
 subscribes to the readings itself (``intake``: same decoder, a clean session, client id
 ``<mqtt.client_id>-inference``), so ingest and inference can run as two processes, each
-with its own interpreter lock, and an alert never waits for the database. ``start`` brings parts up in flow order from the
-far end (publisher first, so no alert is emitted into nothing); ``stop`` stops intake
-first, then flushes, checkpoints and closes.
+with its own interpreter lock. ``start`` brings parts up in flow order from the far end
+(publisher first, so no alert is emitted into nothing); ``stop`` stops intake first,
+then flushes, checkpoints and closes.
 """
 
 from __future__ import annotations

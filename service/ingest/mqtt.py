@@ -93,7 +93,8 @@ class MqttSource:
         self.qos = qos
         self.live = list(live)
         self.persistent = writer is not None
-        group = decoder.settings.share_group
+        # Only the ingester shares: an inference process must see every reading it serves.
+        group = decoder.settings.share_group if self.persistent else None
         if group is not None and (not group or any(c in group for c in "/+#")):
             raise ConfigError(f"ingest.share_group must be a plain name (no / + #), found {group!r}")
         # A shared subscription: the broker hands each message to one member of the group.
