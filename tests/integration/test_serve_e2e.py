@@ -207,7 +207,10 @@ def test_sigkill_restart_restores_state_and_delivers_outbox(
             pub.send("spiky", values[upto:], upto)
             pub.close()
             wait_until(lambda: last_step(svc, "spiky/value") == T0 + (N - 1) * C, what="steps after restart")
-            fc = svc.get("/v1/streams/spiky/value/forecast").json()
+            r = svc.get("/v1/streams/spiky/value/forecast")
+            assert r.status_code == 200, (r.status_code, r.text, svc.get("/v1/streams/spiky/value").text,
+                                          svc.log.read_text()[-3000:])
+            fc = r.json()
             mean, _ = offline(models[1], values)
             assert np.abs(np.array(fc["mean"], np.float64) - mean).max() <= 1e-4  # as if never stopped
         finally:
