@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 # Step latency buckets in seconds: one batched ONNX call is ~10 us to ~10 ms.
 _STEP_BUCKETS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+_GC_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 _WRITE_BUCKETS = (1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -42,6 +43,11 @@ class Metrics:
         self.alerts = Counter("sensorcast_alerts", "Alert events emitted.", ["state"], registry=r)
         self.streams = Gauge("sensorcast_streams", "Streams by status.", ["status"], registry=r)
         self.model_errors = Counter("sensorcast_model_errors", "Model loads or reloads refused.", registry=r)
+        self.gc_pause = Histogram(
+            "sensorcast_gc_pause_seconds", "Pauses of Python's cyclic garbage collector, by generation.",
+            ["generation"], buckets=_GC_BUCKETS, registry=r,
+        )
+        self.gc_frozen = Gauge("sensorcast_gc_frozen_objects", "Objects exempt from collection (gc.freeze).", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

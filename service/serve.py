@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from service.config import Settings
+from service.gcpolicy import GcPolicy
 from service.metrics import Metrics
 from service.pipeline import Pipeline, parse_roles
 
@@ -57,12 +58,13 @@ def run(args: argparse.Namespace) -> int:
     # Several busy threads share the GIL (MQTT intake, store writer, engine, HTTP); with
     # the default 5 ms switch interval a short request can wait 5 ms per hand-over.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    gc_policy = GcPolicy(settings.gc.refreeze_s, metrics, enabled=settings.gc.freeze)
     if "api" in roles:
         import uvicorn
 
         from service.api.app import create_app
 
-        app = create_app(settings, metrics=metrics)
+        app = create_app(settings, metrics=metrics, on_started=gc_policy.start)
         config = uvicorn.Config(
             app, host=settings.api.host, port=settings.api.port, log_level=settings.log_level.lower(),
             access_log=False,  # one line per request would dwarf everything else at 200 req/s
@@ -70,12 +72,15 @@ def run(args: argparse.Namespace) -> int:
         )
         # uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which runs the lifespan's
         # pipeline.stop() (stop intake, flush, checkpoint).
-        uvicorn.Server(config).run()
+        try:
+            uvicorn.Server(config).run()
+        finally:
+            gc_policy.stop()
         return 0
-    return _run_headless(settings, metrics)
+    return _run_headless(settings, metrics, gc_policy)
 
 
-def _run_headless(settings: Settings, metrics: Metrics) -> int:
+def _run_headless(settings: Settings, metrics: Metrics, gc_policy: GcPolicy) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -86,8 +91,10 @@ def _run_headless(settings: Settings, metrics: Metrics) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     pipeline = Pipeline.build(settings, metrics)
     pipeline.start()
+    gc_policy.start()
     try:
         stop.wait()
     finally:
+        gc_policy.stop()
         pipeline.stop()
     return 0

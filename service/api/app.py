@@ -7,7 +7,7 @@ does); tests pass their own ``pipeline`` and keep ownership of it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,8 +36,12 @@ read or write key, mutating routes (`POST /v1/readings`, `POST /v1/models/reload
 
 
 def create_app(
-    settings: Settings, pipeline: Pipeline | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    pipeline: Pipeline | None = None,
+    metrics: Metrics | None = None,
+    on_started: Callable[[], object] | None = None,
 ) -> FastAPI:
+    """``on_started`` runs once the app's own pipeline has started (serve: the GC policy)."""
     owned = pipeline is None
 
     @asynccontextmanager
@@ -46,6 +50,8 @@ def create_app(
             built = await run_in_threadpool(Pipeline.build, settings, metrics)
             await run_in_threadpool(built.start)
             app.state.pipeline = built
+            if on_started is not None:
+                on_started()
         try:
             yield
         finally:

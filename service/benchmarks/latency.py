@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one: a single process with every role (as docker-compose runs it); split: an "
                         "ingest process and an inference+API process with its own subscription.")
     parser.add_argument("--gather-s", type=float, help="streams.gather_s of the service (default: its default).")
+    parser.add_argument("--clients", choices=("raw", "paho"), default="raw",
+                        help="Load generators: raw (pre-built packets on plain sockets, see loadgen.py) or "
+                        "paho + httpx (~0.45 cores more on the box at 10k/s).")
 
 
 def _watcher(port: int, out: Any, ready: Any, stop: Any) -> None:
@@ -82,7 +85,7 @@ def _watcher(port: int, out: Any, ready: Any, stop: Any) -> None:
     out.put(got)
 
 
-def _prober(url: str, streams: int, rate: float, out: Any, go: Any, stop: Any, clients: int = 4) -> None:
+def _prober(url: str, streams: int, rate: float, out: Any, go: Any, stop: Any, raw: bool, clients: int = 4) -> None:
     """``clients`` threads, each on its own keep-alive connection, together at ``rate`` req/s.
 
     Several connections keep the offered rate when one request is slow (one sequential
@@ -92,6 +95,8 @@ def _prober(url: str, streams: int, rate: float, out: Any, go: Any, stop: Any, c
 
     import httpx
 
+    from service.benchmarks.loadgen import RawHttp
+
     lat: list[float] = []
     codes: dict[int | str, int] = {}
     lock = threading.Lock()
@@ -99,7 +104,8 @@ def _prober(url: str, streams: int, rate: float, out: Any, go: Any, stop: Any, c
     def client(seed: int) -> None:
         rng = np.random.default_rng(seed)
         interval = clients / rate
-        with httpx.Client(base_url=url, timeout=5) as http:
+        host, port = url.removeprefix("http://").split(":")
+        with (RawHttp(host, int(port)) if raw else httpx.Client(base_url=url, timeout=5)) as http:
             go.wait()
             nxt = time.perf_counter() + interval * seed / clients  # staggered starts
             while not stop.is_set():
@@ -109,8 +115,9 @@ def _prober(url: str, streams: int, rate: float, out: Any, go: Any, stop: Any, c
                 s = int(rng.integers(streams))
                 t = time.perf_counter()
                 try:
-                    code: int | str = http.get(f"/v1/streams/dev{s}/value/forecast").status_code
-                except httpx.HTTPError as e:
+                    got = http.get(f"/v1/streams/dev{s}/value/forecast")
+                    code: int | str = got[0] if isinstance(got, tuple) else got.status_code
+                except (httpx.HTTPError, OSError) as e:
                     code = type(e).__name__
                 took = time.perf_counter() - t
                 with lock:
@@ -132,10 +139,43 @@ def _pct(xs: list[float] | np.ndarray, q: float) -> float:
     return float(np.percentile(np.asarray(xs), q)) if len(xs) else float("nan")
 
 
-def run(args: argparse.Namespace) -> int:
+class _Pub:
+    """The publisher behind one interface: ``send``, ``acked``, ``pump(timeout)``, ``close``."""
+
+    def __init__(self, send: Any, acked: Any, pump: Any, close: Any) -> None:
+        self.send, self.acked, self.pump, self.close = send, acked, pump, close
+
+
+def _publisher(port: int, raw: bool) -> _Pub:
+    """Both drive the socket from the caller's thread: a reading's stamp is when it went on
+    the wire, not when a network thread got the GIL to send it (that wait would be counted
+    as service latency)."""
+    if raw:
+        from service.benchmarks.loadgen import RawPublisher
+
+        rp = RawPublisher("127.0.0.1", port, "bench-latency-pub")
+        return _Pub(rp.publish, lambda: rp.acked, rp.read_acks, rp.close)
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
+    pc = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-latency-pub", protocol=paho.MQTTv311)
+    pc.max_inflight_messages_set(20_000)
+    pc.max_queued_messages_set(0)
+    acked = [0]
+    pc.on_publish = lambda *a: acked.__setitem__(0, acked[0] + 1)
+    pc.connect("127.0.0.1", port)
+    while not pc.is_connected():
+        pc.loop(0.1)
+
+    def send(topic: bytes, payload: bytes) -> None:
+        info = pc.publish(topic.decode(), payload, qos=1)
+        if info.rc != 0:
+            raise RuntimeError(f"publish failed: rc {info.rc}")
+
+    return _Pub(send, lambda: acked[0], lambda t: pc.loop(t), pc.disconnect)
+
+
+def run(args: argparse.Namespace) -> int:
     from service.benchmarks.serveproc import ServeProcess, stack_env
 
     work = Path(tempfile.mkdtemp(prefix="sc-bench-latency-"))
@@ -175,22 +215,13 @@ def run(args: argparse.Namespace) -> int:
         w_out, w_ready, w_stop = ctx.Queue(), ctx.Event(), ctx.Event()
         p_out, go, p_stop = ctx.Queue(), ctx.Event(), ctx.Event()
         watcher = ctx.Process(target=_watcher, args=(broker.port, w_out, w_ready, w_stop))
-        prober = ctx.Process(target=_prober, args=(svc.url, args.streams, args.http_rate, p_out, go, p_stop))
+        prober = ctx.Process(target=_prober, args=(svc.url, args.streams, args.http_rate, p_out, go, p_stop,
+                                                  args.clients == "raw"))
         watcher.start()
         prober.start()
         w_ready.wait(30)
 
-        pub = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-latency-pub", protocol=paho.MQTTv311)
-        pub.max_inflight_messages_set(20_000)
-        pub.max_queued_messages_set(0)
-        acked = [0]
-        pub.on_publish = lambda *a: acked.__setitem__(0, acked[0] + 1)
-        pub.connect("127.0.0.1", broker.port)
-        # Driven from this thread (no loop_start): publish() writes to the socket at once, so
-        # a reading's stamp is when it went on the wire, not when a paho network thread got
-        # the GIL to send it (that wait would be counted as service latency).
-        while not pub.is_connected():
-            pub.loop(0.1)
+        pub = _publisher(broker.port, raw=args.clients == "raw")
 
         n_streams = args.streams
         rounds = max(WARM_ROUNDS + 20, int(args.seconds * args.rate / n_streams))
@@ -201,10 +232,12 @@ def run(args: argparse.Namespace) -> int:
         slot = 0.01  # pace in 10 ms slots
         per_slot = max(1, int(args.rate * slot))
         print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work on this box skews every number)")
-        print(f"topology: {args.topology} ({', '.join(f'{n}: {r}' for n, r in roles.items())})")
+        print(f"topology: {args.topology} ({', '.join(f'{n}: {r}' for n, r in roles.items())}); "
+              f"load clients: {args.clients}")
         print(f"publishing {rounds * n_streams} readings ({rounds} rounds x {n_streams} streams) at {args.rate:.0f}/s; "
               f"GET forecast at {args.http_rate:.0f}/s")
         t_start = time.perf_counter()
+        cpu_start = time.process_time()
         t_probe = 0.0
         nxt = t_start
         count = 0
@@ -217,19 +250,18 @@ def run(args: argparse.Namespace) -> int:
                 t_probe = time.perf_counter()
             for s in range(n_streams):
                 sent[k, s] = time.time()
-                info = pub.publish(f"sensors/dev{s}/value", b'{"ts":%d,"value":%.4f}' % (ts, vals[s]), qos=1)
-                if info.rc != 0:
-                    raise RuntimeError(f"publish failed: rc {info.rc}")
+                pub.send(b"sensors/dev%d/value" % s, b'{"ts":%d,"value":%.4f}' % (ts, vals[s]))
                 count += 1
-                while count - acked[0] > _MAX_UNACKED:  # the broker is behind: wait, never drop
-                    pub.loop(0.001)
+                while count - pub.acked() > _MAX_UNACKED:  # the broker is behind: wait, never drop
+                    pub.pump(0.001)
                 if count % 32 == 0:
-                    pub.loop(0)  # read the PUBACKs that have arrived
+                    pub.pump(0)  # read the PUBACKs that have arrived
                 if count % per_slot == 0:
                     nxt += slot
                     while (pause := nxt - time.perf_counter()) > 0:
-                        pub.loop(pause)  # returns early when a PUBACK arrives
+                        pub.pump(pause)  # returns early when a PUBACK arrives
         elapsed = time.perf_counter() - t_start
+        pub_cores = (time.process_time() - cpu_start) / elapsed
         p_stop.set()  # forecast latency is measured under load only
         probe_s = time.perf_counter() - t_probe if t_probe else 0.0
         deadline = time.monotonic() + 60
@@ -241,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
         alerts = w_out.get(timeout=30)
         watcher.join(10)
         prober.join(10)
-        pub.disconnect()
+        pub.close()
 
         lat_alert = []
         matched_spikes = 0
@@ -265,7 +297,8 @@ def run(args: argparse.Namespace) -> int:
         steps = svc.metric("sensorcast_steps_total")
         ms = 1000.0
         print(f"load average after: {os.getloadavg()[0]:.1f}")
-        print(f"published      {count} readings in {elapsed:.1f} s = {count / elapsed:,.0f}/s (QoS 1)")
+        print(f"published      {count} readings in {elapsed:.1f} s = {count / elapsed:,.0f}/s (QoS 1), "
+              f"publisher CPU {pub_cores:.2f} cores ({args.clients})")
         print(f"service        stored {stored:,.0f}, model steps {steps:,.0f}")
         for name, proc in procs.items():
             cpu = proc.cpu_seconds()
