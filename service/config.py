@@ -200,11 +200,6 @@ class ApiSettings(BaseModel):
     band_z: float = Field(
         1.96, gt=0, description="Forecast bands are mean ± band_z · scale (1.96: 95% if the spread is Gaussian)."
     )
-    forecast_cache: bool = Field(
-        False,
-        description="Keep each stream's newest forecast for GET .../forecast, answered without waiting for the "
-        "engine's tick; costs engine CPU on every step (always on when alerts.forecast_topic is set).",
-    )
 
 
 class GcSettings(BaseModel):

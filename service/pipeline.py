@@ -44,6 +44,7 @@ from service.store.base import Store
 
 if TYPE_CHECKING:
     from service.ingest.mqtt import MqttSource
+    from service.streams.status import ForecastLookup
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class EngineLike(Protocol):
     def streams(self) -> Sequence[Any]: ...
     def stream(self, stream_id: str) -> Any | None: ...
     def forecast(self, stream_id: str) -> Forecast | None: ...
+    def lookup_forecast(self, stream_id: str) -> ForecastLookup | None: ...
     def predict(self, model: str, version: str | None, values: Any, timestamps_ns: Any, cadence_s: float | None = None) -> Forecast: ...
     def models(self) -> Sequence[Any]: ...
     def reload_models(self) -> Any: ...
@@ -182,10 +184,6 @@ class Pipeline:
         self.intake = intake
         self._closers = list(closers)
         self.started = False
-        # stream id -> newest forecast, filled by on_forecast when the engine emits them
-        # (api.forecast_cache or alerts.forecast_topic): GET .../forecast then reads it
-        # without waiting for the engine's lock (held for a whole tick).
-        self._latest: dict[str, Forecast] = {}
         self.outbox_gauge = _outbox_gauge(metrics)
 
     # -- the callbacks the engine is given ------------------------------------------
@@ -199,7 +197,6 @@ class Pipeline:
             log.exception("could not queue alert for %s (%s) in the outbox", alert.stream_id, alert.state)
 
     def on_forecast(self, fc: Forecast) -> None:
-        self._latest[fc.stream_id] = fc  # one dict store: atomic under the GIL
         if self.publisher is None:
             return
         device, quantity = split_stream_id(fc.stream_id)
@@ -207,10 +204,6 @@ class Pipeline:
             self.publisher.publish_forecast(fc, device, quantity)
         except Exception:
             log.exception("could not publish forecast for %s", fc.stream_id)
-
-    def latest_forecast(self, stream_id: str) -> Forecast | None:
-        """The newest forecast the engine has emitted for ``stream_id`` (None: ask the engine)."""
-        return self._latest.get(stream_id)
 
     # -- building from settings --------------------------------------------------------
     @classmethod
@@ -324,6 +317,6 @@ def _build_engine(
     registry = ModelRegistry(settings.models.dir, settings.models.threads, metrics)
     engine = Engine(settings, registry, store, metrics, on_alert=on_alert, on_forecast=on_forecast)
     # Building a Forecast per stream-step cost ~25% of the engine thread at 3k readings/s
-    # (py-spy): only when forecasts go to MQTT anyway, or the API cache is asked for.
-    engine.publish_forecasts = settings.alerts.forecast_topic is not None or settings.api.forecast_cache
+    # (py-spy): only when forecasts go to MQTT.
+    engine.publish_forecasts = settings.alerts.forecast_topic is not None
     return engine, EngineRunner(engine, restore=True)

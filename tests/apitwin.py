@@ -17,6 +17,7 @@ import numpy as np
 from service.errors import ModelError
 from service.records import Alert, Forecast, Reading
 from service.runtime.manifest import Manifest
+from service.streams.status import ForecastLookup
 
 
 @dataclass
@@ -54,6 +55,7 @@ class TwinEngine:
     manifests: list[Manifest] = field(default_factory=lambda: [twin_manifest()])
     accepted: list[Reading] = field(default_factory=list)
     reloads: int = 0
+    busy: bool = False  # lookup_forecast answers "a write overlapped": the route must take the locked path
 
     def accept(self, readings: Sequence[Reading]) -> None:
         self.accepted.extend(readings)
@@ -69,6 +71,15 @@ class TwinEngine:
 
     def forecast(self, stream_id: str) -> Forecast | None:
         return self.forecasts.get(stream_id)
+
+    def lookup_forecast(self, stream_id: str) -> ForecastLookup | None:
+        if self.busy:
+            return None
+        status = self.statuses.get(stream_id)
+        if status is None:
+            return ForecastLookup(known=False)
+        return ForecastLookup(known=True, forecast=self.forecasts.get(stream_id),
+                              warm_have=status.warm_have, warm_need=status.warm_need)
 
     def predict(self, model: str, version: str | None, values: Any, timestamps_ns: Any, cadence_s: float | None = None) -> Forecast:
         m = next((m for m in self.manifests if m.name == model and version in (None, m.version)), None)

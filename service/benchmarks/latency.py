@@ -53,7 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(must serve quantity 'value' with a 60 s cadence).")
     parser.add_argument("--tick-s", type=float, default=0.01, help="Engine tick period of the service.")
     parser.add_argument("--batch-interval-s", type=float, default=0.01, help="Ingest flush interval of the service.")
-    parser.add_argument("--forecast-cache", action="store_true", help="Serve GET forecast from the API's cache.")
     parser.add_argument("--topology", choices=("one", "split"), default="one",
                         help="one: a single process with every role (as docker-compose runs it); split: an "
                         "ingest process and an inference+API process with its own subscription.")
@@ -201,7 +200,6 @@ def run(args: argparse.Namespace) -> int:
                 SENSORCAST_INGEST__BATCH_INTERVAL_S=str(args.batch_interval_s),
                 SENSORCAST_ANOMALY__MIN_COUNT="1", SENSORCAST_ANOMALY__WINDOW="1",  # fire on the spike itself
                 SENSORCAST_ANOMALY__COOLDOWN_S="0",
-                SENSORCAST_API__FORECAST_CACHE=str(bool(args.forecast_cache)).lower(),
                 **({} if args.gather_s is None else {"SENSORCAST_STREAMS__GATHER_S": str(args.gather_s)}),
             )
             (work / name).mkdir(parents=True)
@@ -293,6 +291,10 @@ def run(args: argparse.Namespace) -> int:
             f"{label} p50 <= {p.histogram_le(m, 0.5) * 1e3:g} ms, p99 <= {p.histogram_le(m, 0.99) * 1e3:g} ms"
             for label, (p, m) in stages.items()
         )
+        gc_full = svc.metric("sensorcast_gc_pause_seconds_count", 'generation="2"')
+        gc_text = (f"{gc_full:.0f} full collections; all pauses p99 <= "
+                   f"{svc.histogram_le('sensorcast_gc_pause_seconds', 0.99) * 1e3:g} ms, "
+                   f"max <= {svc.histogram_le('sensorcast_gc_pause_seconds', 1.0) * 1e3:g} ms")
         stored = ingest.metric("sensorcast_readings_stored_total")
         steps = svc.metric("sensorcast_steps_total")
         ms = 1000.0
@@ -305,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  process {name:<7} roles {proc.env['SENSORCAST_ROLES']:<21} CPU {cpu:.1f} s "
                   f"({cpu / (elapsed + 3):.2f} cores), RSS {proc.rss_bytes() / 2**20:.0f} MiB")
         print(f"stages         {stage_text} (histogram bucket bounds)")
+        print(f"gc (svc)       {gc_text}")
         print(f"alerts         {sum(1 for a in alerts if a[2] == 'firing')} firing "
               f"({matched_spikes} of {n_streams} injected spikes), {sum(1 for a in alerts if a[2] == 'resolved')} resolved")
         print(f"publish->alert p50 {_pct(lat_alert, 50) * ms:.1f} ms  p90 {_pct(lat_alert, 90) * ms:.1f} ms  "

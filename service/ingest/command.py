@@ -14,6 +14,7 @@ import time
 from types import FrameType
 
 from service.config import Settings
+from service.gcpolicy import GcPolicy
 from service.ingest.ingester import Ingester
 from service.metrics import Metrics
 from service.store import open_store
@@ -49,8 +50,11 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     store = open_store(settings.store)
-    ingester = Ingester(settings, store, Metrics())
+    metrics = Metrics()
+    ingester = Ingester(settings, store, metrics)
     ingester.start()
+    gc_policy = GcPolicy(settings.gc.refreeze_s, metrics, enabled=settings.gc.freeze)
+    gc_policy.start()
     log.info("ingesting %r into %s", settings.ingest.topic, settings.store.url.split("@")[-1])
     next_status = time.monotonic() + args.status_every
     try:
@@ -59,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 log.info("status: %s", ingester.status())
                 next_status += args.status_every
     finally:
+        gc_policy.stop()
         ingester.stop()
         store.close()
         log.info("stopped: %s", ingester.status())

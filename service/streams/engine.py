@@ -35,7 +35,7 @@ from service.streams import checkpoint, report
 from service.streams.binding import Route, route
 from service.streams.predict import predict as predict_history
 from service.streams.resample import Resampler, Step, live_window_ns
-from service.streams.status import ModelInfo, StreamStatus
+from service.streams.status import ForecastLookup, ModelInfo, StreamStatus
 from service.streams.table import ModelTable
 
 log = logging.getLogger(__name__)
@@ -605,6 +605,27 @@ class Engine:
         with self._lock:
             st = self._streams.get(stream_id)
             return None if st is None else report.forecast_of(st.id, st.table, st.row)
+
+    def lookup_forecast(self, stream_id: str) -> ForecastLookup | None:
+        """The latest forecast without the engine's lock, for the API's event loop.
+
+        A tick holds the lock for milliseconds, and the bulk warm-up of new streams
+        (store reads) for longer; a forecast is a few array rows guarded by the table's
+        seqlock instead. None: a write overlapped every attempt, use ``forecast()``.
+        """
+        for _ in range(3):
+            st = self._streams.get(stream_id)  # one dict read: atomic under the GIL
+            if st is None:
+                return ForecastLookup(known=False)
+            t, row = st.table, st.row
+            version = t.version
+            if version & 1:
+                continue
+            fc = report.forecast_of(st.id, t, row)
+            have, need = int(t.warm_have[row]), t.warm_need
+            if t.version == version and st.table is t and st.row == row and self._streams.get(stream_id) is st:
+                return ForecastLookup(known=True, forecast=fc, warm_have=have, warm_need=need)
+        return None
 
     def recent_alerts(self, limit: int = 100, stream: str | None = None, state: str | None = None) -> list[Alert]:
         """Newest first."""

@@ -5,7 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from service.records import Forecast
+
 StreamState = Literal["warming", "ok", "firing"]
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastLookup:
+    """A lock-free forecast read: unknown stream, warming (forecast None), or the forecast."""
+
+    known: bool
+    forecast: Forecast | None = None
+    warm_have: int = 0
+    warm_need: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,10 @@ class ModelTable:
         m = model.manifest
         self.model = model
         self.uid = 0  # set by the engine: a small int naming this table in hot loops
+        # Seqlock over what a forecast read needs (fc, sc, warm_have, last_bucket): odd
+        # while a write is under way. The API reads forecasts without the engine's lock and
+        # retries (or takes the lock) when the version was odd or changed meanwhile.
+        self.version = 0
         self.poisoned = 0  # rows reset because the model returned a non-finite state
         self.runtime = model.runtime
         self.cadence_ns = round(m.cadence_s * NS_PER_S)
@@ -101,6 +105,7 @@ class ModelTable:
         if capacity <= old:
             return
         extra = capacity - old
+        self.version += 1
 
         def more(a: npt.NDArray[np.generic], fill: float | int) -> npt.NDArray[np.generic]:
             return np.concatenate([a, np.full((extra, *a.shape[1:]), fill, dtype=a.dtype)])
@@ -130,6 +135,7 @@ class ModelTable:
         self.free.extend(range(capacity - 1, old - 1, -1))
         self.owners.extend([None] * extra)
         self.capacity = capacity
+        self.version += 1
 
     def add_row(self) -> int:
         if not self.free:
@@ -151,11 +157,13 @@ class ModelTable:
 
     def reset(self, rows: IntArr) -> None:
         """Zero the recurrent state and forget forecasts, warm-up, scores and decisions."""
+        self.version += 1
         self.state[rows] = 0.0
         self.fc[rows] = np.nan
         self.sc[rows] = np.nan
         self.ring[rows] = np.nan
         self.warm_have[rows] = 0
+        self.version += 1
         self.last_x[rows] = np.nan
         self.score[rows] = np.nan
         self.expected[rows] = np.nan
@@ -184,6 +192,8 @@ class ModelTable:
             self.ring[rows, -1] = x
             self.ring_ts[rows, :-1] = self.ring_ts[rows, 1:]
             self.ring_ts[rows, -1] = ts
+        outputs = []  # the model calls first (they release the GIL), then one short write
+        restart = []
         for lo in range(0, len(rows), MAX_CALL_BATCH):
             r = rows[lo : lo + MAX_CALL_BATCH]
             if self.window is None:
@@ -193,16 +203,21 @@ class ModelTable:
                 poisoned = ~np.isfinite(state_out).all(axis=1)
                 if poisoned.any():  # a NaN/inf state would stay so forever: start those rows over
                     self.poisoned += int(poisoned.sum())
-                    self.reset(r[poisoned])
-                    self.warm_have[r[poisoned]] = -1  # the += 1 below brings it back to 0
+                    restart.append(r[poisoned])
             else:
                 tfw = time_features(self.ring_ts[r], self.tf_names) if self.tf_names else None  # (b, L, K)
                 fc, sc = self.runtime.window(self.ring[r], tfw)
+            outputs.append((r, fc, sc))
+        self.version += 1
+        for r, fc, sc in outputs:
             self.fc[r] = fc
             if sc is not None:
                 self.sc[r] = sc
         self.warm_have[rows] += 1
         self.last_bucket[rows] = buckets
+        self.version += 1
+        for r in restart:
+            self.reset(r)  # after the write above: the poisoned forecast goes too, warm-up restarts at 0
         self.last_x[rows] = x
 
         # Score the fed values against the earlier forecast (only when it was made warm).
@@ -256,6 +271,13 @@ class ModelTable:
 
     def import_rows(self, rows: IntArr, arrays: dict[str, npt.NDArray[np.generic]]) -> None:
         """Load rows saved by ``export_rows`` (shapes must match this model)."""
+        self.version += 1
+        try:
+            self._import_rows(rows, arrays)
+        finally:
+            self.version += 1
+
+    def _import_rows(self, rows: IntArr, arrays: dict[str, npt.NDArray[np.generic]]) -> None:
         for k in self._ROW_ARRAYS:
             target = getattr(self, k)
             src = arrays[k]

@@ -236,11 +236,11 @@ def test_unknown_role_is_a_config_error() -> None:
     assert parse_roles(" ingest , api ") == {"ingest", "api"}
 
 
-def test_forecast_served_from_the_pipeline_cache_first(h: Harness) -> None:
-    from service.records import Forecast
-
-    newer = Forecast("pump-1/temperature", T0 + MIN, 60.0, ("value",), ((30.0,), (31.0,), (32.0,)), None, "twin", "1")
-    h.pipeline.on_forecast(newer)  # what the engine calls after each step
+@pytest.mark.parametrize("busy", [False, True], ids=["lock-free", "locked-fallback"])
+def test_forecast_answers_alike_on_both_read_paths(h: Harness, busy: bool) -> None:
+    h.engine.busy = busy  # True: the lock-free read overlapped writes, the route asks under the lock
     f = h.client.get("/v1/streams/pump-1/temperature/forecast").json()
-    assert f["mean"] == [[30.0], [31.0], [32.0]] and f["lower"] is None  # not probabilistic: no bands
-    assert f["made_at"] == "2023-11-14T22:14:20Z"
+    assert f["mean"] == [[21.0], [21.5], [22.0]]
+    r = h.client.get("/v1/streams/pump-2/temperature;site=north/forecast")
+    assert r.status_code == 409 and "warming up (2 / 5)" in r.json()["detail"]
+    assert h.client.get("/v1/streams/nope/none/forecast").status_code == 404

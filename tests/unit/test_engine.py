@@ -489,3 +489,55 @@ def test_off_grid_streams_are_fed_by_the_clock_and_bookkeeping_stays_bounded(tmp
     assert {int(table.warm_have[eng._streams[k.id].row]) for k in keys} == {n_buckets}
     assert not table.has_pending.any() and all(st.res is None for st in eng._streams.values())
     assert metrics.late_dropped.labels("late")._value.get() == 0
+
+
+def test_lock_free_forecast_reads_are_never_torn(tmp_path: Path) -> None:
+    """A forecast read without the engine's lock must never mix two steps.
+
+    A persistence model forecasts the value it was fed, and stream values are the bucket
+    index, so a consistent read has mean == the bucket of its own timestamp. A reader
+    thread races a ticking writer with the GIL switching as often as Python allows.
+    """
+    import sys
+    import threading
+
+    def persist(x, state, tf):  # type: ignore[no-untyped-def]
+        return np.repeat(x[:, None, :], 4, axis=1), np.ones((len(x), 4, 1), np.float32), state
+
+    eng, _ = _registry_with(tmp_path, persist)
+    keys = [StreamKey(f"d{i}", "va") for i in range(3000)]  # large writes: numpy may drop the GIL inside
+    rounds = 60
+    stop = threading.Event()
+
+    def writer() -> None:
+        for k in range(rounds):
+            eng.accept([Reading(key, T0 + k * C, float(k)) for key in keys])
+            eng.tick(T0 + k * C)
+        stop.set()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    t = threading.Thread(target=writer)
+    t.start()
+    reads = busy = 0
+    try:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            found = eng.lookup_forecast(f"d{i % len(keys)}/va")
+            if found is None:
+                busy += 1
+                continue
+            if found.forecast is None:
+                continue  # not seen yet, or warming
+            reads += 1
+            bucket = (found.forecast.ts_ns - T0) // C
+            assert found.forecast.mean == ((float(bucket),),) * 4, f"torn read at bucket {bucket}"
+    finally:
+        sys.setswitchinterval(old)
+        t.join()
+    assert reads > 100
+    unknown = eng.lookup_forecast("nobody/va")
+    assert unknown is not None and not unknown.known
+    done = eng.lookup_forecast("d7/va")
+    assert done is not None and done.forecast is not None and done.forecast.mean[0] == (float(rounds - 1),)

@@ -8,10 +8,10 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import EngineDep, PipelineDep, ReadScope
+from service.api.deps import EngineDep, ReadScope
 from service.api.schemas import ErrorOut, ForecastOut, StreamOut, forecast_body
 from service.pipeline import EngineLike
-from service.records import Forecast
+from service.streams.status import ForecastLookup
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"], dependencies=[ReadScope])
 _404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "Unknown stream."}}
@@ -29,9 +29,10 @@ def list_streams(
 
 # Declared before the plain stream route: ids contain "/", so the path converter of the
 # plain route would otherwise swallow ".../forecast".
-# ``async``: a cached forecast is a dict lookup, answered on the event loop. The engine
-# path runs in the threadpool: the engine's lock can be held for long (bulk warm-up
-# reads the store inside a tick), and that must never stall the event loop.
+# ``async``: the forecast is read on the event loop without the engine's lock (a seqlock
+# read of a few array rows, see Engine.lookup_forecast). Only when a write overlapped every
+# attempt does the request wait for the lock, in the threadpool: the lock can be held for
+# long (bulk warm-up reads the store inside a tick) and must never stall the event loop.
 @router.get(
     "/{stream_id:path}/forecast",
     response_model=ForecastOut,
@@ -40,27 +41,31 @@ def list_streams(
 async def get_forecast(
     stream_id: str,
     engine: EngineDep,
-    pipeline: PipelineDep,
     request: Request,
     z: Annotated[float | None, Query(gt=0, le=10, description="Band half-width in spreads; settings.api.band_z when empty.")] = None,
 ) -> Response:
     """Latest stateful forecast of one stream, with bands."""
     band_z = z if z is not None else request.app.state.settings.api.band_z
-    fc = pipeline.latest_forecast(stream_id)
-    if fc is None:
-        fc = await run_in_threadpool(_engine_forecast, engine, stream_id)
-    return _json(forecast_body(fc, band_z, stream_id))
+    found = engine.lookup_forecast(stream_id)
+    if found is None:
+        found = await run_in_threadpool(_locked_lookup, engine, stream_id)
+    if not found.known:
+        raise HTTPException(404, f"unknown stream {stream_id!r}")
+    if found.forecast is None:  # e.g. restored from a checkpoint but not stepped yet, or warming
+        raise HTTPException(
+            409, f"no forecast yet for {stream_id!r}: warming up ({found.warm_have} / {found.warm_need})"
+        )
+    return _json(forecast_body(found.forecast, band_z, stream_id))
 
 
-def _engine_forecast(engine: EngineLike, stream_id: str) -> Forecast:
+def _locked_lookup(engine: EngineLike, stream_id: str) -> ForecastLookup:
     status = engine.stream(stream_id)
     if status is None:
-        raise HTTPException(404, f"unknown stream {stream_id!r}")
-    fc = engine.forecast(stream_id)  # e.g. restored from a checkpoint, not stepped yet
-    if fc is None:
-        have, need = int(status.warm_have), int(status.warm_need)
-        raise HTTPException(409, f"no forecast yet for {stream_id!r}: warming up ({have} / {need})")
-    return fc
+        return ForecastLookup(known=False)
+    return ForecastLookup(
+        known=True, forecast=engine.forecast(stream_id),
+        warm_have=int(status.warm_have), warm_need=int(status.warm_need),
+    )
 
 
 def _json(body: dict[str, Any]) -> Response:
