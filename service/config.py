@@ -136,6 +136,12 @@ class StreamsSettings(BaseModel):
         "call per burst instead of one per message (a call has ~180 us of fixed cost). Adds at most this much "
         "to a reading's path to its forecast and alert.",
     )
+    window_every: int = Field(
+        1, ge=1,
+        description="Window models recompute their forecast every this many steps (capped at the horizon); in "
+        "between, each step is scored against the latest forecast at the right offset and GET .../forecast "
+        "serves that forecast with its own made_at. Step models always advance every step.",
+    )
     max_buffered: int = Field(
         1_000_000,
         description="Readings buffered for the engine between ticks; beyond this, new ones are dropped for "

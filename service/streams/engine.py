@@ -155,7 +155,9 @@ class Engine:
         name = _table_name(model)
         table = self._tables.get(name)
         if table is None or table.model is not model:
-            table = self._tables[name] = ModelTable(model, self.settings.anomaly)
+            table = self._tables[name] = ModelTable(
+                model, self.settings.anomaly, window_every=self.settings.streams.window_every
+            )
             self._next_uid += 1
             table.uid = self._next_uid
             self._by_uid[table.uid] = table
@@ -430,8 +432,8 @@ class Engine:
     def _publish_forecasts(self, table: ModelTable, rows: IntArr) -> None:
         """One Forecast per warm stepped row, built from whole-batch arrays (not per-row numpy)."""
         assert self.on_forecast is not None
-        warm = table.warm_have[rows] >= table.warm_need
-        rows = rows[warm]
+        fresh = (table.warm_have[rows] >= table.warm_need) & (table.fc_age[rows] == 0)  # window models: new ones only
+        rows = rows[fresh]
         if rows.size == 0:
             return
         m = table.model.manifest

@@ -94,7 +94,7 @@ def forecast_of(stream_id: str, t: ModelTable, row: int) -> Forecast | None:
     m = t.model.manifest
     scale = tuple(map(tuple, t.sc[row].astype(np.float64).tolist())) if t.has_scale else None
     return Forecast(
-        stream_id=stream_id, ts_ns=int(t.last_bucket[row]) * t.cadence_ns, cadence_s=m.cadence_s,
+        stream_id=stream_id, ts_ns=int(t.last_bucket[row] - t.fc_age[row]) * t.cadence_ns, cadence_s=m.cadence_s,
         features=tuple(m.output_features), mean=tuple(map(tuple, t.fc[row].astype(np.float64).tolist())),
         scale=scale, model=t.model.name, model_version=t.model.version,
     )

@@ -6,9 +6,10 @@ rows out of ORT's outputs avoids pinning whole output buffers). ``step()`` advan
 of *distinct* rows by one bucket each: the engine splits a stream's consecutive buckets
 into consecutive calls.
 
-After each step the row holds the forecast made at that step (``fc``, ``sc``), the score
-of the value just fed against the forecast made one step earlier, and the band that
-score was measured in.
+After each step the row holds its latest forecast (``fc``, ``sc``), made ``fc_age`` steps
+ago (always 0 for step models; window models recompute every ``window_every`` steps and
+are read at that offset in between), the score of the value just fed against the forecast
+for its step, and the band that score was measured in.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ class StepOutcome:
 
 
 class ModelTable:
-    def __init__(self, model: LoadedModel, anomaly: AnomalySettings, capacity: int = 64) -> None:
+    def __init__(
+        self, model: LoadedModel, anomaly: AnomalySettings, capacity: int = 64, window_every: int = 1
+    ) -> None:
         m = model.manifest
         self.model = model
         self.uid = 0  # set by the engine: a small int naming this table in hot loops
@@ -61,6 +64,9 @@ class ModelTable:
         self.window = m.window if m.kind == "window" else None
         self.tf_names = list(m.time_features)
         self.warm_need = max(m.warmup_steps, self.window or 0, 1)
+        # A window model's forecast is recomputed every this many steps (at most the horizon,
+        # so there is always a forecast for the next step).
+        self.window_every = 1 if self.window is None else max(1, min(window_every, self.horizon))
         # Output feature j is scored against input feature out_in[j] (-1: not an input).
         self.out_in = np.array([m.features.index(f) if f in m.features else -1 for f in m.output_features])
         threshold = default_threshold(anomaly, m.default_threshold)
@@ -80,6 +86,7 @@ class ModelTable:
         self.ring: F32 = np.zeros((0, self.window or 0, self.n_in), np.float32)  # (N, L, F)
         self.ring_ts: I64 = np.zeros((0, self.window or 0), np.int64)  # (N, L)
         self.warm_have: I64 = np.zeros(0, np.int64)
+        self.fc_age: I64 = np.zeros(0, np.int64)  # steps since fc was computed
         self.last_bucket: I64 = np.zeros(0, np.int64)
         self.last_x: F32 = np.zeros((0, self.n_in), np.float32)  # (N, F)
         self.score: F64 = np.zeros(0)
@@ -116,6 +123,7 @@ class ModelTable:
         self.ring = more(self.ring, np.nan)  # type: ignore[assignment]
         self.ring_ts = more(self.ring_ts, 0)  # type: ignore[assignment]
         self.warm_have = more(self.warm_have, 0)  # type: ignore[assignment]
+        self.fc_age = more(self.fc_age, 0)  # type: ignore[assignment]
         self.last_bucket = more(self.last_bucket, -1)  # type: ignore[assignment]
         self.last_x = more(self.last_x, np.nan)  # type: ignore[assignment]
         self.score = more(self.score, np.nan)  # type: ignore[assignment]
@@ -163,6 +171,7 @@ class ModelTable:
         self.sc[rows] = np.nan
         self.ring[rows] = np.nan
         self.warm_have[rows] = 0
+        self.fc_age[rows] = 0
         self.version += 1
         self.last_x[rows] = np.nan
         self.score[rows] = np.nan
@@ -183,19 +192,26 @@ class ModelTable:
         """Advance distinct ``rows`` (B,) by one bucket each with inputs ``x`` (B, F)."""
         ts = buckets * self.cadence_ns  # (B,) step timestamps
         was_warm = self.warm_have[rows] >= self.warm_need
-        # The forecast made one step earlier for this bucket, and its spread.
-        expected = self.fc[rows, 0, :].astype(np.float64)  # (B, Fo)
-        prev_scale = self.sc[rows, 0, :].astype(np.float64) if self.has_scale else None
+        # The latest forecast's value for this bucket, and its spread.
+        age = self.fc_age[rows] if self.window_every > 1 else 0
+        expected = self.fc[rows, age, :].astype(np.float64)  # (B, Fo)
+        prev_scale = self.sc[rows, age, :].astype(np.float64) if self.has_scale else None
+        due = rows
         if self.window is not None:
             # Shift each ring left by one and append x: (B, L, F).
             self.ring[rows, :-1] = self.ring[rows, 1:]
             self.ring[rows, -1] = x
             self.ring_ts[rows, :-1] = self.ring_ts[rows, 1:]
             self.ring_ts[rows, -1] = ts
+            if self.window_every > 1:
+                # Recompute when the forecast is window_every steps old, or the row just got
+                # warm; a warming row's forecast is never read, so it is not computed.
+                have = self.warm_have[rows] + 1
+                due = rows[(have == self.warm_need) | ((have > self.warm_need) & (age + 1 >= self.window_every))]
         outputs = []  # the model calls first (they release the GIL), then one short write
         restart = []
-        for lo in range(0, len(rows), MAX_CALL_BATCH):
-            r = rows[lo : lo + MAX_CALL_BATCH]
+        for lo in range(0, len(due), MAX_CALL_BATCH):
+            r = due[lo : lo + MAX_CALL_BATCH]
             if self.window is None:
                 tf = time_features(ts[lo : lo + MAX_CALL_BATCH], self.tf_names) if self.tf_names else None  # (b, K)
                 fc, sc, state_out = self.runtime.step(x[lo : lo + MAX_CALL_BATCH], self.state[r], tf)
@@ -209,10 +225,14 @@ class ModelTable:
                 fc, sc = self.runtime.window(self.ring[r], tfw)
             outputs.append((r, fc, sc))
         self.version += 1
+        if self.window_every > 1:
+            self.fc_age[rows] += self.warm_have[rows] >= self.warm_need  # warm rows age; due rows reset below
         for r, fc, sc in outputs:
             self.fc[r] = fc
             if sc is not None:
                 self.sc[r] = sc
+            if self.window_every > 1:
+                self.fc_age[r] = 0
         self.warm_have[rows] += 1
         self.last_bucket[rows] = buckets
         self.version += 1
@@ -257,7 +277,7 @@ class ModelTable:
     # ------------------------------------------------------------ checkpoints
 
     _ROW_ARRAYS = (
-        "state", "fc", "sc", "ring", "ring_ts", "warm_have", "last_bucket", "last_x",
+        "state", "fc", "sc", "fc_age", "ring", "ring_ts", "warm_have", "last_bucket", "last_x",
         "score", "expected", "spread", "top_feature", "next_bucket", "last_fed_ts",
         "onset_ts", "onset_value", "onset_expected", "onset_score",
     )
@@ -280,7 +300,8 @@ class ModelTable:
     def _import_rows(self, rows: IntArr, arrays: dict[str, npt.NDArray[np.generic]]) -> None:
         for k in self._ROW_ARRAYS:
             target = getattr(self, k)
-            src = arrays[k]
+            # Checkpoints written before fc_age existed: every forecast is fresh.
+            src = arrays[k] if k in arrays or k != "fc_age" else np.zeros(len(rows), np.int64)
             if src.shape[1:] != target.shape[1:]:
                 raise ValueError(f"checkpoint array {k} has shape {src.shape[1:]}, table has {target.shape[1:]}")
             target[rows] = src

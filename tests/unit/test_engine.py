@@ -541,3 +541,42 @@ def test_lock_free_forecast_reads_are_never_torn(tmp_path: Path) -> None:
     assert unknown is not None and not unknown.known
     done = eng.lookup_forecast("d7/va")
     assert done is not None and done.forecast is not None and done.forecast.mean[0] == (float(rounds - 1),)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_window_models_recompute_on_their_interval(tmp_path: Path, every: int) -> None:
+    """window_every=k: one window call per k steps; in between each step is scored against
+    the latest forecast at its offset, and the served forecast keeps its own made_at."""
+    from service.runtime.session import FunctionRuntime
+
+    computed: list[int] = []
+
+    def trend(x, tf):  # type: ignore[no-untyped-def]  # forecast: last value + 1 per step ahead
+        computed.append(len(x))
+        last = x[:, -1, 0]
+        return last[:, None, None] + np.arange(1, 5, dtype=np.float32)[None, :, None], np.ones((len(x), 4, 1))
+
+    models = tmp_path / "models"
+    write_model(models, KitSpec(name="w", kind="window", window=4, warmup_steps=4, horizon=4, features=("va",)))
+    settings = settings_for(tmp_path, models, streams={"window_every": every})
+    registry = ModelRegistry(models, factory=lambda folder, m: FunctionRuntime(m, window=trend))
+    eng = Engine(settings, registry, None, Metrics())
+    key = StreamKey("d", "va")
+    last_compute = -1  # the bucket of the latest window call
+    for b in range(16):
+        made_for_b = last_compute  # the forecast this bucket is scored against
+        n_before = len(computed)
+        eng.accept([Reading(key, T0 + b * C, 2.0 * b)])  # slope 2, while the model assumes slope 1
+        eng.tick(T0 + b * C)
+        if len(computed) > n_before:
+            last_compute = b
+        s = eng.stream("d/va")
+        assert s is not None
+        if b >= 4:  # scored: the forecast made at bucket c said 2c + (b - c) for bucket b
+            assert s.expected == pytest.approx(b + made_for_b), f"bucket {b}"
+    want = list(range(16)) if every == 1 else [3, 6, 9, 12, 15]  # warm at bucket 3 (4 of 4), then every 3
+    assert len(computed) == len(want)
+    fc = eng.forecast("d/va")
+    assert fc is not None
+    assert fc.ts_ns == T0 + want[-1] * C  # made_at: when it was computed
+    assert [m[0] for m in fc.mean] == [2.0 * want[-1] + h for h in (1, 2, 3, 4)]
