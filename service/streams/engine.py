@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 _MISSING = object()
 _F32_MAX = float(np.finfo(np.float32).max)
 HISTORY_SLACK = 2  # extra buckets read for warm-up beyond the model's need
+# Catch-up after a restore reads this many readings per missed bucket (streams sending
+# more often than that are caught up on their newest part, the rest bridged as missing).
+CATCH_UP_PER_BUCKET = 4
 
 
 class _Stream:
@@ -229,9 +232,15 @@ class Engine:
             self.metrics.streams.labels(status).set(n)
 
     def _rewarm_after_restore(self, slow: dict[str, _Stream]) -> None:
-        """A restored stream whose next reading comes after a long gap warms from the store
-        (which kept ingesting while we were down) instead of starting cold."""
+        """The first readings of a restored stream after a restart: fill the gap from the store.
+
+        The store kept what arrived while we were down (split roles), or between the last
+        checkpoint and a crash. A gap of up to ``max_gap_steps`` is replayed from it, so the
+        state continues as if we had never stopped; a longer one re-warms from the store
+        instead of starting cold.
+        """
         limit = self.settings.streams.max_gap_steps
+        catch_up: list[tuple[_Stream, int]] = []
         for st in slow.values():
             if st.id not in self._restored:
                 continue
@@ -240,12 +249,39 @@ class Engine:
             assert res is not None  # streams in `slow` have one
             first = res.first_pending_ts()
             nb = res.next_bucket
-            if first is None or nb is None or res.bucket_of(first) - nb <= limit:
+            if first is None or nb is None:
                 continue
-            self._drop_firing(st, "gap")
-            st.table.reset(np.array([st.row], np.intp))
-            res.next_bucket = None
-            self._need_history[st.id] = st
+            gap = res.bucket_of(first) - nb
+            if 0 < gap <= limit:
+                catch_up.append((st, gap))
+            elif gap > limit:
+                self._drop_firing(st, "gap")
+                st.table.reset(np.array([st.row], np.intp))
+                res.next_bucket = None
+                self._need_history[st.id] = st
+        if catch_up and self.store is not None:
+            self._catch_up_from_store(catch_up)
+
+    def _catch_up_from_store(self, streams: list[tuple[_Stream, int]]) -> None:
+        n = (max(gap for _, gap in streams) + 1) * CATCH_UP_PER_BUCKET
+        keys = [k for st, _ in streams for k in st.keys]
+        try:
+            history = self.store.read_last_many(keys, n) if self.store is not None else {}
+        except Exception as e:  # the gap is bridged as missing, as without a store
+            level = logging.WARNING if isinstance(e, StoreError) else logging.ERROR
+            log.log(level, "catch-up read failed for %d restored streams, bridging their gaps: %s", len(streams), e)
+            return
+        added = 0
+        for st, _ in streams:
+            res = st.res
+            assert res is not None
+            cutoff, after = res.first_pending_ts(), res.last_fed_ts
+            assert cutoff is not None
+            for f, key in enumerate(st.keys):
+                for r in history.get(key, ()):
+                    if after < r.ts_ns < cutoff and abs(r.value) < _F32_MAX and res.add(r.ts_ns, f, r.value) is None:
+                        added += 1
+        log.info("caught up %d restored streams with %d stored readings", len(streams), added)
 
     def _slow_begin(self, st: _Stream, slow: dict[str, _Stream]) -> None:
         """Hand the stream's position to its Resampler for this tick (unless it holds it)."""
