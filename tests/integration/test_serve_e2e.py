@@ -304,6 +304,20 @@ def test_ingest_and_inference_as_two_processes(
 
         wait_until(lambda: stored() == N, what="all readings stored")
         assert ingest.get("/v1/streams").status_code == 503
+
+        # The inference process is down for 6 buckets (<= max_gap_steps) while the ingest
+        # process stores them: on restart it replays them from the store, as if never stopped.
+        assert infer.kill(signal.SIGTERM) in (0, -signal.SIGTERM)  # checkpoint at the last step
+        more = np.sin(np.arange(N, N + 9) / 8.0) * 3 + 20
+        pub.send("spiky", more[:6], N)
+        wait_until(lambda: stored() == N + 6, what="readings stored while inference was down")
+        infer.start()
+        pub.send("spiky", more[6:], N + 6)
+        wait_until(lambda: last_step(infer, "spiky/value") == end + 9 * C, what="steps after the restart")
+        mean, _ = offline(models[1], np.concatenate([values, more]))
+        fc = infer.get("/v1/streams/spiky/value/forecast").json()
+        assert np.abs(np.array(fc["mean"], np.float64) - mean).max() <= 1e-4
+        assert "caught up 1 restored streams with 6 stored readings" in infer.log.read_text()
     finally:
         pub.close()
         watch.close()
