@@ -4,16 +4,18 @@ Starts its own mosquitto and influxd, writes a kit model (random-weight GRU buil
 onnx.helper; needs the ``train`` extra's onnx) unless ``--models-dir`` is given, and runs
 the real ``sensorcast serve`` as a child process. Then, for ``--seconds``:
 
-* the publisher (this process) sends ``--rate`` readings/s over MQTT QoS 1, round-robin
+* the publisher (this process; raw-socket MQTT by default, see loadgen.py, or paho with
+  ``--clients paho``) sends ``--rate`` readings/s over MQTT QoS 1, round-robin
   over ``--streams`` streams, each reading stamped one model cadence after the stream's
   previous one (so every reading is one model step, fed as soon as it arrives);
   once warm, every stream gets one spike (+10 spreads) at a known time;
 * a watcher process subscribes to the alert topic and stamps each alert's arrival;
-* a prober process calls ``GET /v1/streams/{id}/forecast`` at ``--http-rate`` req/s.
+* a prober process calls ``GET /v1/streams/{id}/forecast`` at ``--http-rate`` req/s
+  (raw-socket HTTP/1.1 by default, httpx with ``--clients paho``).
 
 Publish -> alert latency is matched per (stream, reading timestamp) and includes the
-whole path: broker, decode, durable store write (influxd), engine tick, ONNX step,
-score, decision, outbox fsync, publish, broker. All processes share this machine's
+whole path: broker, decode, engine (fed at decode time, beside the durable store write
+to influxd), gather, tick, ONNX step, score, decision, outbox fsync, publish, broker. All processes share this machine's
 cores with mosquitto and influxd, so the numbers are for the whole stack on one box.
 """
 
