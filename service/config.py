@@ -215,8 +215,12 @@ class GcSettings(BaseModel):
         "(measured: 50-70 ms pauses every few seconds at 10k readings/s without it, 2-5 ms with it).",
     )
     refreeze_s: float = Field(
-        600.0, gt=0, description="Seconds between full collections that reclaim cycles among frozen objects "
-        "and freeze new long-lived ones (the first after 60 s).",
+        600.0, gt=0, description="Seconds between collections of the objects made since the last freeze, "
+        "whose survivors (new streams, mostly) are frozen too (the first after 60 s).",
+    )
+    full_collect_s: float = Field(
+        3600.0, gt=0, description="Seconds between full collections (frozen objects included) that reclaim "
+        "reference cycles among frozen objects: one pause the size of the whole heap.",
     )
 
 

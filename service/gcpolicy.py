@@ -8,12 +8,14 @@ pauses set the p99 of publish -> alert and of GET forecast. With the startup obj
 frozen (``gc.freeze``), full collections walk only newer objects and took 2-5 ms.
 
 The policy: once the pipeline has started, one full collection, then ``gc.freeze()``.
+Every ``gc.refreeze_s`` the objects made since (streams that appeared, mostly) are
+collected and the survivors frozen too: a pause the size of the young objects only.
 A frozen object is still freed by reference counting when dropped; only a reference
-cycle among frozen objects would never be reclaimed. So every ``gc.refreeze_s`` the
-frozen set is unfrozen, fully collected and frozen again (which also moves streams
-created since into the frozen set): one pause of the old size per interval instead of
-one every few seconds. The first refreeze comes sooner (``_FIRST_REFREEZE_S``), because
-most streams appear in the first minute.
+cycle among frozen objects (a dropped stream or model table) would never be reclaimed.
+So every ``gc.full_collect_s`` the frozen set is unfrozen, fully collected and frozen
+again: one pause of the old size per hour instead of one every few seconds. The first
+refreeze comes sooner (``_FIRST_REFREEZE_S``), because most streams appear in the first
+minute.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ _FIRST_REFREEZE_S = 60.0
 
 
 class GcPolicy:
-    def __init__(self, refreeze_s: float, metrics: Metrics | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self, refreeze_s: float, metrics: Metrics | None = None, enabled: bool = True, full_collect_s: float = 3600.0
+    ) -> None:
         self.refreeze_s = refreeze_s
+        self.full_collect_s = full_collect_s
         self.enabled = enabled
         self.metrics = metrics
         self._t0 = 0.0
@@ -58,24 +63,34 @@ class GcPolicy:
         if self.enabled:
             gc.unfreeze()  # back to normal collection (matters for tests sharing the process)
 
-    def refreeze(self) -> float:
-        """Full collection of everything, then freeze the survivors; returns the pause (s)."""
+    def refreeze(self, full: bool = True) -> float:
+        """Collect, then freeze the survivors; returns the pause (s).
+
+        ``full``: unfreeze first, so cycles among frozen objects are reclaimed too (a pause
+        the size of the whole heap); otherwise only objects made since the last freeze
+        are walked.
+        """
         t = time.perf_counter()
-        gc.unfreeze()
+        if full:
+            gc.unfreeze()
         collected = gc.collect()
         gc.freeze()
         took = time.perf_counter() - t
         frozen = gc.get_freeze_count()
         if self.metrics is not None:
             self.metrics.gc_frozen.set(frozen)
-        log.info("gc: %d objects frozen after a full collection (%d unreachable freed) in %.1f ms",
-                 frozen, collected, took * 1e3)
+        log.info("gc: %d objects frozen after a %s collection (%d unreachable freed) in %.1f ms",
+                 frozen, "full" if full else "young", collected, took * 1e3)
         return took
 
     def _loop(self) -> None:
         wait = min(_FIRST_REFREEZE_S, self.refreeze_s)
+        next_full = time.monotonic() + self.full_collect_s
         while not self._stop.wait(wait):
-            self.refreeze()
+            full = time.monotonic() >= next_full
+            if full:
+                next_full = time.monotonic() + self.full_collect_s
+            self.refreeze(full=full)
             wait = self.refreeze_s
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
