@@ -260,13 +260,13 @@ class Engine:
                 res.next_bucket = None
                 self._need_history[st.id] = st
         if catch_up and self.store is not None:
-            self._catch_up_from_store(catch_up)
+            self._catch_up_from_store(self.store, catch_up)
 
-    def _catch_up_from_store(self, streams: list[tuple[_Stream, int]]) -> None:
+    def _catch_up_from_store(self, store: Store, streams: list[tuple[_Stream, int]]) -> None:
         n = (max(gap for _, gap in streams) + 1) * CATCH_UP_PER_BUCKET
         keys = [k for st, _ in streams for k in st.keys]
         try:
-            history = self.store.read_last_many(keys, n) if self.store is not None else {}
+            history = store.read_last_many(keys, n)
         except Exception as e:  # the gap is bridged as missing, as without a store
             level = logging.WARNING if isinstance(e, StoreError) else logging.ERROR
             log.log(level, "catch-up read failed for %d restored streams, bridging their gaps: %s", len(streams), e)
