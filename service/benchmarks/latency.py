@@ -15,8 +15,9 @@ the real ``sensorcast serve`` as a child process. Then, for ``--seconds``:
 
 Publish -> alert latency is matched per (stream, reading timestamp) and includes the
 whole path: broker, decode, engine (fed at decode time, beside the durable store write
-to influxd), gather, tick, ONNX step, score, decision, outbox fsync, publish, broker. All processes share this machine's
-cores with mosquitto and influxd, so the numbers are for the whole stack on one box.
+to influxd), gather, tick, ONNX step, score, decision, outbox fsync, publish, broker.
+All processes share this machine's cores with mosquitto and influxd, so the numbers are
+for the whole stack on one box.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gather-s", type=float, help="streams.gather_s of the service (default: its default).")
     parser.add_argument("--clients", choices=("raw", "paho"), default="raw",
                         help="Load generators: raw (pre-built packets on plain sockets, see loadgen.py) or "
-                        "paho + httpx (~0.45 cores more on the box at 10k/s).")
+                        "paho + httpx (~0.3 cores more on the box at 10k/s).")
 
 
 def _watcher(port: int, out: Any, ready: Any, stop: Any) -> None:

@@ -1,11 +1,13 @@
 """Cheap load generators for the latency benchmark: MQTT 3.1.1 QoS 1 publisher, HTTP/1.1 GET.
 
 Why not paho and httpx here: on the 2-core box the benchmark shares the CPU with the
-service it measures. A paho publisher at 10k messages/s takes ~0.45 cores and httpx
-~0.3 ms of CPU per request; in a real deployment that load comes from other machines.
-These clients write pre-built packets on a plain socket (~5 us per PUBLISH, ~40 us per
-GET) so the measured latency is the service's, not the load generator's. They speak only
-what the benchmark needs: no TLS, no reconnect, no QoS 2, no chunked responses.
+service it measures, while in a real deployment that load comes from other machines.
+Measured: at 10k messages/s a paho publisher took 0.35 cores, this one 0.07; one GET
+took 1.05 ms of client-thread CPU with httpx and 0.15 ms with this client (against a
+local http.server in the same process). These clients write pre-built packets on a
+plain socket, so the measured latency is the service's, not the load generator's. They
+speak only what the benchmark needs: no TLS, no reconnect, no QoS 2, no chunked
+responses.
 """
 
 from __future__ import annotations
