@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Any
 
+from service.config import GcSettings
 from service.metrics import Metrics
 
 log = logging.getLogger("sensorcast.gc")
@@ -43,6 +44,10 @@ class GcPolicy:
         self._t0 = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, settings: GcSettings, metrics: Metrics | None = None) -> GcPolicy:
+        return cls(settings.refreeze_s, metrics, enabled=settings.freeze, full_collect_s=settings.full_collect_s)
 
     def start(self) -> None:
         """Call once the pipeline has started (its long-lived objects exist)."""

@@ -58,9 +58,7 @@ def run(args: argparse.Namespace) -> int:
     # Several busy threads share the GIL (MQTT intake, store writer, engine, HTTP); with
     # the default 5 ms switch interval a short request can wait 5 ms per hand-over.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    gc_policy = GcPolicy(
-        settings.gc.refreeze_s, metrics, enabled=settings.gc.freeze, full_collect_s=settings.gc.full_collect_s
-    )
+    gc_policy = GcPolicy.from_settings(settings.gc, metrics)
     if "api" in roles:
         import uvicorn
 

@@ -53,9 +53,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     ingester = Ingester(settings, store, metrics)
     ingester.start()
-    gc_policy = GcPolicy(
-        settings.gc.refreeze_s, metrics, enabled=settings.gc.freeze, full_collect_s=settings.gc.full_collect_s
-    )
+    gc_policy = GcPolicy.from_settings(settings.gc, metrics)
     gc_policy.start()
     log.info("ingesting %r into %s", settings.ingest.topic, settings.store.url.split("@")[-1])
     next_status = time.monotonic() + args.status_every
