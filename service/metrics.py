@@ -28,6 +28,16 @@ class Metrics:
             buckets=_WRITE_BUCKETS, registry=r,
         )
         self.store_errors = Counter("sensorcast_store_errors", "Failed store writes.", registry=r)
+        self.store_rejected = Counter(
+            "sensorcast_store_rejected",
+            "Readings the store refused for good (isolated by bisection, dead-lettered), by reason.",
+            ["reason"], registry=r,
+        )
+        self.writer_errors = Counter(
+            "sensorcast_writer_errors",
+            "Unexpected exceptions in the writer thread (logged with traceback; the thread keeps going).",
+            registry=r,
+        )
         self.spool_depth = Gauge("sensorcast_spool_readings", "Readings waiting in the spool.", registry=r)
         self.spool_bytes = Gauge("sensorcast_spool_bytes", "Bytes used by the spool.", registry=r)
         self.spool_full = Gauge("sensorcast_spool_full", "1 while the spool refuses new batches.", registry=r)

@@ -12,6 +12,18 @@ items until ``batch_size`` readings or ``batch_interval_s``, then:
    and the queue fills, so intake stops and the broker holds the rest.
 
 Spooled batches are replayed oldest first whenever the store answers again, and on start.
+
+What the store refuses for good (``StoreRejected``: a series key over 64 KiB, a point beyond
+the retention policy...) never blocks: the batch is bisected (``store.rejections.isolate``),
+the refused points go to the dead-letter file with the store's reason
+(``store.deadletter``), the rest is written, and the batch counts as durable; the same for
+a spooled batch on replay, so the spool moves on. Credentials refused (``StoreAuthError``)
+and everything else are transient: spool and retry.
+
+The thread survives its own bugs: an unexpected exception in a flush or replay is logged
+with its traceback, counted (``sensorcast_writer_errors_total``) and the loop goes on; the
+readings of that flush are not acknowledged (the broker redelivers them after the next
+reconnect; HTTP callers get an error). ``is_alive()`` tells a watchdog the thread runs.
 """
 
 from __future__ import annotations
@@ -22,10 +34,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from service.errors import SpoolFullError, StoreError
+from service.errors import SpoolFullError, SpoolReadError, StoreAuthError, StoreError, StoreRejected
+from service.ingest.intake import Intake
 from service.metrics import Metrics
 from service.records import Reading
 from service.store.base import Store
+from service.store.deadletter import FILE_NAME, DeadLetter
+from service.store.rejections import MAX_ISOLATE_REQUESTS, isolate
 from service.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -37,6 +52,9 @@ AckToken = tuple[int, int, int]  # (mid, qos, connection generation)
 # second, slow enough not to spin on a dead connection.
 _RETRY_MIN_S = 0.2
 _RETRY_MAX_S = 2.0
+# Conditions that persist (refused credentials, an unreadable spool, a bug hit on every
+# flush) are logged again at most this often, so the log shows them without flooding.
+_RELOG_S = 60.0
 
 
 @dataclass(slots=True)
@@ -45,51 +63,6 @@ class Item:
     ack: AckToken | None = None
     done: threading.Event | None = None
     ok: bool = False
-
-
-class Intake:
-    """A bounded hand-over list between intake threads and the writer.
-
-    Cheaper than ``queue.Queue`` (one lock, no notify per item): the writer is woken only
-    when the list goes from empty to non-empty and otherwise polls while it fills a batch.
-    ``put`` blocks while ``max_items`` are waiting: that is the backpressure.
-    """
-
-    def __init__(self, max_items: int) -> None:
-        self.max_items = max(1, max_items)
-        self._items: list[Item] = []
-        self._lock = threading.Lock()
-        self._not_full = threading.Condition(self._lock)
-        self._not_empty = threading.Condition(self._lock)
-
-    def put(self, item: Item, timeout_s: float) -> bool:
-        with self._lock:
-            if len(self._items) >= self.max_items:
-                deadline = time.monotonic() + timeout_s
-                while len(self._items) >= self.max_items:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    self._not_full.wait(left)
-            self._items.append(item)
-            if len(self._items) == 1:
-                self._not_empty.notify()
-        return True
-
-    def take(self, wait_s: float = 0.0) -> list[Item]:
-        with self._lock:
-            if not self._items and wait_s > 0:
-                self._not_empty.wait(wait_s)
-            items, self._items = self._items, []
-            if items:
-                self._not_full.notify_all()
-        return items
-
-    def qsize(self) -> int:
-        return len(self._items)
-
-    def empty(self) -> bool:
-        return not self._items
 
 
 @dataclass(slots=True)
@@ -111,15 +84,20 @@ class BatchWriter:
         queue_max: int,
         sinks: Sequence[Sink] = (),
         acker: Callable[[list[AckToken]], None] | None = None,
+        dead_letter: DeadLetter | None = None,
+        isolate_max_requests: int = MAX_ISOLATE_REQUESTS,
     ) -> None:
         self.store = store
         self.spool = spool
         self.metrics = metrics
+        # Next to the spool: same volume, writable whenever the spool is, one owner (its flock).
+        self.dead_letter = dead_letter or DeadLetter(spool.dir / FILE_NAME, metrics)
+        self.isolate_max_requests = isolate_max_requests
         self.batch_size = batch_size
         self.interval = batch_interval_s
         self.sinks = list(sinks)
         self.acker = acker
-        self.queue = Intake(queue_max)
+        self.queue: Intake[Item] = Intake(queue_max)
         self._in_mqtt = metrics.readings_in.labels("mqtt")
         self.state = WriterState()
         self._stop = threading.Event()
@@ -127,6 +105,7 @@ class BatchWriter:
         self._retry_at = 0.0
         self._retry_s = _RETRY_MIN_S
         self._stored = metrics.readings_stored
+        self._logged_at: dict[str, float] = {}
         self._update_spool_metrics()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -149,6 +128,10 @@ class BatchWriter:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def is_alive(self) -> bool:
+        """True while the writer thread runs (False before ``start`` and after it ended)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def put(self, item: Item, timeout_s: float | None = None) -> bool:
         """Queue ``item``, blocking while the queue is full (backpressure)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -161,7 +144,7 @@ class BatchWriter:
 
     # --- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
-        self._replay()  # whatever a previous run left in the spool goes first
+        self._guarded(self._replay)  # whatever a previous run left in the spool goes first
         while True:
             items = self._collect()
             if items:
@@ -169,7 +152,19 @@ class BatchWriter:
             elif self._stop.is_set():
                 break
             if len(self.spool) and time.monotonic() >= self._retry_at:
-                self._replay()
+                self._guarded(self._replay)
+
+    def _guarded(self, step: Callable[[], None]) -> bool:
+        """Run one step of the loop; a bug in it is logged and counted, never fatal."""
+        try:
+            step()
+            return True
+        except Exception:
+            self.metrics.writer_errors.inc()
+            if self._due("unexpected"):
+                log.exception("writer: unexpected error (counted in sensorcast_writer_errors_total; the writer goes on)")
+            time.sleep(_RETRY_MIN_S)  # a bug hit on every pass must not spin a core
+            return False
 
     def _collect(self) -> list[Item]:
         items = self.queue.take(wait_s=0.1)
@@ -189,6 +184,14 @@ class BatchWriter:
         return items
 
     def _flush(self, items: list[Item]) -> None:
+        if not self._guarded(lambda: self._flush_items(items)):
+            # Not known durable: no acknowledgement (the broker redelivers after a reconnect and
+            # the store overwrites what did land); HTTP callers are told it failed.
+            for it in items:
+                if it.done is not None and not it.done.is_set():
+                    it.done.set()
+
+    def _flush_items(self, items: list[Item]) -> None:
         readings = [r for it in items for r in it.readings]
         # Stores take at most batch_size per call; the acks wait for all the chunks.
         for i in range(0, max(1, len(readings)), self.batch_size):
@@ -239,9 +242,7 @@ class BatchWriter:
         if not len(self.spool):
             try:
                 with self.metrics.store_write_latency.time():
-                    self.store.write(readings)
-                self._stored.inc(len(readings))
-                self.state.stored += len(readings)
+                    self._write(readings)
                 self._store_up()
                 return True
             except StoreError as e:
@@ -265,30 +266,53 @@ class BatchWriter:
             self._update_spool_metrics()
             return False
 
+    def _write(self, readings: list[Reading]) -> None:
+        """Store ``readings``; points refused for good are isolated and dead-lettered.
+
+        Raises ``StoreError`` when the failure is transient: then nothing was dead-lettered
+        and the whole batch is retried later (what landed meanwhile is overwritten).
+        """
+        try:
+            self.store.write(readings)
+            refused = 0
+        except StoreRejected as e:
+            rejected = isolate(self.store.write, readings, e, self.isolate_max_requests)
+            self.dead_letter.record(rejected)
+            refused = len(rejected)
+        self._stored.inc(len(readings) - refused)
+        self.state.stored += len(readings) - refused
+
     def _replay(self, budget_s: float = 1.0) -> None:
         """Move spooled batches into the store, oldest first, until one fails.
 
         At most ``budget_s`` per call: new intake (which joins the spool meanwhile) keeps
-        moving, so paho's thread never blocks long enough to miss its keepalive.
+        moving, so paho's thread never blocks long enough to miss its keepalive. A batch
+        with points the store refuses for good is settled like a live one (``_write``).
         """
         deadline = time.monotonic() + budget_s
-        while time.monotonic() < deadline:
-            head = self.spool.oldest()
-            if head is None:
-                break
-            entry, readings = head
-            try:
-                self.store.write(readings)
-            except Exception as e:
-                self._store_down(e)
-                break
-            self.spool.remove(entry)
-            self._stored.inc(len(readings))
-            self.state.stored += len(readings)
-            self._store_up()
-            if self._stop.is_set() and not self.queue.empty():
-                break
-        self._update_spool_metrics()
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    head = self.spool.oldest()
+                except SpoolReadError as e:
+                    self._spool_unreadable(e)
+                    break
+                if head is None:
+                    break
+                entry, readings = head
+                try:
+                    self._write(readings)
+                except Exception as e:
+                    if not isinstance(e, StoreError):
+                        log.exception("store write raised unexpectedly during replay")
+                    self._store_down(e)
+                    break
+                self.spool.remove(entry)
+                self._store_up()
+                if self._stop.is_set() and not self.queue.empty():
+                    break
+        finally:
+            self._update_spool_metrics()
 
     # --- bookkeeping ---------------------------------------------------------------------
     def _store_up(self) -> None:
@@ -299,12 +323,32 @@ class BatchWriter:
 
     def _store_down(self, e: Exception) -> None:
         self.metrics.store_errors.inc()
-        if self.state.store_ok:
+        if isinstance(e, StoreAuthError):
+            # A configuration error, not an outage: loud, and again while it lasts. Transient
+            # on purpose: readings wait in the spool until an operator fixes the credentials.
+            if self._due("auth") or self.state.store_ok:
+                log.error("store refused our credentials; spooling until fixed: %s", e)
+        elif self.state.store_ok:
             log.warning("store write failed, spooling: %s", e)
         self.state.store_ok = False
         self.state.last_error = str(e)[:300]
         self._retry_at = time.monotonic() + self._retry_s
         self._retry_s = min(self._retry_s * 2, _RETRY_MAX_S)
+
+    def _spool_unreadable(self, e: SpoolReadError) -> None:
+        # The batch stays where it is (it was acknowledged); new batches keep joining the spool.
+        if self._due("spool_read"):
+            log.error("%s", e)
+        self._retry_at = time.monotonic() + self._retry_s
+        self._retry_s = min(self._retry_s * 2, _RETRY_MAX_S)
+
+    def _due(self, what: str) -> bool:
+        """True when ``what`` was not logged within ``_RELOG_S`` (and marks it logged now)."""
+        now = time.monotonic()
+        if now - self._logged_at.get(what, -1e9) < _RELOG_S:
+            return False
+        self._logged_at[what] = now
+        return True
 
     def _update_spool_metrics(self) -> None:
         self.metrics.spool_depth.set(self.spool.readings)

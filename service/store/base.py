@@ -19,11 +19,21 @@ class Store(Protocol):
     """Where readings live. Every method may raise ``StoreError``."""
 
     def write(self, readings: Sequence[Reading]) -> None:
-        """Durably store ``readings``; same stream and timestamp overwrite."""
+        """Durably store ``readings``; same stream and timestamp overwrite.
+
+        Raises ``StoreRejected`` when the store refuses points for good (the writer then
+        bisects the batch and dead-letters what it refuses), ``StoreAuthError`` for refused
+        credentials and ``StoreError`` for anything transient (the batch is spooled).
+        """
         ...
 
-    def read_range(self, stream: StreamKey, start_ns: int, end_ns: int) -> list[Reading]:
-        """Readings of ``stream`` with ``start_ns <= ts < end_ns``, oldest first."""
+    def read_range(self, stream: StreamKey, start_ns: int, end_ns: int, limit: int | None = None) -> list[Reading]:
+        """Readings of ``stream`` with ``start_ns <= ts < end_ns``, oldest first.
+
+        With ``limit``, only the newest ``limit`` readings of that range (still returned
+        oldest first); the store applies the limit itself (SQL/InfluxQL ``LIMIT``), so a
+        range over years of history costs no more than ``limit`` rows.
+        """
         ...
 
     def read_last(self, stream: StreamKey, n: int) -> list[Reading]:

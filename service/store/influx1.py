@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 import orjson
 
-from service.errors import StoreError
+from service.errors import StoreError, StoreRejected
 from service.records import Reading, StreamKey
 from service.store import influxql
 from service.store.lineproto import LineFormatter
+from service.store.rejections import error_for_status
 
 # One query string must stay well below URL/body limits; 200 streams per query is ~20 kB.
 _STREAMS_PER_QUERY = 200
@@ -42,8 +43,13 @@ class InfluxQLStore:
 
     # --- writing -------------------------------------------------------------------------
     def write(self, readings: Sequence[Reading]) -> None:
-        if readings:
-            self.write_lines(self._fmt.lines(readings))
+        if not readings:
+            return
+        try:
+            body = self._fmt.lines(readings)
+        except (UnicodeEncodeError, ValueError, TypeError) as e:  # a lone surrogate in a name, say
+            raise StoreRejected(0, "invalid_value", f"cannot format as line protocol: {e}") from e
+        self.write_lines(body)
 
     def write_lines(self, body: bytes) -> None:
         try:
@@ -51,7 +57,8 @@ class InfluxQLStore:
         except httpx.HTTPError as e:
             raise StoreError(f"influxdb write failed: {e!r}") from e
         if r.status_code != 204:
-            raise StoreError(f"influxdb write answered {r.status_code}: {r.text[:300]}")
+            # 4xx: StoreRejected (permanent), 401/403: StoreAuthError, else StoreError (rejections.py).
+            raise error_for_status(r.status_code, r.text, "influxdb write")
 
     # --- reading -------------------------------------------------------------------------
     def query(self, q: str) -> dict[str, Any]:
@@ -72,8 +79,11 @@ class InfluxQLStore:
                 return []
             raise StoreError(f"influxdb query error: {e}") from e
 
-    def read_range(self, stream: StreamKey, start_ns: int, end_ns: int) -> list[Reading]:
-        q = influxql.range_query(self.measurement, stream, start_ns, end_ns)
+    def read_range(self, stream: StreamKey, start_ns: int, end_ns: int, limit: int | None = None) -> list[Reading]:
+        if limit is not None and limit <= 0:
+            return []
+        # LIMIT applies per series (GROUP BY *), so a tagged sibling never uses up this one's.
+        q = influxql.range_query(self.measurement, stream, start_ns, end_ns, limit)
         out: list[Reading] = []
         for s, rows in self._series(q):
             if s == stream:

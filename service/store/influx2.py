@@ -2,8 +2,10 @@
 InfluxQL ``/query`` compatibility endpoint with the same token.
 
 Not tested against a real 2.x/3.x server (none can run here): everything except the write
-call is the 1.x code that the integration tests prove against influxd 1.6.7. A 2.x bucket
-needs a DBRP mapping for InfluxQL reads (InfluxDB 3 Core maps the database name itself).
+call is the 1.x code that the integration tests prove against influxd 1.6.7, and the write
+call's HTTP status is classified by ``rejections.error_for_status`` like 1.x's (a unit test
+drives it with influxdb-client's own ``ApiException``). A 2.x bucket needs a DBRP mapping
+for InfluxQL reads (InfluxDB 3 Core maps the database name itself).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from service.errors import StoreError
 from service.store.influx1 import InfluxQLStore
+from service.store.rejections import error_for_status
 
 
 class Influx2Store(InfluxQLStore):
@@ -30,12 +33,19 @@ class Influx2Store(InfluxQLStore):
 
     def write_lines(self, body: bytes) -> None:
         from influxdb_client.domain.write_precision import WritePrecision
+        from influxdb_client.rest import ApiException
 
         try:
             self._write_api.write(
                 bucket=self.database, org=self._org, record=body, write_precision=WritePrecision.NS
             )
-        except Exception as e:  # the client raises ApiException, urllib3 and socket errors
+        except ApiException as e:
+            # An HTTP answer: classified like 1.x's (400/413/422 permanent, 401/403 credentials,
+            # 5xx/429 transient). ``message`` is the server's JSON "message", else the raw body.
+            if e.status:
+                raise error_for_status(int(e.status), str(e.message or e.body or e.reason), "influxdb2 write") from e
+            raise StoreError(f"influxdb2 write failed: {e.message or e.reason}") from e
+        except Exception as e:  # urllib3 and socket errors, timeouts: transient
             raise StoreError(f"influxdb2 write failed: {e!r}") from e
 
     def close(self) -> None:

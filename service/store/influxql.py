@@ -51,11 +51,13 @@ def readings_from(stream: StreamKey, rows: list[list[Any]]) -> list[Reading]:
     return [Reading(stream, int(t), float(v)) for t, v in rows if v is not None]
 
 
-def range_query(measurement: str, stream: StreamKey, start_ns: int, end_ns: int) -> str:
-    return (
+def range_query(measurement: str, stream: StreamKey, start_ns: int, end_ns: int, limit: int | None = None) -> str:
+    """Points in ``[start_ns, end_ns)``; with ``limit``, only the newest ``limit`` (newest first)."""
+    q = (
         f'SELECT "value" FROM {quote_ident(measurement)} WHERE {stream_condition(stream)} '
-        f"AND time >= {start_ns} AND time < {end_ns} GROUP BY *"
+        f"AND time >= {int(start_ns)} AND time < {int(end_ns)} GROUP BY *"
     )
+    return q if limit is None else f"{q} ORDER BY time DESC LIMIT {int(limit)}"
 
 
 def last_query(measurement: str, streams: Sequence[StreamKey], n: int) -> str:

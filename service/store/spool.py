@@ -4,7 +4,8 @@ Each batch is one file named ``<seq:016d>-<count>.spool`` holding the JSON of
 ``[[device, quantity, [[k, v], ...], ts_ns, value], ...]``. A file is written to a
 temporary name, fsync'd, renamed and the directory fsync'd, so after ``append`` returns
 the batch survives a crash or power loss; a crash mid-write leaves only a ``.tmp`` file,
-which is removed on open. Batches are replayed oldest first (by sequence number).
+which is removed on open. Batches are replayed oldest first (by sequence number). Only
+a corrupt file is set aside (``.bad``); read errors from outside it are retried.
 
 When the spool is at ``max_bytes`` or the disk is full, ``append`` raises
 ``SpoolFullError``: the caller must stop acknowledging, so the broker keeps the readings.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import orjson
 
-from service.errors import SpoolFullError, StoreError
+from service.errors import SpoolFullError, SpoolReadError, StoreError
 from service.records import Reading, StreamKey
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,17 @@ def encode_batch(readings: Sequence[Reading]) -> bytes:
 
 
 def decode_batch(data: bytes) -> list[Reading]:
+    """The readings of a spool file; ValueError/TypeError when it is not one (corrupt)."""
     out = []
     for device, quantity, tags, ts, value in orjson.loads(data):
-        out.append(Reading(StreamKey(device, quantity, tuple((k, v) for k, v in tags)), int(ts), float(value)))
+        # Types checked here: a well-formed JSON file of the wrong shape is corruption too, and
+        # must be set aside now rather than fail in the store on every replay.
+        pairs = tuple((k, v) for k, v in tags)
+        if not all(type(x) is str for x in (device, quantity, *(x for kv in pairs for x in kv))):
+            raise TypeError("a stream name is not a string")
+        if type(ts) is not int or type(value) not in (int, float):
+            raise TypeError(f"timestamp {ts!r} or value {value!r} has the wrong type")
+        out.append(Reading(StreamKey(device, quantity, pairs), ts, float(value)))
     return out
 
 
@@ -168,24 +177,46 @@ class Spool:
 
     # --- replay --------------------------------------------------------------------------
     def oldest(self) -> tuple[SpoolEntry, list[Reading]] | None:
-        """The oldest batch (not removed), or None. An unreadable file is set aside."""
+        """The oldest batch (not removed), or None.
+
+        Only a corrupt file (not JSON of the spool's shape, or not as many readings as its
+        name says) is set aside as ``.bad``. A read that fails for a reason outside the file
+        (EIO, EMFILE, EACCES...) raises ``SpoolReadError`` and the batch stays for a retry:
+        it was acknowledged, so it must never be given up because of a passing error.
+        """
         while True:
             with self._lock:
                 if not self._entries:
                     return None
                 entry = self._entries[0]
             try:
-                return entry, decode_batch(entry.path.read_bytes())
-            except (OSError, ValueError, TypeError) as e:
+                data = entry.path.read_bytes()
+            except FileNotFoundError:
+                log.error("spool: batch %s (%d readings) was removed by something else", entry.path, entry.count)
+                self._drop(entry)
+                continue
+            except OSError as e:
+                raise SpoolReadError(f"spool: cannot read {entry.path} now ({e}); will retry") from e
+            try:
+                readings = decode_batch(data)
+                if len(readings) != entry.count:
+                    raise ValueError(f"holds {len(readings)} readings, its name says {entry.count}")
+                return entry, readings
+            except (ValueError, TypeError) as e:
                 bad = entry.path.with_suffix(".bad")
-                log.error("spool: unreadable batch %s (%s); moved to %s", entry.path, e, bad)
+                log.error("spool: corrupt batch %s (%s); moved to %s", entry.path, e, bad)
                 with contextlib.suppress(OSError):
                     entry.path.rename(bad)
                 self._drop(entry)
 
     def remove(self, entry: SpoolEntry) -> None:
         """Forget ``entry`` once its readings are in the store."""
-        entry.path.unlink(missing_ok=True)
+        try:
+            entry.path.unlink(missing_ok=True)
+        except OSError as e:
+            # Already stored: forgetting it is right. If the file survives, a restart replays
+            # it once more, and the store overwrites the same points.
+            log.error("spool: cannot remove replayed batch %s (%s); it may be replayed again", entry.path, e)
         self._drop(entry)
 
     def _drop(self, entry: SpoolEntry) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from service.errors import StoreError
+from service.errors import StoreError, StoreRejected
 from service.records import Reading, StreamKey
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -59,11 +59,14 @@ class SqliteStore:
             return
         keys: dict[StreamKey, str] = {}
         rows = []
-        for r in readings:
-            k = keys.get(r.stream)
-            if k is None:
-                k = keys[r.stream] = stream_key_text(r.stream)
-            rows.append((k, r.ts_ns, r.value))
+        try:
+            for r in readings:
+                k = keys.get(r.stream)
+                if k is None:
+                    k = keys[r.stream] = stream_key_text(r.stream)
+                rows.append((k, r.ts_ns, r.value))
+        except (TypeError, ValueError) as e:  # orjson: a lone surrogate in a name
+            raise StoreRejected(0, "invalid_value", f"sqlite cannot encode a stream name: {e}") from e
         new = [(keys[s],) for s in keys if s not in self._known]
         with self._lock:
             try:
@@ -76,11 +79,20 @@ class SqliteStore:
                 if new:
                     self._db.executemany(f"INSERT OR IGNORE INTO {self._t}_streams VALUES (?)", new)
                 self._db.execute("COMMIT")
+            except (sqlite3.IntegrityError, OverflowError) as e:
+                # The points themselves (NaN stored as NULL, a timestamp beyond 64 bits): the same
+                # batch would fail again, so the writer isolates them. Disk, lock and I/O errors
+                # (OperationalError) stay transient below.
+                self._rollback()
+                raise StoreRejected(0, "invalid_value", f"sqlite refused the batch: {e}") from e
             except sqlite3.Error as e:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._rollback()
                 raise StoreError(f"sqlite write failed: {e}") from e
             self._known.update(keys)
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def _select(self, sql: str, args: tuple[object, ...]) -> list[tuple[int, float]]:
         with self._lock:
@@ -89,12 +101,15 @@ class SqliteStore:
             except sqlite3.Error as e:
                 raise StoreError(f"sqlite read failed: {e}") from e
 
-    def read_range(self, stream: StreamKey, start_ns: int, end_ns: int) -> list[Reading]:
-        rows = self._select(
-            f"SELECT ts, value FROM {self._t} WHERE stream = ? AND ts >= ? AND ts < ? ORDER BY ts",
-            (stream_key_text(stream), start_ns, end_ns),
-        )
-        return [Reading(stream, t, v) for t, v in rows]
+    def read_range(self, stream: StreamKey, start_ns: int, end_ns: int, limit: int | None = None) -> list[Reading]:
+        args = (stream_key_text(stream), start_ns, end_ns)
+        where = f"FROM {self._t} WHERE stream = ? AND ts >= ? AND ts < ?"
+        if limit is None:
+            rows = self._select(f"SELECT ts, value {where} ORDER BY ts", args)
+            return [Reading(stream, t, v) for t, v in rows]
+        # The newest ``limit`` of the range: the primary key (stream, ts) serves it backwards.
+        rows = self._select(f"SELECT ts, value {where} ORDER BY ts DESC LIMIT ?", (*args, max(0, limit)))
+        return [Reading(stream, t, v) for t, v in reversed(rows)]
 
     def read_last(self, stream: StreamKey, n: int) -> list[Reading]:
         rows = self._select(

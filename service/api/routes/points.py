@@ -59,7 +59,7 @@ def parse_stream_id(stream_id: str) -> StreamKey:
 async def get_points(
     stream_id: str,
     pipeline: PipelineDep,
-    last: Annotated[int, Query(ge=1, le=MAX_POINTS, description="The newest N readings.")] = 500,
+    last: Annotated[int, Query(ge=1, le=MAX_POINTS, description="The newest N readings (with since: the newest N after it).")] = 500,
     since: Annotated[datetime | None, Query(description="Only readings after this time (ISO 8601, with zone).")] = None,
 ) -> PointsOut:
     """Recent stored readings of one stream, oldest first."""
@@ -77,8 +77,9 @@ async def get_points(
             delta = since - datetime(1970, 1, 1, tzinfo=UTC)  # exact, no float rounding
             start = (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000 + 1
             # Far future end: the store's range is half-open and "now" may lag the readings.
-            rows = await run_in_threadpool(store.read_range, key, start, 2**62)
-            rows = rows[-last:]
+            # The store applies the limit (SQL/InfluxQL LIMIT, newest first): a since far in
+            # the past costs at most ``last`` rows, never the whole history.
+            rows = await run_in_threadpool(store.read_range, key, start, 2**62, limit=last)
         else:
             rows = await run_in_threadpool(store.read_last, key, last)
     except StoreError as e:
