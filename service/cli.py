@@ -3,6 +3,9 @@
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; modules
 are imported only when their command runs, so ``sensorcast serve`` never imports torch
 and ``train``/``evaluate`` (in ``training/``) load it only when called.
+
+Settings that are invalid or contradictory (a pydantic ``ValidationError``, a
+``ConfigError``) end the command with their message and exit code 2, not a traceback.
 """
 
 from __future__ import annotations
@@ -53,7 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = argparse.ArgumentParser(prog=f"sensorcast {name}", description=help_text)
     module.add_arguments(cmd)
     args = cmd.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    from pydantic import ValidationError
+
+    from service.errors import ConfigError
+
+    try:
+        return int(module.run(args) or 0)
+    except (ConfigError, ValidationError) as e:
+        print(f"sensorcast {name}: refusing to start: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -59,7 +59,11 @@ class IngestSettings(BaseModel):
         description="Topic template (Telegraf-style). {device}, {quantity} and {tag_*} fields; "
         "without {quantity} the payload's named fields give the quantities.",
     )
-    qos: int = Field(1, ge=0, le=2, description="Subscription QoS (1 for at-least-once).")
+    qos: int = Field(
+        1, ge=0, le=2,
+        description="Subscription QoS: 1 (at-least-once, acknowledged once durable) or 0. 2 is refused at start-up: "
+        "paho answers PUBREC before the message is handled, so a crash would lose it.",
+    )
     max_payload_bytes: int = Field(64 * 1024, description="Payloads larger than this are refused.")
     max_past_s: float = Field(
         10 * 365 * 24 * 3600.0, description="Refuse readings older than this many seconds."
@@ -82,6 +86,17 @@ class IngestSettings(BaseModel):
     queue_max: int = Field(
         50_000, description="Messages (or HTTP submits) waiting for the writer before intake blocks (backpressure)."
     )
+
+    @field_validator("qos")
+    @classmethod
+    def _no_qos2(cls, v: int) -> int:
+        if v == 2:
+            raise ValueError(
+                "ingest.qos=2 is not supported: paho sends PUBREC (the broker then forgets the message) before "
+                "sensorcast has stored it, so a crash would lose it; use 1 (at-least-once: acknowledged only "
+                "once stored, a redelivered duplicate overwrites the same point)"
+            )
+        return v
 
 
 class StoreSettings(BaseModel):
@@ -201,7 +216,15 @@ class ApiSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Bind address of the REST API and dashboard.")
     port: int = Field(8080, description="Port of the REST API and dashboard.")
     api_key_file: Path | None = Field(None, description="File with the write-scope API key; unset: no auth.")
-    read_key_file: Path | None = Field(None, description="File with the read-scope API key; unset: reads open.")
+    read_key_file: Path | None = Field(
+        None, description="File with the read-scope API key; unset: reads open. Alone (no write key), write routes "
+        "need this key too.",
+    )
+    allow_open: bool = Field(
+        False,
+        description="Start even though the API binds a non-loopback address with no key, leaving POST /v1/readings "
+        "and /v1/models/reload open to anyone who can reach it (off: such a start is refused).",
+    )
     max_body_bytes: int = Field(1024 * 1024, description="Request bodies larger than this get 413.")
     band_z: float = Field(
         1.96, gt=0, description="Forecast bands are mean ± band_z · scale (1.96: 95% if the spread is Gaussian)."
@@ -221,6 +244,20 @@ class GcSettings(BaseModel):
     full_collect_s: float = Field(
         3600.0, gt=0, description="Seconds between full collections (frozen objects included) that reclaim "
         "reference cycles among frozen objects: one pause the size of the whole heap.",
+    )
+
+
+class WatchdogSettings(BaseModel):
+    interval_s: float = Field(
+        1.0, gt=0,
+        description="Seconds between checks that the pipeline threads (MQTT intake, store writer, engine ticks) "
+        "are alive. A dead one fails /readyz at once; at the next check the process exits with code 70 so its "
+        "supervisor restarts it.",
+    )
+    exit_grace_s: float = Field(
+        30.0, gt=0,
+        description="After a dead thread, time for the orderly stop (flush, checkpoint) before the process is "
+        "ended anyway.",
     )
 
 
@@ -245,3 +282,4 @@ class Settings(BaseSettings):
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)  # type: ignore[arg-type]
     api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
     gc: GcSettings = Field(default_factory=GcSettings)  # type: ignore[arg-type]
+    watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)  # type: ignore[arg-type]

@@ -28,6 +28,11 @@ class Metrics:
             buckets=_WRITE_BUCKETS, registry=r,
         )
         self.store_errors = Counter("sensorcast_store_errors", "Failed store writes.", registry=r)
+        self.mqtt_sessions_lost = Counter(
+            "sensorcast_mqtt_sessions_lost",
+            "Reconnects where the broker no longer had the ingester's persistent session (readings queued for it "
+            "meanwhile may be gone).", registry=r,
+        )
         self.store_rejected = Counter(
             "sensorcast_store_rejected",
             "Readings the store refused for good (isolated by bisection, dead-lettered), by reason.",

@@ -23,6 +23,10 @@ subscribes to the readings itself (``intake``: same decoder, a clean session, cl
 with its own interpreter lock. ``start`` brings parts up in flow order from the far end
 (publisher first, so no alert is emitted into nothing); ``stop`` stops intake first,
 then flushes, checkpoints and closes.
+
+``liveness()`` names the threads this process runs and whether each is alive; a
+``Watchdog`` (service/watchdog.py) checks them while the pipeline runs and calls
+``on_fatal`` on the first dead one (``serve`` and ``ingest`` then exit with code 70).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from service.errors import ConfigError
 from service.metrics import Metrics
 from service.records import Alert, Forecast, Reading
 from service.store.base import Store
+from service.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from service.ingest.mqtt import MqttSource
@@ -117,6 +122,9 @@ class TickOnArrival:
         self._thread = threading.Thread(target=self._run, name="engine-on-arrival", daemon=True)
         self._thread.start()
 
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         self._stopping.set()
         self._arrived.set()
@@ -185,6 +193,9 @@ class Pipeline:
         self._closers = list(closers)
         self.started = False
         self.outbox_gauge = _outbox_gauge(metrics)
+        # Called (from the watchdog's thread) with the names of dead threads; None: log only.
+        self.on_fatal: Callable[[list[str]], object] | None = None
+        self.watchdog: Watchdog | None = None
 
     # -- the callbacks the engine is given ------------------------------------------
     def on_alert(self, alert: Alert) -> None:
@@ -242,7 +253,7 @@ class Pipeline:
             assert isinstance(pipe.decoder, Decoder)
             pipe.intake = MqttSource(
                 settings.mqtt, pipe.decoder, None, RefusalReporter(metrics, None), settings.ingest.qos,
-                live=live, client_id=f"{settings.mqtt.client_id}-inference",
+                live=live, client_id=f"{settings.mqtt.client_id}-inference", metrics=metrics,
             )
         pipe._closers = closers
         return pipe
@@ -260,10 +271,37 @@ class Pipeline:
         if self.intake is not None:
             self.intake.start()
         self.started = True
-        log.info("pipeline started (roles: %s)", ",".join(sorted(self.roles)))
+        self.watchdog = Watchdog(self.liveness, self.settings.watchdog.interval_s, self._threads_died)
+        self.watchdog.start()
+        log.info("pipeline started (roles: %s; threads watched: %s)",
+                 ",".join(sorted(self.roles)), ", ".join(sorted(self.liveness())) or "none")
+
+    def liveness(self) -> dict[str, bool]:
+        """Each long-lived thread of the running pipeline -> alive ({} unless started)."""
+        if not self.started:
+            return {}
+        out: dict[str, bool] = {}
+        ingester_liveness = getattr(self.ingester, "liveness", None)  # twins in tests may lack it
+        if callable(ingester_liveness):
+            out.update(ingester_liveness())
+        if self.intake is not None:
+            out["mqtt intake"] = self.intake.loop_alive()
+        if self.ticker is not None:
+            out["engine tick on arrival"] = self.ticker.alive()
+        running = getattr(self.runner, "running", None)
+        if isinstance(running, bool):
+            out["engine runner"] = running
+        return out
+
+    def _threads_died(self, dead: list[str]) -> None:
+        if self.on_fatal is not None:
+            self.on_fatal(dead)
 
     def stop(self) -> None:
         """Stop intake, let the engine finish and checkpoint, flush alerts, close."""
+        if self.watchdog is not None:  # threads end on purpose from here on
+            self.watchdog.stop()
+            self.watchdog = None
         if self.ingester is not None:
             _safely("stop ingester", self.ingester.stop)
         if self.intake is not None:

@@ -5,6 +5,10 @@ Which parts run is ``settings.roles`` (``SENSORCAST_ROLES``, or ``--roles``): wi
 pipeline runs until a signal. SIGTERM/SIGINT stop intake, flush what was taken to the
 store or spool, tick and checkpoint the engine, give the broker a moment to acknowledge
 queued alerts (the rest stay in the outbox), then exit.
+
+A pipeline thread that dies (see service/watchdog.py) fails ``/readyz`` at once; at the
+watchdog's next check the same orderly stop runs and the process exits with code 70, so
+its supervisor (systemd ``Restart=``, compose ``restart:``) starts a fresh one.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from service.config import Settings
 from service.gcpolicy import GcPolicy
 from service.metrics import Metrics
 from service.pipeline import Pipeline, parse_roles
+from service.watchdog import FatalExit
 
 log = logging.getLogger("sensorcast.serve")
 SWITCH_INTERVAL_S = 0.001
@@ -59,29 +64,33 @@ def run(args: argparse.Namespace) -> int:
     # the default 5 ms switch interval a short request can wait 5 ms per hand-over.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     gc_policy = GcPolicy.from_settings(settings.gc, metrics)
+    fatal = FatalExit(settings.watchdog.exit_grace_s)
     if "api" in roles:
         import uvicorn
 
         from service.api.app import create_app
 
-        app = create_app(settings, metrics=metrics, on_started=gc_policy.start)
+        app = create_app(settings, metrics=metrics, on_started=gc_policy.start, on_fatal=fatal)
         config = uvicorn.Config(
             app, host=settings.api.host, port=settings.api.port, log_level=settings.log_level.lower(),
             access_log=False,  # one line per request would dwarf everything else at 200 req/s
             timeout_graceful_shutdown=10,
         )
         # uvicorn turns SIGTERM/SIGINT into a graceful shutdown, which runs the lifespan's
-        # pipeline.stop() (stop intake, flush, checkpoint).
+        # pipeline.stop() (stop intake, flush, checkpoint); a dead thread asks for the same.
+        server = uvicorn.Server(config)
+        fatal.request_stop = lambda: setattr(server, "should_exit", True)
         try:
-            uvicorn.Server(config).run()
+            server.run()
         finally:
             gc_policy.stop()
-        return 0
-    return _run_headless(settings, metrics, gc_policy)
+        return fatal.code
+    return _run_headless(settings, metrics, gc_policy, fatal)
 
 
-def _run_headless(settings: Settings, metrics: Metrics, gc_policy: GcPolicy) -> int:
+def _run_headless(settings: Settings, metrics: Metrics, gc_policy: GcPolicy, fatal: FatalExit) -> int:
     stop = threading.Event()
+    fatal.request_stop = stop.set
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping intake, flushing, checkpointing", signum)
@@ -90,6 +99,7 @@ def _run_headless(settings: Settings, metrics: Metrics, gc_policy: GcPolicy) -> 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     pipeline = Pipeline.build(settings, metrics)
+    pipeline.on_fatal = fatal
     pipeline.start()
     gc_policy.start()
     try:
@@ -97,4 +107,4 @@ def _run_headless(settings: Settings, metrics: Metrics, gc_policy: GcPolicy) -> 
     finally:
         gc_policy.stop()
         pipeline.stop()
-    return 0
+    return fatal.code

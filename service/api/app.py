@@ -2,6 +2,10 @@
 
 ``create_app(settings)`` builds and owns a pipeline in its lifespan (what ``serve``
 does); tests pass their own ``pipeline`` and keep ownership of it.
+
+Building the app refuses open write routes on a non-loopback address (``check_exposure``)
+and logs which routes are open. Error bodies carry a short reason: store errors (URLs,
+spool paths, the store's own text) go to the log only.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from service.api.auth import ApiKeys, AuthError
+from service.api.auth import ApiKeys, AuthError, check_exposure
+from service.api.deps import require_read, require_write
 from service.api.limits import BodyLimitMiddleware
 from service.api.routes import alerts, health, models, predict, readings, streams
 from service.api.schemas import ErrorOut
@@ -40,14 +46,19 @@ def create_app(
     pipeline: Pipeline | None = None,
     metrics: Metrics | None = None,
     on_started: Callable[[], object] | None = None,
+    on_fatal: Callable[[list[str]], object] | None = None,
 ) -> FastAPI:
-    """``on_started`` runs once the app's own pipeline has started (serve: the GC policy)."""
+    """``on_started`` runs once the app's own pipeline has started (serve: the GC policy);
+    ``on_fatal`` is given to it for dead threads (serve: stop and exit 70)."""
     owned = pipeline is None
+    keys = ApiKeys.from_settings(settings.api)
+    check_exposure(settings.api, keys)  # before anything starts: a refused start does nothing
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
             built = await run_in_threadpool(Pipeline.build, settings, metrics)
+            built.on_fatal = on_fatal
             await run_in_threadpool(built.start)
             app.state.pipeline = built
             if on_started is not None:
@@ -76,10 +87,11 @@ def create_app(
     )
     app.state.settings = settings
     app.state.pipeline = pipeline
-    app.state.api_keys = ApiKeys.from_settings(settings.api)
+    app.state.api_keys = keys
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
     for module in (streams, predict, readings, alerts, models, health):
         app.include_router(module.router)
+    _log_access(app, keys, settings.api.host)
     _add_error_handlers(app)
     _honest_security_in_openapi(app, app.state.api_keys)
     try:
@@ -89,6 +101,41 @@ def create_app(
     else:
         mount(app)
     return app
+
+
+def _routes_by_scope(app: FastAPI) -> dict[str, list[str]]:
+    """"read"/"write" -> the routes whose dependencies check that scope ("METHOD /path")."""
+    out: dict[str, list[str]] = {"read": [], "write": []}
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        calls, todo = set(), list(route.dependant.dependencies)
+        while todo:
+            dep = todo.pop()
+            calls.add(dep.call)
+            todo.extend(dep.dependencies)
+        label = f"{','.join(sorted(route.methods or ()))} {route.path}"
+        if require_write in calls:
+            out["write"].append(label)
+        elif require_read in calls:
+            out["read"].append(label)
+    return out
+
+
+def _log_access(app: FastAPI, keys: ApiKeys, host: str) -> None:
+    """One line per scope at start-up: which routes need which key, and which are open."""
+    scopes = _routes_by_scope(app)
+    for scope in ("write", "read"):
+        routes = ", ".join(scopes[scope]) or "none"
+        if scope in keys.open_scopes():
+            # Open writes on a non-loopback bind got here only with api.allow_open.
+            log.warning("API on %s: %s routes are OPEN (no key configured): %s", host, scope, routes)
+        else:
+            if scope == "write":
+                which = "write key" if keys.write is not None else "read key (no write key is set)"
+            else:
+                which = "read or write key" if keys.write is not None else "read key"
+            log.info("API on %s: %s routes need the %s: %s", host, scope, which, routes)
 
 
 def _honest_security_in_openapi(app: FastAPI, keys: ApiKeys) -> None:
@@ -116,13 +163,20 @@ def _honest_security_in_openapi(app: FastAPI, keys: ApiKeys) -> None:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    # Messages say what was wrong with the request; they never include keys or secrets
-    # (AuthError texts are fixed strings, store errors carry no credentials).
+    # Messages say what was wrong with the request; they never include keys, secrets or
+    # paths (AuthError texts are fixed strings, store errors get a fixed reason).
     def handler(status: int) -> object:
         async def handle(request: Request, exc: Exception) -> JSONResponse:
             return JSONResponse({"detail": str(exc)}, status_code=status)
 
         return handle
+
+    async def store_failed(request: Request, exc: Exception) -> JSONResponse:
+        # The store's text may hold URLs, spool paths or the database's own message: logged,
+        # not returned.
+        log.warning("%s %s: store error: %s", request.method, request.url.path, exc)
+        reason = "spool full" if isinstance(exc, SpoolFullError) else "the store is not available"
+        return JSONResponse({"detail": f"{reason}; retry later (details in the service log)"}, status_code=503)
 
     async def auth(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AuthError)
@@ -147,6 +201,6 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuthError, auth)
     app.add_exception_handler(ModelError, handler(404))  # type: ignore[arg-type]
     app.add_exception_handler(DecodeError, handler(422))  # type: ignore[arg-type]
-    app.add_exception_handler(SpoolFullError, handler(503))  # type: ignore[arg-type]
-    app.add_exception_handler(StoreError, handler(503))  # type: ignore[arg-type]
+    app.add_exception_handler(SpoolFullError, store_failed)
+    app.add_exception_handler(StoreError, store_failed)
     app.add_exception_handler(Exception, internal)

@@ -18,6 +18,7 @@ from service.gcpolicy import GcPolicy
 from service.ingest.ingester import Ingester
 from service.metrics import Metrics
 from service.store import open_store
+from service.watchdog import FatalExit, Watchdog
 
 log = logging.getLogger("sensorcast.ingest")
 
@@ -53,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     ingester = Ingester(settings, store, metrics)
     ingester.start()
+    # A dead intake or writer thread: orderly stop, then exit 70 for the supervisor to restart us.
+    fatal = FatalExit(settings.watchdog.exit_grace_s, stop.set)
+    watchdog = Watchdog(ingester.liveness, settings.watchdog.interval_s, fatal)
+    watchdog.start()
     gc_policy = GcPolicy.from_settings(settings.gc, metrics)
     gc_policy.start()
     log.info("ingesting %r into %s", settings.ingest.topic, settings.store.url.split("@")[-1])
@@ -63,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
                 log.info("status: %s", ingester.status())
                 next_status += args.status_every
     finally:
+        watchdog.stop()
         gc_policy.stop()
         ingester.stop()
         store.close()
         log.info("stopped: %s", ingester.status())
-    return 0
+    return fatal.code

@@ -45,6 +45,8 @@ class IngestStatus:
     queued: int
     stored: int
     last_error: str | None
+    sessions_lost: int = 0  # reconnects that found the broker without our persistent session
+    last_session_lost: float | None = None  # time.time() of the last one
 
 
 class Ingester:
@@ -72,7 +74,7 @@ class Ingester:
         self.reporter = RefusalReporter(metrics, self._dead_letter if ing.dead_letter_topic else None)
         if mqtt:
             self.source = MqttSource(
-                settings.mqtt, self.decoder, self.writer, self.reporter, ing.qos, live=self.live
+                settings.mqtt, self.decoder, self.writer, self.reporter, ing.qos, live=self.live, metrics=metrics
             )
         self._http_in = metrics.readings_in.labels("http")
         self._started = False
@@ -125,15 +127,22 @@ class Ingester:
             raise StoreError("ingest queue is full (store and spool cannot keep up); try again later")
         assert item.done is not None
         if not item.done.wait(timeout_s) or not item.ok:
-            raise StoreError(
-                "readings not yet durable: "
-                + ("spool full" if self.spool.full else self.writer.state.last_error or "store not answering")
-            )
+            # The store's own error (URLs, paths) stays in the log; the caller gets the gist.
+            log.warning("HTTP readings not durable within %.0f s: %s", timeout_s,
+                        "spool full" if self.spool.full else self.writer.state.last_error or "store not answering")
+            raise StoreError("readings not yet durable: " + ("spool full" if self.spool.full else "store not answering"))
         self._http_in.inc(len(readings))
         for sink in self.live:
             sink(list(readings))
 
     # --- state ---------------------------------------------------------------------------
+    def liveness(self) -> dict[str, bool]:
+        """Whether each thread this ingester runs is alive (for the watchdog)."""
+        out = {"store writer": _writer_alive(self.writer)}
+        if self.source is not None:
+            out["mqtt intake"] = self.source.loop_alive()
+        return out
+
     def status(self) -> IngestStatus:
         return IngestStatus(
             broker_connected=self.source is not None and self.source.connected.is_set(),
@@ -144,6 +153,8 @@ class Ingester:
             queued=self.writer.queue.qsize(),
             stored=self.writer.state.stored,
             last_error=self.writer.state.last_error,
+            sessions_lost=self.source.sessions_lost if self.source is not None else 0,
+            last_session_lost=self.source.last_session_lost if self.source is not None else None,
         )
 
     # --- plumbing ------------------------------------------------------------------------
@@ -158,3 +169,11 @@ class Ingester:
         info = self.source.client.publish(topic, body, qos=1)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.warning("dead-letter publish to %r failed: rc %s", topic, info.rc)
+
+
+def _writer_alive(writer: BatchWriter) -> bool:
+    is_alive = getattr(writer, "is_alive", None)  # BatchWriter's own check, where it has one
+    if callable(is_alive):
+        return bool(is_alive())
+    thread: threading.Thread | None = getattr(writer, "_thread", None)
+    return thread is not None and thread.is_alive()

@@ -17,6 +17,15 @@ Two uses:
 Either way decoded readings go to the ``live`` sinks at once, from paho's thread: the
 engine sees a reading before the store write, so the database's latency is never part
 of an alert's.
+
+No exception from one message may leave ``_on_message``: paho would re-raise it out of
+its loop and the network thread would end (intake stops, unnoticed, and the unacked
+message comes back after every restart: a poison message). Anything raised becomes a
+refusal with reason ``internal`` and the message is acknowledged like any refused one.
+
+A persistent session the broker no longer has on a reconnect (``session present: 0``
+after we had one) means what it queued for us meanwhile may be gone: a WARNING, the
+counter ``sensorcast_mqtt_sessions_lost_total`` and a ``/readyz`` detail.
 """
 
 from __future__ import annotations
@@ -38,7 +47,9 @@ from service.ingest.decode import Decoder, Refusal
 from service.ingest.leanclient import LeanClient, client_class
 from service.ingest.refusals import RefusalReporter
 from service.ingest.writer import AckToken, BatchWriter, Item, Sink
+from service.metrics import Metrics
 from service.mqttaddr import BrokerAddress, parse_broker_url, tls_context
+from service.records import Reading
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +96,7 @@ class MqttSource:
         qos: int,
         live: Sequence[Sink] = (),
         client_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.decoder = decoder
@@ -114,6 +126,10 @@ class MqttSource:
         self.subscribed = threading.Event()
         self.ack_errors = 0
         self.acked = 0  # messages acknowledged to the broker (tests and status)
+        self._had_session = False  # a persistent session existed on the broker (this process)
+        self.sessions_lost = 0
+        self.last_session_lost: float | None = None  # time.time() of the last one
+        self._sessions_lost_metric = metrics.mqtt_sessions_lost if metrics is not None else None
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -127,6 +143,11 @@ class MqttSource:
         rc = self.client.loop_start()
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise ConfigError(f"MQTT network loop did not start: {paho.error_string(rc)}")
+
+    def loop_alive(self) -> bool:
+        """paho's network thread is running (the watchdog's intake check)."""
+        thread = self.client._thread
+        return thread is not None and thread.is_alive()
 
     def close_intake(self) -> None:
         """New messages are left unacknowledged (the broker keeps them for next time)."""
@@ -151,6 +172,10 @@ class MqttSource:
             "MQTT connected to %s:%d (session present: %s); subscribing to %r",
             self.addr.host, self.addr.port, flags.session_present, self.subscription,
         )
+        if self.persistent:
+            if self._had_session and not flags.session_present:
+                self._session_lost()
+            self._had_session = True
         result, _mid = client.subscribe(self.subscription, qos=self.qos)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.error("MQTT subscribe failed: %s", paho.error_string(result))
@@ -169,16 +194,50 @@ class MqttSource:
         if not self._closing:
             log.warning("MQTT disconnected (%s); reconnecting with backoff", rc)
 
+    def _session_lost(self) -> None:
+        self.sessions_lost += 1
+        self.last_session_lost = time.time()
+        if self._sessions_lost_metric is not None:
+            self._sessions_lost_metric.inc()
+        log.warning(
+            "MQTT broker %s:%d no longer has our persistent session (client id %r): readings it queued for us "
+            "while we were away may be gone. Check the broker's persistence (persistence true, a short "
+            "autosave_interval, its data volume) and whether it was restarted or crashed",
+            self.addr.host, self.addr.port, self.client._client_id.decode(errors="replace"),
+        )
+
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         if self._closing:
             return  # not acknowledged: redelivered to the next session
+        try:
+            self._take(msg)
+        except Exception as e:  # whatever it was, the loop must go on (see the module doc)
+            self._refuse_internal(msg, e)
+
+    def _refuse_internal(self, msg: paho.MQTTMessage, exc: Exception) -> None:
+        payload = cast(bytes, msg.payload)
+        topic = msg._topic.decode("utf-8", "replace")
+        try:
+            self.reporter.internal("mqtt", topic, payload, exc)
+        except Exception:
+            log.exception("refused (internal) from topic %r; reporting it failed too", topic[:200])
+        try:
+            self._queue_ack(msg)  # in order with the writer's acks, like any refused message
+        except Exception:
+            log.exception("queueing the ack of a refused message failed; acknowledging at once")
+            try:
+                self._ack_now(msg)
+            except Exception:
+                log.exception("acknowledging a refused message failed; the broker will redeliver it")
+
+    def _take(self, msg: paho.MQTTMessage) -> None:
         received = time.time_ns()
         payload = cast(bytes, msg.payload)  # paho stores the payload as bytes
         try:
             topic = msg.topic
         except UnicodeDecodeError:
             self.reporter.report("mqtt", repr(msg._topic[:200]), payload, [Refusal("bad_encoding", "topic is not UTF-8")])
-            self._ack_now(msg)
+            self._queue_ack(msg)
             return
         result = self.decoder.decode(topic, payload, received)
         if result.refusals:
@@ -189,11 +248,17 @@ class MqttSource:
                     sink(result.readings)
                 except Exception:
                     log.exception("live sink %r failed on %d readings", sink, len(result.readings))
+        self._queue(msg, result.readings)
+
+    def _queue(self, msg: paho.MQTTMessage, readings: list[Reading]) -> None:
         if self.writer is not None:
             token: AckToken | None = (msg.mid, msg.qos, self._gen) if msg.qos > 0 else None
             # Even a fully refused message goes through the queue so acks stay in order.
-            self.writer.put(Item(result.readings, token))
+            self.writer.put(Item(readings, token))
         # else: paho acknowledges when this callback returns (manual_ack is off)
+
+    def _queue_ack(self, msg: paho.MQTTMessage) -> None:
+        self._queue(msg, [])
 
     def _ack_now(self, msg: paho.MQTTMessage) -> None:
         if msg.qos > 0 and self.persistent:

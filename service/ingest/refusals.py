@@ -46,6 +46,32 @@ class RefusalReporter:
                 r.reason, source, topic[:200], r.detail[:300], payload[:PAYLOAD_SHOWN],
                 f" ({hidden} more '{r.reason}' refusals not logged)" if hidden else "",
             )
+        self._publish_dead_letter(topic, payload, refusals)
+
+    def internal(self, source: str, topic: str, payload: bytes, exc: BaseException) -> None:
+        """A message whose handling raised: counted (reason ``internal``) and logged with its traceback.
+
+        Kept apart from ``report`` (which may itself be what raised): only the counter, the
+        dead-letter publish (which catches its own errors) and the log. Rate-limited like
+        ``report``.
+        """
+        self._counter.labels("internal").inc()
+        self._publish_dead_letter(topic, payload, [Refusal("internal", f"{type(exc).__name__}: {exc}"[:300])])
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get("internal", -1e9) < LOG_EVERY_S:
+                self._suppressed["internal"] = self._suppressed.get("internal", 0) + 1
+                return
+            self._last["internal"] = now
+            hidden = self._suppressed.pop("internal", 0)
+        log.error(
+            "refused (internal) from %s topic %r: %s: %s; payload %r%s",
+            source, topic[:200], type(exc).__name__, str(exc)[:300], payload[:PAYLOAD_SHOWN],
+            f" ({hidden} more 'internal' refusals not logged)" if hidden else "",
+            exc_info=exc,
+        )
+
+    def _publish_dead_letter(self, topic: str, payload: bytes, refusals: Sequence[Refusal]) -> None:
         if self._dead_letter is not None and refusals:
             body = orjson.dumps(
                 {

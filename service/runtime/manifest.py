@@ -79,6 +79,22 @@ def sha256_file(path: Path) -> str:
 
 def load_manifest(folder: Path) -> Manifest:
     """Read and validate ``folder/manifest.json`` and the ONNX file's hash."""
+    return read_model(folder)[0]
+
+
+def check_model_bytes(manifest: Manifest, data: bytes, where: str) -> None:
+    """ModelError unless ``data`` hashes to the manifest's SHA-256."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest.sha256:
+        raise ModelError(f"{where}: SHA-256 {digest[:12]}… does not match manifest {manifest.sha256[:12]}…")
+
+
+def read_model(folder: Path) -> tuple[Manifest, bytes]:
+    """The validated manifest and the ONNX file's bytes, read once and hashed.
+
+    Whoever runs the model builds it from these bytes (``OrtRuntime(..., model_bytes=)``):
+    a file swapped between the hash check and the load cannot be the one that runs.
+    """
     path = folder / "manifest.json"
     try:
         raw = path.read_bytes()
@@ -105,9 +121,8 @@ def load_manifest(folder: Path) -> Manifest:
     if onnx_path.resolve().parent != folder.resolve():
         raise ModelError(f"{path}: onnx_file {manifest.onnx_file!r} must be a file in the model folder")
     try:
-        digest = sha256_file(onnx_path)
+        data = onnx_path.read_bytes()
     except OSError as e:
         raise ModelError(f"{onnx_path}: cannot read model ({e.strerror})") from e
-    if digest != manifest.sha256:
-        raise ModelError(f"{onnx_path}: SHA-256 {digest[:12]}… does not match manifest {manifest.sha256[:12]}…")
-    return manifest
+    check_model_bytes(manifest, data, str(onnx_path))
+    return manifest, data

@@ -6,7 +6,9 @@ re-scans: folders whose files changed are loaded again and swapped in atomically
 replacement that fails validation keeps the previous model serving and records the
 error (``errors``), so a half-copied or corrupt upload never takes a model down.
 Names are checked against the manifest's safe-name pattern and folders must resolve
-inside the models directory: no path traversal through names.
+inside the models directory: no path traversal through names. The ONNX file is read
+once, hashed, and the runtime built from those bytes (``read_model``). ``errors`` (shown
+by the API) name files relative to the models directory; the log has the full paths.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from service.errors import ModelError
 from service.metrics import Metrics
-from service.runtime.manifest import SAFE_NAME, Manifest, load_manifest
+from service.runtime.manifest import SAFE_NAME, Manifest, load_manifest, read_model
 from service.runtime.session import ModelRuntime, OrtRuntime
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,8 @@ class ModelRegistry:
     ) -> None:
         self.dir = Path(directory)
         self._metrics = metrics
-        self._factory: RuntimeFactory = factory or (lambda folder, m: OrtRuntime(folder, m, threads))
+        self._factory = factory  # None: onnxruntime, built from the bytes that were hashed
+        self._threads = threads
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()  # the REST route and the file watcher may reload at once
         self._models: dict[str, dict[str, LoadedModel]] = {}
@@ -156,14 +159,9 @@ class ModelRegistry:
                 unchanged.append(old.key)
                 continue
             try:
-                manifest = load_manifest(folder)
-                if manifest.name != name or manifest.version != version:
-                    raise ModelError(
-                        f"{folder}: manifest says {manifest.name}/{manifest.version}, folder is {name}/{version}"
-                    )
-                runtime = self._factory(folder, manifest)
+                manifest, runtime = self._open(name, version, folder)
             except ModelError as e:
-                errors[f"{name}/{version}"] = str(e)
+                errors[f"{name}/{version}"] = self._public(str(e))
                 if self._metrics is not None:
                     self._metrics.model_errors.inc()
                 log.error("model %s/%s refused: %s", name, version, e)
@@ -181,3 +179,19 @@ class ModelRegistry:
             if loaded or removed:
                 self.generation += 1
         return {"loaded": loaded, "unchanged": unchanged, "removed": removed, "errors": errors}
+
+    def _open(self, name: str, version: str, folder: Path) -> tuple[Manifest, ModelRuntime]:
+        if self._factory is None:
+            manifest, blob = read_model(folder)
+        else:
+            manifest, blob = load_manifest(folder), b""
+        if manifest.name != name or manifest.version != version:
+            raise ModelError(f"{folder}: manifest says {manifest.name}/{manifest.version}, folder is {name}/{version}")
+        if self._factory is None:
+            return manifest, OrtRuntime(folder, manifest, self._threads, model_bytes=blob)
+        return manifest, self._factory(folder, manifest)
+
+    def _public(self, message: str) -> str:
+        """``message`` with the models directory's own path cut to ``models``: the API shows it."""
+        # Folders come from _folders(), under the resolved (absolute) directory.
+        return message.replace(str(self.dir.resolve()), "models")

@@ -20,7 +20,7 @@ import numpy as np
 
 from service.arrays import F32
 from service.errors import ModelError
-from service.runtime.manifest import Manifest
+from service.runtime.manifest import Manifest, check_model_bytes
 
 StepFn = Callable[[F32, F32, F32 | None], tuple[F32, F32 | None, F32]]
 WindowFn = Callable[[F32, F32 | None], tuple[F32, F32 | None]]
@@ -55,9 +55,14 @@ def _check_batch(m: Manifest, x: F32, state: F32 | None, tf: F32 | None, window:
 
 
 class OrtRuntime:
-    """onnxruntime session for one model folder; validates the graph's I/O against the manifest."""
+    """onnxruntime session for one model folder; validates the graph's I/O against the manifest.
 
-    def __init__(self, folder: Path, manifest: Manifest, threads: int = 1) -> None:
+    The session is built from bytes checked against the manifest's SHA-256: ``model_bytes``
+    as ``read_model`` returned them, else the file read here once and hashed. onnxruntime
+    never reopens the file by path, so a file swapped after the check is never loaded.
+    """
+
+    def __init__(self, folder: Path, manifest: Manifest, threads: int = 1, model_bytes: bytes | None = None) -> None:
         import onnxruntime as ort
 
         self.manifest = manifest
@@ -69,8 +74,14 @@ class OrtRuntime:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         path = folder / manifest.onnx_file
+        if model_bytes is None:
+            try:
+                model_bytes = path.read_bytes()
+            except OSError as e:
+                raise ModelError(f"{path}: cannot read model ({e.strerror})") from e
+        check_model_bytes(manifest, model_bytes, str(path))
         try:
-            self._sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self._sess = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise ModelError(f"{path}: onnxruntime cannot load the model: {e}") from e
         self._inputs = {i.name: i.shape for i in self._sess.get_inputs()}

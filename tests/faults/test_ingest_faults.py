@@ -5,26 +5,34 @@ Each test owns the server it kills (``fresh_*`` fixtures).
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import MQTTErrorCode
 
+from service.api.routes.health import readiness
 from service.ingest.ingester import Ingester
 from service.localservers import Influxd, Mosquitto
 from service.metrics import Metrics
+from service.pipeline import Pipeline
 from service.store import open_store
 from tests.integration.ingest_helpers import (
     IngestProcess,
     Publisher,
+    acked,
     make_settings,
+    payload,
     readings,
     run_in_thread,
     stored,
     wait_stored,
 )
+from tests.waiting import poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -172,3 +180,113 @@ def test_spool_full_stops_acknowledging_and_recovers(
     assert got == by_key(expected)
     assert ing.metrics.spool_full._value.get() == 0
     store.close()
+
+
+def _publish_raw(pub: Publisher, messages: list[tuple[str, bytes]]) -> list[paho.MQTTMessageInfo]:
+    infos = []
+    for topic, body in messages:
+        info = pub.client.publish(topic, body, qos=1)
+        assert info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS, info.rc
+        infos.append(info)
+    return infos
+
+
+def test_exception_while_handling_a_message_is_refused_acknowledged_and_intake_goes_on(
+    mosquitto: Mosquitto, influxd: Influxd, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever raises inside ``_on_message`` (here: the decoder, and the refusal reporter)
+    costs that one message, counted as ``internal``; paho's thread lives, every good reading
+    around it is stored once, every message is acknowledged, and a restart replays nothing."""
+    url = f"influxdb://127.0.0.1:{influxd.port}/fraise"
+    settings = make_settings(mosquitto.port, url, tmp_path / "spool", client_id="f-raise",
+                             topic="fraise/{device}/{quantity}")
+    store = open_store(settings.store)
+    ing = Ingester(settings, store, Metrics())
+    real_decode, real_report = ing.decoder.decode, ing.reporter.report
+
+    def decode(topic: str, payload: bytes, received_ns: int):  # type: ignore[no-untyped-def]
+        if payload.startswith(b"decode-boom"):
+            raise OverflowError("int too large to convert to float")  # what the issue's poison raised
+        return real_decode(topic, payload, received_ns)
+
+    def report(source: str, topic: str, payload: bytes, refusals: object) -> None:
+        if payload.startswith(b"report-boom"):
+            raise RuntimeError("reporter bug")
+        real_report(source, topic, payload, refusals)  # type: ignore[arg-type]
+
+    ing.decoder.decode = decode  # type: ignore[method-assign]
+    ing.reporter.report = report  # type: ignore[method-assign]
+    ing.start()
+    assert ing.source is not None and ing.source.subscribed.wait(10)
+    good = readings(2_000, 20)
+    messages: list[tuple[str, bytes]] = []
+    for k, r in enumerate(good):
+        messages.append((f"fraise/{r.stream.device}/{r.stream.quantity}", payload(r)))
+        if k % 100 == 0:  # the first right after the first good reading, as in the issue
+            messages.append(("fraise/bad/temp", b"decode-boom %d" % k))
+            messages.append(("fraise/bad/temp", b"report-boom %d" % k))  # refused (not a number), then raises
+    pub = Publisher(mosquitto.port, client_id="f-raise-pub")
+    try:
+        infos = _publish_raw(pub, messages)
+        assert poll(lambda: all(acked(i) for i in infos), 60), "the broker did not take every message"
+        got = wait_stored(store, good)
+        n_bad = len(messages) - len(good)
+        internal = ing.metrics.readings_refused.labels("internal")
+        assert poll(lambda: internal._value.get() == n_bad, 10), internal._value.get()
+        assert poll(lambda: ing.source is not None and ing.source.acked == len(messages), 10), ing.source.acked
+        assert ing.source.loop_alive() and ing.status().broker_connected
+    finally:
+        pub.close()
+        ing.stop()
+    assert got == by_key(good)  # every good reading, once, values exact
+    assert "refused (internal) from mqtt topic 'fraise/bad/temp': OverflowError" in caplog.text
+    assert "payload b'decode-boom 0'" in caplog.text
+    # The same session again: the broker has nothing left to redeliver.
+    again = Ingester(settings, store, Metrics())
+    again.start()
+    try:
+        assert again.source is not None and again.source.subscribed.wait(10)
+        time.sleep(2)
+        refused = sum(s.value for m in again.metrics.readings_refused.collect() for s in m.samples
+                      if s.name.endswith("_total"))
+        assert refused == 0 and again.source.acked == 0
+    finally:
+        again.stop()
+    store.close()
+
+
+def test_lost_broker_session_is_a_warning_a_counter_and_a_readyz_detail(
+    fresh_mosquitto: Callable[..., Mosquitto], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    # autosave far away: a SIGKILL loses everything the broker had not saved, our session too.
+    broker = fresh_mosquitto(autosave_s=3600)
+    settings = make_settings(broker.port, f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "spool",
+                             client_id="f-session", topic="fsess/{device}/{quantity}")
+    metrics = Metrics()
+    store = open_store(settings.store)
+    ing = Ingester(settings, store, metrics)
+    pipe = Pipeline(settings, metrics, store=store, ingester=ing, decoder=ing.decoder)
+    lost = metrics.mqtt_sessions_lost
+    pipe.start()
+    try:
+        assert ing.source is not None and ing.source.subscribed.wait(10)
+        # SIGKILL before any autosave: the restarted broker has never heard of us.
+        broker.kill(signal.SIGKILL)
+        broker.start()
+        assert poll(lambda: lost._value.get() == 1, 15), caplog.text[-2000:]
+        assert ing.source.subscribed.wait(10)
+        warnings = [r for r in caplog.records if r.levelname == "WARNING" and "persistent session" in r.getMessage()]
+        assert len(warnings) == 1 and "may be gone" in warnings[0].getMessage()
+        check = readiness(pipe)["broker"]
+        assert check.ok  # a detail, not a failure: intake works again
+        assert "lost our persistent session 1 time(s)" in check.detail and "persistence" in check.detail
+        # A clean restart saves the broker's state: the (new) session is still there, no new loss.
+        broker.kill(signal.SIGTERM)
+        broker.start()
+        assert poll(lambda: caplog.text.count("session present: True") == 1, 15), caplog.text[-2000:]
+        assert ing.source.subscribed.wait(10)
+        assert lost._value.get() == 1
+        assert b"sensorcast_mqtt_sessions_lost_total 1.0" in metrics.render()
+    finally:
+        pipe.stop()

@@ -1,7 +1,11 @@
-"""Liveness, readiness (broker, store or spool, models) and Prometheus metrics."""
+"""Liveness, readiness (broker, store or spool, models, pipeline threads) and Prometheus metrics.
+
+Details are short reasons: no store error text, URL or filesystem path (those go to the log).
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -11,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service.api.deps import PipelineDep, ReadScope
 from service.api.schemas import CheckOut, HealthOut, ReadyOut
 from service.pipeline import Pipeline
+from service.watchdog import dead_threads
 
 router = APIRouter(tags=["health"])
 
@@ -61,7 +66,8 @@ def readiness(pipeline: Pipeline) -> dict[str, CheckOut]:
         st = pipeline.ingester.status()
         if getattr(pipeline.ingester, "source", True) is not None:  # None: HTTP intake only
             broker = bool(_field(st, "broker_connected", False))
-            checks["broker"] = CheckOut(ok=broker, detail="connected" if broker else "not connected to the MQTT broker")
+            detail = "connected" if broker else "not connected to the MQTT broker"
+            checks["broker"] = CheckOut(ok=broker, detail=detail + _session_lost(st))
         store_ok = bool(_field(st, "store_ok", False))
         spool_ok = not bool(_field(st, "spool_full", False))
         depth = _field(st, "spool_readings", 0)
@@ -86,7 +92,26 @@ def readiness(pipeline: Pipeline) -> dict[str, CheckOut]:
         checks["alerts"] = CheckOut(ok=ok, detail=f"{detail}; {pending} alert message(s) in the outbox")
     if not pipeline.started:
         checks["pipeline"] = CheckOut(ok=False, detail="not started")
+    else:
+        names = pipeline.liveness()
+        dead = dead_threads(pipeline.liveness)
+        if dead:
+            detail = f"dead: {', '.join(dead)}; the process is exiting for its supervisor to restart it"
+        else:
+            detail = f"alive: {', '.join(sorted(names))}" if names else "no pipeline threads in this process"
+        checks["threads"] = CheckOut(ok=not dead, detail=detail)
     return checks
+
+
+def _session_lost(status: Any) -> str:
+    """A detail, not a failure: the session is back; what it held meanwhile may not be."""
+    lost = int(_field(status, "sessions_lost", 0) or 0)
+    if not lost:
+        return ""
+    at = _field(status, "last_session_lost", None)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)) if isinstance(at, (int, float)) else "unknown"
+    return (f"; the broker lost our persistent session {lost} time(s), last at {when}: readings published "
+            "meanwhile may be gone (check the broker's persistence)")
 
 
 def _field(obj: Any, name: str, default: Any) -> Any:
