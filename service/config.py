@@ -172,6 +172,29 @@ class StreamsSettings(BaseModel):
         description="Readings stamped further than this ahead of the engine's clock are dropped (reason future): "
         "one bad clock must not push a stream's state ahead of time.",
     )
+    max_streams: int = Field(
+        100_000, ge=0,
+        description="Streams the engine serves at most (0: no limit). A reading that would start a stream beyond "
+        "this is refused for inference (counted in sensorcast_streams_refused{reason=max_streams}, logged at most "
+        "every 10 s) and still stored; known streams keep forecasting. About 2 KB per stream for a 2x64 GRU.",
+    )
+    max_streams_per_device: int = Field(
+        1_000, ge=0,
+        description="Streams one device (topic device level, any quantities and tags) may have at most (0: no "
+        "limit); beyond it a new stream is refused like max_streams (reason max_streams_per_device).",
+    )
+    idle_evict_s: float = Field(
+        3600.0, ge=0,
+        description="A stream without a reading for this long (engine clock) is evicted: its row is freed, its "
+        "state kept in memory while it could still be continued (max_gap_steps buckets after its last step) and "
+        "restored if it returns; a firing alert resolves with reason evicted. 0: never evict.",
+    )
+    warmup_wait_s: float = Field(
+        0.2, ge=0,
+        description="Store reads for warm-up and catch-up run off the engine's lock; the tick that asked waits "
+        "up to this long for them (after stepping the other streams) so new streams start in the same tick. "
+        "A slower answer is applied by a later tick; the new streams' readings wait for it.",
+    )
 
 
 class AnomalySettings(BaseModel):
@@ -228,6 +251,16 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(1024 * 1024, description="Request bodies larger than this get 413.")
     band_z: float = Field(
         1.96, gt=0, description="Forecast bands are mean ± band_z · scale (1.96: 95% if the spread is Gaussian)."
+    )
+    predict_max_steps: int = Field(
+        10_000, ge=1, le=100_000,
+        description="POST /v1/predict: history rows (model steps) accepted at most; more get 413. A step model "
+        "makes one model call per row.",
+    )
+    predict_max_values: int = Field(
+        200_000, ge=1,
+        description="POST /v1/predict: history rows x features accepted at most (the work of one request); more "
+        "get 413.",
     )
 
 

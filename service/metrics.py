@@ -56,6 +56,14 @@ class Metrics:
             ["reason"], registry=r,
         )
         self.alerts = Counter("sensorcast_alerts", "Alert events emitted.", ["state"], registry=r)
+        self.streams_refused = Counter(
+            "sensorcast_streams_refused", "New streams refused for inference by streams.max_streams or "
+            "max_streams_per_device (their readings are still stored).", ["reason"], registry=r,
+        )
+        self.streams_evicted = Counter(
+            "sensorcast_streams_evicted", "Idle streams evicted (outcome saved: state kept for their return; "
+            "dropped: too old to continue from, they warm from the store).", ["outcome"], registry=r,
+        )
         self.streams = Gauge("sensorcast_streams", "Streams by status.", ["status"], registry=r)
         self.model_errors = Counter("sensorcast_model_errors", "Model loads or reloads refused.", registry=r)
         self.gc_pause = Histogram(

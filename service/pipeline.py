@@ -43,7 +43,7 @@ from service.alerts.publisher import AlertPublisher
 from service.config import Settings
 from service.errors import ConfigError
 from service.metrics import Metrics
-from service.records import Alert, Forecast, Reading
+from service.records import Alert, Forecast, Reading, StreamKey
 from service.store.base import Store
 from service.watchdog import Watchdog
 
@@ -155,10 +155,14 @@ def parse_roles(text: str) -> frozenset[str]:
 
 
 def split_stream_id(stream_id: str) -> tuple[str, str]:
-    """``device/quantity[;tags]`` -> (device, quantity); the quantity never holds ``/``."""
-    base = stream_id.split(";", 1)[0]
-    device, _, quantity = base.rpartition("/")
-    return device, quantity
+    """(device, quantity) of a stream id; a multivariate (device) stream's quantity is ``*``.
+
+    Raises ValueError for a malformed id (engine ids never are).
+    """
+    if "/" in stream_id:  # escaped ids hold exactly one unescaped '/', device ids none
+        key = StreamKey.parse(stream_id)
+        return key.device, key.quantity
+    return StreamKey.parse_device_id(stream_id)[0], "*"
 
 
 class Pipeline:
@@ -210,8 +214,8 @@ class Pipeline:
     def on_forecast(self, fc: Forecast) -> None:
         if self.publisher is None:
             return
-        device, quantity = split_stream_id(fc.stream_id)
         try:
+            device, quantity = split_stream_id(fc.stream_id)
             self.publisher.publish_forecast(fc, device, quantity)
         except Exception:
             log.exception("could not publish forecast for %s", fc.stream_id)

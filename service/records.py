@@ -7,6 +7,7 @@ and what InfluxDB line protocol speaks.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -14,9 +15,81 @@ from typing import Literal
 NS_PER_S = 1_000_000_000
 
 
+# Characters that carry structure in a stream id (``/`` ``;`` ``=``), the escape itself,
+# and control characters (C0, DEL, C1): each becomes its UTF-8 bytes as ``%XX`` (uppercase
+# hex), URL-style, inside an id component.
+_ID_SPECIAL = re.compile(r"[%/;=\x00-\x1f\x7f-\x9f]")
+_ESCAPES = re.compile(r"(?:%[0-9A-F]{2})+")
+
+
+def _pct(m: re.Match[str]) -> str:
+    return "".join(f"%{b:02X}" for b in m.group().encode())
+
+
+def escape_id_part(s: str) -> str:
+    """One component of a stream id (device, quantity, tag key or value), escaped."""
+    if _ID_SPECIAL.search(s) is None:  # ordinary names (almost all) stay as they are
+        return s
+    return _ID_SPECIAL.sub(_pct, s)
+
+
+def _unesc(s: str, text: str, what: str) -> str:
+    """Invert ``escape_id_part`` exactly: only the canonical escapes of special characters."""
+    if "%" in s:
+        rest = _ESCAPES.sub("", s)
+        if "%" in rest:
+            raise ValueError(
+                f"stream id {text[:200]!r}: {what} has a '%' not followed by two uppercase hex digits "
+                "(expected %25 for a literal '%')"
+            )
+    else:
+        rest = s
+    bad = _ID_SPECIAL.search(rest)
+    if bad is not None:
+        raise ValueError(f"stream id {text[:200]!r}: {what} holds {bad.group()!r} unescaped (expected %XX)")
+    if rest is s:
+        return s
+
+    def run(m: re.Match[str]) -> str:
+        try:
+            chars = bytes.fromhex(m.group().replace("%", "")).decode("utf-8")
+        except UnicodeDecodeError:
+            chars = ""
+        if not chars or escape_id_part(chars) != m.group():  # every char special, canonical hex
+            raise ValueError(
+                f"stream id {text[:200]!r}: {what} has escape {m.group()[:40]!r}; expected only %25, %2F, %3B, "
+                "%3D and control characters escaped (UTF-8 bytes, uppercase hex)"
+            )
+        return chars
+
+    return _ESCAPES.sub(run, s)
+
+
+def _tags_text(tags: tuple[tuple[str, str], ...]) -> str:
+    if not tags:
+        return ""
+    return "".join(f";{escape_id_part(k)}={escape_id_part(v)}" for k, v in (tags if len(tags) == 1 else sorted(tags)))
+
+
+def _parse_tags(parts: list[str], text: str) -> tuple[tuple[str, str], ...]:
+    tags: list[tuple[str, str]] = []
+    for part in parts:
+        kv = part.split("=")
+        if len(kv) != 2:
+            raise ValueError(f"stream id {text[:200]!r}: tag {part[:80]!r} has {len(kv) - 1} unescaped '='; expected key=value")
+        k, v = _unesc(kv[0], text, "a tag key"), _unesc(kv[1], text, "a tag value")
+        if tags and k <= tags[-1][0]:
+            raise ValueError(
+                f"stream id {text[:200]!r}: tag {k[:40]!r} after {tags[-1][0][:40]!r}; expected tags sorted by key, "
+                "each key once"
+            )
+        tags.append((k, v))
+    return tuple(tags)
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class StreamKey:
-    """Identity of one series: a device's quantity, plus any extra tags (sorted)."""
+    """Identity of one series: a device's quantity, plus any extra tags (sorted by key, unique)."""
 
     device: str
     quantity: str
@@ -24,11 +97,44 @@ class StreamKey:
 
     @property
     def id(self) -> str:
-        """Stable text id used in the API and in topics: ``device/quantity[;k=v...]``."""
-        base = f"{self.device}/{self.quantity}"
-        if not self.tags:
-            return base
-        return base + "".join(f";{k}={v}" for k, v in self.tags)
+        """Injective text id used in the API, topics and checkpoints: ``device/quantity[;k=v...]``.
+
+        Each component is escaped: ``%``, ``/``, ``;``, ``=`` and control characters become
+        ``%XX`` (uppercase hex), so ordinary names read as before (``pump-1/temperature;site=hq``)
+        while quantity ``temperature;site=hq`` gives ``pump-1/temperature%3Bsite%3Dhq``, and
+        two different keys never share an id. ``StreamKey.parse`` inverts it exactly.
+        """
+        return f"{escape_id_part(self.device)}/{escape_id_part(self.quantity)}{_tags_text(self.tags)}"
+
+    @property
+    def device_id(self) -> str:
+        """Id of the device's multivariate stream: ``device[;k=v...]``, escaped like ``id``.
+
+        It holds no unescaped ``/``, so it can never equal a ``device/quantity`` id.
+        """
+        return escape_id_part(self.device) + _tags_text(self.tags)
+
+    @classmethod
+    def parse(cls, text: str) -> StreamKey:
+        """The key whose ``id`` is ``text``; ValueError (what was found, what was expected) otherwise."""
+        base, *tag_parts = text.split(";")
+        halves = base.split("/")
+        if len(halves) != 2:
+            raise ValueError(
+                f"stream id {text[:200]!r} has {len(halves) - 1} unescaped '/'; expected exactly one, as in "
+                "device/quantity[;tag=value...] (a '/' inside a name is written %2F)"
+            )
+        device = _unesc(halves[0], text, "the device")
+        quantity = _unesc(halves[1], text, "the quantity")
+        return cls(device, quantity, _parse_tags(tag_parts, text))
+
+    @staticmethod
+    def parse_device_id(text: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """(device, tags) of a multivariate stream id (``device_id``); ValueError when malformed."""
+        base, *tag_parts = text.split(";")
+        if "/" in base:
+            raise ValueError(f"device stream id {text[:200]!r} holds an unescaped '/'; expected device[;tag=value...]")
+        return _unesc(base, text, "the device"), _parse_tags(tag_parts, text)
 
 
 @dataclass(frozen=True, slots=True)

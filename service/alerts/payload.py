@@ -2,19 +2,29 @@
 
 Payloads carry every field of the record plus ISO 8601 UTC times, so a subscriber needs
 nothing else to explain an alert. Topics come from templates with ``{device}``,
-``{quantity}`` and ``{stream}``; values are made topic-safe (no ``/``, ``+``, ``#``).
+``{quantity}`` and ``{stream}``. Values are escaped injectively, so two streams never
+share a topic and a value never adds a level or a wildcard: each name is escaped as in
+stream ids (``%``, ``/``, ``;``, ``=`` and control characters become ``%XX``, UTF-8 bytes),
+then ``+``, ``#`` and what MQTT brokers refuse in topics (Unicode non-characters,
+surrogates) are percent-encoded too. ``{stream}`` is the stream id escaped the same way:
+its one unescaped ``/`` (between device and quantity) stays a level separator, so
+``{device}/{quantity}`` and ``{stream}`` give the same topic for a stream without tags.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from service.records import Alert, Forecast
+from service.records import Alert, Forecast, escape_id_part
 
-_UNSAFE = str.maketrans({"/": "_", "+": "_", "#": "_", "\x00": "_"})
+# Beyond the id escapes: MQTT wildcards and the code points mosquitto refuses in a topic
+# (it drops the connection: an alert would then be retried forever).
+_NONCHARS = "".join(chr(plane | 0xFFFE) + chr(plane | 0xFFFF) for plane in range(0, 0x110000, 0x10000))
+_TOPIC_UNSAFE = re.compile("[+#\ufdd0-\ufdef\ud800-\udfff" + _NONCHARS + "]")
 
 
 def iso_time(ts_ns: int) -> str:
@@ -23,12 +33,28 @@ def iso_time(ts_ns: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _topic_safe(escaped: str) -> str:
+    """An id-escaped text with ``+``, ``#`` and broker-refused code points percent-encoded.
+
+    Injective: id escaping leaves no ``%`` but its own escapes, so ``%2B`` can only be ``+``.
+    """
+    if _TOPIC_UNSAFE.search(escaped) is None:
+        return escaped
+    return _TOPIC_UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8", "surrogatepass")), escaped)
+
+
+def topic_level(name: str) -> str:
+    """``name`` as one topic level: never a separator, a wildcard or a refused character."""
+    return _topic_safe(escape_id_part(name))
+
+
 def topic_for(template: str, device: str, quantity: str, stream_id: str) -> str:
-    """Fill a topic template; a value can never add topic levels or wildcards."""
+    """Fill a topic template; a value can never add topic levels or wildcards.
+
+    ``stream_id`` is an engine id (``StreamKey.id`` or ``device_id``): already escaped.
+    """
     return template.format(
-        device=device.translate(_UNSAFE),
-        quantity=quantity.translate(_UNSAFE),
-        stream=stream_id.translate(_UNSAFE),
+        device=topic_level(device), quantity=topic_level(quantity), stream=_topic_safe(stream_id)
     )
 
 

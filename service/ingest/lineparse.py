@@ -8,9 +8,18 @@ turns fields into readings and refuses what is not numeric.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from service.errors import DecodeError
+
+_BOOLEANS = frozenset(("t", "T", "true", "True", "TRUE", "f", "F", "false", "False", "FALSE"))
+# ASCII only: Python's int()/float() would also take "1_000" and other scripts' digits.
+# Possessive quantifiers (*+, ++): no backtracking, so a 64 KiB digit string costs linear time.
+_INTEGER = re.compile(r"([+-]?)([0-9]++)i\Z|(\+?)([0-9]++)u\Z")  # signed 3i or unsigned 7u
+_FLOAT = re.compile(r"[+-]?(?:[0-9]++(?:\.[0-9]*+)?|\.[0-9]++)(?:[eE][+-]?[0-9]++)?\Z")
+_TIMESTAMP = re.compile(r"-?[0-9]{1,19}\Z")  # int64 nanoseconds at most
+_MAX_FLOAT_DIGITS = 309  # 1.8e308 is the largest float
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,21 +84,34 @@ def parse_line(line: str) -> LinePoint:
         fields[_unescape(kv[0])] = kv[1]
     ts = None
     if len(parts) == 3:
-        try:
-            ts = int(parts[2])
-        except ValueError:
-            raise DecodeError("bad_line_protocol", f"bad timestamp {parts[2][:40]!r}") from None
+        if _TIMESTAMP.match(parts[2]) is None:
+            raise DecodeError("bad_line_protocol", f"bad timestamp {parts[2][:40]!r} (expected int64 nanoseconds)")
+        ts = int(parts[2])
     return LinePoint(measurement, tags, fields, ts)
 
 
 def field_number(raw: str) -> float:
-    """The numeric value of a raw field; DecodeError("non_numeric") for strings and booleans."""
+    """The numeric value of a raw field; DecodeError("non_numeric") for strings and booleans,
+    ("not_finite") for NaN, infinities and integers beyond a float, ("bad_line_protocol")
+    for anything else that is not an ASCII number (no ``_``, no other scripts' digits)."""
     if raw.startswith('"'):
         raise DecodeError("non_numeric", f"string field {raw[:40]!r}")
-    if raw in ("t", "T", "true", "True", "TRUE", "f", "F", "false", "False", "FALSE"):
+    if raw in _BOOLEANS:
         raise DecodeError("non_numeric", f"boolean field {raw!r}")
-    text = raw[:-1] if raw[-1] in "iu" else raw
-    try:
-        return float(int(text)) if raw[-1] in "iu" else float(text)
-    except ValueError:
-        raise DecodeError("bad_line_protocol", f"bad field value {raw[:40]!r}") from None
+    m = _INTEGER.match(raw)
+    if m is not None:
+        sign, digits = (m.group(1), m.group(2)) if m.group(2) is not None else ("", m.group(4))
+        digits = digits.lstrip("0") or "0"
+        # Digits are counted before int(): past 309 no float holds the value, and past
+        # 4300 int() itself refuses (ValueError), so huge integers never reach it.
+        if len(digits) > _MAX_FLOAT_DIGITS:
+            raise DecodeError("not_finite", f"integer field of {len(digits)} digits is too large for a float")
+        try:
+            return float(int(sign + digits))
+        except OverflowError:
+            raise DecodeError("not_finite", f"integer field {raw[:40]!r}... is too large for a float") from None
+    if _FLOAT.match(raw) is not None:
+        return float(raw)  # never raises; overflow gives inf, which the decoder refuses
+    if raw.lstrip("+-").lower() in ("nan", "inf", "infinity"):
+        raise DecodeError("not_finite", f"field value {raw[:40]!r}")
+    raise DecodeError("bad_line_protocol", f"bad field value {raw[:40]!r}")

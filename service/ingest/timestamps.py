@@ -39,9 +39,11 @@ def to_ns(value: object) -> int:
 
 
 def iso_to_ns(text: str) -> int:
+    if len(text) > 64:  # the longest ISO-8601 form is ~40 characters; refuse before parsing
+        raise DecodeError("bad_timestamp", f"timestamp text of {len(text)} characters is not ISO-8601")
     try:
         dt = datetime.fromisoformat(text.strip())
-    except ValueError:
+    except (ValueError, OverflowError):
         raise DecodeError("bad_timestamp", f"timestamp {text[:40]!r} is not ISO-8601") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)  # naive times are taken as UTC, the only sane default

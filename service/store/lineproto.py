@@ -62,6 +62,15 @@ def escape_tag(s: str) -> str:
     return s.translate(_TAG_ESCAPES)
 
 
+def series_key_bytes(stream: StreamKey) -> int:
+    """UTF-8 bytes of the stream's escaped ``,device=...,quantity=...[,k=v...]`` (the series key
+    without the measurement), which influxd limits to 64 KiB in all."""
+    n = 0
+    for k, v in (("device", stream.device), ("quantity", stream.quantity), *stream.tags):
+        n += 2 + len(escape_tag(k).encode()) + len(escape_tag(v).encode())
+    return n
+
+
 def escape_measurement(s: str) -> str:
     return s.translate(_MEASUREMENT_ESCAPES)
 

@@ -31,7 +31,8 @@ class Route:
 
 
 def device_id(key: StreamKey) -> str:
-    return key.device + "".join(f";{k}={v}" for k, v in key.tags)
+    """The multivariate stream's id: the device and tags, escaped like ``StreamKey.id``."""
+    return key.device_id
 
 
 def route(key: StreamKey, registry: ModelRegistry, bindings: list[ModelBinding]) -> Route | None:

@@ -9,7 +9,7 @@ import orjson
 
 from service.alerts.outbox import Outbox
 from service.alerts.payload import alert_payload, forecast_payload, iso_time, topic_for
-from service.records import Alert, Forecast
+from service.records import Alert, Forecast, StreamKey
 
 ALERT = Alert("pump-1/temp;site=n", "pump-1", "temp", "firing", 1_700_000_000_123_456_789, 90.0,
               float("nan"), 18.0, 22.0, 0.999, "m", "1", True, {"feature": "temp"})
@@ -25,8 +25,11 @@ def test_payload_carries_every_alert_field_and_iso_time() -> None:
 
 
 def test_topic_values_cannot_add_levels_or_wildcards() -> None:
-    assert topic_for("a/{device}/{quantity}", "x/y+#", "t", "s") == "a/x_y__/t"
-    assert topic_for("s/{stream}", "d", "q", "d/q;k=v") == "s/d_q;k=v"
+    assert topic_for("a/{device}/{quantity}", "x/y+#", "t", "s") == "a/x%2Fy%2B%23/t"
+    # {stream}: the id's one structural '/' stays a level; untagged it equals {device}/{quantity}.
+    assert topic_for("s/{stream}", "d", "q", "d/q;k=v") == "s/d/q;k=v"
+    key = StreamKey("d+1", "q")
+    assert topic_for("s/{stream}", key.device, key.quantity, key.id) == topic_for("s/{device}/{quantity}", "d+1", "q", "")
 
 
 def test_forecast_payload_times_follow_the_cadence() -> None:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from service.api.routes.points import parse_stream_id
 from service.records import Reading, StreamKey
 from tests.apiharness import T0, harness
 
@@ -67,15 +66,16 @@ def test_points_needs_the_read_key_when_one_is_set(tmp_path: Path) -> None:
     ("text", "key"),
     [
         ("a/b", StreamKey("a", "b")),
-        ("site/a/b", StreamKey("site/a", "b")),
-        ("a/b;z=1;k=v", StreamKey("a", "b", (("k", "v"), ("z", "1")))),
+        ("site%2Fa/b", StreamKey("site/a", "b")),
+        ("a/b;k=v;z=1", StreamKey("a", "b", (("k", "v"), ("z", "1")))),
+        ("a/b%3Bk%3Dv", StreamKey("a", "b;k=v")),
     ],
 )
-def test_parse_stream_id(text: str, key: StreamKey) -> None:
-    assert parse_stream_id(text) == key
+def test_points_parse_stream_ids(text: str, key: StreamKey) -> None:
+    assert StreamKey.parse(text) == key and key.id == text
 
 
-def test_parse_stream_id_refuses_malformed() -> None:
-    for bad in ("ab", "/b", "a/", "a/b;novalue"):
+def test_points_refuse_malformed_ids() -> None:
+    for bad in ("ab", "site/a/b", "a/b;novalue", "a/b;z=1;k=v", "a%2f/b", "a%41/b"):
         with pytest.raises(ValueError):
-            parse_stream_id(bad)
+            StreamKey.parse(bad)

@@ -221,3 +221,148 @@ def test_decoder_never_raises(payload: bytes) -> None:
 def test_json_batch_round_trip(items: list[dict[str, float]]) -> None:
     r = dec().decode("sensors/d/q", orjson.dumps(items), NOW)
     assert [(x.ts_ns, x.value) for x in r.readings] == [(i["ts"] * NS_PER_S, i["value"]) for i in items]
+
+
+# --- nothing escapes: exceptions of any type become refusals ------------------------------
+def test_line_protocol_integer_beyond_a_float_is_not_finite() -> None:
+    # The poison message of issue #12: OverflowError used to escape and end the MQTT loop.
+    for digits in (400, 5000):  # 5000: also past int()'s 4300-digit limit
+        r = dec("sensors/{device}").decode("sensors/d", b"m x=" + b"9" * digits + b"i", NOW)
+        assert not r.readings and reasons(r) == ["not_finite"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"m x=1e99999999", "not_finite"),
+        (b"m x=-9" + b"9" * 400 + b"u", "bad_line_protocol"),  # unsigned cannot be negative
+        (b"m x=" + b"0" * 1000 + b"7i", None),  # leading zeros: just 7
+        (b"m x=1_000", "bad_line_protocol"),  # Python's float() would take it, influxd does not
+        ("m x=١٢٣".encode(), "bad_line_protocol"),  # other scripts' digits
+        (b"m x=NaN", "not_finite"),
+        (b"m x=1 " + b"9" * 400, "bad_line_protocol"),  # timestamp beyond int64
+        (b'{"value": 1, "ts": "' + b"9" * 5000 + b'"}', "bad_timestamp"),
+        (b'{"value": 1e308, "ts": 1e308}', "too_far_future"),
+        (b'{"value": ' + b"9" * 400 + b"}", "bad_json"),  # orjson: a number beyond a double
+    ],
+)
+def test_near_miss_numbers(payload: bytes, reason: str | None) -> None:
+    r = dec("sensors/{device}").decode("sensors/d", payload, NOW)
+    if reason is None:
+        assert [x.value for x in r.readings] == [7.0] and not r.refusals
+    else:
+        assert not r.readings and reasons(r) == [reason]
+
+
+def test_an_unexpected_exception_is_an_internal_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = dec()
+
+    def boom(*a: object) -> None:
+        raise ZeroDivisionError("x" * 1000)
+
+    monkeypatch.setattr(d, "_check", boom)
+    r = d.decode("sensors/d/q", b"1", NOW)
+    assert not r.readings and reasons(r) == ["internal"]
+    assert r.refusals[0].detail.startswith("ZeroDivisionError: xxx") and len(r.refusals[0].detail) < 250
+
+
+def test_an_internal_error_in_one_element_keeps_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = dec()
+    real = d._object
+
+    def flaky(topic: str, fields: object, obj: dict[str, object], *rest: object) -> None:
+        if obj.get("value") == 2:
+            raise RecursionError("deep")
+        real(topic, fields, obj, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(d, "_object", flaky)
+    r = d.decode("sensors/d/q", orjson.dumps([{"value": 1}, {"value": 2}, {"value": 3}]), NOW)
+    assert [x.value for x in r.readings] == [1.0, 3.0]
+    assert [(x.reason, x.detail) for x in r.refusals] == [("internal", "[1] RecursionError: deep")]
+
+
+# --- caps: what the store would refuse never reaches it --------------------------------------
+def test_too_many_tags_refused() -> None:
+    tags = {f"t{i}": "v" for i in range(33)}
+    r = dec().decode("sensors/d/q", orjson.dumps({"value": 1, "tags": tags}), NOW)
+    assert reasons(r) == ["too_many_tags"]
+    del tags["t0"]
+    assert len(dec().decode("sensors/d/q", orjson.dumps({"value": 1, "tags": tags}), NOW).readings) == 1
+    lp = b"m," + b",".join(f"t{i}=v".encode() for i in range(3)) + b" value=1"
+    assert reasons(dec("sensors/{device}", max_tags=2).decode("sensors/d", lp, NOW)) == ["too_many_tags"]
+
+
+def test_series_key_too_long_refused() -> None:
+    # The issue's reading: 240 tags full of commas, ~123 KB escaped; with 30 tags of 200
+    # characters each, the key is past 4 KiB while every name is legal.
+    tags = {f"k{i}": "," * 200 for i in range(30)}
+    r = dec().decode("sensors/d/q", orjson.dumps({"value": 1, "tags": tags}), NOW)
+    assert reasons(r) == ["key_too_long"] and "bytes > limit 4096" in r.refusals[0].detail
+    r = dec(max_series_key_bytes=60_000).decode("sensors/d/q", orjson.dumps({"value": 1, "tags": tags}), NOW)
+    assert len(r.readings) == 1
+
+
+def test_long_device_in_topic_counts_towards_the_key() -> None:
+    r = dec(max_series_key_bytes=100).decode("sensors/" + "d" * 120 + "/q", b"1", NOW)
+    assert reasons(r) == ["key_too_long"]
+
+
+# --- the topic wins: payloads add, never override -----------------------------------------
+TAGGED = "site/{tag_site}/{device}/{quantity}"
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ({"value": 1, "tags": {"line": "a"}}, ("d", "q", (("line", "a"), ("site", "n")))),  # adds a tag
+        ({"value": 1, "tags": {"site": "n"}}, ("d", "q", (("site", "n"),))),  # repeats one: fine
+        ({"value": 1, "device": "d", "quantity": "q"}, ("d", "q", (("site", "n"),))),  # repeats: fine
+        ({"value": 1, "tags": {"site": "hq"}}, "topic_mismatch"),
+        ({"value": 1, "device": "other"}, "topic_mismatch"),
+        ({"value": 1, "quantity": "other"}, "topic_mismatch"),
+        ({"value": 1, "device": 5}, "topic_mismatch"),
+    ],
+)
+def test_json_cannot_override_the_topic(payload: dict[str, object], expected: object) -> None:
+    r = dec(TAGGED).decode("site/n/d/q", orjson.dumps(payload), NOW)
+    if isinstance(expected, str):
+        assert not r.readings and reasons(r) == [expected]
+    else:
+        assert [(x.stream.device, x.stream.quantity, x.stream.tags) for x in r.readings] == [expected]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"m,line=a value=1", [("d", "q", (("line", "a"), ("site", "n")))]),
+        (b"m,site=n,device=d,quantity=q value=1,q=2", [("d", "q", (("site", "n"),))] * 2),
+        (b"other value=1", [("d", "q", (("site", "n"),))]),  # the measurement is only a fallback
+        (b"m,site=hq value=1", "topic_mismatch"),
+        (b"m,device=other value=1", "topic_mismatch"),
+        (b"m,quantity=other value=1", "topic_mismatch"),
+        (b"m temperature=1", "topic_mismatch"),  # a named field is a quantity the topic did not name
+    ],
+)
+def test_line_protocol_cannot_override_the_topic(line: bytes, expected: object) -> None:
+    r = dec(TAGGED).decode("site/n/d/q", line, NOW)
+    if isinstance(expected, str):
+        assert not r.readings and reasons(r) == [expected]
+    else:
+        assert [(x.stream.device, x.stream.quantity, x.stream.tags) for x in r.readings] == expected
+
+
+def test_payload_names_what_the_topic_leaves_open() -> None:
+    r = dec("plant/{tag_site}/#").decode("plant/n/x", b"env,device=p1,line=a temperature=1", NOW)
+    assert [(x.stream.device, x.stream.quantity, x.stream.tags) for x in r.readings] == [
+        ("p1", "temperature", (("line", "a"), ("site", "n")))
+    ]
+    r = dec("plant/{tag_site}/#").decode("plant/n/x", b'{"device": "p1", "value": 1, "quantity": "t"}', NOW)
+    assert [(x.stream.device, x.stream.quantity) for x in r.readings] == [("p1", "t")]
+
+
+def test_the_issue_collision_payload_is_refused_on_the_default_topic() -> None:
+    r = dec().decode("sensors/pump-1/x", b"m temperature;site\\=hq=99", NOW)
+    assert not r.readings and reasons(r) == ["topic_mismatch"]
+    r = dec("sensors/{device}").decode("sensors/pump-1", b"m temperature;site\\=hq=99", NOW)
+    assert [x.stream.id for x in r.readings] == ["pump-1/temperature%3Bsite%3Dhq"]
+    assert r.readings[0].stream != StreamKey("pump-1", "temperature", (("site", "hq"),))

@@ -33,21 +33,6 @@ class PointsOut(BaseModel):
     values: list[float] = Field(description="Stored values, same order.")
 
 
-def parse_stream_id(stream_id: str) -> StreamKey:
-    """``device/quantity[;k=v...]`` -> StreamKey; raises ValueError when malformed."""
-    base, *tag_parts = stream_id.split(";")
-    device, sep, quantity = base.rpartition("/")
-    if not sep or not device or not quantity:
-        raise ValueError(f"stream id {stream_id!r} is not device/quantity[;tag=value...]")
-    tags: list[tuple[str, str]] = []
-    for part in tag_parts:
-        k, eq, v = part.partition("=")
-        if not eq or not k:
-            raise ValueError(f"stream id {stream_id!r}: tag {part!r} is not key=value")
-        tags.append((k, v))
-    return StreamKey(device, quantity, tuple(sorted(tags)))
-
-
 @router.get(
     "/{stream_id:path}",
     responses={
@@ -64,7 +49,7 @@ async def get_points(
 ) -> PointsOut:
     """Recent stored readings of one stream, oldest first."""
     try:
-        key = parse_stream_id(stream_id)
+        key = StreamKey.parse(stream_id)
     except ValueError as e:
         raise HTTPException(422, str(e)) from None
     store = pipeline.store
