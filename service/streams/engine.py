@@ -1,10 +1,11 @@
 """The inference engine: readings in; forecasts, scores and alerts out.
 
 ``accept()`` only buffers (cheap, thread-safe; the ingester's sink calls it). ``tick()``
-does the work under one lock: route each reading to its stream (binding -> model table
-row), resample it (``resample.py``), warm new streams from the store in bulk, then step
-every due stream of a model in batched calls (a stream with several due buckets takes
-one per round), score, decide and emit alerts through ``on_alert``.
+does the work under one lock: route each reading to its stream (``slots.py``: binding,
+table rows, limits, eviction), resample it (``resample.py``), then step every due stream
+of a model in batched calls (a stream with several due buckets takes one per round),
+score, decide and emit alerts through ``on_alert``. New and restored streams get their
+history from the store off the lock (``warmup.py``).
 
 Stateless ``predict()`` (``predict.py``) rolls a fresh state over a given history and
 agrees with the live path (tests/unit/test_engine.py). Read-outs are in ``report.py``,
@@ -26,50 +27,24 @@ import numpy.typing as npt
 
 from service.arrays import F32, I64, IntArr
 from service.config import Settings
-from service.errors import ModelError, StoreError
+from service.errors import ModelError
 from service.metrics import Metrics
 from service.records import NS_PER_S, Alert, AlertState, Forecast, Reading, StreamKey
 from service.runtime.registry import LoadedModel, ModelRegistry
 from service.store.base import Store
 from service.streams import checkpoint, report
-from service.streams.binding import Route, route
+from service.streams.binding import route
 from service.streams.predict import predict as predict_history
 from service.streams.resample import Resampler, Step, live_window_ns
+from service.streams.slots import Stream, StreamSlots, table_name
 from service.streams.status import ForecastLookup, ModelInfo, StreamStatus
 from service.streams.table import ModelTable
+from service.streams.warmup import Warmup
 
 log = logging.getLogger(__name__)
 
 _MISSING = object()
 _F32_MAX = float(np.finfo(np.float32).max)
-HISTORY_SLACK = 2  # extra buckets read for warm-up beyond the model's need
-# Catch-up after a restore reads this many readings per missed bucket (streams sending
-# more often than that are caught up on their newest part, the rest bridged as missing).
-CATCH_UP_PER_BUCKET = 4
-
-
-class _Stream:
-    """Mutable per-stream bookkeeping (the numbers live in the model table)."""
-
-    __slots__ = ("device", "features", "id", "keys", "quantity", "res", "row", "table", "tags")
-
-    def __init__(self, sid: str, key: StreamKey, rt: Route, table: ModelTable, row: int) -> None:
-        self.id = sid
-        self.device = key.device
-        self.tags = key.tags
-        self.quantity = "*" if rt.multivariate else key.quantity
-        self.features = tuple(table.model.manifest.features)
-        self.keys = (
-            tuple(StreamKey(key.device, f, key.tags) for f in self.features) if rt.multivariate else (key,)
-        )
-        self.table = table
-        self.row = row
-        # Only while the stream is on the slow path (pending buckets): saves memory at 100k streams.
-        self.res: Resampler | None = None
-
-
-def _table_name(model: LoadedModel) -> str:
-    return f"{model.name}@{model.version}"
 
 
 class Engine:
@@ -92,19 +67,18 @@ class Engine:
         # pressure): only when forecasts are wanted (the pipeline also sets this for its cache).
         self.publish_forecasts = settings.alerts.forecast_topic is not None
         self._lock = threading.RLock()
+        self._tick_lock = threading.Lock()  # one tick at a time (a tick lets go of _lock while the store answers)
         self._inbox_lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
         self._inbox: list[Reading] = []
-        self._tables: dict[str, ModelTable] = {}
-        self._streams: dict[str, _Stream] = {}
-        self._routes: dict[StreamKey, Any] = {}  # -> (table uid, row, feature, stream) | None
+        self._warm = Warmup(settings, store, self._drop_firing)
+        self._slots = StreamSlots(settings, registry, metrics, self._warm, self._drop_firing)
+        self._tables = self._slots.tables  # the slots' dicts, under shorter names
+        self._streams = self._slots.streams
+        self._by_uid = self._slots.by_uid
         self._alerts: deque[Alert] = deque(maxlen=1000)
         self._generation = registry.generation
-        self._by_uid: dict[int, ModelTable] = {}
-        self._next_uid = 0
-        self._need_history: dict[str, _Stream] = {}
-        self._restored: set[str] = set()  # restored streams not yet checked for a long gap
-        self._waiting: dict[int, list[_Stream]] = {}  # due time (ns) -> streams with pending buckets
+        self._waiting: dict[int, list[Stream]] = {}  # due time (ns) -> streams with pending buckets
         self._drops = {
             r: metrics.late_dropped.labels(r) for r in ("late", "duplicate", "not_finite", "future", "overload")
         }
@@ -135,87 +109,59 @@ class Engine:
         with self._inbox_lock:
             return len(self._inbox)
 
-    def _bind(self, key: StreamKey) -> tuple[int, int, int, _Stream] | None:
-        rt = route(key, self.registry, self.settings.models.bindings)
-        if rt is None:
-            self._routes[key] = None
-            return None
-        st = self._streams.get(rt.stream_id)
-        if st is None or st.table.model is not rt.model:
-            if st is not None:  # the stream moved to another model: start it over
-                self._drop_stream(st, reason="model changed")
-            table = self._table_for(rt.model)
-            row = table.add_row()
-            st = _Stream(rt.stream_id, key, rt, table, row)
-            self._streams[st.id] = st
-            table.owners[row] = st
-            self._need_history[st.id] = st
-        hit = (st.table.uid, st.row, rt.feature, st)
-        self._routes[key] = hit
-        return hit
-
-    def _table_for(self, model: LoadedModel) -> ModelTable:
-        name = _table_name(model)
-        table = self._tables.get(name)
-        if table is None or table.model is not model:
-            table = self._tables[name] = ModelTable(
-                model, self.settings.anomaly, window_every=self.settings.streams.window_every
-            )
-            self._next_uid += 1
-            table.uid = self._next_uid
-            self._by_uid[table.uid] = table
-        return table
-
-    def _drop_stream(self, st: _Stream, reason: str) -> None:
-        self._drop_firing(st, reason)
-        st.table.release(st.row)
-        self._streams.pop(st.id, None)
-        self._need_history.pop(st.id, None)
-        for k in st.keys:
-            self._routes.pop(k, None)
-
     # ------------------------------------------------------------ the tick
 
     def tick(self, now_ns: int | None = None) -> int:
         """Process buffered readings: resample, step due streams in batches, score, decide, emit."""
-        now = time.time_ns() if now_ns is None else now_ns
-        with self._inbox_lock:
-            readings, self._inbox = self._inbox, []
-        with self._lock:
-            if self.registry.generation != self._generation:
-                self._sync_models()
-            routes = self._routes
-            hits: list[tuple[int, int, int, _Stream]] = []
-            tss: list[int] = []
-            vals: list[float] = []
-            for r in readings:
-                found = routes.get(r.stream, _MISSING)
-                hit = self._bind(r.stream) if found is _MISSING else found
-                if hit is not None:
-                    hits.append(hit)
-                    tss.append(r.ts_ns)
-                    vals.append(r.value)
-            slow: dict[str, _Stream] = {}
-            fast: dict[int, tuple[IntArr, I64, F32]] = {}
-            if hits:
-                self._intake(hits, tss, vals, now, fast, slow)
-            if self._restored and slow:
-                self._rewarm_after_restore(slow)
-            if self._need_history:
-                warming = list(self._need_history.values())
-                self._need_history.clear()
-                for st in warming:
-                    self._slow_begin(st, slow)
-                self._warm_from_store(warming, now)
-            # Streams whose pending buckets may have become due by the clock alone.
-            for due in [d for d in self._waiting if d <= now]:
-                for st in self._waiting.pop(due):
-                    if st.table.has_pending[st.row] and self._streams.get(st.id) is st:
-                        slow.setdefault(st.id, st)
-            done = self._run(fast, slow, now)
-            if time.monotonic() - self._gauges_at > 1.0:
-                self._update_gauges()
+        with self._tick_lock:
+            now = time.time_ns() if now_ns is None else now_ns
+            with self._inbox_lock:
+                readings, self._inbox = self._inbox, []
+            with self._lock:
+                done, reads = self._tick_locked(readings, now)
+            if not reads:
+                return done
+            # Store reads for new/restored streams, without the lock: API reads and the
+            # other streams (stepped above) do not wait for the database.
+            self._warm.submit(reads)
+            if self._warm.wait(reads, self.settings.streams.warmup_wait_s):
+                with self._lock:  # answered in time: those streams start in this tick
+                    slow: dict[str, Stream] = {}
+                    self._warm.apply(slow, self._slow_begin)
+                    done += self._run({}, slow, time.time_ns() if now_ns is None else now_ns)
             return done
+
+    def _tick_locked(self, readings: list[Reading], now: int) -> tuple[int, list[Any]]:
+        if self.registry.generation != self._generation:
+            self._sync_models()
+        self._slots.evict_idle(now)
+        slow: dict[str, Stream] = {}
+        fast: dict[int, tuple[IntArr, I64, F32]] = {}
+        self._warm.apply(slow, self._slow_begin)  # history answered since the last tick
+        routes: dict[StreamKey, Any] = self._slots.routes  # a hit, or None: unrouted or refused
+        bind = self._slots.bind
+        hits: list[tuple[int, int, int, Stream]] = []
+        tss: list[int] = []
+        vals: list[float] = []
+        for r in readings:
+            found = routes.get(r.stream, _MISSING)
+            hit = bind(r.stream) if found is _MISSING else found
+            if hit is not None:
+                hits.append(hit)
+                tss.append(r.ts_ns)
+                vals.append(r.value)
+        if hits:
+            self._intake(hits, tss, vals, now, fast, slow)
+        reads = self._warm.plan(slow, now, self._slow_begin)
+        # Streams whose pending buckets may have become due by the clock alone.
+        for due in [d for d in self._waiting if d <= now]:
+            for st in self._waiting.pop(due):
+                if st.table.has_pending[st.row] and self._streams.get(st.id) is st:
+                    slow.setdefault(st.id, st)
+        done = self._run(fast, slow, now)
+        if time.monotonic() - self._gauges_at > 1.0:
+            self._update_gauges()
+        return done, reads
 
     def _update_gauges(self) -> None:
         """sensorcast_streams{status}: counted from the table arrays (cheap at 100k rows)."""
@@ -231,59 +177,7 @@ class Engine:
         for status, n in counts.items():
             self.metrics.streams.labels(status).set(n)
 
-    def _rewarm_after_restore(self, slow: dict[str, _Stream]) -> None:
-        """The first readings of a restored stream after a restart: fill the gap from the store.
-
-        The store kept what arrived while we were down (split roles), or between the last
-        checkpoint and a crash. A gap of up to ``max_gap_steps`` is replayed from it, so the
-        state continues as if we had never stopped; a longer one re-warms from the store
-        instead of starting cold.
-        """
-        limit = self.settings.streams.max_gap_steps
-        catch_up: list[tuple[_Stream, int]] = []
-        for st in slow.values():
-            if st.id not in self._restored:
-                continue
-            self._restored.discard(st.id)
-            res = st.res
-            assert res is not None  # streams in `slow` have one
-            first = res.first_pending_ts()
-            nb = res.next_bucket
-            if first is None or nb is None:
-                continue
-            gap = res.bucket_of(first) - nb
-            if 0 < gap <= limit:
-                catch_up.append((st, gap))
-            elif gap > limit:
-                self._drop_firing(st, "gap")
-                st.table.reset(np.array([st.row], np.intp))
-                res.next_bucket = None
-                self._need_history[st.id] = st
-        if catch_up and self.store is not None:
-            self._catch_up_from_store(self.store, catch_up)
-
-    def _catch_up_from_store(self, store: Store, streams: list[tuple[_Stream, int]]) -> None:
-        n = (max(gap for _, gap in streams) + 1) * CATCH_UP_PER_BUCKET
-        keys = [k for st, _ in streams for k in st.keys]
-        try:
-            history = store.read_last_many(keys, n)
-        except Exception as e:  # the gap is bridged as missing, as without a store
-            level = logging.WARNING if isinstance(e, StoreError) else logging.ERROR
-            log.log(level, "catch-up read failed for %d restored streams, bridging their gaps: %s", len(streams), e)
-            return
-        added = 0
-        for st, _ in streams:
-            res = st.res
-            assert res is not None
-            cutoff, after = res.first_pending_ts(), res.last_fed_ts
-            assert cutoff is not None
-            for f, key in enumerate(st.keys):
-                for r in history.get(key, ()):
-                    if after < r.ts_ns < cutoff and abs(r.value) < _F32_MAX and res.add(r.ts_ns, f, r.value) is None:
-                        added += 1
-        log.info("caught up %d restored streams with %d stored readings", len(streams), added)
-
-    def _slow_begin(self, st: _Stream, slow: dict[str, _Stream]) -> None:
+    def _slow_begin(self, st: Stream, slow: dict[str, Stream]) -> None:
         """Hand the stream's position to its Resampler for this tick (unless it holds it)."""
         if st.id in slow:
             return
@@ -298,12 +192,12 @@ class Engine:
 
     def _intake(
         self,
-        hits: list[tuple[int, int, int, _Stream]],
+        hits: list[tuple[int, int, int, Stream]],
         tss: list[int],
         vals: list[float],
         now: int,
         fast: dict[int, tuple[IntArr, I64, F32]],
-        slow: dict[str, _Stream],
+        slow: dict[str, Stream],
     ) -> None:
         """Vectorised resampling for the common case; everything else via the Resampler.
 
@@ -330,6 +224,7 @@ class Engine:
             idx = np.arange(n) if uids.size == 1 else np.flatnonzero(uid == u)
             table = self._by_uid[u]
             rows, ts, v = rows_all[idx], ts_all[idx], v_all[idx]
+            table.seen[rows] = now  # for idle eviction (one vector write per table and tick)
             # float32 is what the model sees: 1e39 is finite here but inf there.
             finite = np.abs(v) < _F32_MAX  # NaN compares False
             future = ts > now + self._future_ns
@@ -393,13 +288,16 @@ class Engine:
                 if reason is not None:
                     self._drops[reason].inc()
 
-    def _run(self, fast: dict[int, tuple[IntArr, I64, F32]], slow: dict[str, _Stream], now: int) -> int:
-        queues: dict[int, list[tuple[_Stream, list[Step]]]] = {}
+    def _run(self, fast: dict[int, tuple[IntArr, I64, F32]], slow: dict[str, Stream], now: int) -> int:
+        queues: dict[int, list[tuple[Stream, list[Step]]]] = {}
         for st in slow.values():
             res = st.res
             assert res is not None  # streams in `slow` have one
-            steps = res.ready(now)
             t, row = st.table, st.row
+            if st.ticket:  # history read in flight: its readings wait in res (warmup.py)
+                t.has_pending[row] = True
+                continue
+            steps = res.ready(now)
             nb = res.next_bucket
             t.next_bucket[row] = -1 if nb is None else nb
             t.last_fed_ts[row] = res.last_fed_ts
@@ -426,7 +324,7 @@ class Engine:
         return done
 
     def _step_batch(
-        self, table: ModelTable, batch: list[tuple[_Stream, Step]], first: tuple[IntArr, I64, F32] | None
+        self, table: ModelTable, batch: list[tuple[Stream, Step]], first: tuple[IntArr, I64, F32] | None
     ) -> int:
         rows = np.fromiter((st.row for st, _ in batch), np.intp, len(batch))
         buckets = np.fromiter((s.bucket for _, s in batch), np.int64, len(batch))
@@ -489,12 +387,12 @@ class Engine:
             except Exception:  # a failing sink must not stop inference
                 log.exception("on_forecast failed for %s", f.stream_id)
 
-    def _drop_firing(self, st: _Stream, reason: str) -> None:
+    def _drop_firing(self, st: Stream, reason: str) -> None:
         if st.table.decider.firing[st.row]:
             self._emit(st, "resolved", int(st.table.last_bucket[st.row]) * st.table.cadence_ns, warm=False,
                        extra={"reason": reason})
 
-    def _emit(self, st: _Stream, state: AlertState, ts_ns: int, warm: bool, extra: dict[str, str] | None = None) -> None:
+    def _emit(self, st: Stream, state: AlertState, ts_ns: int, warm: bool, extra: dict[str, str] | None = None) -> None:
         t = st.table
         j = int(t.top_feature[st.row]) if t.n_out > 1 else 0
         lower, upper = t.band(st.row, j)
@@ -523,52 +421,25 @@ class Engine:
             except Exception:  # a failing sink must not stop inference
                 log.exception("on_alert failed for %s", st.id)
 
-    # ------------------------------------------------------------ warm-up
-
-    def _warm_from_store(self, streams: list[_Stream], now: int) -> None:
-        if self.store is None:
-            return
-        by_need: dict[int, list[_Stream]] = {}
-        for st in streams:
-            by_need.setdefault(st.table.warm_need + HISTORY_SLACK, []).append(st)
-        for need, group in by_need.items():
-            keys = [k for st in group for k in st.keys]
-            try:
-                history = self.store.read_last_many(keys, need)
-            except Exception as e:  # StoreError, or anything a store lets through: warm live instead
-                level = logging.WARNING if isinstance(e, StoreError) else logging.ERROR
-                log.log(level, "warm-up read failed for %d streams, warming live: %s", len(group), e)
-                continue
-            for st in group:
-                res = st.res
-                assert res is not None  # warming streams were put on the slow path
-                cutoff = res.first_pending_ts()
-                cutoff = now + 1 if cutoff is None else cutoff
-                earliest = cutoff - (st.table.warm_need + HISTORY_SLACK) * st.table.cadence_ns
-                for f, key in enumerate(st.keys):
-                    for r in history.get(key, ()):
-                        if earliest <= r.ts_ns < cutoff and abs(r.value) < _F32_MAX:
-                            res.add(r.ts_ns, f, r.value)
-
     # ------------------------------------------------------------ models
 
     def _sync_models(self) -> None:
         """After a registry change: move streams whose model changed (they re-warm)."""
         self._generation = self.registry.generation
-        self._routes.clear()
+        self._slots.clear_routes()
         for st in list(self._streams.values()):
             rt = route(st.keys[0], self.registry, self.settings.models.bindings)
             if rt is not None and rt.stream_id == st.id and rt.model is st.table.model:
                 continue
             keys = st.keys
-            self._drop_stream(st, reason="model changed")
+            self._slots.drop(st, reason="model changed")
             if rt is not None:
                 for k in keys:
-                    self._bind(k)
-        live = {_table_name(st.table.model) for st in self._streams.values()}
+                    self._slots.bind(k)
+        live = {table_name(st.table.model) for st in self._streams.values()}
         for name in list(self._tables):
             if name not in live:
-                del self._tables[name]
+                self._by_uid.pop(self._tables.pop(name).uid, None)
 
     def reload_models(self) -> dict[str, Any]:
         """Re-scan the models directory now; streams of changed models re-warm."""
@@ -627,6 +498,34 @@ class Engine:
             snap = report.empty_snapshot(len(items))
             self._snapshot_locked([m[0] for m in meta], snap)
         return report.statuses(meta, snap)
+
+    def streams_page(
+        self, limit: int, after: str | None = None, status: str | None = None
+    ) -> tuple[list[StreamStatus], str | None]:
+        """Up to ``limit`` streams with ids after ``after`` (in id order), optionally only
+        those in ``status``; and the id to continue after (None: nothing further).
+
+        Ids are sorted outside the lock (cached until streams come or go); the lock is
+        taken per chunk of ids, only to gather their numbers.
+        """
+        ids, i = self._slots.ids_after(after, self._lock)
+        out: list[StreamStatus] = []
+        while i < len(ids) and len(out) <= limit:
+            chunk = ids[i : i + max(limit, 256)]
+            i += len(chunk)
+            with self._lock:
+                items = [st for st in map(self._streams.get, chunk) if st is not None]  # evicted meanwhile: gone
+                meta = [(st.id, st.device, st.quantity, st.table.model) for st in items]
+                snap = report.empty_snapshot(len(items))
+                self._snapshot_locked([m[0] for m in meta], snap)
+            if status is not None:
+                want = report.status_mask(snap, status)
+                meta = [m for m, w in zip(meta, want.tolist(), strict=True) if w]
+                snap = {k: v[want] for k, v in snap.items()}
+            out += report.statuses(meta, snap)
+        if len(out) > limit:  # one more than asked for: there is a next page
+            return out[:limit], out[limit - 1].id
+        return out, None
 
     def stream(self, stream_id: str) -> StreamStatus | None:
         with self._lock:
@@ -710,7 +609,7 @@ class Engine:
         so ticks and API reads do not wait for the disk. Concurrent calls are serialised.
         """
         directory = self.settings.streams.checkpoint_dir
-        taken: list[tuple[ModelTable, str, list[_Stream], dict[str, npt.NDArray[np.generic]]]] = []
+        taken: list[tuple[ModelTable, str, list[Stream], dict[str, npt.NDArray[np.generic]]]] = []
         with self._lock:
             for name, table in self._tables.items():
                 rows = np.flatnonzero(table.occupied)
@@ -756,11 +655,11 @@ class Engine:
         return restored
 
     def _restore_table(self, loaded: LoadedModel, meta: dict[str, Any], arrays: dict[str, Any]) -> int:
-        streams: list[_Stream] = []
+        streams: list[Stream] = []
         src: list[int] = []
         for i, s in enumerate(meta["streams"]):
             key = StreamKey(s["key"][0], s["key"][1], tuple((k, v) for k, v in s["tags"]))
-            hit = self._bind(key)
+            hit = self._slots.bind(key)
             if hit is None or hit[3].table.model is not loaded or hit[3].id != s["id"]:
                 continue  # bindings changed: this stream now warms from the store
             streams.append(hit[3])
@@ -777,8 +676,7 @@ class Engine:
             table.forget_position(rows)
             raise
         for st in streams:
-            self._need_history.pop(st.id, None)
-            self._restored.add(st.id)
+            self._warm.restored_stream(st)
         return len(streams)
 
     def close(self) -> None:

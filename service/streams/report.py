@@ -64,6 +64,14 @@ def fill_snapshot(out: Snapshot, t: ModelTable, idx: IntArr, rows: IntArr) -> No
     out["upper"][idx] = np.where(scored, expected + half, np.nan)
 
 
+def status_mask(snap: Snapshot, status: str) -> npt.NDArray[np.bool_]:
+    """Which snapshot positions are in ``status`` ("warming", "ok" or "firing"), as ``statuses`` says."""
+    firing, warm = snap["firing"], snap["warm"]
+    if status == "firing":
+        return firing
+    return (warm if status == "ok" else ~warm) & ~firing & snap["known"]
+
+
 def _num(v: float) -> float | None:
     return v if math.isfinite(v) else None
 

@@ -99,6 +99,9 @@ class ModelTable:
         self.last_fed_ts: I64 = np.zeros(0, np.int64)
         self.has_pending: npt.NDArray[np.bool_] = np.zeros(0, bool)
         self.occupied: npt.NDArray[np.bool_] = np.zeros(0, bool)  # row serves a stream
+        # Engine clock (ns) of the row's latest reading, for idle eviction (-1: not stamped
+        # yet; the eviction scan stamps such rows, e.g. ones restored from a checkpoint).
+        self.seen: I64 = np.zeros(0, np.int64)
         self.onset_ts: I64 = np.zeros(0, np.int64)  # first hot step of the current run
         self.onset_value: F64 = np.zeros(0)
         self.onset_expected: F64 = np.zeros(0)
@@ -134,6 +137,7 @@ class ModelTable:
         self.last_fed_ts = more(self.last_fed_ts, 0)  # type: ignore[assignment]
         self.has_pending = more(self.has_pending, False)  # type: ignore[assignment]
         self.occupied = more(self.occupied, False)  # type: ignore[assignment]
+        self.seen = more(self.seen, -1)  # type: ignore[assignment]
         self.onset_ts = more(self.onset_ts, 0)  # type: ignore[assignment]
         self.onset_value = more(self.onset_value, np.nan)  # type: ignore[assignment]
         self.onset_expected = more(self.onset_expected, np.nan)  # type: ignore[assignment]
@@ -161,6 +165,7 @@ class ModelTable:
         self.free.append(row)
         self.owners[row] = None
         self.occupied[row] = False
+        self.seen[row] = -1
         self.used -= 1
 
     def reset(self, rows: IntArr) -> None:

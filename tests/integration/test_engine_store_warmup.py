@@ -33,7 +33,8 @@ def test_new_streams_warm_from_store_in_bulk(kind: str, influxd: Influxd, tmp_pa
     keys = [StreamKey(f"pump{i:03d}", "temp", (("site", "a b"),)) for i in range(N_STREAMS)]
     store.write([Reading(k, T0 + t * C, float(vals[i, t])) for i, k in enumerate(keys) for t in range(29)])
     write_model(tmp_path / "models", SPEC)
-    settings = settings_for(tmp_path, tmp_path / "models", models={"bindings": [{"model": "m", "device": "pump*"}]})
+    settings = settings_for(tmp_path, tmp_path / "models", models={"bindings": [{"model": "m", "device": "pump*"}]},
+                            streams={"warmup_wait_s": 60.0})  # the tick waits for the read (off the lock)
     eng = Engine(settings, ModelRegistry(tmp_path / "models"), store, Metrics())
     try:
         eng.accept([Reading(k, T0 + 29 * C, float(vals[i, 29])) for i, k in enumerate(keys)])

@@ -31,6 +31,9 @@ def make(tmp: Path, *specs: KitSpec, store: MemoryStore | None = None, **groups:
         write_model(models, spec)
     metrics = Metrics()
     alerts: list[Alert] = []
+    # Warm-up reads run off the lock; a tick waits for them this long (a memory store answers
+    # at once, but a loaded machine must not turn that into a later tick).
+    groups["streams"] = {"warmup_wait_s": 30.0, **groups.get("streams", {})}
     eng = Engine(settings_for(tmp, models, **groups), ModelRegistry(models), store, metrics, on_alert=alerts.append)
     return eng, alerts, metrics
 

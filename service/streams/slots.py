@@ -1,0 +1,285 @@
+"""Stream slots: which stream a reading feeds, its table row, admission limits and eviction.
+
+- **Routes.** ``routes`` maps a reading's ``StreamKey`` to its hit (table uid, row, input
+  feature, stream), or to None when no model serves the key or the key was refused. The
+  tick looks every reading up there (one dict read); only a key not there yet is bound.
+- **Limits.** A key that would create a stream beyond ``streams.max_streams`` in total or
+  ``streams.max_streams_per_device`` for its device is refused for inference: counted
+  (``sensorcast_streams_refused{reason}``), logged at most every 10 s, and its readings
+  are still stored (the ingester writes before the engine sees anything). Counts are
+  checked only when a new stream is bound, never per reading.
+- **Negative entries are bounded.** Unrouted and refused keys are remembered (so a busy
+  unserved key is routed once, not per reading) up to ``NEGATIVE_CAP`` of them; then they
+  are all forgotten and re-routed when they come again. They are also forgotten when
+  eviction frees rows, so a refused key gets its chance.
+- **Eviction.** A stream without a reading for ``streams.idle_evict_s`` (engine clock) is
+  evicted: its row is exported into ``EvictedStates`` (while still recent enough to
+  continue from), the row is freed for reuse, and the stream is restored from that state
+  when it returns (then treated like a stream restored from a checkpoint: a short gap is
+  caught up from the store). A *firing* stream's alert is resolved with reason
+  ``evicted`` first: a silent stream gives no new evidence, and a firing state kept for a
+  stream that never returns would stay firing on the broker for ever.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from service.config import Settings
+from service.metrics import Metrics
+from service.records import NS_PER_S, StreamKey
+from service.runtime.registry import LoadedModel, ModelRegistry
+from service.streams.binding import Route, route
+from service.streams.evicted import EvictedStates
+from service.streams.resample import Resampler
+from service.streams.table import ModelTable
+
+if TYPE_CHECKING:
+    from service.streams.warmup import Warmup
+
+log = logging.getLogger(__name__)
+
+NEGATIVE_CAP = 65_536  # unrouted/refused keys remembered (about 20 MB of keys at most)
+_LOG_EVERY_S = 10.0
+
+
+class Stream:
+    """Mutable per-stream bookkeeping (the numbers live in the model table)."""
+
+    __slots__ = ("device", "features", "id", "keys", "quantity", "res", "row", "table", "tags", "ticket")
+
+    def __init__(self, sid: str, key: StreamKey, rt: Route, table: ModelTable, row: int) -> None:
+        self.id = sid
+        self.device = key.device
+        self.tags = key.tags
+        self.quantity = "*" if rt.multivariate else key.quantity
+        self.features = tuple(table.model.manifest.features)
+        self.keys = (
+            tuple(StreamKey(key.device, f, key.tags) for f in self.features) if rt.multivariate else (key,)
+        )
+        self.table = table
+        self.row = row
+        # Only while the stream is on the slow path (pending buckets): saves memory at 100k streams.
+        self.res: Resampler | None = None
+        self.ticket = 0  # a history read in flight (warmup.py): readings wait, no steps
+
+
+Hit = tuple[int, int, int, Stream]  # table uid, row, input feature, stream
+
+
+def table_name(model: LoadedModel) -> str:
+    return f"{model.name}@{model.version}"
+
+
+class StreamSlots:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        metrics: Metrics,
+        warm: Warmup,
+        resolve: Callable[[Stream, str], None],
+    ) -> None:
+        s = settings.streams
+        self.settings = settings
+        self.registry = registry
+        self.warm = warm
+        self._resolve = resolve  # emits "resolved" for a firing stream that leaves (reason)
+        self.tables: dict[str, ModelTable] = {}
+        self.by_uid: dict[int, ModelTable] = {}
+        self.streams: dict[str, Stream] = {}
+        self.routes: dict[StreamKey, Hit | None] = {}
+        self._negative: list[StreamKey] = []  # keys routed to None, in the order added
+        self._next_uid = 0
+        self.max_streams = s.max_streams
+        self.max_per_device = s.max_streams_per_device
+        self._per_device: dict[str, int] = {}
+        self._refused = {r: metrics.streams_refused.labels(r) for r in ("max_streams", "max_streams_per_device")}
+        self._evictions = metrics.streams_evicted
+        self._refused_since_log = 0
+        self._refused_logged = 0.0
+        self.idle_ns = round(s.idle_evict_s * NS_PER_S)
+        # Scan for idle rows a few times per idle period (an evicted stream was idle for
+        # between idle_evict_s and 1.25 x that), at most every minute.
+        self._scan_every_ns = min(self.idle_ns // 4, 60 * NS_PER_S)
+        self._next_scan_ns = 0
+        self.evicted = EvictedStates(s.max_streams or 100_000)
+        self.members = 0  # bumped when a stream comes or goes (the API's sorted-id cache)
+        self._sorted: tuple[int, list[str]] = (-1, [])
+
+    # ------------------------------------------------------------ binding
+
+    def bind(self, key: StreamKey) -> Hit | None:
+        rt = route(key, self.registry, self.settings.models.bindings)
+        if rt is None:
+            self._remember_none(key)
+            return None
+        st = self.streams.get(rt.stream_id)
+        if st is None or st.table.model is not rt.model:
+            if st is not None:  # the stream moved to another model: start it over
+                self.drop(st, reason="model changed")
+            refused = self._over_limit(key.device)
+            if refused is not None:
+                self._refuse(key, rt.stream_id, refused)
+                return None
+            st = self._add(key, rt)
+        hit = (st.table.uid, st.row, rt.feature, st)
+        self.routes[key] = hit
+        return hit
+
+    def _add(self, key: StreamKey, rt: Route) -> Stream:
+        table = self.table_for(rt.model)
+        row = table.add_row()
+        st = Stream(rt.stream_id, key, rt, table, row)
+        self.streams[st.id] = st
+        table.owners[row] = st
+        self._per_device[st.device] = self._per_device.get(st.device, 0) + 1
+        self.members += 1
+        saved = self.evicted.pop(st.id, table_name(rt.model), rt.model.manifest.sha256)
+        if saved is not None:
+            rows = np.array([row], np.intp)
+            try:
+                table.import_rows(rows, saved)
+                self.warm.restored_stream(st)
+                return st
+            except (KeyError, ValueError) as e:  # cannot happen for the same model file; be safe
+                log.error("evicted state of %s unusable, it warms from the store: %s", st.id, e)
+                table.reset(rows)
+                table.forget_position(rows)
+        self.warm.new_stream(st)
+        return st
+
+    def _over_limit(self, device: str) -> str | None:
+        if self.max_streams and len(self.streams) >= self.max_streams:
+            return "max_streams"
+        if self.max_per_device and self._per_device.get(device, 0) >= self.max_per_device:
+            return "max_streams_per_device"
+        return None
+
+    def _refuse(self, key: StreamKey, stream_id: str, reason: str) -> None:
+        self._refused[reason].inc()
+        self._remember_none(key)
+        self._refused_since_log += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= _LOG_EVERY_S:  # one line per 10 s, not one per key
+            log.warning(
+                "refused %d new streams for inference (limits: streams.max_streams=%d, max_streams_per_device=%d), "
+                "latest %r (%s); their readings are still stored",
+                self._refused_since_log, self.max_streams, self.max_per_device, stream_id, reason,
+            )
+            self._refused_logged = now
+            self._refused_since_log = 0
+
+    def _remember_none(self, key: StreamKey) -> None:
+        if len(self._negative) >= NEGATIVE_CAP:
+            self.forget_negative()
+        self.routes[key] = None
+        self._negative.append(key)
+
+    def forget_negative(self) -> None:
+        """Forget unrouted and refused keys (they are routed again when they come)."""
+        routes = self.routes
+        for k in self._negative:
+            if k in routes and routes[k] is None:
+                del routes[k]
+        self._negative = []
+
+    def clear_routes(self) -> None:
+        """After a model change: every key is routed again."""
+        self.routes.clear()
+        self._negative = []
+
+    def table_for(self, model: LoadedModel) -> ModelTable:
+        name = table_name(model)
+        table = self.tables.get(name)
+        if table is None or table.model is not model:
+            table = self.tables[name] = ModelTable(
+                model, self.settings.anomaly, window_every=self.settings.streams.window_every
+            )
+            self._next_uid += 1
+            table.uid = self._next_uid
+            self.by_uid[table.uid] = table
+        return table
+
+    def drop(self, st: Stream, reason: str) -> None:
+        """The stream leaves: its alert resolves, its row is freed, its keys are routed again."""
+        self._resolve(st, reason)
+        st.table.release(st.row)
+        self.streams.pop(st.id, None)
+        self.warm.forget(st)
+        for k in st.keys:
+            self.routes.pop(k, None)
+        n = self._per_device.get(st.device, 0) - 1
+        if n > 0:
+            self._per_device[st.device] = n
+        else:
+            self._per_device.pop(st.device, None)
+        self.members += 1
+
+    # ------------------------------------------------------------ eviction
+
+    def evict_idle(self, now: int) -> int:
+        """Every few minutes of the engine clock: evict streams idle for ``idle_evict_s``."""
+        if self.idle_ns <= 0 or now < self._next_scan_ns:
+            return 0
+        self._next_scan_ns = now + self._scan_every_ns
+        self.evicted.expire(now)
+        gap_steps = self.settings.streams.max_gap_steps
+        evicted = 0
+        for name, table in list(self.tables.items()):
+            unstamped = table.occupied & (table.seen < 0)
+            table.seen[unstamped] = now  # restored from a checkpoint: idle from now on
+            idle = np.flatnonzero(table.occupied & (table.seen < now - self.idle_ns) & ~table.has_pending)
+            streams = [st for st in (table.owners[r] for r in idle.tolist()) if st.ticket == 0]
+            if not streams:
+                continue
+            rows = np.array([st.row for st in streams], np.intp)
+            arrays = table.export_rows(rows)  # copies
+            # drop() below resolves a firing alert (reason "evicted"); the saved state
+            # records that resolution, as the decider would (cooldown from the last step).
+            firing = arrays["decider.firing"].astype(bool)
+            if firing.any():
+                arrays["decider.firing"][firing] = False
+                resolved_at = table.last_bucket[rows[firing]] * table.cadence_ns + table.decider.cooldown_ns
+                arrays["decider.quiet_until"][firing] = resolved_at
+            # Useful while a return would be bridged, not reset (> max_gap_steps buckets).
+            useful_until = (table.last_bucket[rows] + gap_steps + 1) * table.cadence_ns
+            keep = (table.warm_have[rows] > 0) & (useful_until >= now)
+            idx = np.flatnonzero(keep)
+            self.evicted.put(
+                [streams[i].id for i in idx.tolist()], name, table.model.manifest.sha256,
+                {k: v[idx] for k, v in arrays.items()}, useful_until[idx],
+            )
+            for st in streams:
+                self.drop(st, reason="evicted")
+            self._evictions.labels("saved").inc(int(idx.size))
+            self._evictions.labels("dropped").inc(len(streams) - int(idx.size))
+            evicted += len(streams)
+        if evicted:
+            self.forget_negative()  # rows were freed: refused keys get their chance
+            log.info("evicted %d streams idle for %.0f s (%d saved states kept)",
+                     evicted, self.idle_ns / NS_PER_S, len(self.evicted))
+        return evicted
+
+    # ------------------------------------------------------------ listing
+
+    def ids_after(self, after: str | None, lock: AbstractContextManager[object]) -> tuple[list[str], int]:
+        """Every stream id, sorted, and where ids greater than ``after`` begin.
+
+        The sorted list is cached until streams come or go, and sorted outside the
+        engine's ``lock``: only the copy of the keys is made under it.
+        """
+        version, ids = self._sorted
+        if version != self.members:
+            with lock:
+                version, ids = self.members, list(self.streams)
+            ids.sort()
+            self._sorted = (version, ids)
+        return ids, 0 if after is None else bisect.bisect_right(ids, after)
