@@ -6,13 +6,16 @@ decoder refuses it) or a point a week old under a 1 h retention policy. Through 
 BatchWriter against a real influxd 1.6.7, live and through spool replay (influxd SIGKILLed
 while the batch was spooled, then restarted): the rest of that batch and every later batch
 are stored exactly, the refused point is in the dead-letter file with influxd's reason, the
-spool ends empty and ``sensorcast_store_rejected_total`` is 1.
+spool ends empty and ``sensorcast_store_rejected_total`` is 1. A body over influxd's
+``max-body-size`` (413) is split until it fits, and nothing is dead-lettered.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,7 +25,7 @@ import pytest
 
 from service.config import StoreSettings
 from service.ingest.writer import BatchWriter, Item
-from service.localservers import Influxd
+from service.localservers import INFLUXD, INFLUXD_CONF, Influxd, free_port
 from service.metrics import Metrics
 from service.records import Reading, StreamKey
 from service.store import open_store
@@ -156,3 +159,29 @@ def test_refused_point_in_a_spooled_batch(fresh_influxd: Callable[..., Influxd],
         assert w.state.store_ok
     finally:
         store.close()
+
+
+def test_a_body_over_the_limit_is_split_until_it_fits(
+    writer_for: Callable[..., tuple[BatchWriter, list[object]]],
+) -> None:
+    if not shutil.which("influxd") and not Path(INFLUXD).exists():
+        pytest.skip("influxd not installed (make setup installs it)")
+    workdir = Path(tempfile.mkdtemp(prefix="sc-influx-413-"))
+    port, rpc = free_port(), free_port()
+    conf = INFLUXD_CONF.format(port=port, rpc=rpc, dir=workdir).replace("max-body-size = 0", "max-body-size = 100000")
+    assert "max-body-size = 100000" in conf
+    (workdir / "influxd.conf").write_text(conf)
+    influxd = Influxd(argv=[INFLUXD, "-config", str(workdir / "influxd.conf")], port=port, workdir=workdir)
+    influxd.start()
+    store = open_real(influxd, "small", retention=False)
+    try:
+        w, acks = writer_for(store)
+        batch = good_points(3000, time.time_ns() - 60 * 10**9)  # ~190 KB of line protocol: 413 whole
+        w.put(Item(batch, (1, 1, 1)))
+        wait_until(lambda: len(acks) == 1, timeout=30, what="the oversized batch acknowledged")
+        assert stored(store) == sorted(batch, key=lambda r: (r.stream, r.ts_ns))
+        assert not w.dead_letter.path.exists() and w.spool.readings == 0
+        assert 3 <= store.requests <= 7  # refused once, then halves and quarters
+    finally:
+        store.close()
+        influxd.stop()
