@@ -66,6 +66,11 @@ class TwinEngine:
     def streams(self) -> list[TwinStatus]:
         return list(self.statuses.values())
 
+    def streams_page(self, limit: int, after: str | None = None, status: str | None = None) -> tuple[list[TwinStatus], str | None]:
+        rows = [s for _, s in sorted(self.statuses.items()) if (after is None or s.id > after)
+                and (status is None or s.status == status)]
+        return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
     def stream(self, stream_id: str) -> TwinStatus | None:
         return self.statuses.get(stream_id)
 

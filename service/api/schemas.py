@@ -15,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.records import Alert, Forecast
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-MAX_PREDICT_STEPS = 100_000  # far beyond any window a model needs; the body limit bites first
+MAX_PREDICT_STEPS = 100_000  # what parsing accepts; api.predict_max_steps (<= this) is the real cap
 MAX_MESSAGES = 10_000
+LIST_DEFAULT = 1_000  # GET /v1/streams page size when none is asked for
+LIST_MAX = 10_000  # and the largest one (a page of StreamOut is ~400 bytes per stream)
 
 
 def ts_to_dt(ts_ns: int) -> datetime:

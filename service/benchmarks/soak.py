@@ -266,7 +266,13 @@ def run(args: argparse.Namespace) -> int:
         rss_end = sp.rss_bytes()
         cpu_end = sp.cpu_seconds()
         steady = _diff(hist_start, _histogram(text, "sensorcast_step_batch_seconds"))
-        streams_status = sp.http.get("/v1/streams").json()
+        streams_status, cursor = [], None
+        while True:  # GET /v1/streams is paged (X-Next-Cursor while more follow)
+            page = sp.http.get("/v1/streams", params={"limit": 10_000, **({"cursor": cursor} if cursor else {})})
+            streams_status += page.json()
+            cursor = page.headers.get("x-next-cursor")
+            if cursor is None:
+                break
         by_status: dict[str, int] = {}
         for s in streams_status:
             by_status[s["status"]] = by_status.get(s["status"], 0) + 1

@@ -30,6 +30,33 @@ def test_streams_list_and_filter(h: Harness) -> None:
     assert h.client.get("/v1/streams", params={"status": "bogus"}).status_code == 422
 
 
+def test_streams_are_listed_in_pages(h: Harness) -> None:
+    from tests.apitwin import TwinStatus
+
+    for i in range(5):
+        sid = f"p{i}/t"
+        h.engine.statuses[sid] = TwinStatus(sid, f"p{i}", "t", "twin", "1", "ok", 5, 5, T0, 1.0, 0.1, 1.0, 0.0, 2.0)
+    ids, url, pages = [], "/v1/streams?limit=3&status=ok", 0
+    while url:
+        r = h.client.get(url)
+        assert r.status_code == 200 and len(r.json()) <= 3
+        ids += [s["id"] for s in r.json()]
+        pages += 1
+        nxt = r.headers.get("x-next-cursor")
+        link = r.headers.get("link")
+        assert (nxt is None) == (link is None)
+        if nxt is not None:  # the Link header is the same request with the cursor
+            assert link == f'</v1/streams?limit=3&status=ok&cursor={nxt}>; rel="next"'
+            assert h.client.get("/v1/streams", params={"limit": 3, "status": "ok", "cursor": nxt}).json() == \
+                h.client.get(link[1 : link.index(">")]).json()
+        url = link[1 : link.index(">")] if link else ""
+    assert ids == ["p0/t", "p1/t", "p2/t", "p3/t", "p4/t", "pump-1/temperature"] and pages == 2
+    assert h.client.get("/v1/streams").headers.get("x-next-cursor") is None  # default limit: one page here
+    for bad in ({"cursor": "%%%"}, {"cursor": "_w"}, {"limit": 0}, {"limit": 10_001}):
+        r = h.client.get("/v1/streams", params=bad)
+        assert r.status_code == 422, (bad, r.text)
+
+
 def test_stream_by_id_with_slash_and_tags(h: Harness) -> None:
     s = h.client.get("/v1/streams/pump-1/temperature").json()
     assert s["status"] == "ok" and s["last_value"] == 21.0 and s["score"] == 0.5
@@ -92,6 +119,15 @@ def test_predict_bad_input_is_422(h: Harness, body: dict[str, object], needle: s
     r = h.client.post("/v1/predict", json=body)
     assert r.status_code == 422, r.text
     assert needle in r.text
+
+
+def test_predict_work_is_capped(tmp_path: Path) -> None:
+    with harness(tmp_path, predict_max_steps=3, predict_max_values=5) as hh:
+        assert hh.client.post("/v1/predict", json=_predict_body()).status_code == 200  # 3 steps, 3 values
+        r = hh.client.post("/v1/predict", json=_predict_body(values=[[1.0]] * 4, timestamps_ns=[T0 + i * MIN for i in range(4)]))
+        assert r.status_code == 413 and "4 steps" in r.json()["detail"] and "api.predict_max_steps" in r.json()["detail"]
+        r = hh.client.post("/v1/predict", json=_predict_body(values=[[1.0, 2.0]] * 3))
+        assert r.status_code == 413 and "6 values" in r.json()["detail"] and "api.predict_max_values" in r.json()["detail"]
 
 
 def test_predict_nan_literal_is_422(h: Harness) -> None:
@@ -195,7 +231,7 @@ def test_unexpected_error_is_500_without_details(h: Harness, monkeypatch: pytest
     def boom() -> None:
         raise RuntimeError("secret-token-123 leaked?")
 
-    monkeypatch.setattr(h.engine, "streams", boom)
+    monkeypatch.setattr(h.engine, "streams_page", boom)
     r = h.client.get("/v1/streams")
     assert r.status_code == 500 and "secret-token-123" not in r.text
 

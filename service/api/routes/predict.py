@@ -15,11 +15,26 @@ router = APIRouter(prefix="/v1", tags=["predict"], dependencies=[ReadScope])
 @router.post(
     "/predict",
     responses={404: {"model": ErrorOut, "description": "Unknown model or version."},
+               413: {"model": ErrorOut, "description": "History longer than api.predict_max_steps, or more "
+                     "values (rows x features) than api.predict_max_values."},
                422: {"model": ErrorOut, "description": "History does not fit the model."}},
 )
 def predict(body: PredictIn, engine: EngineDep, request: Request) -> ForecastOut:
-    """Forecast from a history given in the body (no stream state is touched)."""
+    """Forecast from a history given in the body (no stream state is touched).
+
+    The work is bounded: a step model makes one call per row, so at most
+    ``api.predict_max_steps`` rows and ``api.predict_max_values`` values are accepted.
+    """
+    api = request.app.state.settings.api
+    steps = len(body.values)
+    if steps > api.predict_max_steps:
+        raise HTTPException(413, f"history has {steps} steps; at most {api.predict_max_steps} are accepted "
+                                 "(api.predict_max_steps): send the most recent ones")
     widths = {len(row) for row in body.values}
+    n_values = sum(len(row) for row in body.values)
+    if n_values > api.predict_max_values:
+        raise HTTPException(413, f"history has {n_values} values (rows x features); at most "
+                                 f"{api.predict_max_values} are accepted (api.predict_max_values)")
     if len(widths) != 1 or 0 in widths:
         raise HTTPException(422, f"values must be a T×F table with F >= 1 in every row; found row widths {sorted(widths)}")
     if len(body.timestamps_ns) != len(body.values):

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import EngineDep, ReadScope
-from service.api.schemas import ErrorOut, ForecastOut, StreamOut, forecast_body
+from service.api.schemas import (
+    LIST_DEFAULT,
+    LIST_MAX,
+    ErrorOut,
+    ForecastOut,
+    StreamOut,
+    forecast_body,
+)
 from service.pipeline import EngineLike
 from service.streams.status import ForecastLookup
 
@@ -17,14 +27,57 @@ router = APIRouter(prefix="/v1/streams", tags=["streams"], dependencies=[ReadSco
 _404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "Unknown stream."}}
 
 
-@router.get("")
+_PAGE_HEADERS = {
+    "X-Next-Cursor": {
+        "description": "Present when more streams follow: pass it as `cursor` to get the next page.",
+        "schema": {"type": "string"},
+    },
+    "Link": {
+        "description": 'The next page as a relative URL, `<...>; rel="next"` (RFC 8288); present with X-Next-Cursor.',
+        "schema": {"type": "string"},
+    },
+}
+
+
+@router.get(
+    "",
+    responses={200: {"description": "One page of streams, in id order.", "headers": _PAGE_HEADERS},
+               422: {"model": ErrorOut, "description": "Invalid parameter or cursor."}},
+)
 def list_streams(
     engine: EngineDep,
+    request: Request,
+    response: Response,
     status: Annotated[Literal["warming", "ok", "firing"] | None, Query(description="Only streams in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=LIST_MAX, description=f"Streams per page (at most {LIST_MAX}).")] = LIST_DEFAULT,
+    cursor: Annotated[
+        str | None, Query(max_length=16_384, description="The X-Next-Cursor of the previous page; empty: the first page.")
+    ] = None,
 ) -> list[StreamOut]:
-    """List every stream with its state and warm-up progress."""
-    out = [StreamOut.from_status(s) for s in engine.streams()]
-    return [s for s in out if status is None or s.status == status]
+    """Streams in id order with their state and warm-up progress, one page at a time.
+
+    A page holds up to ``limit`` streams. When more follow, the response carries an
+    ``X-Next-Cursor`` header (and a ``Link`` header with the next page's URL): pass it as
+    ``cursor``. The cursor is a position in id order, so streams that come or go between
+    pages do not shift the others.
+    """
+    page, last = engine.streams_page(limit, _after(cursor), status)
+    if last is not None:
+        token = base64.urlsafe_b64encode(last.encode()).decode().rstrip("=")
+        response.headers["X-Next-Cursor"] = token
+        query = urlencode({**request.query_params, "cursor": token})
+        response.headers["Link"] = f'<{request.url.path}?{query}>; rel="next"'
+    return [StreamOut.from_status(s) for s in page]
+
+
+def _after(cursor: str | None) -> str | None:
+    """The stream id a cursor stands for (it is the base64url of the last id of a page)."""
+    if not cursor:
+        return None
+    try:
+        return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise HTTPException(422, "cursor is not one this API gave out (use X-Next-Cursor as it is)") from None
 
 
 # Declared before the plain stream route: ids contain "/", so the path converter of the

@@ -5,6 +5,7 @@
   const POLL_MS = 2000;
   const HISTORY = 600; // points of actual values kept per chart
   const MAX_CHARTS = 30; // beyond this the page gets heavy on a gateway's browser
+  const LIST_LIMIT = 1000; // streams listed: one page of GET /v1/streams (in id order)
   const state = {
     streams: new Map(), // id -> {info, actual: Map(t_s -> v), expected: Map(t_s -> [m, lo, hi]), forecast, lastMs}
     alerts: [],
@@ -25,7 +26,7 @@
     }
   }
 
-  async function api(path) {
+  async function fetchOk(path) {
     const headers = state.key ? { "X-API-Key": state.key } : {};
     const r = await fetch(path, { headers, cache: "no-store" });
     if (r.status === 401 || r.status === 403) $("#keyform").hidden = false;
@@ -34,7 +35,17 @@
       try { detail = (await r.json()).detail; } catch (_) { /* not JSON */ }
       throw new ApiError(path, r.status, typeof detail === "string" ? detail : JSON.stringify(detail));
     }
-    return r.json();
+    return r;
+  }
+
+  async function api(path) {
+    return (await fetchOk(path)).json();
+  }
+
+  // A paged list: its items, and whether more pages follow (X-Next-Cursor).
+  async function apiPage(path) {
+    const r = await fetchOk(path);
+    return { items: await r.json(), more: r.headers.get("X-Next-Cursor") !== null };
   }
 
   $("#keyform").addEventListener("submit", (ev) => {
@@ -94,11 +105,12 @@
   }
 
   // ---- rendering -------------------------------------------------------------------
-  function renderSummary(streams) {
+  function renderSummary(streams, more) {
     const n = { warming: 0, ok: 0, firing: 0 };
     for (const s of streams) n[s.status] = (n[s.status] || 0) + 1;
     $("#summary").textContent =
-      `${streams.length} streams: ${n.ok} ok, ${n.warming} warming, ${n.firing} firing`;
+      `${streams.length} streams: ${n.ok} ok, ${n.warming} warming, ${n.firing} firing` +
+      (more ? ` (the first ${streams.length} by id; more are not listed)` : "");
     $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   }
 
@@ -262,12 +274,13 @@
 
   async function poll() {
     try {
-      const streams = await api("/v1/streams");
+      const page = await apiPage(`/v1/streams?limit=${LIST_LIMIT}`);
+      const streams = page.items;
       streams.sort((a, b) => a.id.localeCompare(b.id));
       await Promise.all(streams.slice(0, MAX_CHARTS).map(updateStream));
       state.alerts = await api("/v1/alerts?limit=50");
       // Everything is redrawn from the same poll, so table, badges and charts agree.
-      renderSummary(streams);
+      renderSummary(streams, page.more);
       renderTable(streams);
       renderAlerts();
       drawCharts();
