@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.alerts.payload import topic_filter
 from service.records import NS_PER_S
 
 log = logging.getLogger("sensorcast.demo")
@@ -361,7 +362,7 @@ def _run(args: argparse.Namespace, model: DemoModel, data: Path, stop: threading
     truth: TruthLog | None = None
     try:
         api.start()
-        watch = AlertWatch(settings.mqtt, settings.alerts.topic.format(device="+", quantity="+"), term)
+        watch = AlertWatch(settings.mqtt, topic_filter(settings.alerts.topic), term)
         quantities = [q.strip() for q in args.quantities.split(",") if q.strip()]
         ids = [f"dev{i + 1:02d}/{q}" for i in range(args.devices) for q in quantities]
         cadence = model.cadence_s

@@ -58,6 +58,18 @@ def topic_for(template: str, device: str, quantity: str, stream_id: str) -> str:
     )
 
 
+def topic_filter(template: str) -> str:
+    """An MQTT filter matching every topic of ``template``: ``+`` per placeholder level;
+    ``{stream}`` spans one or two levels (device ids have no '/'), so it ends the filter with ``#``."""
+    levels = []
+    for level in template.split("/"):
+        if "{stream}" in level:
+            levels.append("#")
+            break
+        levels.append("+" if "{" in level else level)
+    return "/".join(levels)
+
+
 def alert_dict(alert: Alert) -> dict[str, Any]:
     return {
         "stream_id": alert.stream_id,

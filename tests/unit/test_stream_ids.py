@@ -244,3 +244,17 @@ def test_collision_payload_cannot_reach_the_tagged_streams_state(tmp_path: Path,
     if other is not None:  # the hostile stream lives on its own, with its own values
         fc = eng.forecast("pump-1/temperature%3Bsite%3Dhq")
         assert fc is not None and fc.mean != a.mean
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("sensorcast/alerts/{stream}", "sensorcast/alerts/#"),
+        ("sensorcast/alerts/{device}/{quantity}", "sensorcast/alerts/+/+"),
+        ("a/{stream}/b", "a/#"),
+    ],
+)
+def test_topic_filter_matches_every_topic_of_a_template(template: str, expected: str) -> None:
+    from service.alerts.payload import topic_filter
+
+    assert topic_filter(template) == expected
