@@ -258,3 +258,32 @@ def test_topic_filter_matches_every_topic_of_a_template(template: str, expected:
     from service.alerts.payload import topic_filter
 
     assert topic_filter(template) == expected
+
+
+def test_points_route_reads_an_escaped_id_from_a_url_encoded_path(tmp_path: Path) -> None:
+    import asyncio
+    from urllib.parse import quote
+
+    import httpx
+
+    from tests.apiharness import T0 as H0
+    from tests.apiharness import harness
+
+    odd = StreamKey("pump/1", "temperature;site=hq")
+    tagged = StreamKey("pump/1", "temperature", (("site", "hq"),))
+
+    async def get(app: object, path: str) -> httpx.Response:
+        # httpx's ASGI transport percent-decodes the path once, as uvicorn does; Starlette's
+        # TestClient decodes it twice (it unquotes httpx's already decoded path).
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await c.get(path)
+
+    with harness(tmp_path) as h:
+        h.store.write([Reading(odd, H0, 1.0), Reading(tagged, H0, 2.0)])
+        for key, value in ((odd, 1.0), (tagged, 2.0)):
+            path = "/".join(quote(level, safe=";=") for level in key.id.split("/"))  # as the dashboard does
+            r = asyncio.run(get(h.client.app, f"/v1/points/{path}"))
+            assert r.status_code == 200 and r.json()["values"] == [value] and r.json()["stream_id"] == key.id
+        r = asyncio.run(get(h.client.app, "/v1/points/pump/1/temperature"))  # a raw '/' is structure
+        assert r.status_code == 422 and "2 unescaped '/'" in r.json()["detail"]
