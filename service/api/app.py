@@ -17,12 +17,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from service.api.auth import ApiKeys, AuthError, check_exposure
-from service.api.deps import require_read, require_write
+from service.api.auth import ApiKeys, AuthError, check_exposure, is_loopback
 from service.api.limits import BodyLimitMiddleware
 from service.api.routes import alerts, health, models, predict, readings, streams
 from service.api.schemas import ErrorOut
@@ -104,21 +103,20 @@ def create_app(
 
 
 def _routes_by_scope(app: FastAPI) -> dict[str, list[str]]:
-    """"read"/"write" -> the routes whose dependencies check that scope ("METHOD /path")."""
+    """"read"/"write" -> the routes that check that scope ("METHOD /path").
+
+    Read from the OpenAPI security requirements (the scheme names in deps.py), computed
+    apart from ``app.openapi()`` so the served document's cache is left alone.
+    """
+    doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
     out: dict[str, list[str]] = {"read": [], "write": []}
-    for route in app.routes:
-        if not isinstance(route, APIRoute):
-            continue
-        calls, todo = set(), list(route.dependant.dependencies)
-        while todo:
-            dep = todo.pop()
-            calls.add(dep.call)
-            todo.extend(dep.dependencies)
-        label = f"{','.join(sorted(route.methods or ()))} {route.path}"
-        if require_write in calls:
-            out["write"].append(label)
-        elif require_read in calls:
-            out["read"].append(label)
+    for path, item in doc.get("paths", {}).items():
+        for method, op in item.items():
+            schemes = {name for req in op.get("security", []) for name in req} if isinstance(op, dict) else set()
+            if "WriteKey" in schemes:
+                out["write"].append(f"{method.upper()} {path}")
+            elif "ReadKey" in schemes:
+                out["read"].append(f"{method.upper()} {path}")
     return out
 
 
@@ -128,8 +126,9 @@ def _log_access(app: FastAPI, keys: ApiKeys, host: str) -> None:
     for scope in ("write", "read"):
         routes = ", ".join(scopes[scope]) or "none"
         if scope in keys.open_scopes():
-            # Open writes on a non-loopback bind got here only with api.allow_open.
-            log.warning("API on %s: %s routes are OPEN (no key configured): %s", host, scope, routes)
+            # Beyond loopback (open writes got there only with api.allow_open) it is a warning.
+            level = logging.INFO if is_loopback(host) else logging.WARNING
+            log.log(level, "API on %s: %s routes are OPEN (no key configured): %s", host, scope, routes)
         else:
             if scope == "write":
                 which = "write key" if keys.write is not None else "read key (no write key is set)"

@@ -3,13 +3,16 @@ scopes), an InfluxDB password for an influxd with ``auth-enabled`` and an admin 
 
 Proves: scopes are enforced; the authenticated store works (and refuses a wrong
 password without echoing it); model names cannot traverse out of the models directory;
-and no secret appears in the service log (at DEBUG), in ``/metrics`` or in any error
-body. Also checks the container image runs as a non-root user.
+no secret appears in the service log (at DEBUG), in ``/metrics`` or in any error body,
+and no filesystem path in an error body. Also checks the container image runs as a
+non-root user and the compose stack's public bind comes with keys.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -18,11 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
+import yaml
 
+from service.api.auth import ApiKeys, check_exposure
 from service.benchmarks.serveproc import ServeProcess
-from service.config import StoreSettings
-from service.errors import StoreError
+from service.config import ApiSettings, StoreSettings
+from service.errors import ConfigError, StoreError
 from service.localservers import INFLUXD, INFLUXD_CONF, Influxd, Mosquitto, free_port
 from service.records import Reading, StreamKey
 from service.store import open_store
@@ -175,3 +181,51 @@ def test_container_runs_as_non_root() -> None:
     assert users, "the service stage sets no USER: it would run as root"
     assert users[-1] not in ("root", "0", "0:0")
     assert re.search(r"useradd[^\n]*--uid\s+(\d+)", final) and "--uid 0 " not in final
+
+
+def test_no_filesystem_path_in_error_bodies(secure_serve: ServeProcess) -> None:
+    """A refused model (hot reload) and /readyz give short reasons; the paths stay in the log."""
+    sp = secure_serve
+    models = Path(sp.env["SENSORCAST_MODELS__DIR"])
+    bad = models / "kit" / "2"
+    shutil.copytree(models / "kit" / "1", bad)
+    manifest = orjson.loads((bad / "manifest.json").read_bytes())
+    manifest["version"] = "2"
+    (bad / "manifest.json").write_bytes(orjson.dumps(manifest))
+    (bad / "model.onnx").write_bytes(b"\x00not onnx")  # fails the hash
+    try:
+        reload = call(sp, "POST", "/v1/models/reload", WRITE_KEY)
+        refused = call(sp, "GET", "/v1/models/refused", READ_KEY)
+        ready = call(sp, "GET", "/readyz")
+    finally:
+        shutil.rmtree(bad)
+        call(sp, "POST", "/v1/models/reload", WRITE_KEY)
+    assert reload.status_code == 200 and "kit/2" in reload.json()["refused"]
+    assert refused.json()["kit/2"].startswith("models/kit/2/model.onnx: SHA-256")
+    root = str(models.parent)
+    for body in (reload.text, refused.text, ready.text, *BODIES):
+        assert root not in body and "/tmp/" not in body, body[:300]
+    assert str(bad) in sp.tail(10**7)  # the operator still sees where
+
+
+def test_compose_stack_binds_every_address_with_keys(tmp_path: Path) -> None:
+    """docker-compose.yml binds 0.0.0.0; deploy/init.sh makes the keys it mounts, so the open
+    write routes check passes; without them the same settings are refused."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    env = compose["services"]["sensorcast"]["environment"]
+    assert env["SENSORCAST_API__HOST"] == "0.0.0.0"
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    for name in ("init.sh", "env.example"):
+        shutil.copy(REPO / "deploy" / name, deploy / name)
+    subprocess.run(["sh", str(deploy / "init.sh")], capture_output=True, check=True, timeout=30)
+
+    def local(path: str) -> Path:
+        return deploy / "secrets" / Path(path).name  # /run/secrets/<name> in the container
+
+    api = ApiSettings(host=env["SENSORCAST_API__HOST"], api_key_file=local(env["SENSORCAST_API__API_KEY_FILE"]),
+                      read_key_file=local(env["SENSORCAST_API__READ_KEY_FILE"]))  # type: ignore[call-arg]
+    check_exposure(api, ApiKeys.from_settings(api))
+    bare = ApiSettings(host="0.0.0.0")  # type: ignore[call-arg]  # the image alone, no keys
+    with pytest.raises(ConfigError, match="ALLOW_OPEN"):
+        check_exposure(bare, ApiKeys.from_settings(bare))

@@ -1,16 +1,19 @@
-"""API key scopes: read routes need read or write key, mutating routes the write key."""
+"""API key scopes: read routes need read or write key, mutating routes the write key (or,
+with no write key, the read key); no key at all is refused beyond loopback unless allowed."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from service.api.app import create_app
 from service.api.auth import ApiKeys, AuthError
 from service.config import ApiSettings
 from service.errors import ConfigError
-from tests.apiharness import Harness, harness
+from tests.apiharness import Harness, harness, settings_for
 
 WRITE = "w-Secret-0123456789"
 READ = "r-Secret-9876543210"
@@ -84,3 +87,42 @@ def test_empty_or_missing_key_file_is_a_config_error(tmp_path: Path) -> None:
         ApiKeys.from_settings(ApiSettings(api_key_file=tmp_path / "empty"))  # type: ignore[call-arg]
     with pytest.raises(ConfigError, match="cannot read"):
         ApiKeys.from_settings(ApiSettings(read_key_file=tmp_path / "missing"))  # type: ignore[call-arg]
+
+
+def test_read_key_alone_guards_writes_too(tmp_path: Path) -> None:
+    (tmp_path / "read.key").write_text(READ)
+    with harness(tmp_path, read_key_file=tmp_path / "read.key") as hh:
+        for method, path in WRITES:
+            assert hh.client.request(method, path, json=READING).status_code == 401
+            assert hh.client.request(method, path, json=READING, headers={"X-API-Key": "x" + READ}).status_code == 401
+            ok = hh.client.request(method, path, json=READING, headers={"X-API-Key": READ})
+            assert ok.status_code in (200, 202), ok.text
+        assert hh.client.get("/v1/streams", headers={"X-API-Key": READ}).status_code == 200
+        assert hh.client.get("/v1/streams").status_code == 401
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.5", "gateway.local", ""])
+def test_open_write_routes_beyond_loopback_refuse_to_start(tmp_path: Path, host: str) -> None:
+    with pytest.raises(ConfigError, match=r"not loopback.*SENSORCAST_API__ALLOW_OPEN=true"):
+        create_app(settings_for(tmp_path, host=host))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost", "[::1]"])
+def test_loopback_needs_no_key(tmp_path: Path, host: str) -> None:
+    create_app(settings_for(tmp_path, host=host))
+
+
+def test_a_key_or_allow_open_lets_a_public_bind_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="service.api.app")
+    (tmp_path / "w").write_text(WRITE)
+    (tmp_path / "r").write_text(READ)
+    create_app(settings_for(tmp_path, host="0.0.0.0", api_key_file=tmp_path / "w"))
+    assert "API on 0.0.0.0: write routes need the write key: POST /v1/readings, POST /v1/models/reload" in caplog.text
+    assert "API on 0.0.0.0: read routes are OPEN (no key configured): GET /v1/streams" in caplog.text
+    caplog.clear()
+    create_app(settings_for(tmp_path, host="0.0.0.0", read_key_file=tmp_path / "r"))
+    assert "write routes need the read key (no write key is set): POST /v1/readings" in caplog.text
+    caplog.clear()
+    create_app(settings_for(tmp_path, host="0.0.0.0", allow_open=True))
+    opened = [r for r in caplog.records if r.levelname == "WARNING" and "write routes are OPEN" in r.getMessage()]
+    assert opened and "POST /v1/readings, POST /v1/models/reload" in opened[0].getMessage()
