@@ -53,6 +53,9 @@ RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home 
 COPY --from=build /opt/venv /opt/venv
 # The shipped demo model, so the image starts with a real model; compose mounts ./models.
 COPY models /models
+# The API binds every address: serve then refuses to start without an API key file
+# (SENSORCAST_API__API_KEY_FILE / READ_KEY_FILE; compose mounts both) unless
+# SENSORCAST_API__ALLOW_OPEN=true is set on purpose.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SENSORCAST_API__HOST=0.0.0.0 \
