@@ -546,9 +546,9 @@ class Engine:
     def lookup_forecast(self, stream_id: str) -> ForecastLookup | None:
         """The latest forecast without the engine's lock, for the API's event loop.
 
-        A tick holds the lock for milliseconds, and the bulk warm-up of new streams
-        (store reads) for longer; a forecast is a few array rows guarded by the table's
-        seqlock instead. None: a write overlapped every attempt, use ``forecast()``.
+        A tick holds the lock for milliseconds (~0.2 s of CPU at 100k streams; store
+        reads for warm-up happen off it); a forecast is a few array rows guarded by the
+        table's seqlock instead. None: a write overlapped every attempt, use ``forecast()``.
         """
         for _ in range(3):
             st = self._streams.get(stream_id)  # one dict read: atomic under the GIL
