@@ -278,8 +278,9 @@ class Pipeline:
         self.started = True
         self.watchdog = Watchdog(self.liveness, self.settings.watchdog.interval_s, self._threads_died)
         self.watchdog.start()
-        log.info("pipeline started (roles: %s; threads watched: %s)",
-                 ",".join(sorted(self.roles)), ", ".join(sorted(self.liveness())) or "none")
+        log.info("pipeline started (roles: %s)", ",".join(sorted(self.roles)))
+        log.info("watchdog: checking every %.1f s that these threads are alive: %s",
+                 self.settings.watchdog.interval_s, ", ".join(sorted(self.liveness())) or "none")
 
     def liveness(self) -> dict[str, bool]:
         """Each long-lived thread of the running pipeline -> alive ({} unless started)."""
