@@ -19,7 +19,6 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import PipelineDep, ReadScope
 from service.api.schemas import ErrorOut
-from service.errors import StoreError
 from service.records import NS_PER_S, StreamKey
 
 router = APIRouter(prefix="/v1/points", tags=["streams"], dependencies=[ReadScope])
@@ -55,20 +54,18 @@ async def get_points(
     store = pipeline.store
     if store is None:
         raise HTTPException(503, "this process has no store (roles without ingest or inference)")
-    try:
-        if since is not None:
-            if since.tzinfo is None:
-                raise HTTPException(422, "since must carry a time zone (e.g. 2024-01-01T00:00:00Z)")
-            delta = since - datetime(1970, 1, 1, tzinfo=UTC)  # exact, no float rounding
-            start = (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000 + 1
-            # Far future end: the store's range is half-open and "now" may lag the readings.
-            # The store applies the limit (SQL/InfluxQL LIMIT, newest first): a since far in
-            # the past costs at most ``last`` rows, never the whole history.
-            rows = await run_in_threadpool(store.read_range, key, start, 2**62, limit=last)
-        else:
-            rows = await run_in_threadpool(store.read_last, key, last)
-    except StoreError as e:
-        raise HTTPException(503, f"store read failed: {e}") from None
+    # A StoreError goes to the app's handler: logged in full, 503 with a short reason.
+    if since is not None:
+        if since.tzinfo is None:
+            raise HTTPException(422, "since must carry a time zone (e.g. 2024-01-01T00:00:00Z)")
+        delta = since - datetime(1970, 1, 1, tzinfo=UTC)  # exact, no float rounding
+        start = (delta.days * 86_400 + delta.seconds) * NS_PER_S + delta.microseconds * 1000 + 1
+        # Far future end: the store's range is half-open and "now" may lag the readings.
+        # The store applies the limit (SQL/InfluxQL LIMIT, newest first): a since far in
+        # the past costs at most ``last`` rows, never the whole history.
+        rows = await run_in_threadpool(store.read_range, key, start, 2**62, limit=last)
+    else:
+        rows = await run_in_threadpool(store.read_last, key, last)
     rows = [r for r in rows if math.isfinite(r.value)]  # JSON has no NaN
     return PointsOut(
         stream_id=key.id,
