@@ -74,9 +74,12 @@ class HistoryReader:
         with self._cv:
             self._todo.extend(reads)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="engine-warmup", daemon=True)
-                self._thread.start()
+                self._start()
             self._cv.notify_all()
+
+    def _start(self) -> None:  # under self._cv
+        self._thread = threading.Thread(target=self._run, name="engine-warmup", daemon=True)
+        self._thread.start()
 
     def wait(self, reads: list[Read], timeout: float) -> bool:
         """Until every read in ``reads`` is answered (True) or ``timeout`` passed (False)."""
@@ -89,11 +92,19 @@ class HistoryReader:
         return done
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:  # however it ends, the next submit starts a new thread
+            with self._cv:
+                self._thread = None
+                if self._todo:  # submitted while this one was ending
+                    self._start()
+
+    def _serve(self) -> None:
         while True:
             with self._cv:
                 if not self._cv.wait_for(lambda: bool(self._todo), _IDLE_EXIT_S):
-                    self._thread = None  # idle: end (an engine dropped by its owner leaves no thread)
-                    return
+                    return  # idle: end (an engine dropped by its owner leaves no thread behind)
                 batch, self._todo = self._todo, []
             by_n: dict[int, list[Read]] = {}
             for r in batch:

@@ -146,6 +146,41 @@ def test_evicted_stream_returns_with_the_forecast_it_would_have_had(tmp_path: Pa
     assert "a/t" not in eng._slots.evicted and "c/t" in eng._slots.evicted  # c: fed once, idle since
 
 
+@pytest.mark.parametrize(
+    ("spec", "anomaly"),
+    [
+        (KitSpec(name="m", features=("t", "h"), hidden=8, warmup_steps=3), {}),  # multivariate: one device stream
+        (KitSpec(name="m", kind="window", window=6, features=("t",), hidden=8), {}),  # a ring of inputs per row
+        (STEP, {"scorer": "surprise"}),  # the other scorer's per-row state
+    ],
+    ids=["multivariate", "window", "surprise"],
+)
+def test_eviction_round_trip_keeps_every_row_array(tmp_path: Path, spec: KitSpec, anomaly: dict[str, Any]) -> None:
+    feats = spec.features
+    engines = []
+    for name, idle in (("e", 300), ("r", 0)):
+        write_model(tmp_path / name / "models", spec)
+        s = settings_for(tmp_path / name, tmp_path / name / "models", anomaly=anomaly,
+                         streams={"idle_evict_s": idle, "warmup_wait_s": 30.0})
+        engines.append(Engine(s, ModelRegistry(tmp_path / name / "models"), None, Metrics()))
+    eng, ref = engines
+    sid = "a" if len(feats) > 1 else f"a/{feats[0]}"
+    for i in range(45):
+        for e in engines:
+            rs = [Reading(StreamKey("b", feats[0]), T0 + i * C, value(i))]
+            if not 30 <= i < 39:
+                rs += [Reading(StreamKey("a", f), T0 + i * C, value(i, k)) for k, f in enumerate(feats)]
+            e.accept(rs)
+            e.tick(T0 + i * C)
+        if i == 36:
+            assert eng.stream(sid) is None and sid in eng._slots.evicted
+    got, want = eng.forecast(sid), ref.forecast(sid)
+    assert got is not None and want is not None and got.ts_ns == want.ts_ns == T0 + 44 * C
+    assert np.abs(np.array(got.mean) - np.array(want.mean)).max() <= 1e-5
+    g, w = eng.stream(sid), ref.stream(sid)
+    assert g is not None and w is not None and g.score == pytest.approx(w.score, abs=1e-6)
+
+
 def test_long_idle_stream_is_dropped_and_warms_from_the_store_on_return(tmp_path: Path) -> None:
     a, b = StreamKey("a", "t"), StreamKey("b", "t")
     store = MemoryStore()
@@ -272,6 +307,26 @@ def test_late_warm_up_answer_is_applied_by_a_later_tick(tmp_path: Path) -> None:
     got, want = eng.forecast("n/t"), ref.forecast("n/t")
     assert got is not None and want is not None and got.ts_ns == want.ts_ns == T0 + 21 * C
     assert np.abs(np.array(got.mean) - np.array(want.mean)).max() <= 1e-5
+
+
+def test_reads_queued_while_the_store_is_busy_share_one_query(tmp_path: Path) -> None:
+    store = GatedStore()
+    eng, _, _ = make(tmp_path, store, streams={"warmup_wait_s": 0.0})
+    groups = [[StreamKey(f"g{g}-{j}", "t") for j in range(10 + g)] for g in range(3)]
+    _history(store, [k for g in groups for k in g], 20)
+    store.gate.clear()
+    step(eng, 20, groups[0])
+    assert store.entered.wait(10)  # the first read is at the store
+    step(eng, 21, groups[1])
+    step(eng, 22, groups[2])  # queued behind it with the second
+    store.gate.set()
+    for _ in range(500):
+        eng.tick(T0 + 22 * C)
+        if all(s.status == "ok" for s in eng.streams()):
+            break
+        threading.Event().wait(0.01)
+    assert store.calls == [10, 11 + 12]
+    assert len(eng.streams()) == 33 and all(s.status == "ok" for s in eng.streams())
 
 
 def test_unanswered_warm_up_is_given_up_and_the_stream_goes_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
