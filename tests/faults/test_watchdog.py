@@ -5,7 +5,7 @@ are ended one at a time by making a call inside their loop raise a ``BaseExcepti
 guard in the service catches those): ``/readyz`` names the dead thread, the others stay
 alive, and the watchdog reports it once. Out of process: the real ``sensorcast serve``
 whose MQTT network thread is ended (tests/faults/threadfault.py) fails ``/readyz`` and
-exits with code 70 after logging CRITICAL.
+exits with code 70 after logging CRITICAL; so does ``sensorcast ingest``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from service.pipeline import Pipeline
 from service.watchdog import EXIT_THREAD_DIED
 from tests.faults.serve_helpers import kit_models, serve
 from tests.faults.threadfault import TRIGGER_ENV, ThreadKilled
-from tests.integration.ingest_helpers import REPO
+from tests.integration.ingest_helpers import REPO, IngestProcess
 from tests.waiting import poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")]
@@ -177,3 +177,26 @@ def test_serve_whose_intake_thread_dies_fails_readyz_and_exits_70(mosquitto: Mos
     assert code == EXIT_THREAD_DIED, log[-3000:]
     assert "CRITICAL service.watchdog: pipeline thread(s) dead: mqtt intake" in log
     assert "pipeline stopped" in log  # the orderly stop ran before the exit
+
+
+@pytest.mark.slow
+def test_ingest_command_whose_intake_thread_dies_exits_70(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text("import tests.faults.threadfault  # noqa: F401\n")
+    trigger = tmp_path / "kill-intake"
+    env = {"PYTHONPATH": f"{hook}:{REPO}", TRIGGER_ENV: str(trigger), "SENSORCAST_MQTT__URL": mosquitto.url,
+           "SENSORCAST_MQTT__CLIENT_ID": "wd-ingest", "SENSORCAST_STORE__URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+           "SENSORCAST_STORE__SPOOL_DIR": str(tmp_path / "spool"), "SENSORCAST_WATCHDOG__INTERVAL_S": "0.5"}
+    proc = IngestProcess(env, tmp_path / "ingest.log")
+    proc.start()
+    try:
+        trigger.touch()
+        assert proc.proc is not None
+        code = proc.proc.wait(60)
+    finally:
+        proc.stop()
+    log = (tmp_path / "ingest.log").read_text()
+    assert code == EXIT_THREAD_DIED, log[-3000:]
+    assert "CRITICAL service.watchdog: pipeline thread(s) dead: mqtt intake" in log
+    assert "stopped:" in log  # the orderly stop (flush, close) ran first
