@@ -185,9 +185,10 @@ class StreamsSettings(BaseModel):
     )
     idle_evict_s: float = Field(
         3600.0, ge=0,
-        description="A stream without a reading for this long (engine clock) is evicted: its row is freed, its "
-        "state kept in memory while it could still be continued (max_gap_steps buckets after its last step) and "
-        "restored if it returns; a firing alert resolves with reason evicted. 0: never evict.",
+        description="A stream without a reading for this long (engine clock, and at least two cadences) is "
+        "evicted: its row is freed, its state kept in memory while it could still be continued (max_gap_steps "
+        "buckets after its last step) and restored if it returns. A firing stream stays until then, and its alert "
+        "resolves with reason evicted. 0: never evict.",
     )
     warmup_wait_s: float = Field(
         0.2, ge=0,

@@ -134,7 +134,6 @@ class Engine:
     def _tick_locked(self, readings: list[Reading], now: int) -> tuple[int, list[Any]]:
         if self.registry.generation != self._generation:
             self._sync_models()
-        self._slots.evict_idle(now)
         slow: dict[str, Stream] = {}
         fast: dict[int, tuple[IntArr, I64, F32]] = {}
         self._warm.apply(slow, self._slow_begin)  # history answered since the last tick
@@ -159,6 +158,7 @@ class Engine:
                 if st.table.has_pending[st.row] and self._streams.get(st.id) is st:
                     slow.setdefault(st.id, st)
         done = self._run(fast, slow, now)
+        self._slots.evict_idle(now)  # after intake: this tick's readings count as activity
         if time.monotonic() - self._gauges_at > 1.0:
             self._update_gauges()
         return done, reads

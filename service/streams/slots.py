@@ -12,13 +12,15 @@
   unserved key is routed once, not per reading) up to ``NEGATIVE_CAP`` of them; then they
   are all forgotten and re-routed when they come again. They are also forgotten when
   eviction frees rows, so a refused key gets its chance.
-- **Eviction.** A stream without a reading for ``streams.idle_evict_s`` (engine clock) is
-  evicted: its row is exported into ``EvictedStates`` (while still recent enough to
-  continue from), the row is freed for reuse, and the stream is restored from that state
-  when it returns (then treated like a stream restored from a checkpoint: a short gap is
-  caught up from the store). A *firing* stream's alert is resolved with reason
-  ``evicted`` first: a silent stream gives no new evidence, and a firing state kept for a
-  stream that never returns would stay firing on the broker for ever.
+- **Eviction.** A stream without a reading for ``streams.idle_evict_s`` (engine clock, and
+  at least two of its cadences) is evicted: its row is exported into ``EvictedStates``
+  (while still recent enough to continue from), the row is freed for reuse, and the
+  stream is restored from that state when it returns (then treated like a stream restored
+  from a checkpoint: a short gap is caught up from the store). A *firing* stream stays
+  until a return could no longer continue it (``max_gap_steps`` buckets after its last
+  step, when the gap rule would reset it anyway); then it is evicted and its alert
+  resolves with reason ``evicted``: a firing state kept for a stream that never returns
+  would stay firing on the broker for ever.
 """
 
 from __future__ import annotations
@@ -234,28 +236,24 @@ class StreamSlots:
         gap_steps = self.settings.streams.max_gap_steps
         evicted = 0
         for name, table in list(self.tables.items()):
-            unstamped = table.occupied & (table.seen < 0)
-            table.seen[unstamped] = now  # restored from a checkpoint: idle from now on
-            idle = np.flatnonzero(table.occupied & (table.seen < now - self.idle_ns) & ~table.has_pending)
+            occupied = table.occupied
+            table.seen[occupied & (table.seen < 0)] = now  # restored from a checkpoint: idle from now on
+            # Not idle before it has missed two buckets (a slow-cadence stream between readings).
+            quiet = occupied & (table.seen < now - max(self.idle_ns, 2 * table.cadence_ns)) & ~table.has_pending
+            # A state is worth keeping while a return would be bridged, not reset (gap rule).
+            useful_until = (table.last_bucket + gap_steps + 1) * table.cadence_ns
+            # A firing stream stays until then: its alert resolves ("evicted") only when a
+            # return could no longer continue it, as the gap rule would on that return.
+            idle = np.flatnonzero(quiet & (~table.decider.firing | (useful_until < now)))
             streams = [st for st in (table.owners[r] for r in idle.tolist()) if st.ticket == 0]
             if not streams:
                 continue
             rows = np.array([st.row for st in streams], np.intp)
-            arrays = table.export_rows(rows)  # copies
-            # drop() below resolves a firing alert (reason "evicted"); the saved state
-            # records that resolution, as the decider would (cooldown from the last step).
-            firing = arrays["decider.firing"].astype(bool)
-            if firing.any():
-                arrays["decider.firing"][firing] = False
-                resolved_at = table.last_bucket[rows[firing]] * table.cadence_ns + table.decider.cooldown_ns
-                arrays["decider.quiet_until"][firing] = resolved_at
-            # Useful while a return would be bridged, not reset (> max_gap_steps buckets).
-            useful_until = (table.last_bucket[rows] + gap_steps + 1) * table.cadence_ns
-            keep = (table.warm_have[rows] > 0) & (useful_until >= now)
+            keep = (table.warm_have[rows] > 0) & (useful_until[rows] >= now)
+            arrays = table.export_rows(rows[keep])  # copies
             idx = np.flatnonzero(keep)
             self.evicted.put(
-                [streams[i].id for i in idx.tolist()], name, table.model.manifest.sha256,
-                {k: v[idx] for k, v in arrays.items()}, useful_until[idx],
+                [streams[i].id for i in idx.tolist()], name, table.model.manifest.sha256, arrays, useful_until[rows[idx]]
             )
             for st in streams:
                 self.drop(st, reason="evicted")

@@ -199,24 +199,43 @@ def test_long_idle_stream_is_dropped_and_warms_from_the_store_on_return(tmp_path
     assert np.abs(np.array(live.mean) - np.array(offline.mean)).max() <= 1e-4
 
 
-def test_firing_stream_evicted_resolves_with_reason_evicted(tmp_path: Path) -> None:
+def test_firing_stream_is_evicted_only_once_a_return_could_not_continue_it(tmp_path: Path) -> None:
+    """Evicted earlier, a returning firing stream would lose its alert; never evicted, a
+    silent one would stay firing for ever. So it goes when the gap rule would reset it."""
     a, b = StreamKey("a", "t"), StreamKey("b", "t")
-    eng, _, alerts = make(tmp_path, anomaly={"min_count": 1, "window": 1, "cooldown_s": 0},
-                          streams={"idle_evict_s": 300})
+    eng, m, alerts = make(tmp_path, anomaly={"min_count": 1, "window": 1, "cooldown_s": 0},
+                          streams={"idle_evict_s": 300, "max_gap_steps": 12})
     for i in range(30):
         rs = [Reading(a, T0 + i * C, value(i) + (80 if i == 29 else 0)), Reading(b, T0 + i * C, value(i))]
         eng.accept(rs)
         eng.tick(T0 + i * C)
     assert [x.state for x in alerts if x.stream_id == "a/t"] == ["firing"]
-    for i in range(30, 38):
+    for i in range(30, 43):
         step(eng, i, [b])
+        s = eng.stream("a/t")
+        assert s is not None and s.status == "firing", i  # idle, but a return within 12 buckets continues it
+    step(eng, 43, [b])  # 13 buckets after its last step: past the gap rule
+    assert eng.stream("a/t") is None and m.streams_evicted.labels("dropped")._value.get() == 1
     got = [x for x in alerts if x.stream_id == "a/t"]
     assert [x.state for x in got] == ["firing", "resolved"] and got[1].extra == {"reason": "evicted"}
-    step(eng, 38, [a, b])  # back within max_gap_steps: restored, and not firing any more
-    states = [x.state for x in alerts if x.stream_id == "a/t"]
-    assert states[:2] == ["firing", "resolved"] and states.count("resolved") == 1
-    s = eng.stream("a/t")
-    assert s is not None and s.warm_have == s.warm_need  # continued, not warming again
+    assert not got[1].warm
+    step(eng, 44, [a, b])  # back: a new stream that warms up, no second "resolved"
+    assert [x.state for x in alerts if x.stream_id == "a/t"] == ["firing", "resolved"]
+    assert eng.stream("a/t").status == "warming"  # type: ignore[union-attr]
+
+
+def test_a_stream_is_not_idle_before_it_misses_two_buckets(tmp_path: Path) -> None:
+    """idle_evict_s below the cadence: a stream that reads once per bucket (jittered) stays."""
+    eng, m, _ = make(tmp_path, streams={"idle_evict_s": 30})
+    key = StreamKey("a", "t")
+    for i in range(20):
+        eng.accept([Reading(key, T0 + i * C - 20 * 10**9, value(i))])
+        eng.tick(T0 + i * C + 5 * 10**9)
+        eng.tick(T0 + i * C + 45 * 10**9)  # a tick between readings: 40 s since the last one
+    assert m.streams_evicted.labels("saved")._value.get() == 0 and eng.stream("a/t") is not None
+    for i in range(20, 23):
+        eng.tick(T0 + i * C + 5 * 10**9)  # silent for two buckets and a bit: now it is idle
+    assert eng.stream("a/t") is None and m.streams_evicted.labels("saved")._value.get() == 1
 
 
 def test_eviction_frees_room_for_refused_streams(tmp_path: Path) -> None:
