@@ -173,7 +173,10 @@ class Warmup:
                 assert res is not None  # streams in `slow` have one
                 first = res.first_pending_ts()
                 nb = res.next_bucket
-                if first is None or nb is None:
+                if first is None:
+                    continue
+                if nb is None:  # saved before it was ever stepped (e.g. its warm-up was in flight)
+                    self.need_history[st.id] = st
                     continue
                 gap = res.bucket_of(first) - nb
                 if 0 < gap <= limit:

@@ -348,6 +348,27 @@ def test_reads_queued_while_the_store_is_busy_share_one_query(tmp_path: Path) ->
     assert len(eng.streams()) == 33 and all(s.status == "ok" for s in eng.streams())
 
 
+def test_checkpoint_taken_while_warm_up_was_in_flight_warms_from_the_store_after_restore(tmp_path: Path) -> None:
+    store = GatedStore()
+    eng, _, _ = make(tmp_path, store, streams={"warmup_wait_s": 0.0})
+    key = StreamKey("n", "t")
+    _history(store, [key], 20)
+    store.gate.clear()
+    try:
+        step(eng, 20, [key])  # its history read is stuck at the store
+        assert eng.checkpoint() == 1
+    finally:
+        store.gate.set()
+    again = Engine(eng.settings.model_copy(update={"streams": eng.settings.streams.model_copy(
+        update={"warmup_wait_s": 30.0})}), ModelRegistry(eng.settings.models.dir), store, Metrics())
+    assert again.restore() == 1
+    store.calls.clear()
+    step(again, 21, [key])
+    assert store.calls == [1]  # warmed from the store, not live from nothing
+    s = again.stream("n/t")
+    assert s is not None and s.status == "ok"
+
+
 def test_unanswered_warm_up_is_given_up_and_the_stream_goes_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(warmup_mod, "GIVE_UP_S", 0.0)
     store = GatedStore()
