@@ -65,6 +65,15 @@ class IngestSettings(BaseModel):
         "paho answers PUBREC before the message is handled, so a crash would lose it.",
     )
     max_payload_bytes: int = Field(64 * 1024, description="Payloads larger than this are refused.")
+    max_tags: int = Field(
+        32, ge=0, description="Readings with more extra tags than this (device and quantity not counted) are refused "
+        "(too_many_tags).",
+    )
+    max_series_key_bytes: int = Field(
+        4096, gt=0, le=60_000,
+        description="Readings whose escaped series key (device, quantity and tags as line protocol, measurement not "
+        "counted) is longer than this are refused (key_too_long); influxd refuses keys over 64 KiB for good.",
+    )
     max_past_s: float = Field(
         10 * 365 * 24 * 3600.0, description="Refuse readings older than this many seconds."
     )
@@ -224,9 +233,13 @@ class AnomalySettings(BaseModel):
 
 
 class AlertsSettings(BaseModel):
-    topic: str = Field("sensorcast/alerts/{device}/{quantity}", description="Alert event topic (QoS 1).")
+    topic: str = Field(
+        "sensorcast/alerts/{stream}",
+        description="Alert event topic (QoS 1). {stream} is the stream id (device/quantity[;k=v...], names "
+        "percent-escaped): one topic per stream; {device} and {quantity} are also available.",
+    )
     state_topic: str = Field(
-        "sensorcast/state/{device}/{quantity}", description="Retained current alert state per stream."
+        "sensorcast/state/{stream}", description="Retained current alert state per stream (same placeholders)."
     )
     forecast_topic: str | None = Field(None, description="Publish each new forecast here when set.")
     outbox_dir: Path = Field(Path("./data/outbox"), description="Alerts not yet acknowledged by the broker.")

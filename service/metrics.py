@@ -28,11 +28,6 @@ class Metrics:
             buckets=_WRITE_BUCKETS, registry=r,
         )
         self.store_errors = Counter("sensorcast_store_errors", "Failed store writes.", registry=r)
-        self.mqtt_sessions_lost = Counter(
-            "sensorcast_mqtt_sessions_lost",
-            "Reconnects where the broker no longer had the ingester's persistent session (readings queued for it "
-            "meanwhile may be gone).", registry=r,
-        )
         self.store_rejected = Counter(
             "sensorcast_store_rejected",
             "Readings the store refused for good (isolated by bisection, dead-lettered), by reason.",
@@ -42,6 +37,11 @@ class Metrics:
             "sensorcast_writer_errors",
             "Unexpected exceptions in the writer thread (logged with traceback; the thread keeps going).",
             registry=r,
+        )
+        self.mqtt_sessions_lost = Counter(
+            "sensorcast_mqtt_sessions_lost",
+            "Reconnects where the broker no longer had the ingester's persistent session (readings queued for it "
+            "meanwhile may be gone).", registry=r,
         )
         self.spool_depth = Gauge("sensorcast_spool_readings", "Readings waiting in the spool.", registry=r)
         self.spool_bytes = Gauge("sensorcast_spool_bytes", "Bytes used by the spool.", registry=r)
