@@ -69,8 +69,15 @@ bench-nab: $(VENV)/.installed
 
 # The full 60 s database outage here; CI (make test) uses the tests' short default.
 FAULT_OUTAGE_S ?= 60
+# The hostile-input table of docs/reliability.md: its unit rows run here too, beside the
+# real-server suites and the million-topic cardinality flood.
+HOSTILE_UNIT := tests/unit/test_ingest_decode.py tests/unit/test_stream_ids.py \
+	tests/unit/test_spool_writer.py tests/unit/test_engine_cardinality.py tests/unit/test_points_bounded.py \
+	tests/unit/test_startup_refusals.py tests/unit/test_model_bytes.py tests/unit/test_error_bodies.py \
+	tests/unit/test_api_auth.py tests/contract/test_store_contract.py
 faults: setup  ## fault injection, hostile input and security suites on real servers
-	SENSORCAST_FAULT_OUTAGE_S=$(FAULT_OUTAGE_S) $(PY) -m pytest -q tests/faults tests/hostile tests/security
+	SENSORCAST_FAULT_OUTAGE_S=$(FAULT_OUTAGE_S) $(PY) -m pytest -q tests/faults tests/hostile tests/security \
+	  tests/integration/test_cardinality_flood.py tests/integration/test_alert_topics.py $(HOSTILE_UNIT)
 
 soak: setup
 	$(VENV)/bin/sensorcast bench soak
