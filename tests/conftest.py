@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.localservers import Influxd, Mosquitto, start_influxd, start_mosquitto
+from tools.localservers import Influxd, Mosquitto, start_influxd, start_mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("SENSORCAST_BENCH_DATA", REPO.parent / "shared" / "data"))

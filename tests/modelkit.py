@@ -1,4 +1,4 @@
-"""Test helpers over ``service.runtime.modelkit``: kit models in a tmp models dir, settings."""
+"""Test helpers over ``tools.modelkit``: kit models in a tmp models dir, settings."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from service.config import Settings
-from service.runtime.modelkit import (
+from tools.modelkit import (
     KitSpec,
     KitWeights,
     NumpyKitModel,

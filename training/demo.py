@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from service.records import NS_PER_S, Reading, StreamKey
-from service.sim import signals
+from tools.sim import signals
 from training.config import Config, DataConfig, ModelConfig, TrainConfig
 from training.data import readings_to_dataset
 from training.evaluate import report_markdown, write_report
@@ -31,7 +31,7 @@ def demo_config(version: str, steps: int, epochs: int) -> Config:
         name="demo",
         version=version,
         data=DataConfig(
-            source=f"service.sim.signals demo_fleet, seed {TRAIN_SEED}, {steps} steps per stream",
+            source=f"tools.sim.signals demo_fleet, seed {TRAIN_SEED}, {steps} steps per stream",
             layout="univariate",
             cadence_s=signals.DEMO_CADENCE_S,
             time_features=(),  # signal days are time-compressed: wall-clock phases mean nothing

@@ -15,7 +15,6 @@ import pytest
 
 from service.config import StoreSettings
 from service.errors import ConfigError, StoreRejected
-from service.localservers import Influxd
 from service.records import Reading, StreamKey
 from service.store import open_store
 from service.store.base import Store
@@ -23,6 +22,7 @@ from service.store.influx1 import InfluxQLStore
 from service.store.memory import MemoryStore
 from service.store.rejections import isolate
 from service.store.sqlite import SqliteStore
+from tools.localservers import Influxd
 
 _db = itertools.count()
 

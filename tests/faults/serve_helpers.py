@@ -13,10 +13,10 @@ import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from service.benchmarks.serveproc import ServeProcess, stack_env
-from service.localservers import free_port
 from service.records import Reading, StreamKey
-from service.runtime.modelkit import KitSpec, write_model
+from tools.bench.serveproc import ServeProcess, stack_env
+from tools.localservers import free_port
+from tools.modelkit import KitSpec, write_model
 
 CADENCE_NS = 10**9
 KIT = KitSpec(name="kit", version="1", cadence_s=1.0, warmup_steps=3, features=("temp",))

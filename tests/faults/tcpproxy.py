@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 
-from service.localservers import free_port
+from tools.localservers import free_port
 
 
 class DelayProxy:

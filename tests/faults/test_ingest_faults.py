@@ -17,7 +17,6 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from service.api.routes.health import readiness
 from service.ingest.ingester import Ingester
-from service.localservers import Influxd, Mosquitto
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.store import open_store
@@ -33,6 +32,7 @@ from tests.integration.ingest_helpers import (
     wait_stored,
 )
 from tests.waiting import poll
+from tools.localservers import Influxd, Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

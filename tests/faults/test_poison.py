@@ -22,7 +22,6 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import MQTTErrorCode
 
-from service.localservers import Influxd, Mosquitto
 from service.records import Reading
 from service.store import open_store
 from tests.faults.serve_helpers import kit_models, serve
@@ -35,6 +34,7 @@ from tests.integration.ingest_helpers import (
     wait_stored,
 )
 from tests.waiting import poll
+from tools.localservers import Influxd, Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

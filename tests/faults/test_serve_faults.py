@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from service.localservers import Influxd, Mosquitto
 from service.records import Reading, StreamKey
-from service.runtime.modelkit import KitSpec, write_model
 from service.store import open_store
 from service.store.base import Store
 from tests.faults.serve_helpers import (
@@ -38,6 +36,8 @@ from tests.integration.ingest_helpers import (
     wait_stored,
 )
 from tests.waiting import poll
+from tools.localservers import Influxd, Mosquitto
+from tools.modelkit import KitSpec, write_model
 
 pytestmark = pytest.mark.integration
 

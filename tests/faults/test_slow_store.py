@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from service.ingest.ingester import Ingester
-from service.localservers import Influxd, Mosquitto
 from service.metrics import Metrics
 from service.store import open_store
 from tests.faults.tcpproxy import DelayProxy
@@ -26,6 +25,7 @@ from tests.integration.ingest_helpers import (
     run_in_thread,
     wait_stored,
 )
+from tools.localservers import Influxd, Mosquitto
 
 pytestmark = pytest.mark.integration
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 
 from service.ingest.ingester import Ingester
-from service.localservers import Influxd, Mosquitto
 from service.metrics import Metrics
 from service.store import open_store
 from tests.integration.ingest_helpers import Publisher, make_settings, readings, wait_stored
+from tools.localservers import Influxd, Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

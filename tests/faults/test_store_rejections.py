@@ -25,13 +25,13 @@ import pytest
 
 from service.config import StoreSettings
 from service.ingest.writer import BatchWriter, Item
-from service.localservers import INFLUXD, INFLUXD_CONF, Influxd, free_port
 from service.metrics import Metrics
 from service.records import Reading, StreamKey
 from service.store import open_store
 from service.store.influx1 import Influx1Store
 from service.store.spool import Spool
 from tests.waiting import wait_until
+from tools.localservers import INFLUXD, INFLUXD_CONF, Influxd, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,6 @@ from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.config import Settings
-from service.localservers import Mosquitto
 from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.watchdog import EXIT_THREAD_DIED
@@ -28,6 +27,7 @@ from tests.faults.serve_helpers import kit_models, serve
 from tests.faults.threadfault import TRIGGER_ENV, ThreadKilled
 from tests.integration.ingest_helpers import REPO, IngestProcess
 from tests.waiting import poll
+from tools.localservers import Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")]
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from service.benchmarks.serveproc import ServeProcess
-from service.localservers import Influxd, Mosquitto
 from service.records import Reading, StreamKey
 from service.store import open_store
 from service.store.influx1 import Influx1Store
 from tests.faults.serve_helpers import kit_models, serve
 from tests.integration.ingest_helpers import BASE_NS, make_settings, stored
 from tests.integration.test_ingest_hostile import load_corpus
+from tools.bench.serveproc import ServeProcess
+from tools.localservers import Influxd, Mosquitto
 
 pytestmark = pytest.mark.integration
 TOPIC = "hostile/{device}/{quantity}"

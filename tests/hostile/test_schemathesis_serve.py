@@ -15,9 +15,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from service.benchmarks.serveproc import ServeProcess
-from service.localservers import Influxd, Mosquitto
 from tests.faults.serve_helpers import kit_models, serve
+from tools.bench.serveproc import ServeProcess
+from tools.localservers import Influxd, Mosquitto
 
 pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("SENSORCAST_FUZZ_EXAMPLES", "30"))

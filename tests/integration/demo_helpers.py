@@ -23,7 +23,7 @@ def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if list((REPO / "models" / "demo").glob("*/manifest.json")):
         return REPO / "models"
     pytest.importorskip("onnx")
-    from service.runtime.modelkit import KitSpec, write_model
+    from tools.modelkit import KitSpec, write_model
 
     d = tmp_path_factory.mktemp("models")
     write_model(d, KitSpec(name="demo", version="kit", cadence_s=1.0, warmup_steps=20, horizon=12, std=(0.3,)))

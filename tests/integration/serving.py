@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from service.localservers import free_port
+from tools.localservers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

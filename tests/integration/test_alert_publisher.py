@@ -10,9 +10,9 @@ import pytest
 
 from service.alerts.publisher import AlertPublisher
 from service.config import AlertsSettings, MqttSettings
-from service.localservers import Mosquitto
 from service.records import Alert
 from tests.mqttwatch import Watcher
+from tools.localservers import Mosquitto
 
 pytestmark = pytest.mark.integration
 

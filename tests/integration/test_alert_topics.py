@@ -20,9 +20,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from service.alerts.payload import topic_for
 from service.alerts.publisher import AlertPublisher
 from service.config import AlertsSettings, MqttSettings
-from service.localservers import Mosquitto
 from service.records import Alert, StreamKey
 from tests.mqttwatch import Watcher
+from tools.localservers import Mosquitto
 
 pytestmark = pytest.mark.integration
 

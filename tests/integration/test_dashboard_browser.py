@@ -115,13 +115,13 @@ def test_dashboard_asks_for_the_read_key_and_then_shows_data(browser: Any, tmp_p
     from selenium.webdriver.common.by import By
 
     from service.api.app import create_app
-    from service.demo import ApiServer, _listen
     from service.ingest.ingester import Ingester
     from service.metrics import Metrics
     from service.pipeline import Pipeline
     from service.records import Reading, StreamKey
     from service.store.memory import MemoryStore
     from tests.apiharness import T0, populated_twin, settings_for
+    from tools.demo import ApiServer, _listen
 
     (tmp_path / "read.key").write_text("r-secret\n")
     settings = settings_for(tmp_path, read_key_file=tmp_path / "read.key")

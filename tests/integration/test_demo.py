@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from service.localservers import Mosquitto
 from tests.integration.demo_helpers import REPO, Demo, demo_models, tracked_demos
+from tools.localservers import Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

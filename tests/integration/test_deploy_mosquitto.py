@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from service.localservers import MOSQUITTO, LocalServer, free_port
+from tools.localservers import MOSQUITTO, LocalServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +69,7 @@ class _EnvServer(LocalServer):
             start_new_session=True,
         )
         logf.close()
-        from service.localservers import _wait_port
+        from tools.localservers import _wait_port
 
         _wait_port(self.port, self.proc, self.log)
 

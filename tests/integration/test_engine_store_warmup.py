@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from service.config import StoreSettings
-from service.localservers import Influxd
 from service.metrics import Metrics
 from service.records import Reading, StreamKey
 from service.runtime.registry import ModelRegistry
 from service.store import open_store
 from service.streams.engine import Engine
 from tests.modelkit import KitSpec, settings_for, write_model
+from tools.localservers import Influxd
 
 pytestmark = pytest.mark.integration
 

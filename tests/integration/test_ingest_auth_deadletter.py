@@ -17,10 +17,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from service.ingest.ingester import Ingester
-from service.localservers import Mosquitto
 from service.metrics import Metrics
 from service.store.memory import MemoryStore
 from tests.integration.ingest_helpers import make_settings
+from tools.localservers import Mosquitto
 
 pytestmark = pytest.mark.integration
 

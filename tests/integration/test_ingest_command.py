@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from service.localservers import Influxd, Mosquitto
 from service.store import open_store
 from tests.integration.ingest_helpers import (
     IngestProcess,
@@ -20,6 +19,7 @@ from tests.integration.ingest_helpers import (
     stored,
     wait_stored,
 )
+from tools.localservers import Influxd, Mosquitto
 
 pytestmark = pytest.mark.integration
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from service.localservers import Influxd, Mosquitto
 from service.metrics import Metrics
 from service.records import Reading
 from service.store import open_store
 from tests.integration.ingest_helpers import Publisher, make_settings, readings, wait_stored
 from tests.waiting import wait_until
+from tools.localservers import Influxd, Mosquitto
 
 pytestmark = pytest.mark.integration
 _n = itertools.count()

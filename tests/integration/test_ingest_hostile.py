@@ -13,12 +13,12 @@ import orjson
 import pytest
 
 from service.ingest.ingester import Ingester
-from service.localservers import Influxd, Mosquitto
 from service.metrics import Metrics
 from service.records import Reading, StreamKey
 from service.store import open_store
 from service.store.influx1 import Influx1Store
 from tests.integration.ingest_helpers import BASE_NS, Publisher, make_settings, stored
+from tools.localservers import Influxd, Mosquitto
 
 pytestmark = pytest.mark.integration
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "hostile" / "cases.jsonl"

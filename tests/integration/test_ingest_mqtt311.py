@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from service.localservers import Mosquitto, free_port
 from service.metrics import Metrics
-from service.sim.broker import EmbeddedBroker
 from service.store import open_store
 from tests.integration.ingest_helpers import Publisher, make_settings, readings, wait_stored
+from tools.localservers import Mosquitto, free_port
+from tools.sim.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.integration
 _n = itertools.count()

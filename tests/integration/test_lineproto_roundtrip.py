@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.config import StoreSettings
-from service.localservers import Influxd
 from service.records import Reading, StreamKey
 from service.store import open_store
 from service.store.influx1 import Influx1Store
 from service.store.lineproto import RESERVED_TAG_KEYS, name_problem
+from tools.localservers import Influxd
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from service.benchmarks.loadgen import RawHttp, RawPublisher, publish_packet
-from service.localservers import Mosquitto
+from tools.bench.loadgen import RawHttp, RawPublisher, publish_packet
+from tools.localservers import Mosquitto
 
 
 def test_publish_packet_encodes_long_remaining_lengths() -> None:

@@ -22,11 +22,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from service.localservers import Influxd, Mosquitto
-from service.runtime.modelkit import KitSpec, KitWeights, NumpyKitModel, write_model
 from tests.integration.serving import ServeProcess
 from tests.mqttwatch import Watcher
 from tests.waiting import wait_until
+from tools.localservers import Influxd, Mosquitto
+from tools.modelkit import KitSpec, KitWeights, NumpyKitModel, write_model
 
 pytestmark = pytest.mark.integration
 

@@ -41,7 +41,7 @@ def test_service_runs_from_a_clean_venv_without_torch(tmp_path: Path) -> None:
     _run(pip, "install", "-q", "--only-binary=:all:", "-r", _requirements(tmp_path))
     _run(pip, "install", "-q", "--no-deps", REPO)
     # The service's modules import, the entry point runs, and torch is nowhere.
-    _run(py, "-c", "import service.api.app, service.serve, service.dashboard, service.sim.command, service.demo, onnxruntime")
+    _run(py, "-c", "import service.api.app, service.serve, service.dashboard, tools.sim.command, tools.demo, onnxruntime")
     assert subprocess.run([py, "-c", "import torch"], capture_output=True).returncode != 0
     out = _run(venv / "bin" / "sensorcast", "config", "--format", "env").stdout
     assert "SENSORCAST_STORE__URL" in out

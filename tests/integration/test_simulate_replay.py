@@ -11,9 +11,9 @@ import numpy as np
 import orjson
 import pytest
 
-from service.localservers import Mosquitto
-from service.sim.signals import QUANTITIES, StreamSpec, generate
 from tests.mqttwatch import Watcher
+from tools.localservers import Mosquitto
+from tools.sim.signals import QUANTITIES, StreamSpec, generate
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from service.config import StoreSettings
-from service.localservers import Influxd
 from service.records import NS_PER_S, Reading, StreamKey
 from service.store import open_store
+from tools.localservers import Influxd
 from training.config import DataConfig
 from training.data import load_store
 

@@ -22,12 +22,12 @@ from service.alerts.publisher import AlertPublisher
 from service.config import AlertsSettings, MqttSettings
 from service.ingest.ingester import Ingester
 from service.ingest.mqtt import make_client as make_ingest_client
-from service.localservers import Influxd
 from service.metrics import Metrics
 from service.records import Alert
 from service.store import open_store
 from tests.integration.ingest_helpers import make_settings, payload, readings, wait_stored
 from tests.security.tlsbroker import PASSWORD, USER, TlsBroker, start_tls_broker
+from tools.localservers import Influxd
 
 pytestmark = pytest.mark.integration
 

@@ -26,13 +26,13 @@ import pytest
 import yaml
 
 from service.api.auth import ApiKeys, check_exposure
-from service.benchmarks.serveproc import ServeProcess
 from service.config import ApiSettings, StoreSettings
 from service.errors import ConfigError, StoreError
-from service.localservers import INFLUXD, INFLUXD_CONF, Influxd, Mosquitto, free_port
 from service.records import Reading, StreamKey
 from service.store import open_store
 from tests.faults.serve_helpers import kit_models, series, serve
+from tools.bench.serveproc import ServeProcess
+from tools.localservers import INFLUXD, INFLUXD_CONF, Influxd, Mosquitto, free_port
 
 pytestmark = pytest.mark.integration
 

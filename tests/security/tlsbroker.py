@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.localservers import MOSQUITTO, Mosquitto, free_port
+from tools.localservers import MOSQUITTO, Mosquitto, free_port
 
 USER = "sensorcast"
 PASSWORD = "tls-Pa55word-7f3c91"  # grepped for in logs, metrics and error bodies

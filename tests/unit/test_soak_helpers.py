@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from service.benchmarks.soak import _counter, _diff, _histogram, _quantile
+from tools.bench.soak import _counter, _diff, _histogram, _quantile
 
 TEXT = """\
 # HELP sensorcast_step_batch_seconds Latency of one batched model call.

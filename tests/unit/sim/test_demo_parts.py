@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.demo import KINDS_IN_TURN, _listen, find_model, schedule
+from tools.demo import KINDS_IN_TURN, _listen, find_model, schedule
 
 
 def test_schedule_rotates_streams_and_kinds() -> None:
@@ -25,7 +25,7 @@ def test_schedule_rotates_streams_and_kinds() -> None:
 
 def test_find_model_prefers_demo_and_the_newest(tmp_path: Path) -> None:
     pytest.importorskip("onnx")
-    from service.runtime.modelkit import KitSpec, write_model
+    from tools.modelkit import KitSpec, write_model
 
     write_model(tmp_path, KitSpec(name="other", version="1", cadence_s=5.0))
     write_model(tmp_path, KitSpec(name="demo", version="1", cadence_s=1.0, warmup_steps=7))
@@ -38,7 +38,7 @@ def test_find_model_prefers_demo_and_the_newest(tmp_path: Path) -> None:
 
 def test_find_model_reports_broken_artefacts(tmp_path: Path) -> None:
     pytest.importorskip("onnx")
-    from service.runtime.modelkit import KitSpec, write_model
+    from tools.modelkit import KitSpec, write_model
 
     folder, _ = write_model(tmp_path, KitSpec(name="demo", version="1"))
     (folder / "model.onnx").write_bytes(b"tampered")
@@ -51,7 +51,7 @@ def test_default_port_falls_back_when_taken() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         taken = busy.getsockname()[1]
-        import service.demo as demo
+        import tools.demo as demo
 
         old = demo.DEFAULT_PORT
         demo.DEFAULT_PORT = taken

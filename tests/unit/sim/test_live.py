@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from service.sim.live import FleetClock, TruthLog
-from service.sim.mqttout import encode_ts, reading_payload
-from service.sim.replay import CsvError, ReadCounts, parse_ts, read_rows
-from service.sim.signals import Scheduled, demo_fleet, fleet
+from tools.sim.live import FleetClock, TruthLog
+from tools.sim.mqttout import encode_ts, reading_payload
+from tools.sim.replay import CsvError, ReadCounts, parse_ts, read_rows
+from tools.sim.signals import Scheduled, demo_fleet, fleet
 
 T0 = 1_700_000_000 * 10**9
 

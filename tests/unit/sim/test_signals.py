@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from service.sim.signals import (
+from tools.sim.signals import (
     ANOMALY_KINDS,
     BLOCK,
     QUANTITIES,

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from service.sim.live import FleetClock, SimReading, TruthLog
-from service.sim.mqttout import MqttOut, TsFormat, reading_payload
+from tools.sim.live import FleetClock, SimReading, TruthLog
+from tools.sim.mqttout import MqttOut, TsFormat, reading_payload
 
 log = logging.getLogger(__name__)
 

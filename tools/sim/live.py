@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from service.sim.signals import Sample, StreamSignal, StreamSpec, label_name
+from tools.sim.signals import Sample, StreamSignal, StreamSpec, label_name
 
 
 @dataclass(frozen=True, slots=True)

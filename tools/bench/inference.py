@@ -57,7 +57,7 @@ def rss_mb() -> float:
 
 
 def _build(models: Path, kind: str, window: int) -> None:
-    from service.runtime.modelkit import KitSpec, write_model
+    from tools.modelkit import KitSpec, write_model
 
     common = {"layers": 2, "hidden": 64, "horizon": 12, "cadence_s": CADENCE_S, "warmup_steps": 4, "seed": 7}
     name = "gru" if kind == "step" else "gruwin"

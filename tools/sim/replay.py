@@ -30,7 +30,7 @@ from pathlib import Path
 
 from service.config import Settings
 from service.records import NS_PER_S
-from service.sim.mqttout import TS_FORMATS, MqttOut, PublishError, TsFormat, reading_payload
+from tools.sim.mqttout import TS_FORMATS, MqttOut, PublishError, TsFormat, reading_payload
 
 log = logging.getLogger("sensorcast.replay")
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.localservers import free_port, start_influxd, start_mosquitto
+from tools.localservers import free_port, start_influxd, start_mosquitto
 
 C_S = 60.0  # kit cadence (s)
 C = int(C_S * 1e9)
@@ -97,7 +97,7 @@ def _prober(url: str, streams: int, rate: float, out: Any, go: Any, stop: Any, r
 
     import httpx
 
-    from service.benchmarks.loadgen import RawHttp
+    from tools.bench.loadgen import RawHttp
 
     lat: list[float] = []
     codes: dict[int | str, int] = {}
@@ -153,7 +153,7 @@ def _publisher(port: int, raw: bool) -> _Pub:
     the wire, not when a network thread got the GIL to send it (that wait would be counted
     as service latency)."""
     if raw:
-        from service.benchmarks.loadgen import RawPublisher
+        from tools.bench.loadgen import RawPublisher
 
         rp = RawPublisher("127.0.0.1", port, "bench-latency-pub")
         return _Pub(rp.publish, lambda: rp.acked, rp.read_acks, rp.close)
@@ -178,7 +178,7 @@ def _publisher(port: int, raw: bool) -> _Pub:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.benchmarks.serveproc import ServeProcess, stack_env
+    from tools.bench.serveproc import ServeProcess, stack_env
 
     work = Path(tempfile.mkdtemp(prefix="sc-bench-latency-"))
     broker = start_mosquitto()
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         models = args.models_dir
         if models is None:
-            from service.runtime.modelkit import KitSpec, write_model
+            from tools.modelkit import KitSpec, write_model
 
             models = work / "models"
             write_model(models, KitSpec(name="kit", layers=2, hidden=args.hidden, mean=(20.0,), std=(3.0,),

@@ -38,8 +38,8 @@ import orjson
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from service.benchmarks.serveproc import ServeProcess, stack_env
-from service.localservers import free_port, start_influxd, start_mosquitto
+from tools.bench.serveproc import ServeProcess, stack_env
+from tools.localservers import free_port, start_influxd, start_mosquitto
 
 # paho walks its whole list of unacknowledged messages on every PUBACK: a window of
 # 20,000 cost ~0.5 ms CPU per message, 200 costs ~45 us and still keeps the pipe full.
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     models = args.models_dir
     if models is None:
-        from service.runtime.modelkit import KitSpec, write_model
+        from tools.modelkit import KitSpec, write_model
 
         models = work / "models"
         shutil.rmtree(models, ignore_errors=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from service.localservers import free_port
+from tools.localservers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

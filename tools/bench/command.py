@@ -18,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p = sub.add_parser(name)
         # A benchmark whose optional dependencies are missing still lists, without flags.
         with contextlib.suppress(ModuleNotFoundError):
-            importlib.import_module(f"service.benchmarks.{name}").add_arguments(p)
+            importlib.import_module(f"tools.bench.{name}").add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"service.benchmarks.{args.bench}")
+    module = importlib.import_module(f"tools.bench.{args.bench}")
     return int(module.run(args) or 0)

@@ -31,9 +31,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from service.config import Settings
 from service.ingest.leanclient import client_class
-from service.localservers import start_influxd, start_mosquitto
 from service.metrics import Metrics
 from service.store import open_store
+from tools.localservers import start_influxd, start_mosquitto
 
 _MAX_UNACKED = 5_000  # well below paho's 65,535 message ids, enough to keep the pipe full
 

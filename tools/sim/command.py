@@ -17,10 +17,10 @@ from pathlib import Path
 
 from service.config import Settings
 from service.records import NS_PER_S
-from service.sim.live import FleetClock, TruthLog
-from service.sim.mqttout import TS_FORMATS, MqttOut, PublishError
-from service.sim.runner import SimRunner
-from service.sim.signals import ANOMALY_KINDS, DEMO_COMPRESSION, DEMO_SEED, QUANTITIES, fleet
+from tools.sim.live import FleetClock, TruthLog
+from tools.sim.mqttout import TS_FORMATS, MqttOut, PublishError
+from tools.sim.runner import SimRunner
+from tools.sim.signals import ANOMALY_KINDS, DEMO_COMPRESSION, DEMO_SEED, QUANTITIES, fleet
 
 log = logging.getLogger("sensorcast.simulate")
 

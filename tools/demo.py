@@ -254,7 +254,7 @@ def _num(x: Any) -> str:
 
 def schedule(stream_ids: list[str], first_step: int, every_steps: int, count: int) -> list[tuple[str, Any]]:
     """Anomalies in turn: a different stream and kind each time, ``every_steps`` apart."""
-    from service.sim.signals import QUANTITIES, Scheduled
+    from tools.sim.signals import QUANTITIES, Scheduled
 
     out: list[tuple[str, Any]] = []
     for i in range(count):
@@ -285,7 +285,7 @@ def _data_dir(path: Path | None) -> Iterator[Path]:
 
 def _check_args(args: argparse.Namespace) -> str | None:
     """What is wrong with the arguments, before anything starts; None when fine."""
-    from service.sim.signals import QUANTITIES
+    from tools.sim.signals import QUANTITIES
 
     quantities = [q.strip() for q in args.quantities.split(",") if q.strip()]
     unknown = [q for q in quantities if q not in QUANTITIES]
@@ -318,12 +318,12 @@ def _run(args: argparse.Namespace, model: DemoModel, data: Path, stop: threading
 
     from service.api.app import create_app
     from service.config import Settings
-    from service.localservers import free_port
-    from service.sim.broker import EmbeddedBroker
-    from service.sim.live import FleetClock, SimReading, TruthLog
-    from service.sim.mqttout import MqttOut
-    from service.sim.runner import SimRunner
-    from service.sim.signals import DEMO_SEED, demo_fleet
+    from tools.localservers import free_port
+    from tools.sim.broker import EmbeddedBroker
+    from tools.sim.live import FleetClock, SimReading, TruthLog
+    from tools.sim.mqttout import MqttOut
+    from tools.sim.runner import SimRunner
+    from tools.sim.signals import DEMO_SEED, demo_fleet
 
     t_start = time.monotonic()
     term = Terminal()
