@@ -20,6 +20,10 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
  && pip install --only-binary=:all: -r /tmp/requirements.txt
 COPY README.md ./
 COPY service ./service
+# tools: simulator, demo, benchmarks (`sensorcast demo|simulate|bench`); evaluation: NAB.
+# Neither needs torch; training is there for the `train` target.
+COPY tools ./tools
+COPY evaluation ./evaluation
 COPY training ./training
 RUN pip install --no-deps . \
  && python -c "import service.api.app, service.serve, onnxruntime" \

@@ -47,7 +47,7 @@ test-fast: $(VENV)/.installed  ## unit and contract tests only
 	$(PY) -m pytest -q -m "not integration and not browser and not slow"
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check service training tests
+	$(VENV)/bin/ruff check service tools evaluation training tests
 	$(VENV)/bin/mypy service
 
 bench: bench-ingest bench-inference bench-latency
@@ -65,7 +65,7 @@ bench-ett: $(VENV)/.installed
 	$(PY) -m training.bench_ett --data $(DATA)/ett/ETTh1.csv
 
 bench-nab: $(VENV)/.installed
-	$(PY) -m training.bench_nab --data $(DATA)/nab
+	$(PY) -m evaluation.nab --data $(DATA)/nab
 
 # The full 60 s database outage here; CI (make test) uses the tests' short default.
 FAULT_OUTAGE_S ?= 60

@@ -9,7 +9,7 @@ across streams of any scale or noise level. Once an event has raised the peak, i
 aftermath scores lower: repeated alerts for one incident are damped by construction.
 
 On NAB this post-processing did better than a Gaussian anomaly likelihood
-(``service.anomaly.likelihood``): see docs/nab.md for the measured comparison.
+(``evaluation.nab.likelihood``): see docs/nab.md for the measured comparison.
 
 Vectorised over stream rows like ``service.anomaly.scoring.SpreadScorer``: per-row state
 lives in arrays, ``update(rows, raw)`` advances the given rows by one step (each row at

@@ -1,4 +1,4 @@
-"""``python -m training.bench_nab`` end to end on a tiny synthetic corpus, and the doctests
+"""``python -m evaluation.nab`` end to end on a tiny synthetic corpus, and the doctests
 of the online scorers it relies on."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import evaluation.nab.likelihood
 import service.anomaly.edge
-import service.anomaly.likelihood
 import service.anomaly.novelty
 import service.anomaly.peak
 import service.anomaly.surprise
-from training import bench_nab
+from evaluation.nab import bench as bench_nab
 
 PROFILES = {
     "standard": {"CostMatrix": {"tpWeight": 1.0, "fnWeight": 1.0, "fpWeight": 0.11, "tnWeight": 1.0}},
@@ -62,7 +62,7 @@ def test_bench_entry_refuses_a_missing_corpus(tmp_path: Path) -> None:
     assert bench_nab.main(["--data", str(tmp_path)]) == 2
 
 
-@pytest.mark.parametrize("module", [service.anomaly.edge, service.anomaly.likelihood,
+@pytest.mark.parametrize("module", [service.anomaly.edge, evaluation.nab.likelihood,
                                     service.anomaly.novelty, service.anomaly.peak, service.anomaly.surprise])
 def test_docstring_examples_run(module: object) -> None:
     result = doctest.testmod(module)  # type: ignore[arg-type]

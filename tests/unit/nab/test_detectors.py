@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evaluation.nab.corpus import DataFile
+from evaluation.nab.detectors import ResidualDetector, windowed_gaussian
+from evaluation.nab.live import LiveConfig, run_live
+from evaluation.nab.persistence import write_model
 from service.runtime.manifest import load_manifest
 from service.runtime.session import OrtRuntime
-from training.nab.corpus import DataFile
-from training.nab.detectors import ResidualDetector, windowed_gaussian
-from training.nab.live import LiveConfig, run_live
-from training.nab.persistence import write_model
 
 T0 = np.datetime64("2020-01-01T00:00:00", "s")
 
@@ -72,7 +72,7 @@ def test_residual_detector_twin_scores_in_unit_interval() -> None:
 
 
 def test_engine_path_gives_the_same_scores_as_the_direct_path(tmp_path: Path) -> None:
-    from training.nab.engine_run import run_engine
+    from evaluation.nab.engine_run import run_engine
 
     folder = write_model(tmp_path)
     # Default LiveConfig == the engine's surprise scorer with nab_settings(): the engine's own
@@ -88,7 +88,7 @@ def test_engine_path_gives_the_same_scores_as_the_direct_path(tmp_path: Path) ->
 
 
 def test_nab_scorer_uses_the_model_scale_when_given() -> None:
-    from training.nab.live import NabScorer
+    from evaluation.nab.live import NabScorer
 
     cfg = LiveConfig(learning_steps=10, min_residuals=5, range_tolerance=1e12)  # residual path only
     learnt, told = NabScorer(1, cfg), NabScorer(1, cfg)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.nab.corpus import load_corpus, load_profiles, probation_length
-from training.nab.engine_run import run_engine
-from training.nab.persistence import write_model
-from training.nab.run import label_column, score_run, write_results
+from evaluation.nab.corpus import load_corpus, load_profiles, probation_length
+from evaluation.nab.engine_run import run_engine
+from evaluation.nab.persistence import write_model
+from evaluation.nab.run import label_column, score_run, write_results
 
 FILES = ["artificialWithAnomaly/art_daily_jumpsup.csv", "realAWSCloudwatch/ec2_cpu_utilization_ac20cd.csv"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.anomaly.likelihood import AnomalyLikelihood, LikelihoodConfig
+from evaluation.nab.likelihood import AnomalyLikelihood, LikelihoodConfig
 from service.anomaly.novelty import RangeNovelty
 from service.anomaly.peak import PeakRatio
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.nab.corpus import CostProfile, DataFile, probation_length
-from training.nab.scoring import (
+from evaluation.nab.corpus import CostProfile, DataFile, probation_length
+from evaluation.nab.scoring import (
     MAX_TP,
     build_sweep,
     score_at,

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.nab.corpus import DataFile
+from evaluation.nab.live import stack
 from service.backtest import BacktestRow, backtest_frame
 from service.config import Settings
 from service.runtime.manifest import load_manifest
 from service.runtime.registry import ModelRegistry
-from training.nab.corpus import DataFile
-from training.nab.live import stack
 
 T0_NS = 1_600_000_200 * 1_000_000_000  # synthetic row clock (the real timestamps stay in the files)
 

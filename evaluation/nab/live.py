@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from evaluation.nab.corpus import DataFile
 from service.anomaly.surprise import SurpriseConfig, SurpriseScorer
 from service.runtime.manifest import load_manifest
 from service.runtime.session import OrtRuntime
-from training.nab.corpus import DataFile
 
 F64 = npt.NDArray[np.float64]
 IntArr = npt.NDArray[np.intp]

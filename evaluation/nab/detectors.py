@@ -5,8 +5,8 @@ every score using only the rows up to and including its own.
   used to cross-check our scorer against the published 39.6.
 - ``ResidualDetector``: sensorcast's detector. A one-step forecast, the residual in units
   of an online robust spread (anomalous residuals do not widen the spread), then the
-  anomaly likelihood of ``service.anomaly.likelihood``. The forecasts come from a
-  ``Forecaster``: a numpy twin here, or the service's ONNX step models (``training.nab.live``).
+  anomaly likelihood of ``evaluation.nab.likelihood``. The forecasts come from a
+  ``Forecaster``: a numpy twin here, or the service's ONNX step models (``evaluation.nab.live``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.anomaly.likelihood import AnomalyLikelihood, LikelihoodConfig, normal_tail
+from evaluation.nab.likelihood import AnomalyLikelihood, LikelihoodConfig, normal_tail
 
 Detector = Callable[[np.ndarray], np.ndarray]
 

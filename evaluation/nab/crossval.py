@@ -5,7 +5,7 @@ half, the post-processing settings that score best on it are picked from a small
 and then scored on the *other* half, with NAB's protocol (one threshold optimised per
 half). The held-out numbers estimate what the detector does on data it was not tuned on.
 
-    python -m training.nab.crossval --data ../shared/data/nab
+    python -m evaluation.nab.crossval --data ../shared/data/nab
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.nab.corpus import load_corpus, load_profiles
-from training.nab.live import LiveConfig, run_live
-from training.nab.persistence import write_model
-from training.nab.scoring import score_corpus
+from evaluation.nab.corpus import load_corpus, load_profiles
+from evaluation.nab.live import LiveConfig, run_live
+from evaluation.nab.persistence import write_model
+from evaluation.nab.scoring import score_corpus
 
 GRID = {
     "peak_window": (10, 20, 30),

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from training.nab.corpus import CostProfile, DataFile
-from training.nab.detectors import Detector
-from training.nab.scoring import ProfileResult, score_corpus, sweep_weights, window_rows
+from evaluation.nab.corpus import CostProfile, DataFile
+from evaluation.nab.detectors import Detector
+from evaluation.nab.scoring import ProfileResult, score_corpus, sweep_weights, window_rows
 
 
 @dataclass(frozen=True, slots=True)

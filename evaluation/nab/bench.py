@@ -1,10 +1,10 @@
 """NAB benchmark: run detectors over all 58 files, write NAB result files, score them.
 
-    python -m training.bench_nab --data ../shared/data/nab          (make bench-nab)
+    python -m evaluation.nab --data ../shared/data/nab          (make bench-nab)
 
 Detectors: ``sensorcast`` (an ONNX step model served by the service's inference engine,
-scored by the engine itself with ``anomaly.scorer="surprise"``; see ``training.nab.engine_run``;
-``--path direct`` runs the same scorer straight off the ONNX runtime, ``training.nab.live``), ``windowed_gaussian`` (NAB's baseline, to cross-check the scorer
+scored by the engine itself with ``anomaly.scorer="surprise"``; see ``evaluation.nab.engine_run``;
+``--path direct`` runs the same scorer straight off the ONNX runtime, ``evaluation.nab.live``), ``windowed_gaussian`` (NAB's baseline, to cross-check the scorer
 against its published 39.6) and ``gaussian_likelihood`` (persistence residual + a
 Numenta-style Gaussian anomaly likelihood, the post-processing sensorcast did not pick).
 Scores are normalised NAB scores (null detector 0, perfect 100) under the three profiles,
@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from service.anomaly.likelihood import LikelihoodConfig
-from training.nab.corpus import PROFILES, load_corpus, load_profiles
-from training.nab.detectors import ResidualConfig, ResidualDetector, windowed_gaussian
-from training.nab.engine_run import run_engine
-from training.nab.live import LiveConfig, run_live
-from training.nab.persistence import write_model
-from training.nab.run import DetectorRun, run_detector, score_run, write_results
-from training.nab.scoring import ProfileResult
+from evaluation.nab.corpus import PROFILES, load_corpus, load_profiles
+from evaluation.nab.detectors import ResidualConfig, ResidualDetector, windowed_gaussian
+from evaluation.nab.engine_run import run_engine
+from evaluation.nab.likelihood import LikelihoodConfig
+from evaluation.nab.live import LiveConfig, run_live
+from evaluation.nab.persistence import write_model
+from evaluation.nab.run import DetectorRun, run_detector, score_run, write_results
+from evaluation.nab.scoring import ProfileResult
 
 # Published standard / low-FP / low-FN scores (NAB scoreboard, v1.1 data).
 SCOREBOARD = {
@@ -143,10 +143,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json is not None:
         doc = {
-            "benchmark": "NAB v1.1 corpus, own scorer (training/nab/scoring.py)",
-            "command": "python -m training.bench_nab " + " ".join(sys.argv[1:]),
+            "benchmark": "NAB v1.1 corpus, own scorer (evaluation/nab/scoring.py)",
+            "command": "python -m evaluation.nab " + " ".join(sys.argv[1:]),
             "sensorcast_path": args.path,
-            "model": str(model) if args.model is not None else "nab-persistence/1 (training/nab/persistence.py)",
+            "model": str(model) if args.model is not None else "nab-persistence/1 (evaluation/nab/persistence.py)",
             "files": len(files),
             "rows": n_rows,
             "windows": sum(len(f.windows) for f in files),
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.bench_nab", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m evaluation.nab", description=__doc__.splitlines()[0])
     add_arguments(p)
     return run(p.parse_args(argv))
 

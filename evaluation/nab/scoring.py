@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.nab.corpus import CostProfile, DataFile, probation_length
+from evaluation.nab.corpus import CostProfile, DataFile, probation_length
 
 OUTSIDE = -1  # window id of rows outside every window
 
