@@ -23,9 +23,10 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.auth import ApiKeys, AuthError, check_exposure, is_loopback
 from service.api.limits import BodyLimitMiddleware
-from service.api.routes import alerts, health, models, predict, readings, streams
+from service.api.routes import alerts, health, models, points, predict, readings, streams
 from service.api.schemas import ErrorOut
 from service.config import Settings
+from service.dashboard import mount as mount_dashboard
 from service.errors import DecodeError, ModelError, SpoolFullError, StoreError
 from service.metrics import Metrics
 from service.pipeline import Pipeline
@@ -88,17 +89,13 @@ def create_app(
     app.state.pipeline = pipeline
     app.state.api_keys = keys
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.api.max_body_bytes)
-    for module in (streams, predict, readings, alerts, models, health):
+    # points last: the OpenAPI document keeps the order it had when the dashboard added it.
+    for module in (streams, predict, readings, alerts, models, health, points):
         app.include_router(module.router)
     _log_access(app, keys, settings.api.host)
     _add_error_handlers(app)
     _honest_security_in_openapi(app, app.state.api_keys)
-    try:
-        from service.dashboard import mount  # DEPLOY's static dashboard, when installed
-    except ImportError:
-        log.debug("no dashboard package: serving the API only")
-    else:
-        mount(app)
+    mount_dashboard(app)
     return app
 
 
