@@ -1,6 +1,6 @@
 """``sensorcast demo``: the whole job on a bare machine, in one process.
 
-    embedded MQTT broker (amqtt)  <──  simulator (service/sim, scheduled anomalies)
+    embedded MQTT broker (amqtt)  <──  simulator (tools/sim, scheduled anomalies)
              │
              v
     serve pipeline: ingest ──> SQLite ──> engine (demo model, ONNX) ──> alerts (MQTT)

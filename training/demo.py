@@ -1,4 +1,4 @@
-"""Train the shipped demo model on the project's own simulator (service/sim/signals.py).
+"""Train the shipped demo model on the project's own simulator (tools/sim/signals.py).
 
     python -m training.demo [--models-dir models] [--version 1] [--steps 4000]
 

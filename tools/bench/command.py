@@ -1,6 +1,6 @@
 """``sensorcast bench NAME``: benchmarks that print measured numbers.
 
-Each benchmark lives in ``service/benchmarks/<name>.py`` with ``add_arguments`` and ``run``.
+Each benchmark lives in ``tools/bench/<name>.py`` with ``add_arguments`` and ``run``.
 """
 
 from __future__ import annotations

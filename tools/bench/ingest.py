@@ -1,6 +1,6 @@
 """``sensorcast bench ingest``: sustained readings/s from MQTT (QoS 1) into the store.
 
-Starts its own mosquitto and influxd (service/localservers.py), then for each target:
+Starts its own mosquitto and influxd (tools/localservers.py), then for each target:
 
 * ``ceiling``: a bare subscriber (QoS 1, automatic acks) that only counts messages, on the
   same paho client class as the ingester (service/ingest/leanclient.py);

@@ -1,7 +1,7 @@
 """``sensorcast bench soak``: the whole stack under steady load for minutes, verified.
 
-Starts mosquitto and influxd (service/localservers.py), the real ``sensorcast serve``
-process (service/benchmarks/serveproc.py) and a publisher process, then publishes
+Starts mosquitto and influxd (tools/localservers.py), the real ``sensorcast serve``
+process (tools/bench/serveproc.py) and a publisher process, then publishes
 ``--rate`` readings/s spread over ``--streams`` streams (one reading per stream every
 ``streams / rate`` seconds, QoS 1, real-time timestamps) for ``--duration`` seconds.
 Half-way through, ``--anomalies`` streams get a burst of large, alternating spikes.
@@ -15,7 +15,7 @@ It reports, as measured numbers:
   bucket upper bounds) and stream-steps computed;
 * alerts emitted on the injected streams (detected / injected) and elsewhere.
 
-Default model: a kit GRU (random weights, service/runtime/modelkit.py) with a 1 s
+Default model: a kit GRU (random weights, tools/modelkit.py) with a 1 s
 cadence, so the benchmark needs nothing trained; ``--models-dir`` uses real models
 (the quantity published is ``--quantity``, which must be one of its features).
 """
