@@ -48,7 +48,7 @@ test-fast: $(VENV)/.installed  ## unit and contract tests only
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check service tools evaluation training tests
-	$(VENV)/bin/mypy service
+	$(VENV)/bin/mypy service tools evaluation
 
 bench: bench-ingest bench-inference bench-latency
 
