@@ -1,4 +1,5 @@
-"""Shared fixtures: real mosquitto and influxd on free loopback ports, data paths.
+"""Shared fixtures: real mosquitto and influxd on free loopback ports, data paths; and
+the markers every test gets from where it lives and what it uses.
 
 Servers are started by the fixtures themselves, never found already running. Session
 fixtures are shared and must be left running; tests that kill or restart a server use
@@ -18,6 +19,36 @@ from tools.localservers import Influxd, Mosquitto, start_influxd, start_mosquitt
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("SENSORCAST_BENCH_DATA", REPO.parent / "shared" / "data"))
+
+# Markers a test gets from its folder (the first part of its path under tests/), so that
+# a file cannot forget them: `make test-fast` deselects `integration`, and a test there
+# without the mark started a real broker (tests/integration/test_loadgen.py did).
+FOLDER_MARKS: dict[str, tuple[str, ...]] = {
+    "integration": ("integration",),  # real servers, or `sensorcast` processes
+    "faults": ("integration",),  # the same, killed, slowed and filled up on purpose
+    "security": ("integration",),  # TLS brokers and served APIs
+    "artefact": ("artefact",),  # trains and exports with torch
+}
+# Markers a test gets from the fixtures it uses (directly or through other fixtures),
+# wherever it lives: a unit or hostile test that asks for a server is an integration test.
+FIXTURE_MARKS: dict[str, str] = {
+    "mosquitto": "integration",
+    "influxd": "integration",
+    "fresh_mosquitto": "integration",
+    "fresh_influxd": "integration",
+    "shared_data": "bench_data",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        rel = item.path.resolve().relative_to(tests_dir)
+        wanted = set(FOLDER_MARKS.get(rel.parts[0], ())) if len(rel.parts) > 1 else set()
+        wanted.update(FIXTURE_MARKS[f] for f in getattr(item, "fixturenames", ()) if f in FIXTURE_MARKS)
+        have = {m.name for m in item.iter_markers()}
+        for name in sorted(wanted - have):
+            item.add_marker(getattr(pytest.mark, name))
 
 
 def _need(binary: str) -> None:
