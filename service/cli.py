@@ -2,7 +2,9 @@
 
 Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; modules
 are imported only when their command runs, so ``sensorcast serve`` never imports torch
-and ``train``/``evaluate`` (in ``training/``) load it only when called.
+and ``train``/``evaluate`` (in ``training/``) load it only when called. ``simulate``,
+``replay``, ``demo`` and ``bench`` live in ``tools/``: this module sits at the top of the
+import graph and is the only one in ``service/`` that names them.
 
 Settings that are invalid or contradictory (a pydantic ``ValidationError``, a
 ``ConfigError``) end the command with their message and exit code 2, not a traceback.

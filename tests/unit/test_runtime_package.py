@@ -1,7 +1,8 @@
 """service/ holds only the runtime (issue #10): it never imports tools/, evaluation/ or
 training/ (the ``sensorcast`` command names their modules as strings and imports them
-only when their subcommand runs), and the dashboard serves static files without reaching
-into the API, whose v1 routes, ``/v1/points`` included, are all registered by the app."""
+only when their subcommand runs); tools/ and evaluation/ need no torch; and the dashboard
+serves static files without reaching into the API, whose v1 routes, ``/v1/points``
+included, are all registered by the app."""
 
 from __future__ import annotations
 
@@ -37,6 +38,18 @@ def test_service_imports_no_tools_evaluation_or_training() -> None:
         if name.split(".")[0] in OUTSIDE
     }
     assert not bad, sorted(bad)
+
+
+def test_tools_and_evaluation_need_no_torch_and_only_the_model_builders_need_onnx() -> None:
+    found = {
+        (f"{path.relative_to(SERVICE.parent)}", name.split(".")[0])
+        for top in ("tools", "evaluation")
+        for path in (SERVICE.parent / top).rglob("*.py")
+        for name in _imports(path)
+        if name.split(".")[0] in ("torch", "training", "onnx")
+    }
+    # onnx (the train extra) only to build models, imported inside the builder functions.
+    assert found == {("tools/modelkit.py", "onnx"), ("evaluation/nab/persistence.py", "onnx")}
 
 
 def test_dashboard_does_not_import_the_api() -> None:
