@@ -151,11 +151,22 @@ class Reading:
         return datetime.fromtimestamp(self.ts_ns // 1000 / 1_000_000, tz=UTC)
 
 
+def stream_id_of(key: StreamKey, multivariate: bool) -> str:
+    """The engine's id of the stream ``key`` names: ``key.device_id`` for a multivariate
+    (device) stream, whose key's quantity is ``*``; ``key.id`` otherwise."""
+    return key.device_id if multivariate else key.id
+
+
 @dataclass(frozen=True, slots=True)
 class Forecast:
-    """A forecast for one stream made at ``ts_ns`` for ``horizon`` steps of ``cadence_s``."""
+    """A forecast for one stream made at ``ts_ns`` for ``horizon`` steps of ``cadence_s``.
 
-    stream_id: str
+    ``key`` is the stream's key (None: not a stream's, e.g. ``POST /v1/predict``). A
+    multivariate (device) stream's key has quantity ``*`` and ``multivariate`` is True: its
+    id is the device's (``stream_id``), and the forecast covers every output feature.
+    """
+
+    key: StreamKey | None
     ts_ns: int
     cadence_s: float
     features: tuple[str, ...]
@@ -163,6 +174,12 @@ class Forecast:
     scale: tuple[tuple[float, ...], ...] | None  # (H, F_out) predicted spread, or None
     model: str
     model_version: str
+    multivariate: bool = False
+
+    @property
+    def stream_id(self) -> str:
+        """The stream's id (``StreamKey.id`` or ``device_id``); "" when not a stream's."""
+        return "" if self.key is None else stream_id_of(self.key, self.multivariate)
 
 
 AlertState = Literal["firing", "resolved"]
@@ -170,10 +187,14 @@ AlertState = Literal["firing", "resolved"]
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """A state change of a stream's anomaly decision, explained."""
+    """A state change of a stream's anomaly decision, explained.
 
-    stream_id: str
-    device: str
+    ``key`` is the stream's key (for a multivariate stream: quantity ``*``, and
+    ``multivariate`` True); ``quantity`` is what the numbers refer to: the stream's
+    quantity, or a multivariate stream's worst output feature.
+    """
+
+    key: StreamKey
     quantity: str
     state: AlertState
     ts_ns: int
@@ -186,3 +207,12 @@ class Alert:
     model_version: str
     warm: bool
     extra: dict[str, str] = field(default_factory=dict)
+    multivariate: bool = False
+
+    @property
+    def stream_id(self) -> str:
+        return stream_id_of(self.key, self.multivariate)
+
+    @property
+    def device(self) -> str:
+        return self.key.device

@@ -11,10 +11,9 @@ from fastapi.testclient import TestClient
 
 from service.api.app import create_app
 from service.config import Settings
-from service.ingest.ingester import Ingester
 from service.metrics import Metrics
-from service.pipeline import Pipeline
-from service.records import Alert, Forecast
+from service.pipeline import Pipeline, build_ingester
+from service.records import Alert, Forecast, StreamKey
 from service.store.memory import MemoryStore
 from tests.apitwin import TwinEngine, TwinStatus
 
@@ -41,11 +40,11 @@ def populated_twin() -> TwinEngine:
         None, None, None, None,
     )
     e.forecasts["pump-1/temperature"] = Forecast(
-        "pump-1/temperature", T0, 60.0, ("value",), ((21.0,), (21.5,), (22.0,)), ((1.0,), (2.0,), (3.0,)), "twin", "1"
+        StreamKey("pump-1", "temperature"), T0, 60.0, ("value",), ((21.0,), (21.5,), (22.0,)), ((1.0,), (2.0,), (3.0,)), "twin", "1"
     )
     for i, state in enumerate(("firing", "resolved")):
         e.alerts.append(Alert(
-            "pump-1/temperature", "pump-1", "temperature", state, T0 + i * MIN, 90.0, 20.0, 18.0, 22.0,  # type: ignore[arg-type]
+            StreamKey("pump-1", "temperature"), "temperature", state, T0 + i * MIN, 90.0, 20.0, 18.0, 22.0,  # type: ignore[arg-type]
             9.5, "twin", "1", True,
         ))
     return e
@@ -66,7 +65,7 @@ def harness(tmp: Path, **api: object) -> Iterator[Harness]:
     metrics = Metrics()
     engine = populated_twin()
     store = MemoryStore()
-    ingester = Ingester(settings, store, metrics, sinks=[engine.accept], mqtt=False)
+    ingester = build_ingester(settings, store, metrics, sinks=[engine.accept], mqtt=False)
     pipeline = Pipeline(settings, metrics, store=store, engine=engine, ingester=ingester, decoder=ingester.decoder)
     pipeline.start()
     try:

@@ -17,7 +17,7 @@ import numpy as np
 from service.errors import ModelError
 from service.records import Alert, Forecast, Reading
 from service.runtime.manifest import Manifest
-from service.streams.status import ForecastLookup
+from service.streams.status import ForecastLookup, ModelInfo
 
 
 @dataclass
@@ -48,6 +48,11 @@ def twin_manifest(name: str = "twin", version: str = "1") -> Manifest:
 
 
 @dataclass
+class TwinRegistry:
+    errors: dict[str, str] = field(default_factory=dict)  # what the last reload refused
+
+
+@dataclass
 class TwinEngine:
     statuses: dict[str, TwinStatus] = field(default_factory=dict)
     forecasts: dict[str, Forecast] = field(default_factory=dict)
@@ -55,6 +60,7 @@ class TwinEngine:
     manifests: list[Manifest] = field(default_factory=lambda: [twin_manifest()])
     accepted: list[Reading] = field(default_factory=list)
     reloads: int = 0
+    registry: TwinRegistry = field(default_factory=lambda: TwinRegistry())
     busy: bool = False  # lookup_forecast answers "a write overlapped": the route must take the locked path
 
     def accept(self, readings: Sequence[Reading]) -> None:
@@ -96,13 +102,22 @@ class TwinEngine:
         seen = x[~np.isnan(x[:, 0]), 0]
         last = float(seen[-1]) if seen.size else 0.0
         return Forecast(
-            stream_id="", ts_ns=int(timestamps_ns[-1]), cadence_s=cadence_s or m.cadence_s,
+            key=None, ts_ns=int(timestamps_ns[-1]), cadence_s=cadence_s or m.cadence_s,
             features=tuple(m.output_features), mean=tuple((last,) for _ in range(m.horizon)),
             scale=tuple((1.0,) for _ in range(m.horizon)), model=m.name, model_version=m.version,
         )
 
-    def models(self) -> list[Manifest]:
-        return list(self.manifests)
+    def models(self) -> list[ModelInfo]:
+        return [
+            ModelInfo(
+                name=m.name, version=m.version, kind=m.kind, cell=m.cell, features=tuple(m.features),
+                output_features=tuple(m.output_features), time_features=tuple(m.time_features),
+                cadence_s=m.cadence_s, horizon=m.horizon, warmup_steps=m.warmup_steps,
+                probabilistic=m.probabilistic, default_threshold=m.default_threshold, sha256=m.sha256,
+                created_at=m.created_at.isoformat(), streams=0, metrics=m.metrics,
+            )
+            for m in self.manifests
+        ]
 
     def reload_models(self) -> dict[str, Any]:
         self.reloads += 1

@@ -29,16 +29,25 @@ Vectorised over a batch of rows; histories are bitmasks (N <= 63).
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
-from service.arrays import F64, I64, IntArr
+from service.arrays import F64, I64, Col, IntArr, RowArrays
 
 
 def default_clear(threshold: float) -> float:
     return max(0.5, 1.0 - 2.0 * (1.0 - threshold))
 
 
-class Decider:
+_I64_MIN = int(np.iinfo(np.int64).min)
+
+
+class Decider(RowArrays):
+    prefix = "decider."  # checkpoint keys
+    hot = Col(np.uint64, fill=0)  # last N steps, bit 1: score >= threshold
+    warm = Col(np.uint64, fill=0)  # last N steps, bit 1: score >= clear threshold
+    firing = Col(np.bool_, fill=False)
+    quiet_until = Col(np.int64, fill=_I64_MIN)  # cooldown: no new firing before (stream time, ns)
+    row_threshold = Col(np.float64, fill=np.nan, reset=False)  # per-stream override; NaN: the default
+
     def __init__(
         self, threshold: float, clear_threshold: float | None, min_count: int, window: int, cooldown_ns: int
     ) -> None:
@@ -55,29 +64,10 @@ class Decider:
         self.window = window
         self.cooldown_ns = cooldown_ns
         self._mask = np.uint64((1 << window) - 1)
-        self.hot: npt.NDArray[np.uint64] = np.zeros(0, np.uint64)
-        self.warm: npt.NDArray[np.uint64] = np.zeros(0, np.uint64)
-        self.firing: npt.NDArray[np.bool_] = np.zeros(0, bool)
-        self.quiet_until: I64 = np.zeros(0, np.int64)
-        self.row_threshold: F64 = np.zeros(0)  # NaN: use the default
+        super().__init__()
 
-    def grow(self, capacity: int) -> None:
-        old = self.hot.shape[0]
-        if capacity <= old:
-            return
-        extra = capacity - old
-        self.hot = np.concatenate([self.hot, np.zeros(extra, np.uint64)])
-        self.warm = np.concatenate([self.warm, np.zeros(extra, np.uint64)])
-        self.firing = np.concatenate([self.firing, np.zeros(extra, bool)])
-        self.quiet_until = np.concatenate([self.quiet_until, np.full(extra, np.iinfo(np.int64).min)])
-        self.row_threshold = np.concatenate([self.row_threshold, np.full(extra, np.nan)])
-
-    def reset(self, rows: IntArr) -> None:
-        """Forget history (firing state is reset too: the caller emits 'resolved' first)."""
-        self.hot[rows] = 0
-        self.warm[rows] = 0
-        self.firing[rows] = False
-        self.quiet_until[rows] = np.iinfo(np.int64).min
+    # ``reset(rows)`` (from RowArrays) forgets the history and the firing state (the caller
+    # emits 'resolved' first) and keeps a per-stream threshold; ``clear(rows)`` drops that too.
 
     def thresholds(self, rows: IntArr) -> tuple[F64, F64]:
         """(fire, clear) thresholds for these rows."""

@@ -20,6 +20,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,11 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from service.errors import ModelError
 from service.records import StreamKey
+from service.runtime.registry import LoadedModel, ModelRegistry
+from service.streams.lane import Lane, Stream
+from service.streams.slots import StreamSlots
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +142,93 @@ def remove_others(directory: Path, keep: set[str]) -> None:
     for path in directory.glob(f"*{SUFFIX}"):
         if path.name[: -len(SUFFIX)] not in keep:
             path.unlink(missing_ok=True)
+
+
+# -- the engine's side: taking rows out under its lock, writing them after, restoring ----
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """One lane's rows in use, copied under the engine's lock."""
+
+    lane: Lane
+    name: str
+    streams: list[Stream]
+    arrays: Arrays
+
+
+def take(lanes: Mapping[str, Lane]) -> list[Taken]:
+    """Under the engine's lock: copies of every lane's occupied rows (fast)."""
+    out = []
+    for name, lane in lanes.items():
+        rows = np.flatnonzero(lane.occupied)
+        owners = lane.owners
+        streams = [st for st in (owners[r] for r in rows.tolist()) if st is not None]
+        out.append(Taken(lane, name, streams, lane.export_rows(rows)))
+    return out
+
+
+def save(directory: Path, taken: list[Taken]) -> int:
+    """Off the lock: one file per lane (stream identities never change, so the JSON is
+    built here), other lanes' files removed; returns the streams saved."""
+    for t in taken:
+        m = t.lane.model
+        meta = {
+            "model": m.name, "version": m.version, "sha256": m.manifest.sha256, "saved_ns": time.time_ns(),
+            "streams": [
+                {"id": st.id, "device": st.device, "quantity": st.quantity,
+                 "tags": [list(tag) for tag in st.tags], "key": [st.keys[0].device, st.keys[0].quantity]}
+                for st in t.streams
+            ],
+        }
+        write(directory, t.name, meta, t.arrays)
+    remove_others(directory, {t.name for t in taken})
+    return sum(len(t.streams) for t in taken)
+
+
+def restore(directory: Path, registry: ModelRegistry, slots: StreamSlots, restored: Callable[[Stream], None]) -> int:
+    """Bind the streams of every checkpoint whose model still matches and load their rows;
+    ``restored`` is told of each. Returns the streams restored."""
+    count = 0
+    for path, meta, arrays in read_all(directory):
+        try:
+            loaded = registry.get(meta["model"], meta["version"])
+        except ModelError as e:
+            log.warning("checkpoint %s skipped: %s", path, e)
+            continue
+        if loaded.manifest.sha256 != meta["sha256"]:
+            log.warning("checkpoint %s skipped: model %s changed since", path, loaded.key)
+            continue
+        try:
+            count += _restore_lane(slots, loaded, meta, arrays, restored)
+        except (KeyError, ValueError, TypeError, IndexError) as e:  # a damaged file: warm from the store
+            log.error("checkpoint %s unusable, those streams warm from the store: %s", path, e)
+    log.info("restored %d streams from checkpoints", count)
+    return count
+
+
+def _restore_lane(
+    slots: StreamSlots, loaded: LoadedModel, meta: dict[str, Any], arrays: Arrays, restored: Callable[[Stream], None]
+) -> int:
+    streams: list[Stream] = []
+    src: list[int] = []
+    for i, s in enumerate(meta["streams"]):
+        key = StreamKey(s["key"][0], s["key"][1], tuple((k, v) for k, v in s["tags"]))
+        hit = slots.bind(key)
+        if hit is None or hit.stream.lane.model is not loaded or hit.stream.id != s["id"]:
+            continue  # bindings changed: this stream now warms from the store
+        streams.append(hit.stream)
+        src.append(i)
+    if not streams:
+        return 0
+    lane = streams[0].lane
+    rows = np.array([st.row for st in streams], np.intp)
+    picked = np.array(src, np.intp)
+    try:
+        lane.import_rows(rows, {k: v[picked] for k, v in arrays.items()})  # one gather per array
+    except Exception:
+        lane.wipe(rows)  # no half-restored streams: they warm from the store instead
+        raise
+    for st in streams:
+        restored(st)
+    return len(streams)

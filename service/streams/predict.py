@@ -23,7 +23,7 @@ def predict(
     registry: ModelRegistry,
     model: str,
     version: str | None,
-    values: list[list[float]],
+    values: list[list[float | None]],
     timestamps_ns: list[int] | None = None,
     cadence: float | None = None,
 ) -> Forecast:
@@ -82,7 +82,7 @@ def predict(
         fc, sc = rt.window(win, tfw)
     assert fc is not None
     return Forecast(
-        stream_id="", ts_ns=int(ts[-1]), cadence_s=m.cadence_s, features=tuple(m.output_features),
+        key=None, ts_ns=int(ts[-1]), cadence_s=m.cadence_s, features=tuple(m.output_features),
         mean=tuple(tuple(r) for r in fc[0].tolist()),
         scale=None if sc is None else tuple(tuple(r) for r in sc[0].tolist()),
         model=m.name, model_version=m.version,

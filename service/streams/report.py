@@ -1,4 +1,4 @@
-"""Reading a model table out: stream status, forecasts, alert onsets.
+"""Reading the lanes out: stream status snapshots and records.
 
 The engine gathers the numbers of many rows at once under its lock (``fill_snapshot``:
 a few fancy-indexing gathers per table) and builds the records after releasing it
@@ -13,18 +13,18 @@ Snapshot keys (arrays aligned with the requested ids): ``known``, ``warm``, ``fi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from service.arrays import IntArr
-from service.records import NS_PER_S, Forecast
-from service.runtime.registry import LoadedModel
-from service.streams.status import StreamStatus
-from service.streams.table import ModelTable
+from service.runtime.registry import LoadedModel, ModelRegistry
+from service.streams.emit import forecast_of
+from service.streams.lane import Lane, Stream
+from service.streams.status import ForecastLookup, ModelInfo, StreamStatus
 
 Snapshot = dict[str, npt.NDArray[Any]]
 StreamMeta = tuple[str, str, str, LoadedModel]  # id, device, quantity, model
@@ -41,25 +41,26 @@ def empty_snapshot(n: int) -> Snapshot:
     return out
 
 
-def fill_snapshot(out: Snapshot, t: ModelTable, idx: IntArr, rows: IntArr) -> None:
-    """Write the numbers of table rows ``rows`` into snapshot positions ``idx``."""
-    j = t.top_feature[rows] if t.n_out > 1 else np.zeros(len(rows), np.int64)  # worst output feature
+def fill_snapshot(out: Snapshot, lane: Lane, idx: IntArr, rows: IntArr) -> None:
+    """Write the numbers of lane rows ``rows`` into snapshot positions ``idx``."""
+    t, a = lane.table, lane.anomaly
+    j = a.worst(rows)  # the output feature the numbers refer to
     have = t.warm_have[rows]
-    expected = t.expected[rows, j]
-    half = t.band_z * t.spread[rows, j]
-    i_in = t.out_in[j]
+    expected = a.expected[rows, j]
+    half = a.band_z * a.spread[rows, j]
+    i_in = a.out_in[j]
     value = np.where(i_in >= 0, t.last_x[rows, np.maximum(i_in, 0)], np.nan)
-    scored = ~np.isnan(t.score[rows])
+    scored = ~np.isnan(a.score[rows])
     out["known"][idx] = True
     out["warm_have"][idx] = have
     out["warm_need"][idx] = t.warm_need
     out["feature"][idx] = j
     out["warm"][idx] = have >= t.warm_need
-    out["firing"][idx] = t.decider.firing[rows]
-    out["last_ts_ns"][idx] = np.where(have > 0, t.last_bucket[rows] * t.cadence_ns, -1)
+    out["firing"][idx] = a.decider.firing[rows]
+    out["last_ts_ns"][idx] = np.where(have > 0, t.last_bucket[rows] * lane.cadence_ns, -1)
     out["value"][idx] = np.where(have > 0, value, np.nan)
     out["expected"][idx] = np.where(have > 0, expected, np.nan)
-    out["score"][idx] = t.score[rows]
+    out["score"][idx] = a.score[rows]
     out["lower"][idx] = np.where(scored, expected - half, np.nan)
     out["upper"][idx] = np.where(scored, expected + half, np.nan)
 
@@ -95,25 +96,75 @@ def statuses(meta: Sequence[StreamMeta], snap: Snapshot) -> list[StreamStatus]:
     return out
 
 
-def forecast_of(stream_id: str, t: ModelTable, row: int) -> Forecast | None:
-    """The row's latest forecast (None while warming)."""
-    if t.warm_have[row] < t.warm_need:
-        return None
-    m = t.model.manifest
-    scale = tuple(map(tuple, t.sc[row].astype(np.float64).tolist())) if t.has_scale else None
-    return Forecast(
-        stream_id=stream_id, ts_ns=int(t.last_bucket[row] - t.fc_age[row]) * t.cadence_ns, cadence_s=m.cadence_s,
-        features=tuple(m.output_features), mean=tuple(map(tuple, t.fc[row].astype(np.float64).tolist())),
-        scale=scale, model=t.model.name, model_version=t.model.version,
-    )
+def gather(streams: Mapping[str, Stream], stream_ids: Sequence[str], out: Snapshot) -> None:
+    """Under the engine's lock: the numbers of ``stream_ids`` into ``out`` (one gather per lane)."""
+    groups: dict[int, tuple[Lane, list[int], list[int]]] = {}
+    for i, sid in enumerate(stream_ids):
+        st = streams.get(sid)
+        if st is not None:
+            g = groups.setdefault(st.lane.uid, (st.lane, [], []))
+            g[1].append(i)
+            g[2].append(st.row)
+    for lane, idx_list, row_list in groups.values():
+        fill_snapshot(out, lane, np.array(idx_list, np.intp), np.array(row_list, np.intp))
 
 
-def onset_extra(t: ModelTable, row: int) -> dict[str, str]:
-    """Alert.extra for a firing: where the run of hot steps began (ISO time, value, expected, score)."""
-    ts = int(t.onset_ts[row])
-    return {
-        "onset_time": datetime.fromtimestamp(ts / NS_PER_S, tz=UTC).isoformat(),
-        "onset_value": f"{float(t.onset_value[row]):.6g}",
-        "onset_expected": f"{float(t.onset_expected[row]):.6g}",
-        "onset_score": f"{float(t.onset_score[row]):.6g}",
-    }
+def meta(items: Sequence[Stream]) -> list[StreamMeta]:
+    return [(st.id, st.device, st.quantity, st.lane.model) for st in items]
+
+
+def page(
+    streams: Mapping[str, Stream], ids: list[str], i: int, limit: int, status: str | None, lock: AbstractContextManager[object]
+) -> tuple[list[StreamStatus], str | None]:
+    """Up to ``limit`` statuses of ``ids[i:]`` (in ``status`` if given) and the id to
+    continue after; the lock is taken per chunk of ids, only to gather their numbers."""
+    out: list[StreamStatus] = []
+    while i < len(ids) and len(out) <= limit:
+        chunk = ids[i : i + max(limit, 256)]
+        i += len(chunk)
+        with lock:
+            items = [st for st in map(streams.get, chunk) if st is not None]  # evicted meanwhile: gone
+            info = meta(items)
+            snap = empty_snapshot(len(items))
+            gather(streams, [m[0] for m in info], snap)
+        if status is not None:
+            want = status_mask(snap, status)
+            info = [m for m, w in zip(info, want.tolist(), strict=True) if w]
+            snap = {k: v[want] for k, v in snap.items()}
+        out += statuses(info, snap)
+    if len(out) > limit:  # one more than asked for: there is a next page
+        return out[:limit], out[limit - 1].id
+    return out, None
+
+
+def lookup_forecast(streams: Mapping[str, Stream], stream_id: str) -> ForecastLookup | None:
+    """The latest forecast without the engine's lock (see ``Engine.lookup_forecast``)."""
+    for _ in range(3):
+        st = streams.get(stream_id)  # one dict read: atomic under the GIL
+        if st is None:
+            return ForecastLookup(known=False)
+        lane, row = st.lane, st.row
+        t = lane.table
+        version = t.version
+        if version & 1:
+            continue
+        fc = forecast_of(st)
+        have, need = int(t.warm_have[row]), t.warm_need
+        if t.version == version and st.lane is lane and st.row == row and streams.get(stream_id) is st:
+            return ForecastLookup(known=True, forecast=fc, warm_have=have, warm_need=need)
+    return None
+
+
+def model_infos(registry: ModelRegistry, counts: Mapping[str, int]) -> list[ModelInfo]:
+    """Every loaded model, with how many streams each version serves (``counts`` by key)."""
+    out = []
+    for m in registry.all():
+        mf = m.manifest
+        out.append(ModelInfo(
+            name=m.name, version=m.version, kind=mf.kind, cell=mf.cell, features=tuple(mf.features),
+            output_features=tuple(mf.output_features), time_features=tuple(mf.time_features),
+            cadence_s=mf.cadence_s, horizon=mf.horizon, warmup_steps=mf.warmup_steps,
+            probabilistic=mf.probabilistic, default_threshold=mf.default_threshold, sha256=mf.sha256,
+            created_at=mf.created_at.isoformat(), streams=counts.get(m.key, 0), metrics=mf.metrics,
+        ))
+    return out

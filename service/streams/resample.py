@@ -29,7 +29,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
+from service.arrays import Col, RowArrays
+
 NAN = math.nan
+
+
+class Positions(RowArrays):
+    """Where each row's stream stands in its buckets: the one record of it (see
+    ``resample_batch.BatchResampler``, which alone writes it)."""
+
+    next_bucket = Col(np.int64, fill=-1)  # the next bucket to feed; -1: nothing fed yet
+    last_fed_ts = Col(np.int64, fill=0)  # newest reading time in the buckets fed
+    has_pending = Col(np.bool_, fill=False, saved=False)  # readings wait in the stream's Resampler
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +179,10 @@ class Resampler:
         return Step(b, self._mean(bucket), reset)
 
     def restore(self, next_bucket: int | None, last_fed_ts: int) -> None:
+        self.seek(next_bucket, last_fed_ts)
+        self._pending.clear()
+
+    def seek(self, next_bucket: int | None, last_fed_ts: int) -> None:
+        """Set the position (pending readings stay)."""
         self.next_bucket = next_bucket
         self.last_fed_ts = last_fed_ts
-        self._pending.clear()

@@ -19,7 +19,7 @@ Both are vectorised over rows and carry their per-row state through checkpoints
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import numpy as np
@@ -31,6 +31,7 @@ from service.arrays import F64, I64, IntArr
 from service.config import AnomalySettings
 
 Arrays = dict[str, npt.NDArray[np.generic]]
+Saved = Mapping[str, npt.NDArray[np.generic]]
 
 SPREAD_ALPHA = 0.05  # spread scorer: the spread follows about the last 20 normal steps
 # Surprise scorer threshold when none is set: 0.5 is "the recent surprise equals the
@@ -55,7 +56,7 @@ class RowScorer(Protocol):
 
     def export_rows(self, rows: IntArr) -> Arrays: ...
 
-    def import_rows(self, rows: IntArr, arrays: Arrays) -> None: ...
+    def import_rows(self, rows: IntArr, arrays: Saved) -> None: ...
 
 
 def default_threshold(anomaly: AnomalySettings, model_default: float) -> float:
@@ -107,7 +108,7 @@ class SpreadRows:
     def export_rows(self, rows: IntArr) -> Arrays:
         return {"scorer.abs_ewma": self.scorer.abs_ewma[rows], "scorer.count": self.scorer.count[rows]}
 
-    def import_rows(self, rows: IntArr, arrays: Arrays) -> None:
+    def import_rows(self, rows: IntArr, arrays: Saved) -> None:
         _check(arrays, "scorer.abs_ewma", self.scorer.abs_ewma)
         self.scorer.abs_ewma[rows] = arrays["scorer.abs_ewma"]
         self.scorer.count[rows] = arrays["scorer.count"]
@@ -162,7 +163,7 @@ class SurpriseRows:
             out[f"surprise.{name}"] = a[v].reshape(len(rows), self.n_out, *a.shape[1:])
         return out
 
-    def import_rows(self, rows: IntArr, arrays: Arrays) -> None:
+    def import_rows(self, rows: IntArr, arrays: Saved) -> None:
         v = self._virtual(rows)
         for name, get in self._parts.items():
             a = get()
@@ -175,7 +176,7 @@ class SurpriseRows:
             a[v] = arrays[f"surprise.{name}"].reshape(len(v), *a.shape[1:])
 
 
-def _check(arrays: Arrays, key: str, target: npt.NDArray[np.generic]) -> None:
+def _check(arrays: Saved, key: str, target: npt.NDArray[np.generic]) -> None:
     src = arrays[key]
     if src.shape[1:] != target.shape[1:]:
         raise ValueError(f"checkpoint array {key} has shape {src.shape[1:]}, table has {target.shape[1:]}")

@@ -1,7 +1,10 @@
-"""Stream slots: which stream a reading feeds, its table row, admission limits and eviction.
+"""Stream slots: which stream a reading feeds, its row, admission limits and eviction.
 
-- **Routes.** ``routes`` maps a reading's ``StreamKey`` to its hit (table uid, row, input
-  feature, stream), or to None when no model serves the key or the key was refused. The
+The one owner of binding, rows and eviction: a stream's row in its model's ``Lane`` is
+allocated when it is bound and freed when it is dropped (model change, eviction).
+
+- **Routes.** ``routes`` maps a reading's ``StreamKey`` to its ``Hit`` (lane uid, row,
+  input feature, stream), or to None when no model serves the key or the key was refused. The
   tick looks every reading up there (one dict read); only a key not there yet is bound.
 - **Limits.** A key that would create a stream beyond ``streams.max_streams`` in total or
   ``streams.max_streams_per_device`` for its device is refused for inference: counted
@@ -28,20 +31,20 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 
 from service.config import Settings
 from service.metrics import Metrics
-from service.records import NS_PER_S, StreamKey
+from service.records import NS_PER_S, Reading, StreamKey
 from service.runtime.registry import LoadedModel, ModelRegistry
 from service.streams.binding import Route, route
 from service.streams.evicted import EvictedStates
-from service.streams.resample import Resampler
-from service.streams.table import ModelTable
+from service.streams.lane import Lane, Stream, table_name
 
 if TYPE_CHECKING:
     from service.streams.warmup import Warmup
@@ -52,32 +55,25 @@ NEGATIVE_CAP = 65_536  # unrouted/refused keys remembered (about 20 MB of keys a
 _LOG_EVERY_S = 10.0
 
 
-class Stream:
-    """Mutable per-stream bookkeeping (the numbers live in the model table)."""
+class Hit(NamedTuple):
+    """Where a reading's key goes (a NamedTuple: built once per key, read per reading)."""
 
-    __slots__ = ("device", "features", "id", "keys", "quantity", "res", "row", "table", "tags", "ticket")
-
-    def __init__(self, sid: str, key: StreamKey, rt: Route, table: ModelTable, row: int) -> None:
-        self.id = sid
-        self.device = key.device
-        self.tags = key.tags
-        self.quantity = "*" if rt.multivariate else key.quantity
-        self.features = tuple(table.model.manifest.features)
-        self.keys = (
-            tuple(StreamKey(key.device, f, key.tags) for f in self.features) if rt.multivariate else (key,)
-        )
-        self.table = table
-        self.row = row
-        # Only while the stream is on the slow path (pending buckets): saves memory at 100k streams.
-        self.res: Resampler | None = None
-        self.ticket = 0  # a history read in flight (warmup.py): readings wait, no steps
+    uid: int  # the lane (model) serving it
+    row: int  # the stream's row in that lane
+    feature: int  # the model input feature the reading fills
+    stream: Stream
 
 
-Hit = tuple[int, int, int, Stream]  # table uid, row, input feature, stream
+_UNSEEN = Hit(-1, -1, -1, cast(Stream, None))  # routes.get default: a key not routed yet
 
 
-def table_name(model: LoadedModel) -> str:
-    return f"{model.name}@{model.version}"
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A tick's readings that feed a stream, as parallel lists."""
+
+    hits: list[Hit]
+    ts: list[int]
+    values: list[float]
 
 
 class StreamSlots:
@@ -94,8 +90,8 @@ class StreamSlots:
         self.registry = registry
         self.warm = warm
         self._resolve = resolve  # emits "resolved" for a firing stream that leaves (reason)
-        self.tables: dict[str, ModelTable] = {}
-        self.by_uid: dict[int, ModelTable] = {}
+        self.lanes: dict[str, Lane] = {}  # "model@version" -> its lane
+        self.by_uid: dict[int, Lane] = {}
         self.streams: dict[str, Stream] = {}
         self.routes: dict[StreamKey, Hit | None] = {}
         self._negative: list[StreamKey] = []  # keys routed to None, in the order added
@@ -116,7 +112,22 @@ class StreamSlots:
         self.members = 0  # bumped when a stream comes or goes (the API's sorted-id cache)
         self._sorted: tuple[int, list[str]] = (-1, [])
 
-    # ------------------------------------------------------------ binding
+    # ------------------------------------------------------------ routing
+
+    def route(self, readings: Sequence[Reading]) -> Routed:
+        """The readings that feed a stream, with where they go (new keys are bound here)."""
+        routes, bind = self.routes, self.bind
+        hits: list[Hit] = []
+        tss: list[int] = []
+        vals: list[float] = []
+        for r in readings:
+            found = routes.get(r.stream, _UNSEEN)
+            hit = bind(r.stream) if found is _UNSEEN else found
+            if hit is not None:
+                hits.append(hit)
+                tss.append(r.ts_ns)
+                vals.append(r.value)
+        return Routed(hits, tss, vals)
 
     def bind(self, key: StreamKey) -> Hit | None:
         rt = route(key, self.registry, self.settings.models.bindings)
@@ -124,7 +135,7 @@ class StreamSlots:
             self._remember_none(key)
             return None
         st = self.streams.get(rt.stream_id)
-        if st is None or st.table.model is not rt.model:
+        if st is None or st.lane.model is not rt.model:
             if st is not None:  # the stream moved to another model: start it over
                 self.drop(st, reason="model changed")
             refused = self._over_limit(key.device)
@@ -132,29 +143,26 @@ class StreamSlots:
                 self._refuse(key, rt.stream_id, refused)
                 return None
             st = self._add(key, rt)
-        hit = (st.table.uid, st.row, rt.feature, st)
+        hit = Hit(st.lane.uid, st.row, rt.feature, st)
         self.routes[key] = hit
         return hit
 
     def _add(self, key: StreamKey, rt: Route) -> Stream:
-        table = self.table_for(rt.model)
-        row = table.add_row()
-        st = Stream(rt.stream_id, key, rt, table, row)
+        lane = self.lane_for(rt.model)
+        st = Stream(rt.stream_id, key, rt, lane)
         self.streams[st.id] = st
-        table.owners[row] = st
         self._per_device[st.device] = self._per_device.get(st.device, 0) + 1
         self.members += 1
-        saved = self.evicted.pop(st.id, table_name(rt.model), rt.model.manifest.sha256)
+        saved = self.evicted.pop(st.id, lane.name, rt.model.manifest.sha256)
         if saved is not None:
-            rows = np.array([row], np.intp)
+            rows = np.array([st.row], np.intp)
             try:
-                table.import_rows(rows, saved)
+                lane.import_rows(rows, saved)
                 self.warm.restored_stream(st)
                 return st
             except (KeyError, ValueError) as e:  # cannot happen for the same model file; be safe
                 log.error("evicted state of %s unusable, it warms from the store: %s", st.id, e)
-                table.reset(rows)
-                table.forget_position(rows)
+                lane.wipe(rows)
         self.warm.new_stream(st)
         return st
 
@@ -193,27 +201,19 @@ class StreamSlots:
                 del routes[k]
         self._negative = []
 
-    def clear_routes(self) -> None:
-        """After a model change: every key is routed again."""
-        self.routes.clear()
-        self._negative = []
-
-    def table_for(self, model: LoadedModel) -> ModelTable:
+    def lane_for(self, model: LoadedModel) -> Lane:
         name = table_name(model)
-        table = self.tables.get(name)
-        if table is None or table.model is not model:
-            table = self.tables[name] = ModelTable(
-                model, self.settings.anomaly, window_every=self.settings.streams.window_every
-            )
+        lane = self.lanes.get(name)
+        if lane is None or lane.model is not model:
             self._next_uid += 1
-            table.uid = self._next_uid
-            self.by_uid[table.uid] = table
-        return table
+            lane = self.lanes[name] = Lane(model, self.settings, self._next_uid)
+            self.by_uid[lane.uid] = lane
+        return lane
 
     def drop(self, st: Stream, reason: str) -> None:
         """The stream leaves: its alert resolves, its row is freed, its keys are routed again."""
         self._resolve(st, reason)
-        st.table.release(st.row)
+        st.lane.release(st.row)
         self.streams.pop(st.id, None)
         self.warm.forget(st)
         for k in st.keys:
@@ -225,6 +225,25 @@ class StreamSlots:
             self._per_device.pop(st.device, None)
         self.members += 1
 
+    def sync_models(self) -> None:
+        """After a registry change: every key is routed again; streams whose model changed
+        start over on the new one (they re-warm); lanes nobody uses go."""
+        self.routes.clear()
+        self._negative = []
+        for st in list(self.streams.values()):
+            rt = route(st.keys[0], self.registry, self.settings.models.bindings)
+            if rt is not None and rt.stream_id == st.id and rt.model is st.lane.model:
+                continue
+            keys = st.keys
+            self.drop(st, reason="model changed")
+            if rt is not None:
+                for k in keys:
+                    self.bind(k)
+        live = {st.lane.name for st in self.streams.values()}
+        for name in list(self.lanes):
+            if name not in live:
+                self.by_uid.pop(self.lanes.pop(name).uid, None)
+
     # ------------------------------------------------------------ eviction
 
     def evict_idle(self, now: int) -> int:
@@ -235,25 +254,25 @@ class StreamSlots:
         self.evicted.expire(now)
         gap_steps = self.settings.streams.max_gap_steps
         evicted = 0
-        for name, table in list(self.tables.items()):
-            occupied = table.occupied
-            table.seen[occupied & (table.seen < 0)] = now  # restored from a checkpoint: idle from now on
+        for name, lane in list(self.lanes.items()):
+            occupied = lane.occupied
+            lane.seen[occupied & (lane.seen < 0)] = now  # restored from a checkpoint: idle from now on
             # Not idle before it has missed two buckets (a slow-cadence stream between readings).
-            quiet = occupied & (table.seen < now - max(self.idle_ns, 2 * table.cadence_ns)) & ~table.has_pending
+            quiet = occupied & (lane.seen < now - max(self.idle_ns, 2 * lane.cadence_ns)) & ~lane.pos.has_pending
             # A state is worth keeping while a return would be bridged, not reset (gap rule).
-            useful_until = (table.last_bucket + gap_steps + 1) * table.cadence_ns
+            useful_until = (lane.table.last_bucket + gap_steps + 1) * lane.cadence_ns
             # A firing stream stays until then: its alert resolves ("evicted") only when a
             # return could no longer continue it, as the gap rule would on that return.
-            idle = np.flatnonzero(quiet & (~table.decider.firing | (useful_until < now)))
-            streams = [st for st in (table.owners[r] for r in idle.tolist()) if st.ticket == 0]
+            idle = np.flatnonzero(quiet & (~lane.anomaly.decider.firing | (useful_until < now)))
+            streams = [st for st in (lane.owners[r] for r in idle.tolist()) if st is not None and st.ticket == 0]
             if not streams:
                 continue
             rows = np.array([st.row for st in streams], np.intp)
-            keep = (table.warm_have[rows] > 0) & (useful_until[rows] >= now)
-            arrays = table.export_rows(rows[keep])  # copies
+            keep = (lane.table.warm_have[rows] > 0) & (useful_until[rows] >= now)
+            arrays = lane.export_rows(rows[keep])  # copies
             idx = np.flatnonzero(keep)
             self.evicted.put(
-                [streams[i].id for i in idx.tolist()], name, table.model.manifest.sha256, arrays, useful_until[rows[idx]]
+                [streams[i].id for i in idx.tolist()], name, lane.model.manifest.sha256, arrays, useful_until[rows[idx]]
             )
             for st in streams:
                 self.drop(st, reason="evicted")

@@ -6,8 +6,8 @@ comes back after a short gap replays the gap from the store. The reads run on a 
 thread, batched (one ``read_last_many`` for every stream waiting with the same history
 length), so the engine's lock is never held while the store answers.
 
-A stream whose read is in flight has a ``ticket``: its live readings wait in its
-Resampler and it is not stepped. The tick that asked waits up to ``streams.warmup_wait_s``
+A stream whose read is in flight has a ``ticket``: its live readings wait in its pending
+buckets (``resample_batch.py``) and it is not stepped. The tick that asked waits up to ``streams.warmup_wait_s``
 for the answer *without* the lock (the other streams were stepped already); an answer that
 comes later is applied under the lock by a later tick. Either way history goes in before
 the buffered live readings are stepped, so the result is the same as a synchronous read.
@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -29,7 +29,10 @@ from service.config import Settings
 from service.errors import StoreError
 from service.records import Reading, StreamKey
 from service.store.base import Store
-from service.streams.slots import Stream
+from service.streams.lane import Stream
+
+if TYPE_CHECKING:
+    from service.streams.resample_batch import BatchResampler
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,6 @@ CATCH_UP_PER_BUCKET = 4
 GIVE_UP_S = 30.0  # a read in flight this long: its streams go on without history
 _IDLE_EXIT_S = 5.0  # the reader thread ends after this long without work (restarted on demand)
 
-SlowBegin = Callable[[Stream, dict[str, Stream]], None]
 Resolve = Callable[[Stream, str], None]  # resolve a firing alert of a stream that starts over (reason)
 
 
@@ -154,7 +156,7 @@ class Warmup:
         return len(self._in_flight)
 
     # -- the tick -------------------------------------------------------------------
-    def plan(self, slow: dict[str, Stream], now: int, slow_begin: SlowBegin) -> list[Read]:
+    def plan(self, resampler: BatchResampler, now: int) -> list[Read]:
         """Under the lock, after intake: the reads this tick wants (their streams get a ticket).
 
         A restored stream's first readings after a restart: a gap of up to ``max_gap_steps``
@@ -162,15 +164,15 @@ class Warmup:
         continues as if we had never stopped; a longer gap re-warms from the store.
         """
         reads: list[Read] = []
+        slow = resampler.slow
         if self.restored and slow:
             limit = self.settings.streams.max_gap_steps
             catch_up: list[tuple[Stream, int]] = []
-            for st in slow.values():
+            for st in list(slow.values()):
                 if st.id not in self.restored:
                     continue
                 self.restored.discard(st.id)
-                res = st.res
-                assert res is not None  # streams in `slow` have one
+                res = resampler.touch(st)
                 first = res.first_pending_ts()
                 nb = res.next_bucket
                 if first is None:
@@ -183,8 +185,8 @@ class Warmup:
                     catch_up.append((st, gap))
                 elif gap > limit:
                     self._resolve(st, "gap")
-                    st.table.reset(np.array([st.row], np.intp))
-                    res.next_bucket = None
+                    st.lane.reset(np.array([st.row], np.intp))
+                    resampler.restart(st)
                     self.need_history[st.id] = st
             if catch_up and self.reader is not None:
                 n = (max(gap for _, gap in catch_up) + 1) * CATCH_UP_PER_BUCKET
@@ -193,11 +195,11 @@ class Warmup:
             warming = list(self.need_history.values())
             self.need_history.clear()
             for st in warming:
-                slow_begin(st, slow)
+                resampler.touch(st)
             if self.reader is not None:
                 by_need: dict[int, list[Stream]] = {}
                 for st in warming:
-                    by_need.setdefault(st.table.warm_need + HISTORY_SLACK, []).append(st)
+                    by_need.setdefault(st.lane.table.warm_need + HISTORY_SLACK, []).append(st)
                 reads += [self._read("warm", group, n, now) for n, group in by_need.items()]
         return reads
 
@@ -218,27 +220,27 @@ class Warmup:
         """Off the lock: True when every read in ``reads`` has been answered."""
         return self.reader is not None and self.reader.wait(reads, timeout)
 
-    def apply(self, slow: dict[str, Stream], slow_begin: SlowBegin) -> None:
-        """Under the lock: put answered history into the streams' Resamplers; those streams
-        (and those of reads given up on) join ``slow`` to be stepped in this tick."""
+    def apply(self, resampler: BatchResampler) -> None:
+        """Under the lock: put answered history into the streams' pending buckets; those
+        streams (and those of reads given up on) join the slow path to be stepped in this tick."""
         if self.reader is None or not self._in_flight:
             return
         for read in self.reader.take_done():
             if self._in_flight.pop(read.ticket, None) is not None:
-                self._apply(read, slow, slow_begin)
+                self._apply(read, resampler)
         now = time.monotonic()
         for read in [r for r in self._in_flight.values() if now - r.submitted > GIVE_UP_S]:
             del self._in_flight[read.ticket]
             log.warning("%s read for %d streams unanswered after %.0f s: they go on without it",
                         read.kind, len(read.streams), GIVE_UP_S)
             read.history, read.error = {}, None
-            self._apply(read, slow, slow_begin)
+            self._apply(read, resampler)
 
-    def _apply(self, read: Read, slow: dict[str, Stream], slow_begin: SlowBegin) -> None:
+    def _apply(self, read: Read, resampler: BatchResampler) -> None:
         live = [st for st in read.streams if st.ticket == read.ticket]  # not dropped or moved meanwhile
         for st in live:
             st.ticket = 0
-            slow_begin(st, slow)
+            resampler.touch(st)
         if read.error is not None:
             e = read.error
             level = logging.WARNING if isinstance(e, StoreError) else logging.ERROR
@@ -248,12 +250,11 @@ class Warmup:
         history = read.history or {}
         added = 0
         for st in live:
-            res = st.res
-            assert res is not None  # put on the slow path when its read was planned, kept there since
+            res = resampler.touch(st)  # on the slow path since its read was planned
             if read.kind == "warm":
                 cutoff = res.first_pending_ts()
                 cutoff = read.now_ns + 1 if cutoff is None else cutoff
-                lo, hi = cutoff - (st.table.warm_need + HISTORY_SLACK) * st.table.cadence_ns, cutoff
+                lo, hi = cutoff - (st.lane.table.warm_need + HISTORY_SLACK) * st.lane.cadence_ns, cutoff
                 lo -= 1  # warm-up takes readings from `lo + 1` on inclusive, catch-up after last_fed_ts
             else:
                 first = res.first_pending_ts()

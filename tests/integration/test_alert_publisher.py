@@ -10,7 +10,7 @@ import pytest
 
 from service.alerts.publisher import AlertPublisher
 from service.config import AlertsSettings, MqttSettings
-from service.records import Alert
+from service.records import Alert, StreamKey
 from tests.mqttwatch import Watcher
 from tools.localservers import Mosquitto
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 def _alert(i: int, state: str = "firing") -> Alert:
     return Alert(
-        stream_id="pump-1/temperature", device="pump-1", quantity="temperature", state=state,  # type: ignore[arg-type]
+        key=StreamKey("pump-1", "temperature"), quantity="temperature", state=state,  # type: ignore[arg-type]
         ts_ns=1_700_000_000_000_000_000 + i, value=90.0 + i, expected=20.0, lower=18.0, upper=22.0,
         score=12.5, model="demo", model_version="1", warm=True,
     )

@@ -41,7 +41,7 @@ KEYS = [
 
 def _alert(key: StreamKey, i: int) -> Alert:
     return Alert(
-        stream_id=key.id, device=key.device, quantity=key.quantity, state="firing",
+        key=key, quantity=key.quantity, state="firing",
         ts_ns=1_700_000_000_000_000_000 + i, value=90.0, expected=20.0, lower=18.0, upper=22.0,
         score=12.5, model="demo", model_version="1", warm=True,
     )

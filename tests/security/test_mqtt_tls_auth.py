@@ -17,13 +17,12 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from service.alerts.mqttconn import make_client as make_alert_client
 from service.alerts.publisher import AlertPublisher
 from service.config import AlertsSettings, MqttSettings
-from service.ingest.ingester import Ingester
-from service.ingest.mqtt import make_client as make_ingest_client
 from service.metrics import Metrics
-from service.records import Alert
+from service.mqtt import make_client
+from service.pipeline import build_ingester
+from service.records import Alert, StreamKey
 from service.store import open_store
 from tests.integration.ingest_helpers import make_settings, payload, readings, wait_stored
 from tests.security.tlsbroker import PASSWORD, USER, TlsBroker, start_tls_broker
@@ -83,7 +82,7 @@ def test_ingester_over_mutual_tls_with_password_stores_readings(
     settings.mqtt = mqtt_settings(broker, tmp_path)
     store = open_store(settings.store)
     metrics = Metrics()
-    ing = Ingester(settings, store, metrics)
+    ing = build_ingester(settings, store, metrics)
     ing.start()
     assert ing.source is not None and ing.source.subscribed.wait(15), broker.server.log.read_text()[-2000:]
     pub = tls_client(broker, "tls-pub")
@@ -119,7 +118,7 @@ def test_alert_publisher_over_mutual_tls(broker: TlsBroker, tmp_path: Path) -> N
                          AlertsSettings(outbox_dir=tmp_path / "outbox", client_id="tls-alerts"))  # type: ignore[call-arg]
     pub.start()
     try:
-        alert = Alert("dev/temp", "dev", "temp", "firing", time.time_ns(), 99.0, 20.0, 19.0, 21.0, 40.0,
+        alert = Alert(StreamKey("dev", "temp"), "temp", "firing", time.time_ns(), 99.0, 20.0, 19.0, 21.0, 40.0,
                       "kit", "1", True)
         pub.publish_alert(alert)
         deadline = time.monotonic() + 15
@@ -150,9 +149,9 @@ def test_broker_refuses_bad_credentials(broker: TlsBroker, case: str) -> None:
 def test_service_clients_refuse_an_unverified_broker(broker: TlsBroker, tmp_path: Path) -> None:
     # Trusting only the rogue CA, both service clients must fail the handshake.
     settings = mqtt_settings(broker, tmp_path, ca="rogue.crt")
-    alert_client, addr = make_alert_client(settings, "verify-alerts")
+    alert_client, addr = make_client(settings, "verify-alerts")
     assert not connects(alert_client, addr.port)
-    ingest_client, addr2, _props = make_ingest_client(settings, "verify-ingest", manual_ack=False)
+    ingest_client, addr2 = make_client(settings, "verify-ingest", protocol=settings.protocol, lean=True)
     assert not connects(ingest_client, addr2.port)
 
 
@@ -165,7 +164,7 @@ def test_wrong_password_is_never_logged(broker: TlsBroker, influxd: Influxd, tmp
     settings.mqtt = mqtt_settings(broker, tmp_path, password=wrong)
     store = open_store(settings.store)
     metrics = Metrics()
-    ing = Ingester(settings, store, metrics)
+    ing = build_ingester(settings, store, metrics)
     ing.start()
     try:
         assert ing.source is not None and not ing.source.connected.wait(4)

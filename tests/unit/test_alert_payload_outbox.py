@@ -11,14 +11,17 @@ from service.alerts.outbox import Outbox
 from service.alerts.payload import alert_payload, forecast_payload, iso_time, topic_for
 from service.records import Alert, Forecast, StreamKey
 
-ALERT = Alert("pump-1/temp;site=n", "pump-1", "temp", "firing", 1_700_000_000_123_456_789, 90.0,
+ALERT = Alert(StreamKey("pump-1", "temp", (("site", "n"),)), "temp", "firing", 1_700_000_000_123_456_789, 90.0,
               float("nan"), 18.0, 22.0, 0.999, "m", "1", True, {"feature": "temp"})
 
 
 def test_payload_carries_every_alert_field_and_iso_time() -> None:
     body = orjson.loads(alert_payload(ALERT))
-    fields = {f.name for f in dataclasses.fields(Alert)}
+    # The key is written out as stream_id and device (with quantity); whether the stream
+    # is multivariate shows in its id.
+    fields = {f.name for f in dataclasses.fields(Alert)} - {"key", "multivariate"} | {"stream_id", "device"}
     assert fields <= set(body)
+    assert (body["stream_id"], body["device"], body["quantity"]) == ("pump-1/temp;site=n", "pump-1", "temp")
     assert body["time"] == "2023-11-14T22:13:20.123456Z" and body["ts_ns"] == ALERT.ts_ns
     assert body["expected"] is None  # NaN is not JSON
     assert body["extra"] == {"feature": "temp"}
@@ -33,7 +36,7 @@ def test_topic_values_cannot_add_levels_or_wildcards() -> None:
 
 
 def test_forecast_payload_times_follow_the_cadence() -> None:
-    fc = Forecast("d/q", 0, 60.0, ("v",), ((1.0,), (2.0,)), None, "m", "1")
+    fc = Forecast(StreamKey("d", "q"), 0, 60.0, ("v",), ((1.0,), (2.0,)), None, "m", "1")
     body = orjson.loads(forecast_payload(fc))
     assert body["times"] == [iso_time(60 * 10**9), iso_time(120 * 10**9)] and body["scale"] is None
 

@@ -418,7 +418,7 @@ def test_non_finite_state_restarts_only_that_stream(tmp_path: Path) -> None:
         v = 1000.0 if i == 2 else 1.0
         eng.accept([Reading(StreamKey("d", "va"), T0 + i * C, v), Reading(StreamKey("e", "va"), T0 + i * C, 1.0)])
         eng.tick(T0 + i * C)
-    table = eng._tables["a@1"]
+    table = eng._lanes["a@1"].table
     assert table.poisoned == 1
     d, e = eng._streams["d/va"].row, eng._streams["e/va"].row
     assert np.isfinite(table.state).all()
@@ -486,11 +486,11 @@ def test_off_grid_streams_are_fed_by_the_clock_and_bookkeeping_stays_bounded(tmp
                 batch.append(Reading(key, ts, 20.0 + b % 5))
         eng.accept(batch)
         eng.tick(now)
-        assert len(eng._waiting) <= 2  # one due time per cadence boundary, not per tick
+        assert len(eng._resampler._waiting) <= 2  # one due time per cadence boundary, not per tick
     eng.tick(T0 + (n_buckets + 1) * C)  # the clock passes the last bucket's end
-    table = eng._tables["m@1"]
-    assert {int(table.warm_have[eng._streams[k.id].row]) for k in keys} == {n_buckets}
-    assert not table.has_pending.any() and all(st.res is None for st in eng._streams.values())
+    lane = eng._lanes["m@1"]
+    assert {int(lane.table.warm_have[eng._streams[k.id].row]) for k in keys} == {n_buckets}
+    assert not lane.pos.has_pending.any() and all(st.res is None for st in eng._streams.values())
     assert metrics.late_dropped.labels("late")._value.get() == 0
 
 

@@ -100,7 +100,7 @@ def test_engine_feeds_what_the_resampler_feeds(
             assert status is None or status.warm_have == 0
             continue
         assert status is not None
-        table = eng._tables["tape@1"]
+        table = eng._lanes["tape@1"].table
         row = eng._streams[sid].row
         got = table.state[row, -min(TAPE, len(tapes[i])) :].tolist()
         want = [MISSING if w != w else float(np.float32(w)) for w in tapes[i][-TAPE:]]

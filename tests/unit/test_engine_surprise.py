@@ -49,7 +49,7 @@ def run(eng: Engine, quantities: list[str], values: np.ndarray, start: int = 0) 
         assert snap["last_ts_ns"][0] == ts
         scores.append(snap["score"][0])
         if table is None:
-            (table,) = eng._tables.values()
+            (table,) = (lane.anomaly for lane in eng._lanes.values())
         expected.append(table.expected[0].copy())  # (Fo,) the forecast this step was scored against
     return np.array(scores), np.array(expected)
 
@@ -101,7 +101,7 @@ def test_anomalous_residuals_do_not_widen_the_spread(tmp_path: Path) -> None:
     vals = signal(260)
     vals[250] += 40
     run(eng, ["value"], vals[:250, None])
-    (table,) = eng._tables.values()
+    (table,) = (lane.anomaly for lane in eng._lanes.values())
     assert isinstance(table.scorer, SurpriseRows)
     before = table.scorer.scorer.spread.abs_ewma.copy()
     run(eng, ["value"], vals[250:251, None], start=250)

@@ -1,0 +1,113 @@
+"""The emit stage's builders: pure functions from a lane's rows to ``Alert`` and ``Forecast``.
+
+They read the arrays of the stages (the model table's forecasts and inputs, the anomaly
+stage's scores, bands and onsets) and build records; nothing here writes state or sends
+anything (the engine hands the records to its sinks).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import numpy as np
+
+from service.arrays import IntArr
+from service.records import NS_PER_S, Alert, AlertState, Forecast
+from service.streams.anomaly_stage import AnomalyStage, Verdicts
+from service.streams.lane import Lane, Stream
+
+
+def alert(st: Stream, state: AlertState, warm: bool, extra: dict[str, str] | None = None) -> Alert:
+    """``st``'s alert as of its last step: the value, the band its score was measured in."""
+    lane, row = st.lane, st.row
+    t, a = lane.table, lane.anomaly
+    j = int(a.top_feature[row]) if a.n_out > 1 else 0
+    e = float(a.expected[row, j])
+    half = a.band_z * float(a.spread[row, j])
+    i_in = int(a.out_in[j])
+    return Alert(
+        key=st.key,
+        quantity=lane.model.manifest.output_features[j] if st.multivariate else st.key.quantity,
+        state=state,
+        ts_ns=int(t.last_bucket[row]) * lane.cadence_ns,
+        value=float(t.last_x[row, i_in]) if i_in >= 0 else math.nan,
+        expected=e,
+        lower=e - half,
+        upper=e + half,
+        score=float(a.score[row]),
+        model=lane.model.name,
+        model_version=lane.model.version,
+        warm=warm,
+        extra=extra or {},
+        multivariate=st.multivariate,
+    )
+
+
+def onset_extra(a: AnomalyStage, row: int) -> dict[str, str]:
+    """Alert.extra for a firing: where the run of hot steps began (ISO time, value, expected, score)."""
+    ts = int(a.onset_ts[row])
+    return {
+        "onset_time": datetime.fromtimestamp(ts / NS_PER_S, tz=UTC).isoformat(),
+        "onset_value": f"{float(a.onset_value[row]):.6g}",
+        "onset_expected": f"{float(a.onset_expected[row]):.6g}",
+        "onset_score": f"{float(a.onset_score[row]):.6g}",
+    }
+
+
+def alerts(lane: Lane, verdicts: Verdicts) -> list[Alert]:
+    """The alerts of one step's verdicts: firings (naming their onset), then resolutions."""
+    owners = lane.owners
+    out = []
+    for row in verdicts.fired.tolist():
+        st = owners[row]
+        if st is not None:
+            out.append(alert(st, "firing", warm=True, extra=onset_extra(lane.anomaly, row)))
+    for row in verdicts.resolved.tolist():
+        st = owners[row]
+        if st is not None:
+            out.append(alert(st, "resolved", warm=True))
+    return out
+
+
+def forecasts(lane: Lane, rows: IntArr) -> list[Forecast]:
+    """One Forecast per warm stepped row with a fresh forecast, built from whole-batch
+    arrays (per-row numpy calls would cost more than the record)."""
+    t = lane.table
+    fresh = (t.warm_have[rows] >= t.warm_need) & (t.fc_age[rows] == 0)  # window models: new ones only
+    rows = rows[fresh]
+    if rows.size == 0:
+        return []
+    m = lane.model
+    means = t.fc[rows].astype(np.float64).tolist()  # (B, H, Fo) nested lists
+    scales = t.sc[rows].astype(np.float64).tolist() if t.has_scale else None
+    stamps = (t.last_bucket[rows] * lane.cadence_ns).tolist()
+    cadence_s, feats = m.manifest.cadence_s, tuple(m.manifest.output_features)
+    owners = lane.owners
+    out = []
+    for i, row in enumerate(rows.tolist()):
+        st = owners[row]
+        if st is None:
+            continue
+        out.append(Forecast(
+            key=st.key, ts_ns=stamps[i], cadence_s=cadence_s, features=feats,
+            mean=tuple(map(tuple, means[i])), scale=None if scales is None else tuple(map(tuple, scales[i])),
+            model=m.name, model_version=m.version, multivariate=st.multivariate,
+        ))
+    return out
+
+
+def forecast_of(st: Stream) -> Forecast | None:
+    """The stream's latest forecast (None while warming)."""
+    lane, row = st.lane, st.row
+    t = lane.table
+    if t.warm_have[row] < t.warm_need:
+        return None
+    m = lane.model
+    scale = tuple(map(tuple, t.sc[row].astype(np.float64).tolist())) if t.has_scale else None
+    return Forecast(
+        key=st.key, ts_ns=int(t.last_bucket[row] - t.fc_age[row]) * lane.cadence_ns,
+        cadence_s=m.manifest.cadence_s, features=tuple(m.manifest.output_features),
+        mean=tuple(map(tuple, t.fc[row].astype(np.float64).tolist())), scale=scale,
+        model=m.name, model_version=m.version, multivariate=st.multivariate,
+    )
