@@ -9,10 +9,13 @@ Secrets can come from files (``*_file`` fields) so they never sit in the environ
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Role = Literal["ingest", "inference", "api"]
+ROLES: tuple[Role, ...] = get_args(Role)
 
 
 def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
@@ -319,7 +322,11 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field("INFO", description="Python logging level.")
-    roles: str = Field("ingest,inference,api", description="Roles this process runs (comma-separated).")
+    # NoDecode: the environment gives "ingest,api", not JSON; the validator splits it.
+    roles: Annotated[frozenset[Role], NoDecode] = Field(
+        "ingest,inference,api",  # text, as the environment gives it
+        validate_default=True, description="Roles this process runs (comma-separated).",
+    )
     mqtt: MqttSettings = Field(default_factory=MqttSettings)  # type: ignore[arg-type]
     ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
     store: StoreSettings = Field(default_factory=StoreSettings)  # type: ignore[arg-type]
@@ -330,3 +337,18 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
     gc: GcSettings = Field(default_factory=GcSettings)  # type: ignore[arg-type]
     watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)  # type: ignore[arg-type]
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles(cls, value: object) -> frozenset[str]:
+        """``"ingest, api"`` (or a collection of names) -> the set of roles; unknown names refused."""
+        names = value.split(",") if isinstance(value, str) else value
+        if not isinstance(names, (list, tuple, set, frozenset)):
+            raise ValueError(f"roles: expected comma-separated names, found {value!r}")
+        roles = frozenset(str(n).strip() for n in names if str(n).strip())
+        unknown = roles - set(ROLES)
+        if unknown:
+            raise ValueError(f"roles: {sorted(unknown)} not understood (expected some of {ROLES})")
+        if not roles:
+            raise ValueError(f"roles: none given (expected some of {ROLES})")
+        return roles

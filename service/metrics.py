@@ -56,6 +56,9 @@ class Metrics:
             ["reason"], registry=r,
         )
         self.alerts = Counter("sensorcast_alerts", "Alert events emitted.", ["state"], registry=r)
+        self.alert_outbox = Gauge(  # set from the publisher when /metrics is scraped
+            "sensorcast_alert_outbox_messages", "Alert messages not yet acknowledged by the broker.", registry=r
+        )
         self.streams_refused = Counter(
             "sensorcast_streams_refused", "New streams refused for inference by streams.max_streams or "
             "max_streams_per_device (their readings are still stored).", ["reason"], registry=r,

@@ -1,7 +1,9 @@
-"""Where a reading goes: the one place the flow is wired.
+"""Where a reading goes: the one place the flow is wired (``Pipeline.build``).
 
-    MQTT ──> Ingester (decode, validate, batch) ──> store, or the durable spool
-                 │  each decoded message at once (live), before the store write
+    MQTT ──> MqttSource ──> Decoder ──> BatchWriter ──> store, or the durable spool
+                 │            (ingest role: ``build_ingester``)     │
+                 │  each decoded message at once (live),            └─> ack to the broker once durable
+                 │  before the store write
                  v
              TickOnArrival.feed: Engine.accept, then tick at once (the runner also ticks
                  │               on the clock, checkpoints, reloads)
@@ -15,9 +17,10 @@
 
     POST /v1/readings ──> Decoder ──> Ingester.submit (the same durable path as MQTT)
 
-Roles (``settings.roles``) choose which parts this process runs: ``ingest`` (the
-ingester), ``inference`` (engine and alert publisher), ``api`` (the REST server, which
-``serve`` starts around this pipeline). An ``inference`` process without ``ingest``
+Roles (``settings.roles``, validated by ``Settings``) choose which parts this process
+runs: ``ingest`` (the ingester), ``inference`` (engine and alert publisher), ``api`` (the
+REST server, which ``serve`` starts around this pipeline; ``sensorcast ingest`` is this
+pipeline with the ingest role alone). An ``inference`` process without ``ingest``
 subscribes to the readings itself (``intake``: same decoder, a clean session, client id
 ``<mqtt.client_id>-inference``), so ingest and inference can run as two processes, each
 with its own interpreter lock. ``start`` brings parts up in flow order from the far end
@@ -34,50 +37,59 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
-
-from prometheus_client import Gauge
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from service.alerts.publisher import AlertPublisher
 from service.config import Settings
-from service.errors import ConfigError
 from service.metrics import Metrics
 from service.records import Alert, Forecast, Reading, StreamKey
 from service.store.base import Store
 from service.watchdog import Watchdog
 
 if TYPE_CHECKING:
+    from service.ingest.decode import Decoder, DecodeResult
+    from service.ingest.ingester import Ingester, IngestStatus
     from service.ingest.mqtt import MqttSource
-    from service.streams.status import ForecastLookup
+    from service.ingest.refusals import RefusalReporter
+    from service.ingest.writer import Sink
+    from service.runtime.registry import ModelRegistry
+    from service.streams.status import ForecastLookup, ModelInfo, StreamStatus
 
 log = logging.getLogger(__name__)
-
-ROLES = ("ingest", "inference", "api")
 
 
 class EngineLike(Protocol):
     """What the pipeline and the API use of ``service.streams.engine.Engine``."""
 
+    @property
+    def registry(self) -> ModelRegistry: ...
     def accept(self, readings: Sequence[Reading]) -> None: ...
     def tick(self, now_ns: int | None = None) -> int: ...
-    def streams(self) -> Sequence[Any]: ...
-    def streams_page(self, limit: int, after: str | None = None, status: str | None = None) -> tuple[Sequence[Any], str | None]: ...
-    def stream(self, stream_id: str) -> Any | None: ...
+    def streams(self) -> Sequence[StreamStatus]: ...
+    def streams_page(
+        self, limit: int, after: str | None = None, status: str | None = None
+    ) -> tuple[Sequence[StreamStatus], str | None]: ...
+    def stream(self, stream_id: str) -> StreamStatus | None: ...
     def forecast(self, stream_id: str) -> Forecast | None: ...
     def lookup_forecast(self, stream_id: str) -> ForecastLookup | None: ...
-    def predict(self, model: str, version: str | None, values: Any, timestamps_ns: Any, cadence_s: float | None = None) -> Forecast: ...
-    def models(self) -> Sequence[Any]: ...
-    def reload_models(self) -> Any: ...
+    def predict(
+        self, model: str, version: str | None, values: list[list[float | None]], timestamps_ns: list[int] | None = None,
+        cadence: float | None = None,
+    ) -> Forecast: ...
+    def models(self) -> Sequence[ModelInfo]: ...
+    def reload_models(self) -> Mapping[str, list[str] | dict[str, str]]: ...
     def recent_alerts(self, limit: int = 100, stream: str | None = None, state: str | None = None) -> Sequence[Alert]: ...
-    def checkpoint(self) -> Any: ...
-    def restore(self) -> Any: ...
+    def checkpoint(self) -> int: ...
+    def restore(self) -> int: ...
     def close(self) -> None: ...
 
 
 class RunnerLike(Protocol):
     """The background loop that ticks the engine (``service.streams.runner.EngineRunner``)."""
 
+    @property
+    def running(self) -> bool: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
 
@@ -85,14 +97,19 @@ class RunnerLike(Protocol):
 class IngesterLike(Protocol):
     """What the pipeline and the API use of ``service.ingest.ingester.Ingester``."""
 
+    @property
+    def subscribes(self) -> bool: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def submit(self, readings: Sequence[Reading]) -> None: ...
-    def status(self) -> Any: ...
+    def status(self) -> IngestStatus: ...
+    def liveness(self) -> dict[str, bool]: ...
+    @property
+    def reporter(self) -> RefusalReporter: ...
 
 
 class DecoderLike(Protocol):
-    def decode(self, topic: str, payload: bytes, received_ns: int) -> Any: ...
+    def decode(self, topic: str, payload: bytes, received_ns: int) -> DecodeResult: ...
 
 
 class TickOnArrival:
@@ -147,14 +164,6 @@ class TickOnArrival:
                 log.exception("engine tick on arrival failed")
 
 
-def parse_roles(text: str) -> frozenset[str]:
-    roles = frozenset(r.strip() for r in text.split(",") if r.strip())
-    unknown = roles - set(ROLES)
-    if unknown or not roles:
-        raise ConfigError(f"roles: {sorted(unknown) or 'none given'} not understood (expected some of {ROLES})")
-    return roles
-
-
 def split_stream_id(stream_id: str) -> tuple[str, str]:
     """(device, quantity) of a stream id; a multivariate (device) stream's quantity is ``*``.
 
@@ -186,7 +195,7 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.roles = parse_roles(settings.roles)
+        self.roles = settings.roles
         self.store = store
         self.engine = engine
         self.ingester = ingester
@@ -197,7 +206,6 @@ class Pipeline:
         self.intake = intake
         self._closers = list(closers)
         self.started = False
-        self.outbox_gauge = _outbox_gauge(metrics)
         # Called (from the watchdog's thread) with the names of dead threads; None: log only.
         self.on_fatal: Callable[[list[str]], object] | None = None
         self.watchdog: Watchdog | None = None
@@ -224,43 +232,36 @@ class Pipeline:
     # -- building from settings --------------------------------------------------------
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics | None = None) -> Pipeline:
-        """Open every part this process's roles need (imports only what is used)."""
-        metrics = metrics or Metrics()
-        roles = parse_roles(settings.roles)
+        """Open every part this process's roles need, wired in flow order (imports only what is used)."""
         from service.ingest.decode import Decoder
 
-        pipe = cls(settings, metrics, decoder=Decoder(settings.ingest))
-        closers: list[Callable[[], object]] = []
+        metrics = metrics or Metrics()
+        roles = settings.roles
+        decoder = Decoder(settings.ingest)  # one decoder (and its caches) for MQTT and HTTP
+        pipe = cls(settings, metrics, decoder=decoder)
         if roles & {"ingest", "inference"}:
             from service.store import open_store
 
             pipe.store = open_store(settings.store)
-            closers.append(pipe.store.close)
+            pipe._closers.append(pipe.store.close)
+        live: list[Sink] = []  # who sees each reading as soon as it is decoded
         if "inference" in roles:
             if settings.alerts.enabled:
                 pipe.publisher = AlertPublisher(settings.mqtt, settings.alerts)
             pipe.engine, pipe.runner = _build_engine(settings, pipe.store, metrics, pipe.on_alert, pipe.on_forecast)
-        live = []
-        if pipe.engine is not None:
             pipe.ticker = TickOnArrival(pipe.engine, settings.streams.gather_s)
             live.append(pipe.ticker.feed)
         if "ingest" in roles:
-            from service.ingest.ingester import Ingester
-
             assert pipe.store is not None
-            ingester = Ingester(settings, pipe.store, metrics, live=live)
-            pipe.ingester = ingester
-            pipe.decoder = ingester.decoder  # one decoder (and its caches) for MQTT and HTTP
-        elif pipe.engine is not None:
+            pipe.ingester = build_ingester(settings, pipe.store, metrics, decoder, live=live)
+        elif pipe.engine is not None:  # inference alone: a subscription of its own, nothing stored
             from service.ingest.mqtt import MqttSource
             from service.ingest.refusals import RefusalReporter
 
-            assert isinstance(pipe.decoder, Decoder)
             pipe.intake = MqttSource(
-                settings.mqtt, pipe.decoder, None, RefusalReporter(metrics, None), settings.ingest.qos,
+                settings.mqtt, decoder, None, RefusalReporter(metrics, None), settings.ingest.qos,
                 live=live, client_id=f"{settings.mqtt.client_id}-inference", metrics=metrics,
             )
-        pipe._closers = closers
         return pipe
 
     # -- lifecycle -----------------------------------------------------------------
@@ -287,16 +288,14 @@ class Pipeline:
         if not self.started:
             return {}
         out: dict[str, bool] = {}
-        ingester_liveness = getattr(self.ingester, "liveness", None)  # twins in tests may lack it
-        if callable(ingester_liveness):
-            out.update(ingester_liveness())
+        if self.ingester is not None:
+            out.update(self.ingester.liveness())
         if self.intake is not None:
             out["mqtt intake"] = self.intake.loop_alive()
         if self.ticker is not None:
             out["engine tick on arrival"] = self.ticker.alive()
-        running = getattr(self.runner, "running", None)
-        if isinstance(running, bool):
-            out["engine runner"] = running
+        if self.runner is not None:
+            out["engine runner"] = self.runner.running
         return out
 
     def _threads_died(self, dead: list[str]) -> None:
@@ -326,17 +325,44 @@ class Pipeline:
         log.info("pipeline stopped")
 
 
-def _outbox_gauge(metrics: Metrics) -> Gauge:
-    """``sensorcast_alert_outbox_messages``, registered once per metrics registry."""
-    registry = metrics.registry
-    existing = getattr(registry, "_sensorcast_outbox_gauge", None)
-    if isinstance(existing, Gauge):
-        return existing
-    gauge = Gauge(
-        "sensorcast_alert_outbox_messages", "Alert messages not yet acknowledged by the broker.", registry=registry
-    )
-    registry._sensorcast_outbox_gauge = gauge  # type: ignore[attr-defined]
-    return gauge
+def build_ingester(
+    settings: Settings,
+    store: Store,
+    metrics: Metrics,
+    decoder: Decoder | None = None,
+    *,
+    live: Sequence[Sink] = (),
+    sinks: Sequence[Sink] = (),
+    mqtt: bool = True,
+) -> Ingester:
+    """The ingest role's parts, wired: MQTT source -> decoder -> writer -> store or spool -> ack.
+
+    ``live`` sinks get readings as soon as they are decoded, ``sinks`` once they are
+    durable (see service/ingest/ingester.py). ``mqtt=False``: HTTP intake only.
+    """
+    from service.ingest.decode import Decoder
+    from service.ingest.ingester import Ingester
+    from service.ingest.mqtt import MqttSource
+    from service.ingest.refusals import RefusalReporter
+    from service.ingest.writer import BatchWriter
+    from service.store.spool import Spool
+
+    ing = settings.ingest
+    decoder = decoder or Decoder(ing)
+    spool = Spool(settings.store.spool_dir, settings.store.spool_max_bytes)
+    writer = BatchWriter(store, spool, metrics, ing.batch_size, ing.batch_interval_s, ing.queue_max, sinks=sinks)
+    source: MqttSource | None = None
+    topic = ing.dead_letter_topic
+
+    def dead_letter(body: bytes) -> None:  # looks the source up when called: it is built after the reporter
+        if source is not None and topic is not None:
+            source.publish_dead_letter(topic, body)
+
+    reporter = RefusalReporter(metrics, dead_letter if topic else None)
+    if mqtt:
+        source = MqttSource(settings.mqtt, decoder, writer, reporter, ing.qos, live=live, metrics=metrics)
+        writer.acker = source.ack  # a message is acknowledged once the writer made it durable
+    return Ingester(decoder, writer, reporter, metrics, source, live=live)
 
 
 def _safely(what: str, fn: Callable[[], object]) -> None:

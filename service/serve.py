@@ -24,7 +24,7 @@ from types import FrameType
 from service.config import Settings
 from service.gcpolicy import GcPolicy
 from service.metrics import Metrics
-from service.pipeline import Pipeline, parse_roles
+from service.pipeline import Pipeline
 from service.watchdog import FatalExit
 
 log = logging.getLogger("sensorcast.serve")
@@ -39,16 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    settings = Settings()  # type: ignore[call-arg]  # fields come from the environment
+    # --roles goes through the settings' validator (unknown roles refused with a clear message).
+    settings = Settings(**({"roles": args.roles} if args.roles else {}))  # rest from the environment
     if args.host:
         settings.api.host = args.host
     if args.port is not None:
         settings.api.port = args.port
     if args.models_dir is not None:
         settings.models.dir = args.models_dir
-    if args.roles:
-        settings.roles = args.roles
-    parse_roles(settings.roles)  # fail early with a clear message
     return settings
 
 
@@ -58,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    roles = parse_roles(settings.roles)
+    roles = settings.roles
     metrics = Metrics()
     # Several busy threads share the GIL (MQTT intake, store writer, engine, HTTP); with
     # the default 5 ms switch interval a short request can wait 5 ms per hand-over.

@@ -182,7 +182,7 @@ class AlertWatch:
     """Subscribes to the alert topic and prints every event, like an operator would see it."""
 
     def __init__(self, settings: Any, topic: str, out: Terminal) -> None:
-        from service.alerts.mqttconn import make_client
+        from service.mqtt import make_client
 
         self.out = out
         self.client, addr = make_client(settings, "sensorcast-demo-terminal")

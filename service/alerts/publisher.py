@@ -18,10 +18,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from service.alerts.mqttconn import make_client
 from service.alerts.outbox import Outbox
 from service.alerts.payload import alert_payload, forecast_payload, topic_for
 from service.config import AlertsSettings, MqttSettings
+from service.mqtt import make_client
 from service.records import Alert, Forecast
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,7 @@
 """``sensorcast ingest``: run the MQTT -> store ingester until SIGINT/SIGTERM.
 
+It is the pipeline (service/pipeline.py) with the ``ingest`` role alone, whatever
+``SENSORCAST_ROLES`` says: the same wiring, watchdog and orderly stop as ``serve``.
 Configuration comes from the settings (env ``SENSORCAST_MQTT__URL``,
 ``SENSORCAST_STORE__URL``, ``SENSORCAST_INGEST__TOPIC``, ...); the flags override them.
 """
@@ -15,10 +17,9 @@ from types import FrameType
 
 from service.config import Settings
 from service.gcpolicy import GcPolicy
-from service.ingest.ingester import Ingester
 from service.metrics import Metrics
-from service.store import open_store
-from service.watchdog import FatalExit, Watchdog
+from service.pipeline import Pipeline
+from service.watchdog import FatalExit
 
 log = logging.getLogger("sensorcast.ingest")
 
@@ -31,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings()  # type: ignore[call-arg]  # fields come from the environment
+    settings = Settings(roles=frozenset({"ingest"}))  # type: ignore[call-arg]  # the rest from the environment
     if args.mqtt_url:
         settings.mqtt.url = args.mqtt_url
     if args.store_url:
@@ -50,14 +51,14 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    store = open_store(settings.store)
     metrics = Metrics()
-    ingester = Ingester(settings, store, metrics)
-    ingester.start()
+    pipeline = Pipeline.build(settings, metrics)
+    ingester = pipeline.ingester
+    assert ingester is not None  # the ingest role builds it
     # A dead intake or writer thread: orderly stop, then exit 70 for the supervisor to restart us.
     fatal = FatalExit(settings.watchdog.exit_grace_s, stop.set)
-    watchdog = Watchdog(ingester.liveness, settings.watchdog.interval_s, fatal)
-    watchdog.start()
+    pipeline.on_fatal = fatal
+    pipeline.start()  # starts the watchdog over the pipeline's threads
     gc_policy = GcPolicy.from_settings(settings.gc, metrics)
     gc_policy.start()
     log.info("ingesting %r into %s", settings.ingest.topic, settings.store.url.split("@")[-1])
@@ -68,9 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 log.info("status: %s", ingester.status())
                 next_status += args.status_every
     finally:
-        watchdog.stop()
         gc_policy.stop()
-        ingester.stop()
-        store.close()
+        pipeline.stop()  # watchdog, then intake, flush, acks, disconnect, store
         log.info("stopped: %s", ingester.status())
     return fatal.code

@@ -1,10 +1,12 @@
 """The ingester: MQTT (and HTTP ``submit``) -> decode -> batch -> store or spool -> ack -> sinks.
 
-``Ingester(settings, store, metrics, sinks, live)`` owns the writer thread, the spool and,
-when ``mqtt`` is enabled, the subscriber. Two kinds of consumers:
+It is given its parts, wired by ``service.pipeline.build_ingester`` (the one place the
+flow is put together): the decoder, the writer thread with its spool, the refusal
+reporter and, when it subscribes, the MQTT source. It starts and stops them in order and
+answers for them (status, liveness, the HTTP path). Two kinds of consumers:
 
-* ``sinks`` receive every batch of accepted readings once it is durable (in the store or
-  the spool);
+* ``sinks`` (the writer's) receive every batch of accepted readings once it is durable
+  (in the store or the spool);
 * ``live`` sinks receive MQTT readings as soon as they are decoded (before the store write,
   so database latency never delays an alert) and HTTP readings once they are durable (the
   request waits for that anyway). This is how the inference engine is fed. A reading the
@@ -18,9 +20,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from paho.mqtt.enums import MQTTErrorCode
-
-from service.config import Settings
 from service.errors import StoreError
 from service.ingest.decode import Decoder
 from service.ingest.mqtt import MqttSource
@@ -28,9 +27,7 @@ from service.ingest.refusals import RefusalReporter
 from service.ingest.writer import BatchWriter, Item, Sink
 from service.metrics import Metrics
 from service.records import Reading
-from service.store.base import Store
 from service.store.lineproto import stream_problem
-from service.store.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -52,36 +49,24 @@ class IngestStatus:
 class Ingester:
     def __init__(
         self,
-        settings: Settings,
-        store: Store,
+        decoder: Decoder,
+        writer: BatchWriter,
+        reporter: RefusalReporter,
         metrics: Metrics,
-        sinks: Sequence[Sink] = (),
-        mqtt: bool = True,
+        source: MqttSource | None = None,
         live: Sequence[Sink] = (),
     ) -> None:
-        self.settings = settings
-        self.store = store
+        self.decoder = decoder  # the HTTP path decodes with the same one (and its caches)
+        self.writer = writer
+        self.spool = writer.spool
+        self.store = writer.store
+        self.reporter = reporter
         self.metrics = metrics
-        self.spool = Spool(settings.store.spool_dir, settings.store.spool_max_bytes)
-        ing = settings.ingest
-        self.decoder = Decoder(ing)
-        self.source: MqttSource | None = None
+        self.source = source  # None: HTTP intake only
         self.live = list(live)
-        self.writer = BatchWriter(
-            store, self.spool, metrics, ing.batch_size, ing.batch_interval_s, ing.queue_max,
-            sinks=sinks, acker=self._ack,
-        )
-        self.reporter = RefusalReporter(metrics, self._dead_letter if ing.dead_letter_topic else None)
-        if mqtt:
-            self.source = MqttSource(
-                settings.mqtt, self.decoder, self.writer, self.reporter, ing.qos, live=self.live, metrics=metrics
-            )
         self._http_in = metrics.readings_in.labels("http")
         self._started = False
         self._lock = threading.Lock()
-
-    def add_sink(self, sink: Sink) -> None:
-        self.writer.sinks.append(sink)
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -136,6 +121,11 @@ class Ingester:
             sink(list(readings))
 
     # --- state ---------------------------------------------------------------------------
+    @property
+    def subscribes(self) -> bool:
+        """Whether readings come from MQTT too (else only from HTTP ``submit``)."""
+        return self.source is not None
+
     def liveness(self) -> dict[str, bool]:
         """Whether each thread this ingester runs is alive (for the watchdog)."""
         out = {"store writer": _writer_alive(self.writer)}
@@ -156,19 +146,6 @@ class Ingester:
             sessions_lost=self.source.sessions_lost if self.source is not None else 0,
             last_session_lost=self.source.last_session_lost if self.source is not None else None,
         )
-
-    # --- plumbing ------------------------------------------------------------------------
-    def _ack(self, tokens: list[tuple[int, int, int]]) -> None:
-        if self.source is not None:
-            self.source.ack(tokens)
-
-    def _dead_letter(self, body: bytes) -> None:
-        topic = self.settings.ingest.dead_letter_topic
-        if self.source is None or topic is None:
-            return
-        info = self.source.client.publish(topic, body, qos=1)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            log.warning("dead-letter publish to %r failed: rc %s", topic, info.rc)
 
 
 def _writer_alive(writer: BatchWriter) -> bool:

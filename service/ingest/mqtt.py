@@ -37,51 +37,19 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.enums import MQTTErrorCode
 
 from service.config import MqttSettings
 from service.errors import ConfigError
 from service.ingest.decode import Decoder, Refusal
-from service.ingest.leanclient import LeanClient, client_class
 from service.ingest.refusals import RefusalReporter
 from service.ingest.writer import AckToken, BatchWriter, Item, Sink
 from service.metrics import Metrics
-from service.mqttaddr import BrokerAddress, parse_broker_url, tls_context
+from service.mqtt import connect_properties, make_client
+from service.mqtt.leanclient import LeanClient
 from service.records import Reading
 
 log = logging.getLogger(__name__)
-
-
-def make_client(
-    settings: MqttSettings, client_id: str, manual_ack: bool, persistent: bool = True
-) -> tuple[paho.Client, BrokerAddress, Properties]:
-    """A configured (not yet connected) client and its MQTT 5 CONNECT properties.
-
-    The client is paho's, with the cheaper receive path of ``leanclient`` when the
-    installed paho has the internals it relies on.
-    """
-    addr = parse_broker_url(settings)
-    v5 = settings.protocol == "5"
-    client = client_class()(
-        CallbackAPIVersion.VERSION2, client_id=client_id, manual_ack=manual_ack,
-        # 3.1.1 has no session expiry: clean_session=False keeps the session (and queue).
-        protocol=paho.MQTTv5 if v5 else paho.MQTTv311, clean_session=None if v5 else not persistent,
-    )
-    if addr.username is not None:
-        client.username_pw_set(addr.username, addr.password)
-    if addr.tls:
-        client.tls_set_context(tls_context(settings))
-    client.reconnect_delay_set(
-        min_delay=max(1, round(settings.reconnect_min_s)), max_delay=max(1, round(settings.reconnect_max_s))
-    )
-    # Our own publishes (dead letters): queue instead of refusing while reconnecting.
-    client.max_queued_messages_set(10_000)
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = settings.session_expiry_s if persistent else 0
-    props.ReceiveMaximum = max(1, min(settings.receive_maximum, 65535))
-    return client, addr, props
 
 
 class MqttSource:
@@ -113,9 +81,11 @@ class MqttSource:
         self.subscription = (
             f"$share/{group}/{decoder.template.subscription}" if group else decoder.template.subscription
         )
-        self.client, self.addr, self._props = make_client(
-            settings, client_id or settings.client_id, manual_ack=self.persistent, persistent=self.persistent
+        self.client, self.addr = make_client(
+            settings, client_id or settings.client_id, protocol=settings.protocol,
+            persistent=self.persistent, manual_ack=self.persistent, lean=True,
         )
+        self._props = connect_properties(settings, self.persistent)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
@@ -263,6 +233,13 @@ class MqttSource:
     def _ack_now(self, msg: paho.MQTTMessage) -> None:
         if msg.qos > 0 and self.persistent:
             self.ack([(msg.mid, msg.qos, self._gen)])
+
+    # --- our own publishes ----------------------------------------------------------------
+    def publish_dead_letter(self, topic: str, body: bytes) -> None:
+        """A refused message's report, QoS 1 (paho queues it while reconnecting)."""
+        info = self.client.publish(topic, body, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.warning("dead-letter publish to %r failed: rc %s", topic, info.rc)
 
     # --- acknowledgements (writer thread) ------------------------------------------------
     def ack(self, tokens: list[AckToken]) -> None:

@@ -16,9 +16,8 @@ import pytest
 from paho.mqtt.enums import MQTTErrorCode
 
 from service.api.routes.health import readiness
-from service.ingest.ingester import Ingester
 from service.metrics import Metrics
-from service.pipeline import Pipeline
+from service.pipeline import Pipeline, build_ingester
 from service.store import open_store
 from tests.integration.ingest_helpers import (
     IngestProcess,
@@ -48,7 +47,7 @@ def test_influxd_down_mid_stream_spools_and_replays(
     settings = make_settings(mosquitto.port, f"influxdb://127.0.0.1:{influxd.port}/sensorcast", tmp_path / "spool",
                              client_id="f-influx-down", topic="fdown/{device}/{quantity}")
     store = open_store(settings.store)
-    ing = Ingester(settings, store, Metrics())
+    ing = build_ingester(settings, store, Metrics())
     ing.start()
     assert ing.source is not None and ing.source.subscribed.wait(10)
     pub = Publisher(mosquitto.port, client_id="f-influx-down-pub")
@@ -117,7 +116,7 @@ def test_broker_sigkilled_mid_stream_keeps_every_acknowledged_reading(
     settings = make_settings(broker.port, f"influxdb://127.0.0.1:{influxd.port}/fbroker", tmp_path / "spool",
                              client_id="f-broker", topic="fbroker/{device}/{quantity}")
     store = open_store(settings.store)
-    ing = Ingester(settings, store, Metrics())
+    ing = build_ingester(settings, store, Metrics())
     ing.start()
     assert ing.source is not None and ing.source.subscribed.wait(10)
     time.sleep(1.5)  # the broker's autosave (1 s) has written our session and subscription
@@ -150,7 +149,7 @@ def test_spool_full_stops_acknowledging_and_recovers(
                              batch_size=200, queue_max=500)
     settings.store.spool_max_bytes = 20_000  # ~4 batches of 200 readings
     store = open_store(settings.store)
-    ing = Ingester(settings, store, Metrics())
+    ing = build_ingester(settings, store, Metrics())
     ing.start()
     assert ing.source is not None and ing.source.subscribed.wait(10)
     influxd.kill(signal.SIGKILL)
@@ -201,7 +200,7 @@ def test_exception_while_handling_a_message_is_refused_acknowledged_and_intake_g
     settings = make_settings(mosquitto.port, url, tmp_path / "spool", client_id="f-raise",
                              topic="fraise/{device}/{quantity}")
     store = open_store(settings.store)
-    ing = Ingester(settings, store, Metrics())
+    ing = build_ingester(settings, store, Metrics())
     real_decode, real_report = ing.decoder.decode, ing.reporter.report
 
     def decode(topic: str, payload: bytes, received_ns: int):  # type: ignore[no-untyped-def]
@@ -242,7 +241,7 @@ def test_exception_while_handling_a_message_is_refused_acknowledged_and_intake_g
     assert "refused (internal) from mqtt topic 'fraise/bad/temp': OverflowError" in caplog.text
     assert "payload b'decode-boom 0'" in caplog.text
     # The same session again: the broker has nothing left to redeliver.
-    again = Ingester(settings, store, Metrics())
+    again = build_ingester(settings, store, Metrics())
     again.start()
     try:
         assert again.source is not None and again.source.subscribed.wait(10)
@@ -265,7 +264,7 @@ def test_lost_broker_session_is_a_warning_a_counter_and_a_readyz_detail(
                              client_id="f-session", topic="fsess/{device}/{quantity}")
     metrics = Metrics()
     store = open_store(settings.store)
-    ing = Ingester(settings, store, metrics)
+    ing = build_ingester(settings, store, metrics)
     pipe = Pipeline(settings, metrics, store=store, ingester=ing, decoder=ing.decoder)
     lost = metrics.mqtt_sessions_lost
     pipe.start()

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from service.ingest.ingester import Ingester
 from service.metrics import Metrics
+from service.pipeline import build_ingester
 from service.store import open_store
 from tests.faults.tcpproxy import DelayProxy
 from tests.integration.ingest_helpers import (
@@ -47,7 +47,7 @@ def test_slow_database_backpressure_not_unbounded_queues(
     settings.store.timeout_s = 2.0
     store = open_store(settings.store)  # creates the database while the proxy is still fast
     metrics = Metrics()
-    ing = Ingester(settings, store, metrics)
+    ing = build_ingester(settings, store, metrics)
     ing.start()
     assert ing.source is not None and ing.source.subscribed.wait(10)
     proxy.delay_s = 1.0  # slow, but within the store timeout

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from service.ingest.ingester import Ingester
 from service.metrics import Metrics
+from service.pipeline import build_ingester
 from service.store import open_store
 from tests.integration.ingest_helpers import Publisher, make_settings, readings, wait_stored
 from tools.localservers import Influxd, Mosquitto
@@ -67,7 +67,7 @@ def test_real_enospc_stops_acks_and_recovers(
                              batch_size=200, queue_max=300)
     store = open_store(settings.store)
     metrics = Metrics()
-    ing = Ingester(settings, store, metrics)
+    ing = build_ingester(settings, store, metrics)
     ing.start()
     assert ing.source is not None and ing.source.subscribed.wait(10)
     influxd.kill(signal.SIGKILL)

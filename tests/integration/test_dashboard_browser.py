@@ -115,9 +115,8 @@ def test_dashboard_asks_for_the_read_key_and_then_shows_data(browser: Any, tmp_p
     from selenium.webdriver.common.by import By
 
     from service.api.app import create_app
-    from service.ingest.ingester import Ingester
     from service.metrics import Metrics
-    from service.pipeline import Pipeline
+    from service.pipeline import Pipeline, build_ingester
     from service.records import Reading, StreamKey
     from service.store.memory import MemoryStore
     from tests.apiharness import T0, populated_twin, settings_for
@@ -128,7 +127,7 @@ def test_dashboard_asks_for_the_read_key_and_then_shows_data(browser: Any, tmp_p
     store, metrics, engine = MemoryStore(), Metrics(), populated_twin()
     key = StreamKey("pump-1", "temperature")
     store.write([Reading(key, T0 - (50 - i) * 60 * 10**9, 20.0 + (i % 7) * 0.3) for i in range(50)])
-    ingester = Ingester(settings, store, metrics, sinks=[engine.accept], mqtt=False)
+    ingester = build_ingester(settings, store, metrics, sinks=[engine.accept], mqtt=False)
     pipeline = Pipeline(settings, metrics, store=store, engine=engine, ingester=ingester, decoder=ingester.decoder)
     pipeline.start()
     server = ApiServer(create_app(settings, pipeline=pipeline), _listen("127.0.0.1", 0))

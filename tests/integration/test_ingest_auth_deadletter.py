@@ -16,8 +16,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from service.ingest.ingester import Ingester
 from service.metrics import Metrics
+from service.pipeline import build_ingester
 from service.store.memory import MemoryStore
 from tests.integration.ingest_helpers import make_settings
 from tools.localservers import Mosquitto
@@ -40,7 +40,7 @@ def test_password_file_login_and_dead_letters(fresh_mosquitto: Callable[..., Mos
         # Wrong password: refused, and the ingester says so in its status.
         bad = make_settings(broker.port, "memory://", tmp_path / "spool-bad", client_id="auth-bad")
         bad.mqtt.url = f"mqtt://ingest:wrong@127.0.0.1:{broker.port}"
-        ing_bad = Ingester(bad, MemoryStore(), Metrics())
+        ing_bad = build_ingester(bad, MemoryStore(), Metrics())
         ing_bad.start()
         time.sleep(1.5)
         assert not ing_bad.status().broker_connected
@@ -51,7 +51,7 @@ def test_password_file_login_and_dead_letters(fresh_mosquitto: Callable[..., Mos
         settings.mqtt.url = f"mqtt://ingest@127.0.0.1:{broker.port}"
         settings.mqtt.password_file = tmp_path / "mqtt-pass"
         store = MemoryStore()
-        ing = Ingester(settings, store, Metrics())
+        ing = build_ingester(settings, store, Metrics())
         ing.start()
         assert ing.source is not None and ing.source.subscribed.wait(10)
 

@@ -22,7 +22,7 @@ _n = itertools.count()
 def test_20000_readings_over_200_streams_stored_exactly(
     kind: str, mosquitto: Mosquitto, influxd: Influxd, tmp_path: Path
 ) -> None:
-    from service.ingest.ingester import Ingester
+    from service.pipeline import build_ingester
 
     n = next(_n)
     url = f"influxdb://127.0.0.1:{influxd.port}/e2e{n}" if kind == "influxdb" else f"sqlite:///{tmp_path}/e2e.db"
@@ -30,7 +30,7 @@ def test_20000_readings_over_200_streams_stored_exactly(
                              topic=f"e2e{n}/{{device}}/{{quantity}}")
     store = open_store(settings.store)
     sunk: list[Reading] = []
-    ing = Ingester(settings, store, Metrics(), sinks=[sunk.extend])
+    ing = build_ingester(settings, store, Metrics(), sinks=[sunk.extend])
     ing.start()
     assert ing.source is not None and ing.source.subscribed.wait(10)
     pub = Publisher(mosquitto.port, client_id=f"e2e-pub-{n}")
@@ -57,7 +57,7 @@ def test_live_sinks_see_readings_before_the_store_write_and_sinks_after(
     """The engine is fed as soon as a message is decoded; a slow database never delays it."""
     import threading
 
-    from service.ingest.ingester import Ingester
+    from service.pipeline import build_ingester
     from service.store.memory import MemoryStore
 
     class HeldStore(MemoryStore):
@@ -77,7 +77,7 @@ def test_live_sinks_see_readings_before_the_store_write_and_sinks_after(
     store = HeldStore()
     live: list[Reading] = []
     durable: list[Reading] = []
-    ing = Ingester(settings, store, Metrics(), sinks=[durable.extend], live=[live.extend])
+    ing = build_ingester(settings, store, Metrics(), sinks=[durable.extend], live=[live.extend])
     ing.start()
     assert ing.source is not None and ing.source.subscribed.wait(10)
     pub = Publisher(mosquitto.port, client_id=f"live-pub-{n}")

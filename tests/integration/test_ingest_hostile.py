@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from service.ingest.ingester import Ingester
 from service.metrics import Metrics
+from service.pipeline import build_ingester
 from service.records import Reading, StreamKey
 from service.store import open_store
 from service.store.influx1 import Influx1Store
@@ -56,7 +56,7 @@ def test_hostile_corpus_interleaved_with_good_readings(mosquitto: Mosquitto, inf
     store = open_store(settings.store)
     assert isinstance(store, Influx1Store)
     metrics = Metrics()
-    ing = Ingester(settings, store, metrics)
+    ing = build_ingester(settings, store, metrics)
     ing.start()
     assert ing.source is not None and ing.source.subscribed.wait(10)
     pub = Publisher(mosquitto.port, client_id="hostile-pub")

@@ -23,14 +23,14 @@ _n = itertools.count()
 
 
 def test_persistent_311_session_keeps_readings_while_away(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    from service.ingest.ingester import Ingester
+    from service.pipeline import build_ingester
 
     n = next(_n)
     settings = make_settings(mosquitto.port, f"sqlite:///{tmp_path}/a.db", tmp_path / "spool",
                              client_id=f"it311-{n}", topic=f"v311n{n}/{{device}}/{{quantity}}")
     settings.mqtt.protocol = "3.1.1"
     store = open_store(settings.store)
-    ing = Ingester(settings, store, Metrics(), sinks=[])
+    ing = build_ingester(settings, store, Metrics(), sinks=[])
     ing.start()
     assert ing.source is not None and ing.source.subscribed.wait(10)
     ing.stop()  # away: the broker queues for the persistent session
@@ -41,7 +41,7 @@ def test_persistent_311_session_keeps_readings_while_away(mosquitto: Mosquitto, 
         pub.wait_acked()
     finally:
         pub.close()
-    ing = Ingester(settings, store, Metrics(), sinks=[])
+    ing = build_ingester(settings, store, Metrics(), sinks=[])
     ing.start()
     try:
         got = wait_stored(store, expected, timeout=30)
@@ -52,14 +52,14 @@ def test_persistent_311_session_keeps_readings_while_away(mosquitto: Mosquitto, 
 
 
 def test_ingester_on_the_embedded_amqtt_broker(tmp_path: Path) -> None:
-    from service.ingest.ingester import Ingester
+    from service.pipeline import build_ingester
 
     with EmbeddedBroker(port=free_port()) as broker:
         settings = make_settings(broker.port, f"sqlite:///{tmp_path}/b.db", tmp_path / "spool", client_id="it-amqtt")
         settings.mqtt.protocol = "3.1.1"
         store = open_store(settings.store)
         sunk: list[object] = []
-        ing = Ingester(settings, store, Metrics(), sinks=[sunk.extend])
+        ing = build_ingester(settings, store, Metrics(), sinks=[sunk.extend])
         ing.start()
         assert ing.source is not None and ing.source.subscribed.wait(10)
         pub = Publisher(broker.port, client_id="it-amqtt-pub")

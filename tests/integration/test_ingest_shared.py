@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.ingest.ingester import Ingester
 from service.metrics import Metrics
+from service.pipeline import build_ingester
 from service.store import open_store
 from tests.integration.ingest_helpers import Publisher, make_settings, readings, wait_stored
 from tools.localservers import Influxd, Mosquitto
@@ -22,7 +22,7 @@ def test_shared_subscription_splits_and_stores_once(mosquitto: Mosquitto, influx
     for i in range(2):
         s = make_settings(mosquitto.port, url, tmp_path / f"spool{i}", client_id=f"shared-{i}",
                           topic="shared/{device}/{quantity}", share_group="ingest")
-        ing = Ingester(s, open_store(s.store), Metrics())
+        ing = build_ingester(s, open_store(s.store), Metrics())
         assert ing.source is not None and ing.source.subscription == "$share/ingest/shared/+/+"
         ing.start()
         assert ing.source.subscribed.wait(10)
@@ -52,7 +52,7 @@ def test_shared_subscription_member_gets_what_was_published_while_away(mosquitto
     s = make_settings(mosquitto.port, "memory://", tmp_path / "spool", client_id="shared-away",
                       topic="sharedaway/{device}/{quantity}", share_group="away")
     store = MemoryStore()
-    ing = Ingester(s, store, Metrics())
+    ing = build_ingester(s, store, Metrics())
     ing.start()
     assert ing.source is not None and ing.source.subscribed.wait(10)
     ing.stop()  # the persistent session (and its shared subscription) stays with the broker
@@ -60,7 +60,7 @@ def test_shared_subscription_member_gets_what_was_published_while_away(mosquitto
     try:
         pub.publish(readings(1_000, 10), topic="sharedaway/{d}/{q}")
         pub.wait_acked()
-        ing = Ingester(s, store, Metrics())
+        ing = build_ingester(s, store, Metrics())
         ing.start()
         deadline = time.monotonic() + 20
         while store.count() < 1_000 and time.monotonic() < deadline:

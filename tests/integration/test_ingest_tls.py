@@ -14,8 +14,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from service.ingest.ingester import Ingester
 from service.metrics import Metrics
+from service.pipeline import build_ingester
 from service.store.memory import MemoryStore
 from tests.integration.ingest_helpers import make_settings
 from tools.localservers import Mosquitto, free_port
@@ -59,7 +59,7 @@ def test_mutual_tls(fresh_mosquitto: Callable[..., Mosquitto], tmp_path: Path) -
         settings.mqtt.cert_file = pki / "client.crt"
         settings.mqtt.key_file = pki / "client.key"
         store = MemoryStore()
-        ing = Ingester(settings, store, Metrics())
+        ing = build_ingester(settings, store, Metrics())
         ing.start()
         try:
             assert ing.source is not None and ing.source.subscribed.wait(15), "no TLS session"
@@ -77,7 +77,7 @@ def test_mutual_tls(fresh_mosquitto: Callable[..., Mosquitto], tmp_path: Path) -
         # Without the client certificate the broker refuses the handshake.
         settings.mqtt.client_id = "tls-no-cert"
         settings.mqtt.cert_file = settings.mqtt.key_file = None
-        ing2 = Ingester(settings, MemoryStore(), Metrics())
+        ing2 = build_ingester(settings, MemoryStore(), Metrics())
         ing2.start()
         time.sleep(2)
         assert not ing2.status().broker_connected

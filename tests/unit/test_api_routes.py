@@ -263,13 +263,18 @@ def test_roles_without_inference_or_ingest_answer_503(tmp_path: Path) -> None:
         assert client.get("/healthz").status_code == 200
 
 
-def test_unknown_role_is_a_config_error() -> None:
-    from service.errors import ConfigError
-    from service.pipeline import parse_roles
+def test_unknown_role_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
 
-    with pytest.raises(ConfigError, match="not understood"):
-        parse_roles("api,training")
-    assert parse_roles(" ingest , api ") == {"ingest", "api"}
+    from service.config import Settings
+
+    with pytest.raises(ValidationError, match=r"roles: \['training'\] not understood"):
+        Settings(roles="api,training")  # type: ignore[call-arg]
+    assert Settings(roles=" ingest , api ").roles == {"ingest", "api"}  # type: ignore[call-arg]
+    monkeypatch.setenv("SENSORCAST_ROLES", "inference,api")  # text, not JSON, in the environment
+    assert Settings().roles == {"inference", "api"}  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="roles: none given"):
+        Settings(roles=" , ")  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize("busy", [False, True], ids=["lock-free", "locked-fallback"])

@@ -84,12 +84,12 @@ def test_max_streams_per_device(tmp_path: Path) -> None:
 
 
 def test_refused_streams_are_still_stored(tmp_path: Path) -> None:
-    from service.ingest.ingester import Ingester
+    from service.pipeline import build_ingester
 
     store = MemoryStore()
     eng, m, _ = make(tmp_path, streams={"max_streams": 2})
     settings = eng.settings
-    ing = Ingester(settings, store, Metrics(), live=[eng.accept], mqtt=False)
+    ing = build_ingester(settings, store, Metrics(), live=[eng.accept], mqtt=False)
     ing.start()
     try:
         keys = [StreamKey(f"d{i}", "t") for i in range(5)]

@@ -10,6 +10,7 @@ from service.config import Settings, StoreSettings
 from service.errors import ConfigError, StoreError
 from service.ingest.ingester import Ingester
 from service.metrics import Metrics
+from service.pipeline import build_ingester
 from service.records import Reading, StreamKey
 from service.store import open_store
 from service.store.memory import MemoryStore
@@ -24,7 +25,7 @@ def make(tmp_path: Path, **store_kw: object) -> tuple[Ingester, MemoryStore, lis
         setattr(s.store, k, v)
     store = MemoryStore()
     sunk: list[list[Reading]] = []
-    ing = Ingester(s, store, Metrics(), sinks=[sunk.append], mqtt=False)
+    ing = build_ingester(s, store, Metrics(), sinks=[sunk.append], mqtt=False)
     ing.start()
     return ing, store, sunk
 

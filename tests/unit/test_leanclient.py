@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from service.ingest.leanclient import SUPPORTED, LeanClient, ReadAheadSocket, client_class
+from service.mqtt.leanclient import SUPPORTED, LeanClient, ReadAheadSocket, client_class
 
 PROTOCOLS = {"3.1.1": paho.MQTTv311, "5": paho.MQTTv5}
 

@@ -48,3 +48,11 @@ def test_serve_refuses_open_write_routes_on_a_public_address(tmp_path: Path) -> 
     assert "the API would bind '0.0.0.0' (not loopback) with no API key" in done.stderr
     assert "SENSORCAST_API__ALLOW_OPEN=true" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "spool").exists()  # refused before anything was opened
+
+
+def test_unknown_role_stops_serve_with_the_reason(tmp_path: Path) -> None:
+    done = _run("serve", tmp_path, SENSORCAST_ROLES="ingest,training")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "sensorcast serve: refusing to start:" in done.stderr
+    assert "roles: ['training'] not understood" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "spool").exists()  # refused before anything was opened

@@ -3,7 +3,7 @@
 Starts its own mosquitto and influxd (tools/localservers.py), then for each target:
 
 * ``ceiling``: a bare subscriber (QoS 1, automatic acks) that only counts messages, on the
-  same paho client class as the ingester (service/ingest/leanclient.py);
+  same paho client class as the ingester (service/mqtt/leanclient.py);
 * ``ceiling-stock``: the same with stock ``paho.Client``, to show what the lean path saves;
 * ``influxdb`` / ``sqlite``: the real ingester (decode, batch, write, manual ack after
   the write), verified at the end by counting the points in the store.
@@ -30,8 +30,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from service.config import Settings
-from service.ingest.leanclient import client_class
 from service.metrics import Metrics
+from service.mqtt.leanclient import client_class
 from service.store import open_store
 from tools.localservers import start_influxd, start_mosquitto
 
@@ -183,7 +183,7 @@ def _ceiling(port: int, args: argparse.Namespace, base_ns: int, cls: type[paho.C
 
 
 def _ingest(target: str, mqtt_port: int, influx_port: int, work: Path, args: argparse.Namespace, base_ns: int) -> dict[str, float]:
-    from service.ingest.ingester import Ingester
+    from service.pipeline import build_ingester
 
     s = Settings()  # type: ignore[call-arg]
     s.mqtt.url = f"mqtt://127.0.0.1:{mqtt_port}"
@@ -194,7 +194,7 @@ def _ingest(target: str, mqtt_port: int, influx_port: int, work: Path, args: arg
     s.store.url = (f"influxdb://127.0.0.1:{influx_port}/bench" if target == "influxdb" else f"sqlite:///{work}/bench.db")
     store = open_store(s.store)
     metrics = Metrics()
-    ing = Ingester(s, store, metrics)
+    ing = build_ingester(s, store, metrics)
     if args.mode == "backlog":
         # Create the persistent session, leave, let the broker queue everything, come back.
         ing.start()
@@ -203,7 +203,7 @@ def _ingest(target: str, mqtt_port: int, influx_port: int, work: Path, args: arg
         pubs = _Publishers(mqtt_port, target, args, base_ns)
         pubs.go()
         pub_cpu = pubs.join()
-        ing = Ingester(s, store, metrics)
+        ing = build_ingester(s, store, metrics)
         cpu0, t0 = time.process_time(), time.monotonic()
         ing.start()
     else:

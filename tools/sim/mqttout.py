@@ -17,9 +17,9 @@ from typing import Any, Literal
 import orjson
 import paho.mqtt.client as mqtt
 
-from service.alerts.mqttconn import make_client
 from service.config import MqttSettings
 from service.errors import SensorcastError
+from service.mqtt import make_client
 
 TsFormat = Literal["ns", "ms", "s", "iso"]
 TS_FORMATS: tuple[TsFormat, ...] = ("ns", "ms", "s", "iso")

@@ -6,7 +6,7 @@ Details are short reasons: no store error text, URL or filesystem path (those go
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
@@ -16,6 +16,9 @@ from service.api.deps import PipelineDep, ReadScope
 from service.api.schemas import CheckOut, HealthOut, ReadyOut
 from service.pipeline import Pipeline
 from service.watchdog import dead_threads
+
+if TYPE_CHECKING:
+    from service.ingest.ingester import IngestStatus
 
 router = APIRouter(tags=["health"])
 
@@ -55,7 +58,7 @@ def metrics(pipeline: PipelineDep) -> Response:
         for status, n in counts.items():
             pipeline.metrics.streams.labels(status=status).set(n)
     if pipeline.publisher is not None:
-        pipeline.outbox_gauge.set(pipeline.publisher.pending())
+        pipeline.metrics.alert_outbox.set(pipeline.publisher.pending())
     return Response(pipeline.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -64,13 +67,12 @@ def readiness(pipeline: Pipeline) -> dict[str, CheckOut]:
     checks: dict[str, CheckOut] = {}
     if pipeline.ingester is not None:
         st = pipeline.ingester.status()
-        if getattr(pipeline.ingester, "source", True) is not None:  # None: HTTP intake only
-            broker = bool(_field(st, "broker_connected", False))
-            detail = "connected" if broker else "not connected to the MQTT broker"
-            checks["broker"] = CheckOut(ok=broker, detail=detail + _session_lost(st))
-        store_ok = bool(_field(st, "store_ok", False))
-        spool_ok = not bool(_field(st, "spool_full", False))
-        depth = _field(st, "spool_readings", 0)
+        if pipeline.ingester.subscribes:  # else HTTP intake only: no broker to check
+            detail = "connected" if st.broker_connected else "not connected to the MQTT broker"
+            checks["broker"] = CheckOut(ok=st.broker_connected, detail=detail + _session_lost(st))
+        store_ok = st.store_ok
+        spool_ok = not st.spool_full
+        depth = st.spool_readings
         if store_ok:
             detail = "store answers" + (f"; {depth} readings spooled, replaying" if depth else "")
         elif spool_ok:
@@ -103,16 +105,11 @@ def readiness(pipeline: Pipeline) -> dict[str, CheckOut]:
     return checks
 
 
-def _session_lost(status: Any) -> str:
+def _session_lost(status: IngestStatus) -> str:
     """A detail, not a failure: the session is back; what it held meanwhile may not be."""
-    lost = int(_field(status, "sessions_lost", 0) or 0)
-    if not lost:
+    if not status.sessions_lost:
         return ""
-    at = _field(status, "last_session_lost", None)
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)) if isinstance(at, (int, float)) else "unknown"
-    return (f"; the broker lost our persistent session {lost} time(s), last at {when}: readings published "
-            "meanwhile may be gone (check the broker's persistence)")
-
-
-def _field(obj: Any, name: str, default: Any) -> Any:
-    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
+    at = status.last_session_lost
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)) if at is not None else "unknown"
+    return (f"; the broker lost our persistent session {status.sessions_lost} time(s), last at {when}: readings "
+            "published meanwhile may be gone (check the broker's persistence)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, status
@@ -11,7 +10,6 @@ from fastapi import APIRouter, HTTPException, status
 from service.api.deps import DecoderDep, IngesterDep, PipelineDep, WriteScope
 from service.api.schemas import ErrorOut, ReadingsIn, ReadingsOut, RefusalOut
 from service.errors import StoreError
-from service.pipeline import Pipeline
 from service.records import Reading
 
 router = APIRouter(prefix="/v1", tags=["readings"], dependencies=[WriteScope])
@@ -40,7 +38,8 @@ def post_readings(body: ReadingsIn, ingester: IngesterDep, decoder: DecoderDep, 
         readings.extend(result.readings)
         if result.refusals:
             refused.extend(RefusalOut(index=i, reason=r.reason, detail=r.detail) for r in result.refusals)
-            _report_refusals(pipeline, ingester, msg.topic, raw, result.refusals)
+            # Counted (and logged, rate-limited) like the MQTT path does, through the same reporter.
+            ingester.reporter.report("http", msg.topic, raw, result.refusals)
     if readings:
         try:
             ingester.submit(readings)
@@ -50,12 +49,3 @@ def post_readings(body: ReadingsIn, ingester: IngesterDep, decoder: DecoderDep, 
             raise HTTPException(503, f"readings could not be made durable: {e}") from e
     return ReadingsOut(accepted=len(readings), refused=refused)
 
-
-def _report_refusals(pipeline: Pipeline, ingester: Any, topic: str, raw: bytes, refusals: Any) -> None:
-    """Count (and log, rate-limited) like the MQTT path does, through the same reporter."""
-    reporter = getattr(ingester, "reporter", None)
-    if reporter is not None:
-        reporter.report("http", topic, raw, refusals)
-        return
-    for r in refusals:
-        pipeline.metrics.readings_refused.labels(reason=r.reason).inc()

@@ -19,7 +19,7 @@ subscribe, reconnect, TLS, QoS 2, messages that do carry properties) to paho:
 
 It relies on paho internals (``_create_socket``, ``_handle_publish``, ``_in_packet``,
 ``_handle_on_message``, ``_packet_queue``). ``SUPPORTED`` checks them at import; when a
-future paho lacks one, ``make_client`` falls back to the stock client and the test
+future paho lacks one, ``make_client(lean=True)`` falls back to the stock client and the test
 ``tests/unit/test_leanclient.py`` fails so the gap is seen.
 """
 

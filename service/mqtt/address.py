@@ -1,4 +1,4 @@
-"""Where and how to reach the MQTT broker: one parser for the ingester and the alert publisher."""
+"""Where and how to reach the MQTT broker: the URL parser and TLS context every client uses."""
 
 from __future__ import annotations
 

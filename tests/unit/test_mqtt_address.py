@@ -2,7 +2,7 @@ import pytest
 
 from service.config import MqttSettings
 from service.errors import ConfigError
-from service.mqttaddr import parse_broker_url
+from service.mqtt import parse_broker_url
 
 
 def test_url_credentials_and_default_ports(tmp_path) -> None:  # type: ignore[no-untyped-def]
