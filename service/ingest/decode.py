@@ -219,10 +219,14 @@ class Decoder:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise DecodeError("bad_encoding", "payload is not UTF-8") from None
+        data_lines = 0
         for n, line in enumerate(text.split("\n"), 1):
-            line = line.strip()
+            # Line protocol's whitespace is ASCII: str.strip() would also eat U+0085 and
+            # friends and turn `\x85#...` into a comment, a message that vanishes unseen.
+            line = line.strip(" \t\r")
             if not line or line.startswith("#"):
                 continue
+            data_lines += 1
             try:
                 self._line(fields, line, n, received_ns, out)
             except DecodeError as e:
@@ -230,6 +234,8 @@ class Decoder:
             except Exception as e:  # one line's bug must not lose the other lines
                 out.refusals.append(internal_refusal(e, f"line {n}: "))
                 self._log_internal(e)
+        if data_lines == 0:  # every message yields readings or a refusal, never nothing
+            raise DecodeError("empty", "no data lines (only blank lines and comments)")
 
     def _line(self, fields: TopicFields, line: str, n: int, received_ns: int, out: DecodeResult) -> None:
         p = parse_line(line)

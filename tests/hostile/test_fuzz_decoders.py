@@ -138,6 +138,7 @@ def test_every_decoder_path_is_total_and_injection_free(template: str, parts: li
 @given(template=st.sampled_from(TEMPLATES), payload=NEAR_MISSES)
 @example(template="sensors/#", payload=b"m x=" + b"9" * 400 + b"i")  # the poison message of issue #12
 @example(template="sensors/{device}/{quantity}", payload=b"m temperature;site\\=hq=99")  # the id collision
+@example(template="sensors/{device}/{quantity}", payload=b"\xc2\x85#,1=1 1=1")  # U+0085 made a comment
 def test_near_miss_payloads_never_escape(template: str, payload: bytes) -> None:
     topic = NEAR_MISS_TOPICS[template]
     result = BIG_DECODERS[template].decode(topic, payload, NOW)

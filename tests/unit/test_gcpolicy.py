@@ -32,7 +32,9 @@ def test_frozen_cycles_survive_collections_until_a_refreeze() -> None:
     policy.start()  # node is alive here, so it is frozen
     try:
         assert gc.get_freeze_count() > 0
-        assert metrics.gc_frozen._value.get() == gc.get_freeze_count()
+        # Not exact: frozen objects that other threads of a full test run release meanwhile
+        # leave the permanent generation between the gauge's update and this read.
+        assert metrics.gc_frozen._value.get() == pytest.approx(gc.get_freeze_count(), rel=0.01)
         del node
         gc.collect()
         assert ref() is not None, "a frozen cycle must be skipped by ordinary collections"

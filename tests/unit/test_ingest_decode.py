@@ -366,3 +366,17 @@ def test_the_issue_collision_payload_is_refused_on_the_default_topic() -> None:
     r = dec("sensors/{device}").decode("sensors/pump-1", b"m temperature;site\\=hq=99", NOW)
     assert [x.stream.id for x in r.readings] == ["pump-1/temperature%3Bsite%3Dhq"]
     assert r.readings[0].stream != StreamKey("pump-1", "temperature", (("site", "hq"),))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xc2\x85#,1=1 1=1",  # U+0085 is str.strip() whitespace; a hypothesis find in CI
+        b"# only=a comment",
+        b"# a=b c\n\n# d=e f",
+    ],
+)
+def test_a_body_of_no_data_lines_is_refused_never_silently_dropped(payload: bytes) -> None:
+    result = dec().decode("sensors/d1/temp", payload, 1_700_000_000 * NS_PER_S)
+    assert result.readings or result.refusals, "a message must yield readings or a refusal"
+    assert not result.readings
