@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Protocol
 from service.alerts.publisher import AlertPublisher
 from service.config import Settings
 from service.metrics import Metrics
-from service.records import Alert, Forecast, Reading, StreamKey
+from service.records import Alert, Forecast, Reading
 from service.store.base import Store
 from service.watchdog import Watchdog
 
@@ -164,17 +164,6 @@ class TickOnArrival:
                 log.exception("engine tick on arrival failed")
 
 
-def split_stream_id(stream_id: str) -> tuple[str, str]:
-    """(device, quantity) of a stream id; a multivariate (device) stream's quantity is ``*``.
-
-    Raises ValueError for a malformed id (engine ids never are).
-    """
-    if "/" in stream_id:  # escaped ids hold exactly one unescaped '/', device ids none
-        key = StreamKey.parse(stream_id)
-        return key.device, key.quantity
-    return StreamKey.parse_device_id(stream_id)[0], "*"
-
-
 class Pipeline:
     """The running parts of one process, wired together; the API reads from it."""
 
@@ -221,11 +210,11 @@ class Pipeline:
             log.exception("could not queue alert for %s (%s) in the outbox", alert.stream_id, alert.state)
 
     def on_forecast(self, fc: Forecast) -> None:
-        if self.publisher is None:
+        if self.publisher is None or fc.key is None:  # no key: not a stream's (POST /v1/predict)
             return
         try:
-            device, quantity = split_stream_id(fc.stream_id)
-            self.publisher.publish_forecast(fc, device, quantity)
+            # A multivariate (device) stream's key has quantity "*": its topic says so.
+            self.publisher.publish_forecast(fc, fc.key.device, fc.key.quantity)
         except Exception:
             log.exception("could not publish forecast for %s", fc.stream_id)
 

@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.alerts.payload import topic_for, topic_level
-from service.config import IngestSettings
+from service.config import IngestSettings, Settings
 from service.ingest.decode import Decoder
 from service.metrics import Metrics
-from service.pipeline import split_stream_id
-from service.records import Reading, StreamKey
+from service.pipeline import Pipeline
+from service.records import Forecast, Reading, StreamKey
 from service.runtime.registry import ModelRegistry
 from service.streams import checkpoint
 from service.streams.engine import Engine
@@ -92,9 +92,22 @@ def test_parse_refuses_malformed_ids(text: str, found: str) -> None:
     assert found in str(e.value)
 
 
-def test_split_stream_id_for_forecast_topics() -> None:
-    assert split_stream_id("site%2Fa/t%3Bx;k=v") == ("site/a", "t;x")
-    assert split_stream_id(StreamKey("pump/1", "t", (("k", "v"),)).device_id) == ("pump/1", "*")
+def test_forecast_topics_come_from_the_forecast_key() -> None:
+    got: list[tuple[str, str, str]] = []
+
+    class Publisher:
+        def publish_forecast(self, fc: Forecast, device: str, quantity: str) -> None:
+            got.append((device, quantity, fc.stream_id))
+
+    pipe = Pipeline(Settings(roles="inference"), Metrics(), publisher=Publisher())  # type: ignore[arg-type,call-arg]
+
+    def forecast(key: StreamKey | None, multivariate: bool = False) -> Forecast:
+        return Forecast(key, 0, 60.0, ("v",), ((1.0,),), None, "m", "1", multivariate=multivariate)
+
+    pipe.on_forecast(forecast(StreamKey("site/a", "t;x", (("k", "v"),))))
+    pipe.on_forecast(forecast(StreamKey("pump/1", "*", (("k", "v"),)), multivariate=True))
+    pipe.on_forecast(forecast(None))  # not a stream's: nothing to publish
+    assert got == [("site/a", "t;x", "site%2Fa/t%3Bx;k=v"), ("pump/1", "*", "pump%2F1;k=v")]
 
 
 # --- alert topics --------------------------------------------------------------------------
