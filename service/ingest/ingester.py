@@ -128,7 +128,7 @@ class Ingester:
 
     def liveness(self) -> dict[str, bool]:
         """Whether each thread this ingester runs is alive (for the watchdog)."""
-        out = {"store writer": _writer_alive(self.writer)}
+        out = {"store writer": self.writer.is_alive()}
         if self.source is not None:
             out["mqtt intake"] = self.source.loop_alive()
         return out
@@ -147,10 +147,3 @@ class Ingester:
             last_session_lost=self.source.last_session_lost if self.source is not None else None,
         )
 
-
-def _writer_alive(writer: BatchWriter) -> bool:
-    is_alive = getattr(writer, "is_alive", None)  # BatchWriter's own check, where it has one
-    if callable(is_alive):
-        return bool(is_alive())
-    thread: threading.Thread | None = getattr(writer, "_thread", None)
-    return thread is not None and thread.is_alive()
