@@ -34,6 +34,7 @@ from service.records import Alert, Forecast, Reading
 from service.runtime.registry import ModelRegistry
 from service.store.base import Store
 from service.streams import checkpoint, emit, report
+from service.streams.inbox import Inbox
 from service.streams.lane import Stream
 from service.streams.predict import predict as predict_history
 from service.streams.resample_batch import Batch, BatchResampler
@@ -66,9 +67,8 @@ class Engine:
         self.publish_forecasts = settings.alerts.forecast_topic is not None
         self._lock = threading.RLock()
         self._tick_lock = threading.Lock()  # one tick at a time (a tick lets go of _lock while the store answers)
-        self._inbox_lock = threading.Lock()
         self._checkpoint_lock = threading.Lock()
-        self._inbox: list[Reading] = []
+        self._inbox = Inbox(settings.streams.max_buffered, metrics)
         self._warm = Warmup(settings, store, self._drop_firing)
         self._slots = StreamSlots(settings, registry, metrics, self._warm, self._drop_firing)
         self._resampler = BatchResampler(settings, metrics)
@@ -76,31 +76,16 @@ class Engine:
         self._streams = self._slots.streams
         self._alerts: deque[Alert] = deque(maxlen=1000)
         self._generation = registry.generation
-        self._overload = metrics.late_dropped.labels("overload")
-        self._max_buffered = settings.streams.max_buffered
-        self._overload_logged = 0.0
         self._gauges_at = 0.0
 
     # ------------------------------------------------------------ intake
 
     def accept(self, readings: Sequence[Reading]) -> None:
         """Buffer readings for the next tick (thread-safe, O(len)); bounded by streams.max_buffered."""
-        with self._inbox_lock:
-            room = self._max_buffered - len(self._inbox)
-            if len(readings) <= room:
-                self._inbox.extend(readings)
-                return
-            self._inbox.extend(readings[: max(room, 0)])
-            lost = len(readings) - max(room, 0)
-        self._overload.inc(lost)
-        now = time.monotonic()
-        if now - self._overload_logged > 10:  # one line per 10 s, not one per batch
-            self._overload_logged = now
-            log.warning("engine is behind: %d buffered readings, dropped %d for inference", self._max_buffered, lost)
+        self._inbox.put(readings)
 
     def pending(self) -> int:
-        with self._inbox_lock:
-            return len(self._inbox)
+        return len(self._inbox)
 
     # ------------------------------------------------------------ the tick
 
@@ -108,8 +93,7 @@ class Engine:
         """Process buffered readings: route, resample, warm, step, score, decide, emit."""
         with self._tick_lock:
             now = time.time_ns() if now_ns is None else now_ns
-            with self._inbox_lock:
-                readings, self._inbox = self._inbox, []
+            readings = self._inbox.take()
             with self._lock:
                 done, reads = self._tick_locked(readings, now)
             if not reads:
@@ -124,8 +108,7 @@ class Engine:
             return done
 
     def _tick_locked(self, readings: list[Reading], now: int) -> tuple[int, list[Read]]:
-        if self.registry.generation != self._generation:
-            self._sync_models()
+        self._sync_models()
         self._warm.apply(self._resampler)  # history answered since the last tick
         routed = self._slots.route(readings)  # route
         self._resampler.feed(routed, now, self._slots.by_uid)  # resample
@@ -151,24 +134,24 @@ class Engine:
             if verdicts.fired.size or verdicts.resolved.size:
                 self._emit(emit.alerts(lane, verdicts))
             if self.on_forecast is not None and self.publish_forecasts:
-                self._publish(emit.forecasts(lane, stepped.rows))
+                for f in emit.forecasts(lane, stepped.rows):
+                    try:
+                        self.on_forecast(f)
+                    except Exception:  # a failing sink must not stop inference
+                        log.exception("on_forecast failed for %s", f.stream_id)
             done += len(batch.rows)
         return done
 
     def _step(self, batch: Batch) -> Stepped | None:
-        lane, table = batch.lane, batch.lane.table
+        lane = batch.lane
         t0 = time.perf_counter()
-        poisoned = table.poisoned
         try:
-            stepped = table.step(batch.rows, batch.buckets, batch.x)
+            stepped = lane.table.step(batch.rows, batch.buckets, batch.x)
         except Exception:  # one model failing must not stop the others; its streams re-warm
             log.exception("model %s failed a step of %d streams: they re-warm", lane.model.key, len(batch.rows))
             self.metrics.model_errors.inc()
             lane.reset(batch.rows)
             return None
-        if table.poisoned != poisoned:
-            log.warning("model %s returned a non-finite state for %d streams: they re-warm",
-                        lane.model.key, table.poisoned - poisoned)
         self.metrics.step_latency.labels(lane.model.name).observe(time.perf_counter() - t0)
         self.metrics.steps.labels(lane.model.name).inc(len(batch.rows))
         return stepped
@@ -183,14 +166,6 @@ class Engine:
                 except Exception:  # a failing sink must not stop inference
                     log.exception("on_alert failed for %s", alert.stream_id)
 
-    def _publish(self, forecasts: list[Forecast]) -> None:
-        assert self.on_forecast is not None
-        for f in forecasts:
-            try:
-                self.on_forecast(f)
-            except Exception:  # a failing sink must not stop inference
-                log.exception("on_forecast failed for %s", f.stream_id)
-
     def _drop_firing(self, st: Stream, reason: str) -> None:
         """A firing stream that starts over or leaves resolves, saying why."""
         if st.lane.anomaly.decider.firing[st.row]:
@@ -199,25 +174,22 @@ class Engine:
     def _update_gauges(self) -> None:
         """sensorcast_streams{status}: counted from the lanes' arrays."""
         self._gauges_at = time.monotonic()
-        counts = np.zeros(3, np.int64)
-        for lane in self._lanes.values():
-            counts += lane.status_counts()
-        for status, n in zip(("warming", "ok", "firing"), counts.tolist(), strict=True):
+        for status, n in self._slots.status_counts().items():
             self.metrics.streams.labels(status).set(n)
 
     # ------------------------------------------------------------ models
 
     def _sync_models(self) -> None:
-        """After a registry change: move streams whose model changed (they re-warm)."""
-        self._generation = self.registry.generation
-        self._slots.sync_models()
+        """After a registry change: streams whose model changed move (they re-warm)."""
+        if self.registry.generation != self._generation:
+            self._generation = self.registry.generation
+            self._slots.sync_models()
 
     def reload_models(self) -> dict[str, Any]:
         """Re-scan the models directory now; streams of changed models re-warm."""
         answer = self.registry.reload()
         with self._lock:
-            if self.registry.generation != self._generation:
-                self._sync_models()
+            self._sync_models()
         return dict(answer)
 
     def models(self) -> list[ModelInfo]:
@@ -242,11 +214,7 @@ class Engine:
     def streams(self) -> list[StreamStatus]:
         """Every stream, by id. Numbers are gathered under the lock in bulk; the records are
         built after releasing it (100k streams must not stall the tick for a second)."""
-        with self._lock:
-            meta = report.meta(sorted(self._streams.values(), key=lambda s: s.id))
-            snap = report.empty_snapshot(len(meta))
-            report.gather(self._streams, [m[0] for m in meta], snap)
-        return report.statuses(meta, snap)
+        return report.every_status(self._streams, self._lock)
 
     def streams_page(
         self, limit: int, after: str | None = None, status: str | None = None
@@ -261,14 +229,7 @@ class Engine:
         return report.page(self._streams, ids, i, limit, status, self._lock)
 
     def stream(self, stream_id: str) -> StreamStatus | None:
-        with self._lock:
-            st = self._streams.get(stream_id)
-            if st is None:
-                return None
-            snap = report.empty_snapshot(1)
-            report.fill_snapshot(snap, st.lane, np.zeros(1, np.intp), np.array([st.row], np.intp))
-            meta = report.meta([st])
-        return report.statuses(meta, snap)[0]
+        return report.status_of(self._streams, stream_id, self._lock)
 
     def forecast(self, stream_id: str) -> Forecast | None:
         """The latest stateful forecast (None while warming or unknown)."""
@@ -279,22 +240,15 @@ class Engine:
     def lookup_forecast(self, stream_id: str) -> ForecastLookup | None:
         """The latest forecast without the engine's lock, for the API's event loop.
 
-        A tick holds the lock for milliseconds (~0.2 s of CPU at 100k streams; store
-        reads for warm-up happen off it); a forecast is a few array rows guarded by the
-        table's seqlock instead. None: a write overlapped every attempt, use ``forecast()``.
+        A tick holds the lock for milliseconds (~0.2 s of CPU at 100k streams); a forecast
+        is a few rows under the table's seqlock. None: a write overlapped every try, use ``forecast()``.
         """
         return report.lookup_forecast(self._streams, stream_id)
 
     def recent_alerts(self, limit: int = 100, stream: str | None = None, state: str | None = None) -> list[Alert]:
         """Newest first."""
         with self._lock:
-            out = []
-            for a in reversed(self._alerts):
-                if (stream is None or a.stream_id == stream) and (state is None or a.state == state):
-                    out.append(a)
-                    if len(out) >= limit:
-                        break
-            return out
+            return report.newest(self._alerts, limit, stream, state)
 
     def set_threshold(self, stream_id: str, threshold: float | None) -> None:
         """Per-stream threshold override (None: back to the model/settings default)."""
@@ -307,12 +261,8 @@ class Engine:
     # ------------------------------------------------------------ stateless predict
 
     def predict(
-        self,
-        model: str,
-        version: str | None,
-        values: list[list[float | None]],
-        timestamps_ns: list[int] | None = None,
-        cadence: float | None = None,
+        self, model: str, version: str | None, values: list[list[float | None]],
+        timestamps_ns: list[int] | None = None, cadence: float | None = None,
     ) -> Forecast:
         """Forecast from a given history with a fresh state (see ``predict.predict``).
 

@@ -13,7 +13,7 @@ Snapshot keys (arrays aligned with the requested ids): ``known``, ``warm``, ``fi
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Reversible, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from service.arrays import IntArr
+from service.records import Alert
 from service.runtime.registry import LoadedModel, ModelRegistry
 from service.streams.emit import forecast_of
 from service.streams.lane import Lane, Stream
@@ -111,6 +112,37 @@ def gather(streams: Mapping[str, Stream], stream_ids: Sequence[str], out: Snapsh
 
 def meta(items: Sequence[Stream]) -> list[StreamMeta]:
     return [(st.id, st.device, st.quantity, st.lane.model) for st in items]
+
+
+def every_status(streams: Mapping[str, Stream], lock: AbstractContextManager[object]) -> list[StreamStatus]:
+    """Every stream's status, by id: numbers gathered under ``lock``, records built after."""
+    with lock:
+        info = meta(sorted(streams.values(), key=lambda s: s.id))
+        snap = empty_snapshot(len(info))
+        gather(streams, [m[0] for m in info], snap)
+    return statuses(info, snap)
+
+
+def status_of(streams: Mapping[str, Stream], stream_id: str, lock: AbstractContextManager[object]) -> StreamStatus | None:
+    with lock:
+        st = streams.get(stream_id)
+        if st is None:
+            return None
+        snap = empty_snapshot(1)
+        fill_snapshot(snap, st.lane, np.zeros(1, np.intp), np.array([st.row], np.intp))
+        info = meta([st])
+    return statuses(info, snap)[0]
+
+
+def newest(alerts: Reversible[Alert], limit: int, stream: str | None, state: str | None) -> list[Alert]:
+    """Up to ``limit`` of ``alerts`` (oldest first) matching the filters, newest first."""
+    out: list[Alert] = []
+    for a in reversed(alerts):
+        if (stream is None or a.stream_id == stream) and (state is None or a.state == state):
+            out.append(a)
+            if len(out) >= limit:
+                break
+    return out
 
 
 def page(

@@ -13,6 +13,7 @@ are read at that offset in between).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from service.arrays import F32, F64, I64, Col, IntArr, RowArrays
 from service.records import NS_PER_S
 from service.runtime.registry import LoadedModel
 from service.runtime.timefeatures import time_features
+
+log = logging.getLogger(__name__)
 
 # Rows per ONNX call: per-stream cost is lowest at B ~ 256-512 (activations stay in cache;
 # measured here: 2.6 us/stream at 512 vs 3.8 us at 10,000).
@@ -156,5 +159,7 @@ class ModelTable(RowArrays):
         restarted = np.concatenate(restart) if restart else np.zeros(0, np.intp)
         if restarted.size:
             self.reset(restarted)  # after the write above: the poisoned forecast goes too, warm-up restarts at 0
+            log.warning("model %s returned a non-finite state for %d streams: they re-warm",
+                        self.model.key, restarted.size)
         self.last_x[rows] = x
         return Stepped(rows, ts, x, expected, prev_scale, was_warm, restarted)
