@@ -48,7 +48,8 @@ test-fast: $(VENV)/.installed  ## unit and contract tests only
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check service tools evaluation training tests
-	$(VENV)/bin/mypy service tools evaluation
+	$(VENV)/bin/mypy service tools evaluation training
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: bench-ingest bench-inference bench-latency
 
@@ -96,4 +97,4 @@ compose-config: $(VENV)/.installed
 	$(PY) -m pytest -q tests/unit/test_deploy_files.py -k compose
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data var
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache data var
