@@ -135,23 +135,26 @@ class RowArrays:
         for c in self.columns():
             d[c.name][rows] = c.fill
 
-    def export(self, rows: IntArr) -> Arrays:
-        """Copies of the saved columns at ``rows``, keyed ``prefix + name``."""
+    def export(self, rows: IntArr, prefix: str | None = None) -> Arrays:
+        """Copies of the saved columns at ``rows``, keyed ``prefix + name`` (the class's
+        ``prefix`` unless given)."""
         d = self.__dict__
-        return {self.prefix + c.name: d[c.name][rows] for c in self.columns() if c.saved}
+        p = self.prefix if prefix is None else prefix
+        return {p + c.name: d[c.name][rows] for c in self.columns() if c.saved}
 
-    def load(self, rows: IntArr, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:
+    def load(self, rows: IntArr, arrays: Mapping[str, npt.NDArray[np.generic]], prefix: str | None = None) -> None:
         """Rows saved by ``export`` (of a table with the same dims) into ``rows``.
 
         Every shape is checked before anything is written: KeyError for a missing
         required array, ValueError for a shape that does not fit.
         """
         d = self.__dict__
+        p = self.prefix if prefix is None else prefix
         picked: list[tuple[Col[Any], npt.NDArray[np.generic] | None]] = []
         for c in self.columns():
             if not c.saved:
                 continue
-            key = self.prefix + c.name
+            key = p + c.name
             if key not in arrays and c.optional:
                 picked.append((c, None))
                 continue

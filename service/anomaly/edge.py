@@ -17,13 +17,15 @@ false-positive rows by a third at no loss of detected windows (docs/nab.md).
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
-from service.arrays import F64, IntArr
+from service.arrays import F64, Col, IntArr, RowArrays
 
 
-class RisingEdge:
+class RisingEdge(RowArrays):
     """Per-row ring of recent input scores; damps scores that are not a recent maximum."""
+
+    ring = Col(np.float64, ("window",), -np.inf)  # (N, W) -inf: no score yet
+    count = Col(np.int64, fill=0)
 
     def __init__(self, window: int = 50, damp: float = 0.5) -> None:
         # window 50: longer than an incident's tail of high scores; 20..100 scored alike on NAB.
@@ -31,20 +33,7 @@ class RisingEdge:
             raise ValueError(f"window >= 1 and 0 <= damp <= 1 expected, found {window}, {damp}")
         self.window = window
         self.damp = damp
-        self.ring: F64 = np.zeros((0, window))
-        self.count: npt.NDArray[np.int64] = np.zeros(0, np.int64)
-
-    def grow(self, capacity: int) -> None:
-        old = self.count.shape[0]
-        if capacity <= old:
-            return
-        extra = capacity - old
-        self.ring = np.concatenate([self.ring, np.full((extra, self.window), -np.inf)])
-        self.count = np.concatenate([self.count, np.zeros(extra, np.int64)])
-
-    def reset(self, rows: IntArr) -> None:
-        self.ring[rows] = -np.inf
-        self.count[rows] = 0
+        super().__init__({"window": window})
 
     def update(self, rows: IntArr, score: F64) -> F64:
         """Scores (B,) -> the same scores, damped where not above the row's recent maximum."""

@@ -19,13 +19,16 @@ Vectorised over stream rows (``grow``/``reset``/``update``), like the other scor
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
-from service.arrays import F64, IntArr
+from service.arrays import F64, Col, IntArr, RowArrays
 
 
-class RangeNovelty:
+class RangeNovelty(RowArrays):
     """Per-row running min/max; scores excursions beyond them."""
+
+    lo = Col(np.float64, fill=np.inf)
+    hi = Col(np.float64, fill=-np.inf)
+    count = Col(np.int64, fill=0)
 
     def __init__(
         self, tolerance: float = 0.02, learning_steps: int = 300, floor: float = 0.9, knee: float = 0.1
@@ -42,23 +45,7 @@ class RangeNovelty:
         self.learning_steps = learning_steps
         self.floor = floor
         self.knee = knee
-        self.lo: F64 = np.zeros(0)
-        self.hi: F64 = np.zeros(0)
-        self.count: npt.NDArray[np.int64] = np.zeros(0, np.int64)
-
-    def grow(self, capacity: int) -> None:
-        old = self.count.shape[0]
-        if capacity <= old:
-            return
-        extra = capacity - old
-        self.lo = np.concatenate([self.lo, np.full(extra, np.inf)])
-        self.hi = np.concatenate([self.hi, np.full(extra, -np.inf)])
-        self.count = np.concatenate([self.count, np.zeros(extra, np.int64)])
-
-    def reset(self, rows: IntArr) -> None:
-        self.lo[rows] = np.inf
-        self.hi[rows] = -np.inf
-        self.count[rows] = 0
+        super().__init__()
 
     def update(self, rows: IntArr, value: F64) -> F64:
         """Score (B,) in [0, 1) of each row's new value, then widen the range. NaN: 0, ignored."""

@@ -26,13 +26,17 @@ most once per call).
 from __future__ import annotations
 
 import numpy as np
-import numpy.typing as npt
 
-from service.arrays import F64, IntArr
+from service.arrays import F64, Col, IntArr, RowArrays
 
 
-class PeakRatio:
+class PeakRatio(RowArrays):
     """Per-row short-window mean of raw scores vs its slowly decaying past peak."""
+
+    ring = Col(np.float64, ("window",), 0.0)  # (N, W) the last raw scores
+    total = Col(np.float64, fill=0.0)  # their sum
+    peak = Col(np.float64, fill=0.0)  # the decaying peak of the window mean
+    count = Col(np.int64, fill=0)
 
     def __init__(self, window: int = 20, decay: float = 0.9999, learning_steps: int = 300) -> None:
         # window 20: a run of moderate surprise outranks a single noisy step.
@@ -45,26 +49,7 @@ class PeakRatio:
         self.window = window
         self.decay = decay
         self.learning_steps = learning_steps
-        self.ring: F64 = np.zeros((0, window))
-        self.total: F64 = np.zeros(0)
-        self.peak: F64 = np.zeros(0)
-        self.count: npt.NDArray[np.int64] = np.zeros(0, np.int64)
-
-    def grow(self, capacity: int) -> None:
-        old = self.count.shape[0]
-        if capacity <= old:
-            return
-        extra = capacity - old
-        self.ring = np.concatenate([self.ring, np.zeros((extra, self.window))])
-        self.total = np.concatenate([self.total, np.zeros(extra)])
-        self.peak = np.concatenate([self.peak, np.zeros(extra)])
-        self.count = np.concatenate([self.count, np.zeros(extra, np.int64)])
-
-    def reset(self, rows: IntArr) -> None:
-        self.ring[rows] = 0.0
-        self.total[rows] = 0.0
-        self.peak[rows] = 0.0
-        self.count[rows] = 0
+        super().__init__({"window": window})
 
     def update(self, rows: IntArr, raw: F64) -> F64:
         """Advance ``rows`` by one raw score each (NaN counts as 0); scores (B,) in [0, 1)."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from service.arrays import F64, IntArr
+from service.arrays import F64, Col, IntArr, RowArrays
 
 SQRT_HALF_PI = float(np.sqrt(np.pi / 2))  # E|r| = sigma * sqrt(2/pi) for a normal residual
 _SQRT2 = float(np.sqrt(2.0))
@@ -65,27 +65,18 @@ def z_for_score(score: float) -> float:
     return (lo + hi) / 2
 
 
-class SpreadScorer:
+class SpreadScorer(RowArrays):
     """Per-row residual spread (EWMA of |residual|) and the [0, 1] score."""
+
+    abs_ewma = Col(np.float64, ("n",), 0.0)  # (N, Fo)
+    count = Col(np.int64, fill=0)  # residuals learnt
 
     def __init__(self, n_features: int, alpha: float = 0.05, min_residuals: int = 10) -> None:
         # alpha 0.05: the spread follows about the last 20 normal steps.
         self.n_features = n_features
         self.alpha = alpha
         self.min_residuals = min_residuals
-        self.abs_ewma: F64 = np.zeros((0, n_features))
-        self.count: npt.NDArray[np.int64] = np.zeros(0, np.int64)
-
-    def grow(self, capacity: int) -> None:
-        old = self.count.shape[0]
-        if capacity <= old:
-            return
-        self.abs_ewma = np.concatenate([self.abs_ewma, np.zeros((capacity - old, self.n_features))])
-        self.count = np.concatenate([self.count, np.zeros(capacity - old, np.int64)])
-
-    def reset(self, rows: IntArr) -> None:
-        self.abs_ewma[rows] = 0.0
-        self.count[rows] = 0
+        super().__init__({"n": n_features})
 
     def spread(self, rows: IntArr, scale: F64 | None) -> F64:
         """(B, Fo) spread in raw units: the model's scale, else the learnt residual spread."""

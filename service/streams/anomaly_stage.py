@@ -78,13 +78,12 @@ class AnomalyStage(RowArrays):
         self.scorer.reset(rows)
         self.decider.clear(rows)  # a per-stream threshold leaves with its stream
 
-    def export(self, rows: IntArr) -> Arrays:
-        return {**super().export(rows), **self.scorer.export_rows(rows), **self.decider.export(rows)}
+    def export(self, rows: IntArr, prefix: str | None = None) -> Arrays:
+        return {**super().export(rows, prefix), **self.scorer.export_rows(rows), **self.decider.export(rows)}
 
-    def load(self, rows: IntArr, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:
-        super().load(rows, arrays)
+    def load(self, rows: IntArr, arrays: Mapping[str, npt.NDArray[np.generic]], prefix: str | None = None) -> None:
+        super().load(rows, arrays, prefix)
         self.decider.load(rows, arrays)
-        # A file saved under the other anomaly.scorer: keep the streams, re-learn the scores.
         try:
             self.scorer.import_rows(rows, arrays)
         except KeyError as e:  # saved under the other anomaly.scorer: keep the streams, re-learn scores

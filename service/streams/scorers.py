@@ -19,7 +19,7 @@ Both are vectorised over rows and carry their per-row state through checkpoints
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from service.anomaly.scoring import SpreadScorer, z_for_score
 from service.anomaly.surprise import SurpriseConfig, SurpriseScorer
-from service.arrays import F64, I64, IntArr
+from service.arrays import F64, I64, IntArr, RowArrays
 from service.config import AnomalySettings
 
 Arrays = dict[str, npt.NDArray[np.generic]]
@@ -106,12 +106,10 @@ class SpreadRows:
         return score, spread, top
 
     def export_rows(self, rows: IntArr) -> Arrays:
-        return {"scorer.abs_ewma": self.scorer.abs_ewma[rows], "scorer.count": self.scorer.count[rows]}
+        return self.scorer.export(rows, prefix="scorer.")
 
     def import_rows(self, rows: IntArr, arrays: Saved) -> None:
-        _check(arrays, "scorer.abs_ewma", self.scorer.abs_ewma)
-        self.scorer.abs_ewma[rows] = arrays["scorer.abs_ewma"]
-        self.scorer.count[rows] = arrays["scorer.count"]
+        self.scorer.load(rows, arrays, prefix="scorer.")
 
 
 class SurpriseRows:
@@ -121,15 +119,8 @@ class SurpriseRows:
         # Outside this band a residual is surprising enough to stay out of the spread.
         self.band_z = z_for_score(config.learn_below)
         s = self.scorer
-        # name -> per-virtual-row array (rows * Fo + j), for checkpoints
-        self._parts: dict[str, Callable[[], npt.NDArray[np.generic]]] = {
-            "spread.abs_ewma": lambda: s.spread.abs_ewma, "spread.count": lambda: s.spread.count,
-            "peak.ring": lambda: s.peak.ring, "peak.total": lambda: s.peak.total,
-            "peak.peak": lambda: s.peak.peak, "peak.count": lambda: s.peak.count,
-            "novelty.lo": lambda: s.novelty.lo, "novelty.hi": lambda: s.novelty.hi,
-            "novelty.count": lambda: s.novelty.count,
-            "edge.ring": lambda: s.edge.ring, "edge.count": lambda: s.edge.count,
-        }
+        # The parts' rows are virtual (rows * Fo + j); saved per stream row as (B, Fo, ...).
+        self._parts: dict[str, RowArrays] = {"spread": s.spread, "peak": s.peak, "novelty": s.novelty, "edge": s.edge}
 
     def _virtual(self, rows: IntArr) -> IntArr:
         v: IntArr = (rows[:, None] * self.n_out + np.arange(self.n_out)).ravel()  # (B * Fo,)
@@ -156,27 +147,19 @@ class SurpriseRows:
         return score, spread, top
 
     def export_rows(self, rows: IntArr) -> Arrays:
-        v = self._virtual(rows)
+        v, b = self._virtual(rows), len(rows)
         out: Arrays = {}
-        for name, get in self._parts.items():
-            a = get()
-            out[f"surprise.{name}"] = a[v].reshape(len(rows), self.n_out, *a.shape[1:])
+        for name, part in self._parts.items():
+            out.update({k: a.reshape(b, self.n_out, *a.shape[1:]) for k, a in part.export(v, f"surprise.{name}.").items()})
         return out
 
     def import_rows(self, rows: IntArr, arrays: Saved) -> None:
         v = self._virtual(rows)
-        for name, get in self._parts.items():
-            a = get()
-            src = arrays[f"surprise.{name}"]
-            if src.shape[1:] != (self.n_out, *a.shape[1:]):
-                raise ValueError(f"checkpoint array surprise.{name} has shape {src.shape[1:]}, "
-                                 f"table has {(self.n_out, *a.shape[1:])}")
-        for name, get in self._parts.items():
-            a = get()
-            a[v] = arrays[f"surprise.{name}"].reshape(len(v), *a.shape[1:])
-
-
-def _check(arrays: Saved, key: str, target: npt.NDArray[np.generic]) -> None:
-    src = arrays[key]
-    if src.shape[1:] != target.shape[1:]:
-        raise ValueError(f"checkpoint array {key} has shape {src.shape[1:]}, table has {target.shape[1:]}")
+        flat: Arrays = {}
+        for k, a in arrays.items():
+            if k.startswith("surprise."):
+                if a.shape[1:2] != (self.n_out,):
+                    raise ValueError(f"saved array {k} has {a.shape[1:2]} features, table has {self.n_out}")
+                flat[k] = a.reshape(len(v), *a.shape[2:])
+        for name, part in self._parts.items():  # each part checks every shape before it writes
+            part.load(v, flat, f"surprise.{name}.")

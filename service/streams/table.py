@@ -100,10 +100,10 @@ class ModelTable(RowArrays):
         super().clear(rows)
         self.version += 1
 
-    def load(self, rows: IntArr, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:
+    def load(self, rows: IntArr, arrays: Mapping[str, npt.NDArray[np.generic]], prefix: str | None = None) -> None:
         self.version += 1
         try:
-            super().load(rows, arrays)
+            super().load(rows, arrays, prefix)
         finally:
             self.version += 1
 
