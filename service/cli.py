@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "ingest": ("service.ingest.command", "Run the MQTT -> store ingester."),
+    "ingest": ("service.ingest_command", "Run the MQTT -> store ingester."),
     "serve": ("service.serve", "Run ingest + inference + REST API in one process."),
     "backtest": ("service.backtest", "Replay history through the live forecast/alert path."),
     "simulate": ("tools.sim.command", "Publish simulated sensor streams to MQTT."),
