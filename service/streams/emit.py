@@ -70,6 +70,15 @@ def alerts(lane: Lane, verdicts: Verdicts) -> list[Alert]:
     return out
 
 
+def resolutions(lane: Lane, rows: IntArr, reason: str) -> list[Alert]:
+    """``resolved`` alerts (``extra.reason``) for the firing ones among ``rows``, which are
+    about to start over: a firing state dropped silently would stay firing on the broker."""
+    owners = lane.owners
+    firing = rows[lane.anomaly.decider.firing[rows]]
+    return [alert(st, "resolved", warm=False, extra={"reason": reason})
+            for st in (owners[row] for row in firing.tolist()) if st is not None]
+
+
 def forecasts(lane: Lane, rows: IntArr) -> list[Forecast]:
     """One Forecast per warm stepped row with a fresh forecast, built from whole-batch
     arrays (per-row numpy calls would cost more than the record)."""

@@ -115,8 +115,10 @@ class Engine:
         reads = self._warm.plan(self._resampler, now)  # warm: new and restored streams wait for history
         done = self._advance(now)  # step, score, decide, emit
         self._slots.evict_idle(now)  # after intake: this tick's readings count as activity
-        if time.monotonic() - self._gauges_at > 1.0:
-            self._update_gauges()
+        if time.monotonic() - self._gauges_at > 1.0:  # sensorcast_streams{status}, from the lanes' arrays
+            self._gauges_at = time.monotonic()
+            for status, n in self._slots.status_counts().items():
+                self.metrics.streams.labels(status).set(n)
         return done, reads
 
     def _advance(self, now: int) -> int:
@@ -130,6 +132,8 @@ class Engine:
             stepped = self._step(batch)
             if stepped is None:
                 continue
+            if stepped.restarted.size:  # a non-finite state: those streams start over
+                self._emit(emit.resolutions(lane, stepped.restarted, "restart"))
             verdicts = lane.anomaly.assess(stepped)  # score, decide
             if verdicts.fired.size or verdicts.resolved.size:
                 self._emit(emit.alerts(lane, verdicts))
@@ -150,6 +154,7 @@ class Engine:
         except Exception:  # one model failing must not stop the others; its streams re-warm
             log.exception("model %s failed a step of %d streams: they re-warm", lane.model.key, len(batch.rows))
             self.metrics.model_errors.inc()
+            self._emit(emit.resolutions(lane, batch.rows, "model_error"))
             lane.reset(batch.rows)
             return None
         self.metrics.step_latency.labels(lane.model.name).observe(time.perf_counter() - t0)
@@ -168,14 +173,7 @@ class Engine:
 
     def _drop_firing(self, st: Stream, reason: str) -> None:
         """A firing stream that starts over or leaves resolves, saying why."""
-        if st.lane.anomaly.decider.firing[st.row]:
-            self._emit([emit.alert(st, "resolved", warm=False, extra={"reason": reason})])
-
-    def _update_gauges(self) -> None:
-        """sensorcast_streams{status}: counted from the lanes' arrays."""
-        self._gauges_at = time.monotonic()
-        for status, n in self._slots.status_counts().items():
-            self.metrics.streams.labels(status).set(n)
+        self._emit(emit.resolutions(st.lane, np.array([st.row], np.intp), reason))
 
     # ------------------------------------------------------------ models
 
@@ -286,10 +284,9 @@ class Engine:
 
     def restore(self) -> int:
         """Load checkpoints whose model still matches; returns streams restored."""
+        directory = self.settings.streams.checkpoint_dir
         with self._lock:
-            return checkpoint.restore(
-                self.settings.streams.checkpoint_dir, self.registry, self._slots, self._warm.restored_stream
-            )
+            return checkpoint.restore(directory, self.registry, self._slots, self._warm.restored_stream)
 
     def close(self) -> None:
         """Final checkpoint (shutdown)."""

@@ -137,3 +137,41 @@ def test_engine_records_of_a_multivariate_stream(tmp_path: Path) -> None:
     assert alerts, "the spike fires"
     assert {(a.key, a.stream_id, a.device) for a in alerts} == {(want, "dev;s=1", "dev")}
     assert {a.quantity for a in alerts} <= {"t", "h"}
+
+
+@pytest.mark.parametrize("failure", ["model_error", "restart"])
+def test_a_firing_stream_that_starts_over_resolves(tmp_path: Path, failure: str) -> None:
+    """A failed model call or a non-finite state restarts a stream; a firing alert it had
+    resolves (saying why) instead of staying firing on the broker."""
+    from service.metrics import Metrics
+    from service.runtime.registry import ModelRegistry
+    from service.runtime.session import FunctionRuntime
+    from service.streams.engine import Engine
+    from tests.modelkit import settings_for, write_model
+
+    broken = {"now": False}
+
+    def persistence(x, state, tf):  # type: ignore[no-untyped-def]
+        if broken["now"] and failure == "model_error":
+            raise RuntimeError("boom")
+        new = state + (np.nan if broken["now"] else 1.0)
+        return np.repeat(x[:, None, :], 4, axis=1), np.ones((len(x), 4, 1), np.float32), new
+
+    models = tmp_path / "models"
+    write_model(models, KitSpec(name="a", hidden=4, warmup_steps=1, features=("va",)))
+    settings = settings_for(tmp_path, models, anomaly={"min_count": 1, "window": 1, "cooldown_s": 0})
+    registry = ModelRegistry(models, factory=lambda folder, m: FunctionRuntime(m, step=persistence))
+    alerts: list[Alert] = []
+    eng = Engine(settings, registry, None, Metrics(), on_alert=alerts.append)
+    key = StreamKey("d", "va")
+    for i, v in enumerate([1.0, 1.0, 1.0, 50.0]):  # the jump fires (persistence forecast, scale 1)
+        eng.accept([Reading(key, T0 + i * C, v)])
+        eng.tick(T0 + i * C)
+    assert [a.state for a in alerts] == ["firing"]
+    broken["now"] = True
+    eng.accept([Reading(key, T0 + 4 * C, 50.0)])
+    eng.tick(T0 + 4 * C)
+    assert [(a.state, a.extra.get("reason")) for a in alerts] == [("firing", None), ("resolved", failure)]
+    assert alerts[-1].stream_id == "d/va" and not alerts[-1].warm
+    status = eng.stream("d/va")
+    assert status is not None and status.status != "firing"
