@@ -54,7 +54,7 @@ def test_simulate_publishes_the_generated_signal(mosquitto: Mosquitto, tmp_path:
         spec = StreamSpec(device, QUANTITIES[quantity], cadence_s=0.05, compression=300.0, anomalies_per_1k=40.0)
         expected = generate(spec, int(ts[0]), len(ts), 3)
         assert [p[1] for p in points] == expected.values.tolist()
-    rows = list(csv.DictReader(labels.open()))
+    rows = list(csv.DictReader(labels.read_text().splitlines()))
     assert rows, "no ground-truth anomalies written"
     assert {r["stream"] for r in rows} <= {t.removeprefix("sensors/") for t in by_topic}
 

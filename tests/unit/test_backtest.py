@@ -82,7 +82,7 @@ def test_command_writes_csv(tmp_path: Path) -> None:
     rc = main(["backtest", "--model", "bt", "--models-dir", str(tmp_path / "models"), "--csv", str(src),
                "--out", str(out), "--threshold", "0.999"])
     assert rc == 0
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.read_text().splitlines()))
     assert len(rows) == 80 and rows[-1]["status"] == "ok" and rows[-1]["score"] != ""
     assert rows[40]["value"] == ""  # the bad cell is a missing value; the row is kept
     assert main(["backtest", "--model", "nope", "--models-dir", str(tmp_path / "models"), "--csv", str(src)]) == 2
@@ -123,7 +123,7 @@ def test_command_replays_stored_history(tmp_path: Path, monkeypatch: pytest.Monk
     rc = main(["backtest", "--model", "bt", "--models-dir", str(tmp_path / "models"), "--device", "pump",
                "--columns", "value", "--store", url, "--out", str(out)])
     assert rc == 0
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.read_text().splitlines()))
     assert len(rows) == 60 and rows[-1]["status"] == "ok"
     assert float(rows[-1]["value"]) == pytest.approx(v[-1])
     assert main(["backtest", "--model", "bt", "--models-dir", str(tmp_path / "models"), "--device", "pump"]) == 2

@@ -159,7 +159,7 @@ def test_backtest_command_selects_the_scorer(tmp_path: Path) -> None:
     out = tmp_path / "out.csv"
     args = ["backtest", "--model", "m", "--models-dir", str(tmp_path / "models"), "--csv", str(src), "--out", str(out)]
     assert main([*args, "--scorer", "surprise", "--min-count", "1", "--window", "1"]) == 0
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.read_text().splitlines()))
     settings = settings_for(tmp_path, tmp_path / "models", anomaly=SURPRISE)
     want = backtest_frame(tmp_path / "models", "m", stamps, [[v] for v in vals], ["value"], settings)
     assert [r["score"] for r in rows] == ["" if r.score is None else f"{r.score:.6g}" for r in want]

@@ -47,7 +47,7 @@ def test_truth_log_writes_each_published_anomaly_once(tmp_path: Path) -> None:
     new = [log.observe(r) for r in clock.due(T0 + 100 * 10**9)]
     log.close()
     assert sum(new) == 2
-    rows = list(csv.DictReader((tmp_path / "truth.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "truth.csv").read_text().splitlines()))
     assert [(r["stream"], r["kind"], r["start_step"], r["end_step"]) for r in rows] == [
         ("dev01/temperature", "spike", "30", "33"),
         ("dev02/temperature", "stuck", "50", "70"),
