@@ -1,11 +1,13 @@
-"""Stream state checkpoints: one ``.npz`` file per model table, written atomically.
+"""Stream state checkpoints: one ``.npz`` file per lane (model version), written atomically.
 
-Each file holds the table's row arrays (recurrent state, forecasts, scorer and decider
-state) and a JSON ``meta`` entry naming the model (name, version, SHA-256) and each
-stream (id, keys, row, resampler position). A file is written to a temporary name,
-fsynced and renamed over the old one, so a crash mid-write leaves the previous
-checkpoint intact. On restore, a file whose model no longer matches is ignored (those
-streams re-warm from the store).
+Each file holds the lane's row arrays (``Lane.export_rows``: recurrent state, forecasts,
+scorer and decider state, resample position; array names as declared, see
+``service.arrays``) and a JSON ``meta`` entry naming the model (name, version, SHA-256) and
+each stream (id, device, quantity, tags, key), in row order. A file is written to a
+temporary name, fsynced and renamed over the old one, so a crash mid-write leaves the
+previous checkpoint intact. On restore, a file whose model no longer matches is ignored
+(those streams re-warm from the store). ``take`` (under the engine's lock), ``save`` and
+``restore`` are the engine's side.
 
 ``meta["format"]`` is the layout version. Format 2 (escaped, injective stream ids) replaced
 format 1 (no ``format`` key), whose ids joined raw names with ``/``, ``;`` and ``=``. A

@@ -1,6 +1,6 @@
 """The saved state of evicted streams, kept until it is too old to continue from.
 
-An idle stream's table row (``ModelTable.export_rows``: recurrent state, forecasts, scorer
+An idle stream's row in its lane (``Lane.export_rows``: recurrent state, forecasts, scorer
 and decider state, resampler position) is packed into one byte row and kept here, keyed
 by stream id, so a stream that returns continues where it left off instead of warming
 up again. In memory, not on disk: a saved state is only useful while the stream's gap
@@ -26,7 +26,7 @@ Arrays = dict[str, npt.NDArray[np.generic]]
 
 
 class RowCodec:
-    """Packs the row arrays of one table (B rows) into a (B, W) byte matrix and back."""
+    """Packs the row arrays of one lane (B rows) into a (B, W) byte matrix and back."""
 
     def __init__(self, arrays: Arrays) -> None:
         self.fields: list[tuple[str, np.dtype[np.generic], tuple[int, ...], int, int]] = []
@@ -70,7 +70,7 @@ class EvictedStates:
         return stream_id in self._saved
 
     def put(self, ids: list[str], model: str, sha256: str, arrays: Arrays, useful_until_ns: I64) -> None:
-        """Save rows ``arrays`` (aligned with ``ids``) of one table."""
+        """Save rows ``arrays`` (aligned with ``ids``) of one lane."""
         if not ids or self.cap == 0:
             return
         codec = RowCodec(arrays)

@@ -1,7 +1,7 @@
 """Reading the lanes out: stream status snapshots and records.
 
 The engine gathers the numbers of many rows at once under its lock (``fill_snapshot``:
-a few fancy-indexing gathers per table) and builds the records after releasing it
+a few fancy-indexing gathers per lane) and builds the records after releasing it
 (``statuses``), so listing 100k streams does not stall the tick.
 
 Snapshot keys (arrays aligned with the requested ids): ``known``, ``warm``, ``firing``

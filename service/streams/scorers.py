@@ -1,4 +1,4 @@
-"""The state table's alert scorer: one step of (actual, expected) per row -> score, spread.
+"""The anomaly stage's scorer: one step of (actual, expected) per row -> score, spread.
 
 ``anomaly.scorer`` picks which one drives the decision and the API/alert ``score``:
 
