@@ -31,10 +31,28 @@ RUN pip install --no-deps . \
 
 # ---- train: + torch (CPU wheels) for the trainer ---------------------------------------
 FROM build AS train-build
-# PyPI's x86_64 torch wheels pull multi-GB CUDA libraries; the CPU index has CPU-only
-# wheels for amd64 and arm64. Set TORCH_INDEX_URL=https://pypi.org/simple to use PyPI.
+# Where torch comes from (TORCH_SOURCE):
+# - index (default): "torch>=2.4,<2.14" from TORCH_INDEX_URL. PyPI's x86_64 torch wheels
+#   pull multi-GB CUDA libraries; the CPU index has CPU-only wheels for amd64 and arm64.
+#   Set TORCH_INDEX_URL=https://pypi.org/simple to use PyPI.
+# - wheels: the torch wheel in TORCH_WHEEL_DIR, a directory inside the build context
+#   (default deploy/wheels, whose *.whl are git-ignored), e.g. a local CPU wheel on a
+#   machine that cannot reach the CPU index; torch's own dependencies still come from PyPI:
+#   cp torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl deploy/wheels/
+#   docker build --target train --build-arg TORCH_SOURCE=wheels -t sensorcast-train:0.1.0 .
+ARG TORCH_SOURCE=index
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.4,<2.14" \
+ARG TORCH_WHEEL_DIR=deploy/wheels
+COPY ${TORCH_WHEEL_DIR} /tmp/torch-wheels
+# hadolint ignore=DL3013
+RUN case "${TORCH_SOURCE}" in \
+      index) pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.4,<2.14" ;; \
+      wheels) set -- /tmp/torch-wheels/torch-*.whl \
+        && if [ ! -f "$1" ]; then echo "TORCH_SOURCE=wheels: no torch-*.whl in ${TORCH_WHEEL_DIR}" >&2; exit 1; fi \
+        && pip install "$@" "torch>=2.4,<2.14" ;; \
+      *) echo "TORCH_SOURCE must be index or wheels, not ${TORCH_SOURCE}" >&2; exit 1 ;; \
+    esac \
+ && rm -rf /tmp/torch-wheels \
  && pip install --only-binary=:all: "onnx>=1.16,<2" "onnxscript>=0.1" "matplotlib>=3.8,<4" "tqdm>=4.66,<5" "pyyaml>=6,<7"
 
 FROM ${PYTHON_IMAGE} AS train
@@ -49,12 +67,21 @@ USER 10001:10001
 ENTRYPOINT ["sensorcast"]
 CMD ["train", "--help"]
 
+# ---- service-venv: the build's venv less what only installing needs -------------------
+FROM build AS service-venv
+# pip and setuptools (25 MB) only install, and the dependencies' own test suites (17 MB,
+# numpy's mostly) never run here: 42 MB of the image (README, "Image facts"). The import
+# check runs again on what is left.
+RUN python -m pip uninstall -y -q pip setuptools \
+ && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} + \
+ && python -c "import service.api.app, service.serve, service.cli, onnxruntime, numpy"
+
 # ---- service (default): the runtime, non-root ------------------------------------------
 FROM ${PYTHON_IMAGE} AS service
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home --shell /usr/sbin/nologin sensorcast \
  && mkdir -p /data/spool /data/state /data/outbox /models \
  && chown -R sensorcast:sensorcast /data
-COPY --from=build /opt/venv /opt/venv
+COPY --from=service-venv /opt/venv /opt/venv
 # The shipped demo model, so the image starts with a real model; compose mounts ./models.
 COPY models /models
 # The API binds every address: serve then refuses to start without an API key file

@@ -7,18 +7,22 @@ PIP := $(VENV)/bin/pip
 # Local CPU wheel of torch; any other torch spec pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 DATA ?= ../shared/data
-# docker-compose only validates docker-compose.yml in the tests (no Docker engine needed).
-SYSTEM_PACKAGES := mosquitto influxdb chromium chromium-driver docker-compose
+# docker-compose validates docker-compose.yml and, with podman (runc, netavark, debootstrap
+# for the base images), runs the stack in tests/stack: no Docker engine needed.
+SYSTEM_PACKAGES := mosquitto influxdb chromium chromium-driver docker-compose \
+	podman runc netavark aardvark-dns iptables debootstrap
 
 .PHONY: setup setup-system setup-service demo test test-fast lint bench bench-ingest \
-	bench-inference bench-latency bench-ett bench-nab soak faults clean env-example check-image-deps compose-config
+	bench-inference bench-latency bench-ett bench-nab soak faults clean env-example check-image-deps compose-config \
+	stack-images test-stack
 
 setup: setup-system $(VENV)/.installed  ## venv with service, trainer and test tools
 
 # Servers the integration tests start themselves (Debian packages). Only as root.
 setup-system:
-	@missing=""; for b in mosquitto influxd chromium chromedriver docker-compose; do \
+	@missing=""; for b in mosquitto influxd chromium chromedriver docker-compose podman runc debootstrap iptables; do \
 	  command -v $$b >/dev/null || [ -x /usr/sbin/$$b ] || missing="$$missing $$b"; done; \
+	[ -x /usr/lib/podman/netavark ] || missing="$$missing netavark"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages (missing:$$missing)"; \
@@ -91,6 +95,15 @@ env-example: $(VENV)/.installed
 # and a wheel for every dependency on linux amd64 and arm64 (needs PyPI).
 check-image-deps: $(VENV)/.installed
 	$(PY) -m pytest -q tests/integration/test_service_install.py
+
+# The compose stack under podman (issue #13): base and stand-in images from Debian's
+# packages, the project's images from the Dockerfile, then docker-compose up and the end to
+# end checks in containers. `make test` runs it too. As root (podman here is rootful).
+stack-images:  ## build the stand-ins, sensorcast:0.1.0 and sensorcast-train:0.1.0 with podman
+	bash deploy/standins/build.sh
+
+test-stack: setup  ## the stack tests alone (builds what is missing, brings the stack up and down)
+	$(PY) -m pytest -q -m stack tests/stack
 
 # Validate docker-compose.yml (needs docker-compose; no Docker engine).
 compose-config: $(VENV)/.installed

@@ -28,6 +28,7 @@ FOLDER_MARKS: dict[str, tuple[str, ...]] = {
     "faults": ("integration",),  # the same, killed, slowed and filled up on purpose
     "security": ("integration",),  # TLS brokers and served APIs
     "artefact": ("artefact",),  # trains and exports with torch
+    "stack": ("stack", "integration", "slow"),  # the compose stack under podman
 }
 # Markers a test gets from the fixtures it uses (directly or through other fixtures),
 # wherever it lives: a unit or hostile test that asks for a server is an integration test.

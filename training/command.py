@@ -2,6 +2,8 @@
 
     sensorcast train --config train.toml [--source data.csv] [--cell lstm] [--epochs 20] ...
 
+Without a source, the service's store (SENSORCAST_STORE__URL, as the compose trainer has it).
+
 Flags override the config file; with no config file the flags alone describe the run.
 Writes ``<models-dir>/<name>/<version>/{model.onnx, manifest.json}`` and, in
 ``<runs-dir>/<name>/<version>/`` (default ``reports/train``), ``checkpoint.pt`` (weights + config), ``report.json``,
@@ -11,6 +13,7 @@ Writes ``<models-dir>/<name>/<version>/{model.onnx, manifest.json}`` and, in
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,8 +68,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.version:
         raw["version"] = args.version
     cfg = from_dict(raw)
+    if not cfg.data.source and os.environ.get("SENSORCAST_STORE__URL"):
+        # The service's store (the compose trainer): history from where the service keeps it.
+        cfg = replace(cfg, data=replace(cfg.data, source=os.environ["SENSORCAST_STORE__URL"]))
     if not cfg.data.source:
-        raise SystemExit("sensorcast train: no data source (--source or [data] source in the config)")
+        raise SystemExit("sensorcast train: no data source (--source, [data] source in the config, "
+                         "or SENSORCAST_STORE__URL)")
     if not cfg.version:
         cfg = replace(cfg, version=datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
     return cfg

@@ -204,11 +204,16 @@ def readings_to_dataset(by_stream: Mapping[StreamKey, Sequence[Reading]], cfg: D
 
 
 def load_store(cfg: DataConfig) -> Dataset:
-    """Read the configured streams (all when none given) over [start, end) from a store URL."""
-    from service.config import StoreSettings
+    """Read the configured streams (all when none given) over [start, end) from a store URL.
+
+    The other store settings (password or token file, measurement, timeout) are the
+    service's, from SENSORCAST_STORE__* as it reads them: the compose trainer reads the
+    service's store with the service's secret file, never a password on its command line.
+    """
+    from service.config import Settings
     from service.store import open_store
 
-    store = open_store(StoreSettings.model_validate({"url": cfg.source}))
+    store = open_store(Settings().store.model_copy(update={"url": cfg.source}))
     try:
         keys = [_parse_key(s) for s in cfg.streams] or store.streams()
         start = _parse_time(cfg.start) if cfg.start else 0
