@@ -125,5 +125,6 @@ for step in "$@"; do
         *) log "unknown step $step (standins, service, train)" >&2; exit 2 ;;
     esac
 done
+echo "PYTHON_IMAGE=$PYTHON_IMAGE"
 echo "MOSQUITTO_IMAGE=$MOSQUITTO_IMAGE"
 echo "INFLUXDB_IMAGE=$INFLUXDB_IMAGE"

@@ -64,7 +64,11 @@ def build_images() -> dict[str, str]:
         if why:
             pytest.skip(f"stack: podman cannot run containers here: {why}")
         pytest.fail(f"deploy/standins/build.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return dict(re.findall(r"^(MOSQUITTO_IMAGE|INFLUXDB_IMAGE)=(\S+)$", proc.stdout, flags=re.M))
+    images = dict(re.findall(r"^(MOSQUITTO_IMAGE|INFLUXDB_IMAGE|PYTHON_IMAGE)=(\S+)$", proc.stdout, flags=re.M))
+    names = [*images.values(), "sensorcast:0.1.0", "sensorcast-train:0.1.0"]
+    sizes = podman("image", "inspect", "--format", "{{.Size}}", *names).stdout.split()
+    FACTS["image_mb"] = {n: round(int(s) / 1e6, 1) for n, s in zip(names, sizes, strict=True)}
+    return images
 
 
 @pytest.fixture(scope="module")
