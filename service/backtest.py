@@ -73,7 +73,7 @@ def backtest_frame(
         missing = set(features) - set(columns)
         if missing:
             raise ValueError(f"model {model} needs columns {features}; missing {sorted(missing)}")
-    base = settings or Settings(_env_file=None)  # type: ignore[call-arg]
+    base = settings or Settings(_env_file=None)
     binding = ModelBinding(model=model, version=loaded.version, device=DEVICE, quantity="*")
     s = base.model_copy(update={"models": base.models.model_copy(update={"bindings": [binding], "watch": False})})
     events: dict[tuple[str, int], str] = {}
@@ -231,7 +231,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings()  # type: ignore[call-arg]
+    settings = Settings()
     names = ("scorer", "spread_alpha", "threshold", "clear_threshold", "min_count", "window", "cooldown_s")
     updates = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
     try:  # validated like the settings themselves (model_copy would not check the values)

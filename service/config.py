@@ -327,16 +327,16 @@ class Settings(BaseSettings):
         "ingest,inference,api",  # text, as the environment gives it
         validate_default=True, description="Roles this process runs (comma-separated).",
     )
-    mqtt: MqttSettings = Field(default_factory=MqttSettings)  # type: ignore[arg-type]
-    ingest: IngestSettings = Field(default_factory=IngestSettings)  # type: ignore[arg-type]
-    store: StoreSettings = Field(default_factory=StoreSettings)  # type: ignore[arg-type]
-    models: ModelsSettings = Field(default_factory=ModelsSettings)  # type: ignore[arg-type]
-    streams: StreamsSettings = Field(default_factory=StreamsSettings)  # type: ignore[arg-type]
-    anomaly: AnomalySettings = Field(default_factory=AnomalySettings)  # type: ignore[arg-type]
-    alerts: AlertsSettings = Field(default_factory=AlertsSettings)  # type: ignore[arg-type]
-    api: ApiSettings = Field(default_factory=ApiSettings)  # type: ignore[arg-type]
-    gc: GcSettings = Field(default_factory=GcSettings)  # type: ignore[arg-type]
-    watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)  # type: ignore[arg-type]
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+    streams: StreamsSettings = Field(default_factory=StreamsSettings)
+    anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    gc: GcSettings = Field(default_factory=GcSettings)
+    watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
 
     @field_validator("roles", mode="before")
     @classmethod

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings(roles=frozenset({"ingest"}))  # type: ignore[call-arg]  # the rest from the environment
+    settings = Settings(roles=frozenset({"ingest"}))  # the rest from the environment
     if args.mqtt_url:
         settings.mqtt.url = args.mqtt_url
     if args.store_url:

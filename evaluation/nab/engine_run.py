@@ -31,7 +31,7 @@ T0_NS = 1_600_000_200 * 1_000_000_000  # synthetic row clock (the real timestamp
 
 def nab_settings(spread_alpha: float = 0.003) -> Settings:
     """The engine settings the benchmarked detector runs with (alpha 0.003: docs/nab.md)."""
-    base = Settings(_env_file=None)  # type: ignore[call-arg]
+    base = Settings(_env_file=None)
     anomaly = base.anomaly.model_copy(update={"scorer": "surprise", "spread_alpha": spread_alpha, "min_count": 1,
                                               "window": 1})
     return base.model_copy(update={"anomaly": anomaly})

@@ -185,7 +185,7 @@ def _ceiling(port: int, args: argparse.Namespace, base_ns: int, cls: type[paho.C
 def _ingest(target: str, mqtt_port: int, influx_port: int, work: Path, args: argparse.Namespace, base_ns: int) -> dict[str, float]:
     from service.pipeline import build_ingester
 
-    s = Settings()  # type: ignore[call-arg]
+    s = Settings()
     s.mqtt.url = f"mqtt://127.0.0.1:{mqtt_port}"
     s.mqtt.client_id = f"bench-ingest-{target}"
     s.mqtt.protocol = args.mqtt_protocol

@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings()  # type: ignore[call-arg]  # fields come from the environment
+    settings = Settings()  # fields come from the environment
     if args.mqtt_url:
         settings.mqtt.url = args.mqtt_url
     for name, value, ok in (

@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     if args.scale_time and not (args.rebase and args.speed > 0):
         print("sensorcast replay: --scale-time needs --rebase and --speed > 0", file=sys.stderr)
         return 2
-    settings = Settings()  # type: ignore[call-arg]  # fields come from the environment
+    settings = Settings()  # fields come from the environment
     if args.mqtt_url:
         settings.mqtt.url = args.mqtt_url
     counts = ReadCounts()
