@@ -39,14 +39,16 @@ class Demo:
         )
         self.lines: list[str] = []
         self._cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
+        with self.proc.stdout:  # closed at end of output, not left to the GC (ResourceWarning)
+            for line in self.proc.stdout:
+                with self._cond:
+                    self.lines.append(line.rstrip("\n"))
+                    self._cond.notify_all()
 
     def wait_for(self, pattern: str, timeout: float, after: int = -1) -> re.Match[str]:
         """The first line (with index > ``after``) matching ``pattern``."""
@@ -67,6 +69,7 @@ class Demo:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._reader.join(10)  # the pipe ends with the process; the reader then closes it
 
 
 def tracked_demos() -> Iterator[type[Demo]]:
