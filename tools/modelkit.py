@@ -2,7 +2,7 @@
 
 Tests, the inference benchmark and the backtest's examples need real ONNX models before
 (and independently of) the trainer. A kit model is a GRU or Elman RNN written as plain
-MatMuls (the fast form, see MEASURED.md) with random weights, an anchored forecast
+MatMuls (the fast form, see docs/measured.md) with random weights, an anchored forecast
 (offsets from the current normalised value) and a softplus spread. The same weights drive
 ``NumpyKitModel``, the in-memory twin used by the runtime contract tests.
 

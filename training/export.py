@@ -66,7 +66,7 @@ def to_onnx(net: StepNet | SegRNN, path: Path) -> None:
     module.eval()
     args, names, axes = _io(net)
     outs = ["forecast", "scale", "state_out"] if isinstance(net, StepNet) else ["forecast", "scale"]
-    # dynamo=False: a lighter graph, faster at B=1 (MEASURED.md); batch axes declared explicitly.
+    # dynamo=False: a lighter graph, faster at B=1 (docs/measured.md); batch axes declared explicitly.
     # The tracer warns about shape checks inside torch's own RNN code and about the
     # deprecation of this exporter; the parity check below is what proves the trace right.
     with warnings.catch_warnings():

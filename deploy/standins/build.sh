@@ -41,7 +41,7 @@ if [ -n "$missing" ]; then
 fi
 
 # podman 4.3 here: crun cannot set RLIMIT_NOFILE and refuses cgroups in hybrid mode, so
-# runc, and no default ulimits (MEASURED.md, "Containers on this machine").
+# runc, and no default ulimits (docs/measured.md, "Containers on this machine").
 mkdir -p "$STACK_DIR"
 export CONTAINERS_CONF="$STACK_DIR/containers.conf"
 printf '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n' >"$CONTAINERS_CONF"

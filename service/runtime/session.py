@@ -6,8 +6,8 @@ the ONNX file with onnxruntime (sequential execution, intra-op threads from sett
 tests. The contract tests (tests/contract/test_runtime_contract.py) run over both.
 
 Outputs are always fresh arrays owned by the caller: the streams layer copies rows into
-its state table and never keeps views into runtime outputs (MEASURED.md: views pin the
-whole output buffer).
+its state table and never keeps views into runtime outputs (docs/measured.md: views pin
+the whole output buffer).
 """
 
 from __future__ import annotations

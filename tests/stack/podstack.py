@@ -2,7 +2,7 @@
 
 No Docker engine runs here, so docker-compose 1.29 drives podman through podman's
 Docker-compatible socket, and since podman schedules health checks with systemd timers
-(there is no systemd), a thread runs them with ``podman healthcheck run`` (MEASURED.md,
+(there is no systemd), a thread runs them with ``podman healthcheck run`` (docs/measured.md,
 "Containers on this machine"). Images come from ``deploy/standins/build.sh``.
 """
 
