@@ -53,7 +53,7 @@ test-fast: $(VENV)/.installed  ## unit and contract tests only
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check service tools evaluation training tests
 	$(VENV)/bin/mypy service tools evaluation training
-	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 bench: bench-ingest bench-inference bench-latency
 
