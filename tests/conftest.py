@@ -12,6 +12,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,8 +81,8 @@ def fresh_mosquitto() -> Iterator[Callable[..., Mosquitto]]:
     _need("mosquitto")
     started: list[Mosquitto] = []
 
-    def make(**kw: object) -> Mosquitto:
-        server = start_mosquitto(**kw)  # type: ignore[arg-type]
+    def make(**kw: Any) -> Mosquitto:  # start_mosquitto's keywords
+        server = start_mosquitto(**kw)
         started.append(server)
         return server
 
@@ -96,8 +97,8 @@ def fresh_influxd() -> Iterator[Callable[..., Influxd]]:
     _need("influxd")
     started: list[Influxd] = []
 
-    def make(**kw: object) -> Influxd:
-        server = start_influxd(**kw)  # type: ignore[arg-type]
+    def make(**kw: Any) -> Influxd:  # start_influxd's keywords
+        server = start_influxd(**kw)
         started.append(server)
         return server
 

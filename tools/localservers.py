@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 INFLUXD = shutil.which("influxd") or "/usr/bin/influxd"
@@ -83,7 +84,7 @@ class LocalServer:
         self.kill(signal.SIGTERM)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> LocalServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
