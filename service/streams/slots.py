@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, cast
+from typing import NamedTuple, Protocol, cast
 
 import numpy as np
 
@@ -46,8 +46,16 @@ from service.streams.binding import Route, route
 from service.streams.evicted import EvictedStates
 from service.streams.lane import Lane, Stream, table_name
 
-if TYPE_CHECKING:
-    from service.streams.warmup import Warmup
+
+class WarmupHooks(Protocol):
+    """What the slots tell the warm stage (``warmup.Warmup``) about streams that come and go.
+
+    A protocol rather than an import: the warm stage sits above the slots in the flow.
+    """
+
+    def new_stream(self, st: Stream) -> None: ...
+    def restored_stream(self, st: Stream) -> None: ...
+    def forget(self, st: Stream) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +90,7 @@ class StreamSlots:
         settings: Settings,
         registry: ModelRegistry,
         metrics: Metrics,
-        warm: Warmup,
+        warm: WarmupHooks,
         resolve: Callable[[Stream, str], None],
     ) -> None:
         s = settings.streams
