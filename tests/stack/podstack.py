@@ -150,11 +150,11 @@ class Stack:
                         ignore=shutil.ignore_patterns("__pycache__", "*.py"))
 
     def start_socket(self) -> None:
-        log = (self.workdir / "podman-service.log").open("ab")
-        self.service = subprocess.Popen(
-            ["podman", "system", "service", "--time", "0", f"unix://{self.sock}"],
-            env=podman_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with (self.workdir / "podman-service.log").open("ab") as log:
+            self.service = subprocess.Popen(
+                ["podman", "system", "service", "--time", "0", f"unix://{self.sock}"],
+                env=podman_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         deadline = time.monotonic() + 30
         while not self.sock.exists():
             assert self.service.poll() is None, (self.workdir / "podman-service.log").read_text()

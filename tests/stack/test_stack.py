@@ -162,7 +162,7 @@ def test_up_every_service_healthy_in_dependency_order(stack: Stack) -> None:
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # /healthz from the host, as often as a probe would look: start-up time to healthy.
     healthz_at = None
-    while up.poll() is None or healthz_at is None:
+    while (up.poll() is None or healthz_at is None) and up.returncode in (None, 0):
         try:
             if stack.api("/healthz", key=None).status_code == 200:
                 healthz_at = healthz_at or time.time()
@@ -170,7 +170,7 @@ def test_up_every_service_healthy_in_dependency_order(stack: Stack) -> None:
             pass  # not listening yet
         assert time.time() - t0 < 240, "stack did not come up in 240 s"
         time.sleep(0.1)
-    out = up.stdout.read() if up.stdout else ""
+    out, _ = up.communicate(timeout=60)
     assert up.returncode == 0, out
     healthy = {s: stack.wait_healthy(s) for s in SERVICES}
     started = {s: stack.started_at(s) for s in SERVICES}
