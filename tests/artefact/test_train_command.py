@@ -67,6 +67,23 @@ def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert (out / "forecast.png").exists()
 
 
-def test_train_without_source_is_a_clear_error(tmp_path: Path) -> None:
+def test_train_without_source_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SENSORCAST_STORE__URL", raising=False)  # else that store is the source
     with pytest.raises(SystemExit, match="no data source"):
         main(["train", "--models-dir", str(tmp_path)])
+
+
+def test_train_reads_the_services_store_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No --source: the service's store (SENSORCAST_STORE__URL), as the compose trainer has it."""
+    import argparse
+
+    from training.command import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    monkeypatch.setenv("SENSORCAST_STORE__URL", f"sqlite:///{tmp_path / 'h.db'}")
+    cfg = config_from_args(parser.parse_args(["--name", "plant"]))
+    assert cfg.data.source == f"sqlite:///{tmp_path / 'h.db'}"
+    # An explicit source still wins.
+    cfg = config_from_args(parser.parse_args(["--name", "plant", "--source", "other.csv"]))
+    assert cfg.data.source == "other.csv"
