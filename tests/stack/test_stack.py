@@ -285,6 +285,7 @@ def test_trainer_writes_a_model_the_service_hot_reloads(stack: Stack) -> None:
         "--no-progress", timeout=600,
     )
     FACTS["trainer_run_s"] = round(time.time() - t, 1)
+    print(f"\ntrainer: {proc.stdout.strip()[-1200:]}")
     assert "data: 2 series" in proc.stdout, proc.stdout + proc.stderr
     folder = stack.workdir / "models" / "plant" / "1"
     assert (folder / "model.onnx").stat().st_size > 0 and (folder / "manifest.json").exists()
