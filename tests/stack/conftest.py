@@ -84,6 +84,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # The trainer (uid 10001) writes new versions into ./models (docs/deploy.md).
         subprocess.run(["chmod", "-R", "a+rwX", str(st.workdir / "models")], check=True)
         st.start_socket()
+        volumes_before = set(podman("volume", "ls", "-q").stdout.split())
         try:
             # Leftovers of an interrupted run of this project (never another project's).
             st.compose("--profile", "demo", "--profile", "train", "down", "-v", "--remove-orphans", check=False)
@@ -94,6 +95,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             if not os.environ.get("SENSORCAST_STACK_KEEP"):
                 st.compose("--profile", "demo", "--profile", "train", "down", "-v", "--remove-orphans",
                            check=False, timeout=180)
+                # Anonymous volumes (the images' VOLUME paths compose does not name, such as
+                # /mosquitto/log) of the containers that `down` without -v removed mid-test.
+                for v in set(podman("volume", "ls", "-q", "--filter", "dangling=true").stdout.split()) - volumes_before:
+                    if not podman("volume", "inspect", "--format", "{{.Labels}}", v).stdout.strip("map[] \n"):
+                        podman("volume", "rm", v, check=False)
             st.stop_socket()
             FACTS["healthcheck_runs"] = st.health.runs
             out = REPO / "reports" / "stack"
