@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from service.errors import ModelError
     from training.data import load as load_data
     from training.evaluate import report_markdown, write_report
     from training.export import export, save_checkpoint
@@ -95,10 +97,17 @@ def run(args: argparse.Namespace) -> int:
     t = train(cfg, ds)
     a = {"val": assess(t, "val"), "test": assess(t, "test")}
     threshold, calib = calibrate_threshold(t)
-    exported = export(t, args.models_dir, a, version=cfg.version, default_threshold=threshold,
-                      extra_metrics={"calibration": calib} if calib else None)
     run_dir = args.runs_dir / cfg.name / cfg.version
+    # The checkpoint first: a failed export must not throw away the training time.
     save_checkpoint(t, run_dir / "checkpoint.pt")
+    try:
+        exported = export(t, args.models_dir, a, version=cfg.version, default_threshold=threshold,
+                          extra_metrics={"calibration": calib} if calib else None)
+    except ModelError as e:
+        print(f"sensorcast train: export failed, nothing written under {args.models_dir / cfg.name}: {e}. "
+              f"The trained weights are kept in {run_dir / 'checkpoint.pt'} (`sensorcast evaluate` reads it); "
+              "retry with --scaling ema or report this with that file.", file=sys.stderr)
+        return 2
     rep = write_report(t, a, run_dir)
     print(report_markdown(rep))
     print(f"model: {exported.folder} (ONNX parity {exported.parity:.1e})")

@@ -8,7 +8,9 @@ network is refused, so a random model never ships by accident.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -26,7 +28,12 @@ from training.nets import SegRNN, StepGraph, StepNet
 from training.trainer import Assessment, Trained, time_names
 
 OPSET = 17
-PARITY_TOL = 1e-4  # max abs difference in normalised units (raw / train std)
+PARITY_TOL = 1e-4  # max abs difference in normalised units (raw / train std) ...
+# ... or, when larger, this fraction of the channel's largest output: float32 holds ~7
+# digits, so a thermocouple at 26 with a std of 0.02 cannot be represented closer than
+# ~1e-4 std (one ulp of 26 is 1.9e-6), and torch and onnxruntime round the final
+# ``* std + mean`` differently. 1e-6 is about 8 ulps: a wrong graph is far beyond it.
+PARITY_REL = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +41,32 @@ class Exported:
     folder: Path
     manifest: Manifest
     parity: float  # max abs diff ONNX vs torch, in train-std units
+
+
+@dataclass(frozen=True, slots=True)
+class Parity:
+    gap: float  # max |ONNX - torch| in train-std units (reported in the manifest)
+    excess: float  # max over channels of |ONNX - torch| / allowed; <= 1 passes
+    channel: int  # the channel where ``excess`` is reached
+
+
+def _compare(pairs: list[tuple[F32, F32]], std: F32) -> Parity:
+    """Per output channel: allowed = max(PARITY_TOL * std, PARITY_REL * max |torch output|).
+
+    ``pairs`` hold (onnx, torch) arrays whose last axis is the channel. Non-finite
+    differences (NaN where torch has a number) count as infinitely far.
+    """
+    F = len(std)
+    diff = np.zeros(F, np.float64)
+    mag = np.zeros(F, np.float64)
+    for a, b in pairs:
+        d = np.abs(a.astype(np.float64) - b.astype(np.float64)).reshape(-1, F)
+        d = np.where(np.isnan(a).reshape(-1, F) & np.isnan(b).reshape(-1, F), 0.0, d)
+        diff = np.maximum(diff, np.where(np.isfinite(d), d, np.inf).max(axis=0))
+        mag = np.maximum(mag, np.nanmax(np.abs(b.astype(np.float64)).reshape(-1, F), axis=0, initial=0.0))
+    allowed = np.maximum(PARITY_TOL * std.astype(np.float64), PARITY_REL * mag)
+    ratio = diff / allowed
+    return Parity(float((diff / std).max()), float(ratio.max()), int(ratio.argmax()))
 
 
 def _io(net: StepNet | SegRNN) -> tuple[tuple[torch.Tensor, ...], list[str], dict[str, dict[int, str]]]:
@@ -84,8 +117,8 @@ def to_onnx(net: StepNet | SegRNN, path: Path) -> None:
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def parity(net: StepNet | SegRNN, path: Path, sample: F32, tf: F32 | None, steps: int = 300) -> float:
-    """Max |ONNX - torch| over a rollout (step) or a window batch, in train-std units.
+def parity(net: StepNet | SegRNN, path: Path, sample: F32, tf: F32 | None, steps: int = 300) -> Parity:
+    """ONNX vs torch over a rollout (step) or a window batch, per output channel.
 
     ``sample`` (N, F) raw values, ``tf`` (N, K); NaNs are sprinkled in to exercise the mask.
     """
@@ -96,6 +129,7 @@ def parity(net: StepNet | SegRNN, path: Path, sample: F32, tf: F32 | None, steps
     std = net.std.numpy()
     rng = np.random.default_rng(0)
     B = 3
+    pairs: list[tuple[F32, F32]] = []
     if isinstance(net, StepNet):
         T = min(steps, len(sample) - B)
         x = np.stack([sample[b : b + T] for b in range(B)]).astype(np.float32)  # (B, T, F)
@@ -104,20 +138,17 @@ def parity(net: StepNet | SegRNN, path: Path, sample: F32, tf: F32 | None, steps
         with torch.no_grad():
             fc_t, sc_t, st_t = net.seq(torch.from_numpy(x), None if t is None else torch.from_numpy(t), net.initial_state(B))
         state = np.zeros((B, net.state_size), dtype=np.float32)
-        worst = 0.0
         for i in range(T):
             feed = {"x": x[:, i], "state": state}
             if t is not None:
                 feed["tf"] = t[:, i]
             fc, sc, state = sess.run(None, feed)
-            worst = max(
-                worst,
-                float(np.abs((fc - fc_t[:, i].numpy()) / std).max()),
-                float(np.abs((sc - sc_t[:, i].numpy()) / std).max()),
-            )
+            pairs += [(fc, fc_t[:, i].numpy()), (sc, sc_t[:, i].numpy())]
+        result = _compare(pairs, std)
         if not np.allclose(state, st_t.numpy(), atol=1e-3, rtol=1e-3):
-            worst = max(worst, float(np.abs(state - st_t.numpy()).max()))
-        return worst
+            bad = float(np.abs(state - st_t.numpy()).max())
+            return Parity(max(result.gap, bad), max(result.excess, bad / 1e-3), result.channel)
+        return result
     L = net.cfg.window
     n = min(16, len(sample) - L)
     x = np.stack([sample[i : i + L] for i in range(n)]).astype(np.float32)  # (n, L, F)
@@ -125,7 +156,7 @@ def parity(net: StepNet | SegRNN, path: Path, sample: F32, tf: F32 | None, steps
     with torch.no_grad():
         fc_t, sc_t = net(torch.from_numpy(x))
     fc, sc = sess.run(None, {"x": x})
-    return max(float(np.abs((fc - fc_t.numpy()) / std).max()), float(np.abs((sc - sc_t.numpy()) / std).max()))
+    return _compare([(fc, fc_t.numpy()), (sc, sc_t.numpy())], std)
 
 
 def _metrics(a: dict[str, Assessment]) -> dict[str, dict[str, float]]:
@@ -162,19 +193,55 @@ def export(
     default_threshold: float = 0.999,
     extra_metrics: dict[str, dict[str, float]] | None = None,
 ) -> Exported:
-    """Write the artefact; returns its folder, the validated manifest and the parity gap."""
+    """Write the artefact; returns its folder, the validated manifest and the parity gap.
+
+    Everything is written into a hidden temporary folder beside the version folder (the
+    registry skips names starting with '.') and renamed into place once the manifest
+    validates: a failed export leaves no empty or partial ``<name>/<version>/`` that the
+    registry would refuse on every reload.
+    """
     version = version or t.cfg.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = models_dir / t.cfg.name / version
-    folder.mkdir(parents=True, exist_ok=True)
+    parent = models_dir / t.cfg.name
+    folder = parent / version
+    made_parent = not parent.exists()
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
+    try:
+        _write(t, tmp, version, assessments, default_threshold, extra_metrics)
+        if folder.exists():  # re-exporting a version replaces it, as writing over it did
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if made_parent:
+            with contextlib.suppress(OSError):
+                parent.rmdir()  # only if still empty
+        raise
+    m = load_manifest(folder)
+    return Exported(folder, m, float(m.metrics["parity"]["max_abs_diff_std_units"]))
+
+
+def _write(
+    t: Trained,
+    folder: Path,
+    version: str,
+    assessments: dict[str, Assessment],
+    default_threshold: float,
+    extra_metrics: dict[str, dict[str, float]] | None,
+) -> None:
     onnx_path = folder / "model.onnx"
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        tmp_onnx = Path(tmp) / "model.onnx"
-        to_onnx(t.net, tmp_onnx)
-        d0 = t.data[0]
-        gap = parity(t.net, tmp_onnx, d0.values[: d0.split.train_end], d0.tf)
-        if not gap <= PARITY_TOL:
-            raise ModelError(f"ONNX and torch disagree by {gap:.2e} (> {PARITY_TOL}) in train-std units")
-        tmp_onnx.replace(onnx_path)
+    to_onnx(t.net, onnx_path)
+    d0 = t.data[0]
+    p = parity(t.net, onnx_path, d0.values[: d0.split.train_end], d0.tf)
+    gap = p.gap
+    if not p.excess <= 1.0:
+        feature = t.dataset.features[p.channel]
+        raise ModelError(
+            f"ONNX and torch disagree on {feature!r} by {p.excess:.1f}x what float32 allows "
+            f"(max(abs {PARITY_TOL} x train std, {PARITY_REL:g} x the output's magnitude); "
+            f"{gap:.2e} in train-std units)"
+        )
     net = t.net
     ts = np.concatenate([s.ts_ns for s in t.dataset.series])
     metrics = _metrics(assessments)
@@ -210,7 +277,7 @@ def export(
         created_at=datetime.now(UTC),
     )
     (folder / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
-    return Exported(folder, load_manifest(folder), gap)
+    load_manifest(folder)  # validates before the folder is renamed into place
 
 
 def save_checkpoint(t: Trained, path: Path) -> None:
