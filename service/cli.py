@@ -7,7 +7,9 @@ and ``train``/``evaluate`` (in ``training/``) load it only when called. ``simula
 import graph and is the only one in ``service/`` that names them.
 
 Settings that are invalid or contradictory (a pydantic ``ValidationError``, a
-``ConfigError``) end the command with their message and exit code 2, not a traceback.
+``ConfigError``) end the command with one line naming the variable, the value and what is
+expected, and exit code 2, not a traceback. ``SENSORCAST_*`` variables that are no
+setting are warned about first, with the closest valid name.
 """
 
 from __future__ import annotations
@@ -58,14 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = argparse.ArgumentParser(prog=f"sensorcast {name}", description=help_text)
     module.add_arguments(cmd)
     args = cmd.parse_args(argv[1:])
-    from pydantic import ValidationError
+    from service.config_doc import CONFIG_ERRORS, describe_config_error, unknown_variables
 
-    from service.errors import ConfigError
-
+    for warning in unknown_variables():  # a typo would otherwise be silently ignored
+        print(f"sensorcast {name}: warning: {warning}", file=sys.stderr)
     try:
         return int(module.run(args) or 0)
-    except (ConfigError, ValidationError) as e:
-        print(f"sensorcast {name}: refusing to start: {e}", file=sys.stderr)
+    except CONFIG_ERRORS as e:
+        print(f"sensorcast {name}: refusing to start: {describe_config_error(e)}", file=sys.stderr)
         return 2
 
 

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Role = Literal["ingest", "inference", "api"]
 ROLES: tuple[Role, ...] = get_args(Role)
+# The URL schemes service/mqtt/address.py and service/store/__init__.py understand.
+MQTT_SCHEMES = ("mqtt", "tcp", "mqtts", "ssl")
+STORE_SCHEMES = ("influxdb", "influxdbs", "influxdb2", "influxdb2s", "sqlite", "memory")
 
 
 def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
@@ -54,6 +58,19 @@ class MqttSettings(BaseModel):
     )
     reconnect_min_s: float = Field(0.5, description="First reconnect delay; doubles up to the max.")
     reconnect_max_s: float = Field(30.0, description="Longest reconnect delay.")
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_scheme(cls, v: str) -> str:
+        # Checked here, not only where the client connects, so a typo is refused before anything starts.
+        try:
+            parts = urlsplit(v)
+            ok = parts.scheme.lower() in MQTT_SCHEMES and bool(parts.hostname) and parts.port == parts.port
+        except ValueError:  # a port that is not a number, or out of range
+            ok = False
+        if not ok:
+            raise ValueError("expected mqtt://host:port or mqtts://host:port")
+        return v
 
 
 class IngestSettings(BaseModel):
@@ -124,6 +141,14 @@ class StoreSettings(BaseModel):
     spool_max_bytes: int = Field(
         1024 * 1024 * 1024, description="Spool size limit; when full, intake stops acknowledging."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _store_scheme(cls, v: str) -> str:
+        if v.split("://", 1)[0].lower() not in STORE_SCHEMES or "://" not in v:
+            raise ValueError("expected influxdb://host:8086/db, influxdb2://host:8086/bucket?org=..., "
+                             "sqlite:///path or memory://")
+        return v
 
 
 class ModelBinding(BaseModel):

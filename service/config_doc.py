@@ -1,13 +1,36 @@
-"""``sensorcast config``: print every setting as a markdown table or a .env example."""
+"""``sensorcast config``: print every setting as a markdown table or a .env example.
+
+Also the one-line description of a configuration error (``describe_config_error``: the
+variable, the value given, what is expected) and the warning for ``SENSORCAST_*``
+variables that are not settings (``unknown_variables``), which ``service/cli.py`` uses
+for every command.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import os
+import re
+from collections.abc import Mapping
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+from pydantic_settings import SettingsError
 
 from service.config import Settings
+from service.errors import ConfigError
+
+PREFIX = "SENSORCAST_"
+# SENSORCAST_* variables read by the tools, tests and images rather than by Settings.
+OTHER_VARIABLES = frozenset({
+    "SENSORCAST_VERSION", "SENSORCAST_ETT", "SENSORCAST_FAULT_OUTAGE_S", "SENSORCAST_DEMO_MODELS",
+    "SENSORCAST_SCREENSHOT_DIR", "SENSORCAST_NAB_DATA", "SENSORCAST_BENCH_DATA", "SENSORCAST_STACK_KEEP",
+    "SENSORCAST_FUZZ_EXAMPLES",
+})
+_SECRET_NAME = re.compile(r"password|token|secret|(^|_)key$", re.I)
+_URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^/@\s]*@")
+MAX_SHOWN = 80
 
 
 def _rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str]]:
@@ -43,3 +66,65 @@ def run(args: argparse.Namespace) -> int:
         for var, default, desc in rows:
             print(f"# {desc}\n# {var}={'' if default == 'null' else default}")
     return 0
+
+
+# -- errors and unknown names ------------------------------------------------------------
+def redact(name: str, value: object) -> str:
+    """The value as shown in messages: secrets as ***, a URL's password hidden, long values cut."""
+    if _SECRET_NAME.search(name):
+        return "***"
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def _variable(loc: tuple[int | str, ...]) -> tuple[str, str]:
+    """(environment variable, where inside its value) for a validation error's location."""
+    names: list[str] = []
+    for i, part in enumerate(loc):
+        if isinstance(part, int):  # inside a list (models.bindings): the variable holds the whole list
+            inner = ".".join(str(p) for p in loc[i:])
+            return PREFIX + "__".join(names).upper(), f" (item {inner})"
+        names.append(str(part))
+    return PREFIX + "__".join(names).upper(), ""
+
+
+def describe_config_error(exc: Exception, environ: Mapping[str, str] | None = None) -> str:
+    """One line: the variable, the value given (redacted) and what is expected."""
+    env = os.environ if environ is None else environ
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors(include_url=False):
+            var, where = _variable(tuple(err["loc"]))
+            given = env.get(var, err.get("input"))
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            parts.append(f"{var}={redact(var, given)}{where}: {msg}")
+        return "; ".join(parts)
+    if isinstance(exc, SettingsError):
+        # pydantic-settings names only the group ("models"): find the variable that does not parse.
+        m = re.search(r'field "(\w+)"', str(exc))
+        group = PREFIX + (m.group(1).upper() if m else "")
+        for var in sorted(k for k in env if k == group or k.startswith(group + "__")):
+            try:
+                json.loads(env[var])
+            except ValueError as e:
+                if env[var].lstrip()[:1] in "[{":
+                    return f"{var}={redact(var, env[var])}: expected JSON, which does not parse ({e})"
+        return f"{group}: {exc}"
+    return " ".join(str(exc).split())  # a ConfigError names its setting
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per SENSORCAST_* variable that is no setting, with the closest valid name."""
+    env = os.environ if environ is None else environ
+    leaves = [var for var, _, _ in settings_rows()]
+    valid = set(leaves) | {PREFIX + name.upper() for name in Settings.model_fields} | OTHER_VARIABLES
+    warnings = []
+    for var in sorted(k for k in env if k.upper().startswith(PREFIX) and k not in valid):
+        close = difflib.get_close_matches(var.upper(), leaves, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else " (see `sensorcast config`)"
+        warnings.append(f"{var} is not a sensorcast setting and is ignored{hint}")
+    return warnings
+
+
+CONFIG_ERRORS = (ConfigError, ValidationError, SettingsError)

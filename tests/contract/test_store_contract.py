@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from service.config import StoreSettings
 from service.errors import ConfigError, StoreRejected
@@ -126,5 +127,8 @@ def test_a_refused_point_raises_store_rejected_and_is_isolated(store: Store) -> 
 
 
 def test_unknown_url_scheme() -> None:
+    # Refused when the settings are built, and by open_store for settings made without validation.
+    with pytest.raises(ValidationError, match="expected influxdb://"):
+        StoreSettings(url="postgres://x/y")  # type: ignore[call-arg]
     with pytest.raises(ConfigError):
-        open_store(StoreSettings(url="postgres://x/y"))  # type: ignore[call-arg]
+        open_store(StoreSettings.model_construct(url="postgres://x/y"))
