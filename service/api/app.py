@@ -5,7 +5,8 @@ does); tests pass their own ``pipeline`` and keep ownership of it.
 
 Building the app refuses open write routes on a non-loopback address (``check_exposure``)
 and logs which routes are open. Error bodies carry a short reason: store errors (URLs,
-spool paths, the store's own text) go to the log only.
+spool paths, the store's own text) go to the log only. ``/docs`` (Swagger UI) and
+``/redoc`` load their scripts from this service (``_add_offline_docs``), not from a CDN.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.docs import get_swagger_ui_oauth2_redirect_html as get_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from service.api.auth import ApiKeys, AuthError, check_exposure, is_loopback
@@ -32,6 +38,12 @@ from service.metrics import Metrics
 from service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
+
+# The Swagger UI and ReDoc bundles that the fastapi-offline package ships (a dependency,
+# so pip keeps them current; nothing is copied into this repository). Only its files are
+# used, not its FastAPIOffline factory: this app builds its own FastAPI.
+DOCS_ASSETS = Path(fastapi_offline.__file__).resolve().parent / "static"
+DOCS_ASSETS_URL = "/docs/assets"
 
 DESCRIPTION = """\
 Forecasts and anomaly alerts for sensor streams. Stream ids are `device/quantity`
@@ -76,6 +88,10 @@ def create_app(
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Replaced by _add_offline_docs: FastAPI's own pages load their scripts from a CDN,
+        # so /docs was blank on an offline gateway.
+        docs_url=None,
+        redoc_url=None,
         # Every error, ours or pydantic's, has the one shape {"detail": ...}.
         responses={
             401: {"model": ErrorOut, "description": "No or unknown API key."},
@@ -95,8 +111,46 @@ def create_app(
     _log_access(app, keys, settings.api.host)
     _add_error_handlers(app)
     _honest_security_in_openapi(app, app.state.api_keys)
+    _add_offline_docs(app)
     mount_dashboard(app)
     return app
+
+
+def _add_offline_docs(app: FastAPI) -> None:
+    """``/docs``, ``/docs/oauth2-redirect`` and ``/redoc`` as FastAPI serves them, with every
+    asset from ``DOCS_ASSETS_URL``. Open like the OpenAPI document they render, as before:
+    the keys guard the API routes, which the pages call with the key the user enters."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+    openapi_url, redirect_url = str(app.openapi_url), str(app.swagger_ui_oauth2_redirect_url)
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=root + openapi_url,
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=root + redirect_url,
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            # No "valid" badge fetched from the public swagger.io validator.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get(redirect_url, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=root + openapi_url,
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,  # fonts.googleapis.com: unreachable offline
+        )
 
 
 def _routes_by_scope(app: FastAPI) -> dict[str, list[str]]:

@@ -1,0 +1,147 @@
+"""/docs and /redoc render in a headless chromium that can reach nothing but this machine.
+
+A real ``sensorcast serve`` (the api role, with read and write keys as on a gateway)
+serves the pages; chromium resolves no host name and sends anything not on loopback to a
+dead proxy, so a page that needed a CDN would stay blank. A screenshot goes to
+reports/browser/docs.png (or $SENSORCAST_SCREENSHOT_DIR).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.serving import REPO, ServeProcess
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+SHOTS = Path(os.environ.get("SENSORCAST_SCREENSHOT_DIR", REPO / "reports" / "browser"))
+
+
+@pytest.fixture
+def offline_browser(tmp_path: Path) -> Iterator[Any]:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip("chromium / chromedriver not installed (make setup installs them)")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1100",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        # The offline gateway: no name resolves, and an address given as a literal goes to a
+        # proxy where nothing listens (loopback is never proxied).
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        "--proxy-server=http://127.0.0.1:9",
+    ):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[ServeProcess]:
+    (tmp_path / "write.key").write_text("w-secret\n")
+    (tmp_path / "read.key").write_text("r-secret\n")
+    svc = ServeProcess(
+        workdir=tmp_path / "serve",
+        mqtt_url="mqtt://127.0.0.1:1",  # unused: the api role alone subscribes to nothing
+        store_url="memory://",
+        models_dir=tmp_path / "models",
+        extra_env={
+            "SENSORCAST_ROLES": "api",
+            "SENSORCAST_API__API_KEY_FILE": str(tmp_path / "write.key"),
+            "SENSORCAST_API__READ_KEY_FILE": str(tmp_path / "read.key"),
+        },
+    )
+    svc.start(wait_ready=False)
+    try:
+        yield svc
+    finally:
+        svc.kill()
+
+
+def _until(fn: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
+        time.sleep(0.25)
+
+
+# ReDoc's sidebar footer ("API docs by Redocly") always tries this logo, with no option to
+# turn it off; offline the <img> fails and ReDoc removes it (its onError). Decoration only.
+REDOCLY_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+def _foreign_loads(browser: Any, origin: str) -> list[str]:
+    """Resources the page fetched (or tried to) from anywhere but this service."""
+    names: list[str] = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    return [n for n in names if not n.startswith(origin + "/") and n != REDOCLY_LOGO]
+
+
+def _severe(browser: Any) -> list[dict[str, Any]]:
+    return [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and REDOCLY_LOGO not in e["message"]]
+
+
+def _cdn_reachable(browser: Any) -> bool:
+    """Whether this browser can fetch from the CDN FastAPI's default pages use."""
+    return bool(browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch('https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css', {mode: 'no-cors'})"
+        ".then(() => done(true), () => done(false));"
+    ))
+
+
+def test_docs_render_with_networking_to_other_hosts_disabled(offline_browser: Any, serve: ServeProcess) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser = offline_browser
+    spec = httpx.get(serve.url + "/openapi.json", timeout=10).json()
+    operations = sum(1 for item in spec["paths"].values() for m in item if m in {"get", "post", "put", "delete"})
+    assert operations >= 10
+
+    browser.get(serve.url + "/docs")
+    # Swagger UI built its DOM from the spec: one .opblock per operation.
+    _until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#swagger-ui .opblock")) == operations,
+           20, f"{operations} operations in Swagger UI")
+    assert browser.find_element(By.CSS_SELECTOR, "#swagger-ui .info .title").text.startswith("sensorcast")
+    # The keys are configured, so the Authorize button offers them.
+    assert browser.find_elements(By.CSS_SELECTOR, "#swagger-ui .auth-wrapper .authorize")
+    assert "/v1/readings" in browser.find_element(By.ID, "swagger-ui").text
+    assert not _foreign_loads(browser, serve.url)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SHOTS / "docs.png"))
+    assert not _severe(browser)
+
+    browser.get(serve.url + "/redoc")
+    # ReDoc renders a section per operation, with its summary as the heading.
+    first = spec["paths"]["/v1/streams"]["get"]["summary"]
+    _until(lambda: first in browser.find_element(By.TAG_NAME, "body").text, 20, "ReDoc's operation list")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "[data-section-id^='tag/'], [data-section-id^='operation/']")) >= operations
+    assert not _foreign_loads(browser, serve.url)
+    assert not _severe(browser)
+    assert not browser.find_elements(By.CSS_SELECTOR, "img[alt='redocly logo']")  # gone, as it failed
+    # The control (last: its failed fetch is an error of its own): the CDN that FastAPI's
+    # default pages use is out of reach for this browser, so what rendered came from here.
+    assert not _cdn_reachable(browser)
