@@ -32,7 +32,7 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
 
 
 @pytest.mark.parametrize("var,value,expected", BAD)
-@pytest.mark.parametrize("command", [["serve"], ["ingest"]])
+@pytest.mark.parametrize("command", [["serve"], ["ingest"], ["config", "--check"]])
 def test_config_error_is_one_line_naming_the_variable(
     command: list[str], var: str, value: str, expected: str, tmp_path: Path
 ) -> None:
