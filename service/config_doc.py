@@ -226,7 +226,19 @@ def describe_config_error(exc: Exception, environ: Mapping[str, str] | None = No
                 if env[var].lstrip()[:1] in "[{":
                     return f"{var}={redact(var, env[var])}: expected JSON, which does not parse ({e})"
         return f"{group}: {exc}"
-    return " ".join(str(exc).split())  # a ConfigError names its setting
+    # A ConfigError names its setting as group.field (ingest.share_group): say the variable instead.
+    return _SETTING_NAME.sub(_to_variable, " ".join(str(exc).split()), count=1)
+
+
+_SETTING_NAME = re.compile(r"\b([a-z]+)\.([a-z_]+)\b")
+
+
+def _to_variable(m: re.Match[str]) -> str:
+    group = Settings.model_fields.get(m.group(1))
+    model = group.annotation if group is not None else None
+    if isinstance(model, type) and issubclass(model, BaseModel) and m.group(2) in model.model_fields:
+        return f"{PREFIX}{m.group(1).upper()}__{m.group(2).upper()}"
+    return m.group(0)
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -20,8 +20,12 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+from pydantic import ValidationError
 
 from service.config import Settings
+from service.errors import ConfigError
 from service.gcpolicy import GcPolicy
 from service.metrics import Metrics
 from service.pipeline import Pipeline
@@ -68,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
         from service.api.app import create_app
 
-        app = create_app(settings, metrics=metrics, on_started=gc_policy.start, on_fatal=fatal)
+        app = StartupErrors(create_app(settings, metrics=metrics, on_started=gc_policy.start, on_fatal=fatal))
         config = uvicorn.Config(
             app, host=settings.api.host, port=settings.api.port, log_level=settings.log_level.lower(),
             access_log=False,  # one line per request would dwarf everything else at 200 req/s
@@ -80,10 +84,49 @@ def run(args: argparse.Namespace) -> int:
         fatal.request_stop = lambda: setattr(server, "should_exit", True)
         try:
             server.run()
+        except SystemExit:
+            if app.error is not None:  # the CLI turns it into one line and exit 2
+                raise app.error from None
+            raise
         finally:
             gc_policy.stop()
         return fatal.code
     return _run_headless(settings, metrics, gc_policy, fatal)
+
+
+class StartupErrors:
+    """The app, but a configuration error while its lifespan starts the pipeline (a topic
+    template, an InfluxDB 2 store without org) is kept for the CLI's one-line message
+    instead of being printed by uvicorn as a traceback; other failures pass unchanged."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.error: Exception | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[Any] = []
+
+        async def hold_failure(message: Any) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)  # sent below, once we know what failed
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, hold_failure)
+        except (ConfigError, ValidationError) as e:
+            self.error = e
+            await send({"type": "lifespan.startup.failed", "message": ""})  # uvicorn logs no traceback
+            return
+        except BaseException:
+            for message in held:
+                await send(message)
+            raise
+        for message in held:
+            await send(message)
 
 
 def _run_headless(settings: Settings, metrics: Metrics, gc_policy: GcPolicy, fatal: FatalExit) -> int:

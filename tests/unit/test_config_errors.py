@@ -70,3 +70,16 @@ def test_cli_warns_about_a_typo_at_start(tmp_path: Path) -> None:
     done = _cli(["config", "--format", "env"], {"SENSORCAST_MQTT_URL": "mqtt://x:1"}, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "SENSORCAST_MQTT_URL" in done.stderr and "did you mean SENSORCAST_MQTT__URL?" in done.stderr
+
+
+def test_config_error_while_serve_starts_its_pipeline_is_one_line(tmp_path: Path) -> None:
+    # Found only when the API's lifespan builds the pipeline (not by Settings): uvicorn used
+    # to print it as a traceback and exit 3.
+    done = _cli(["serve", "--port", "0"], {"SENSORCAST_INGEST__SHARE_GROUP": "a/b"}, tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        "sensorcast serve: refusing to start: SENSORCAST_INGEST__SHARE_GROUP must be a plain name "
+        "(no / + #), found 'a/b'"
+    )
