@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from training.config import Config, from_dict, load
+from training.data import DataError
 
-_DATA = {"source": str, "time_column": str, "series_column": str, "cadence_s": float, "layout": str}
+_DATA = {"source": str, "time_column": str, "series_column": str, "cadence_s": float, "layout": str,
+         "delimiter": str}
 _MODEL = {"cell": str, "hidden": int, "layers": int, "dropout": float, "horizon": int, "lags": int,
           "scaling": str, "window": int, "segment": int}
 _TRAIN = {"epochs": int, "batch": int, "chunk": int, "lr": float, "seed": int, "threads": int, "patience": int}
@@ -45,8 +47,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _config_file(path: Path) -> Config:
+    try:
+        return load(path)
+    except FileNotFoundError:
+        raise DataError(f"config {path}: no such file; expected a TOML or YAML file (--config)") from None
+    except ValueError as e:  # unknown keys, contradictions, TOML/YAML syntax
+        raise DataError(f"config {path}: {str(e).splitlines()[0]}") from None
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    raw: dict[str, Any] = load(args.config).to_dict() if args.config else Config().to_dict()
+    raw: dict[str, Any] = _config_file(args.config).to_dict() if args.config else Config().to_dict()
     for table, group in (("data", _DATA), ("model", _MODEL), ("train", _TRAIN)):
         for key in group:
             v = getattr(args, key, None)
@@ -68,32 +79,45 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raw["name"] = args.name
     if args.version:
         raw["version"] = args.version
-    cfg = from_dict(raw)
+    try:
+        cfg = from_dict(raw)
+    except ValueError as e:
+        raise DataError(str(e)) from None
     if not cfg.data.source and os.environ.get("SENSORCAST_STORE__URL"):
         # The service's store (the compose trainer): history from where the service keeps it.
         cfg = replace(cfg, data=replace(cfg.data, source=os.environ["SENSORCAST_STORE__URL"]))
     if not cfg.data.source:
-        raise SystemExit("sensorcast train: no data source (--source, [data] source in the config, "
-                         "or SENSORCAST_STORE__URL)")
+        raise DataError("found no data source; expected --source, [data] source in the config, "
+                        "or SENSORCAST_STORE__URL")
     if not cfg.version:
         cfg = replace(cfg, version=datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
     return cfg
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except DataError as e:
+        # A user's error: one line that says what was found and what was expected, no traceback.
+        print(f"sensorcast train: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from service.errors import ModelError
     from training.data import load as load_data
     from training.evaluate import report_markdown, write_report
     from training.export import export, save_checkpoint
-    from training.trainer import assess, calibrate_threshold, train
+    from training.trainer import assess, calibrate_threshold, check_trainable, train
 
     cfg = config_from_args(args)
     torch.set_num_threads(cfg.train.threads)
     ds = load_data(cfg.data)
     print(f"data: {len(ds.series)} series x {len(ds.features)} features, cadence {ds.cadence_s:g} s, "
           f"{sum(len(s.values) for s in ds.series)} rows from {ds.source}")
+    check_trainable(ds, cfg)  # before the training time is spent
     t = train(cfg, ds)
     a = {"val": assess(t, "val"), "test": assess(t, "test")}
     threshold, calib = calibrate_threshold(t)

@@ -19,6 +19,7 @@ class DataConfig:
     source: str = ""  # CSV path or store URL (influxdb://, sqlite:///, memory://)
     streams: tuple[str, ...] = ()  # store: stream ids "device/quantity"; CSV: value columns
     time_column: str = "date"
+    delimiter: str = ""  # CSV: one character; empty: detected from the header (',', ';', tab or '|')
     series_column: str | None = None  # CSV: one column naming the series (long format)
     cadence_s: float = 0.0  # 0: inferred from the median timestamp step
     start: str | None = None  # ISO time range for store reads
@@ -139,5 +140,7 @@ def validate(cfg: Config) -> None:
         raise ValueError("window models normalise by the window's last value; use scaling='fixed'")
     if m.horizon < 1 or m.hidden < 1 or m.layers < 1:
         raise ValueError("model.horizon, hidden and layers must be >= 1")
+    if len(cfg.data.delimiter) > 1:
+        raise ValueError(f"data.delimiter {cfg.data.delimiter!r}: expected one character (or empty to detect it)")
     if cfg.data.layout not in ("series", "univariate"):
         raise ValueError(f"data.layout {cfg.data.layout!r}: expected 'series' or 'univariate'")

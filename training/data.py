@@ -26,6 +26,14 @@ F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
 
+class DataError(ValueError):
+    """The data, or the settings that describe it, do not fit: a user's error, not a bug.
+
+    The message is one line naming what was found and what was expected;
+    ``sensorcast train`` prints it and exits with status 2, without a traceback.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Series:
     """One entity on a regular grid: ``values[t]`` belongs to ``ts_ns[t]``."""
@@ -70,19 +78,19 @@ def _parse_time(text: str) -> int:
     return int(dt.timestamp()) * NS_PER_S + dt.microsecond * 1000
 
 
-def _float(text: str) -> float:
+def _float(text: str, decimal_comma: bool = False) -> float:
     try:
-        return float(text)
+        return float(text.replace(",", ".") if decimal_comma else text)
     except ValueError:
         return float("nan")  # empty or garbled cell: missing, not a crash
 
 
 def infer_cadence(ts_ns: I64) -> float:
     if len(ts_ns) < 2:
-        raise ValueError("need at least two timestamps to infer the cadence; set data.cadence_s")
+        raise DataError("need at least two timestamps to infer the cadence; set data.cadence_s")
     step = float(np.median(np.diff(np.sort(ts_ns)))) / NS_PER_S
     if step <= 0:
-        raise ValueError("timestamps do not advance; set data.cadence_s")
+        raise DataError("timestamps do not advance (most rows share a time); set data.cadence_s")
     return step
 
 
@@ -113,26 +121,78 @@ def resample(ts_ns: I64, values: F32, cadence_s: float) -> tuple[I64, F32]:
     return grid, out
 
 
+def _read_rows(path: Path, delimiter: str) -> tuple[list[list[str]], str]:
+    """The file's rows and its delimiter: the configured one, else sniffed from the start."""
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "nothing"
+        raise DataError(f"{path}: found {what}; expected a CSV file with a header row (check --source)")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            if not delimiter:
+                sample = fh.read(64 * 1024)
+                fh.seek(0)
+                try:
+                    delimiter = csv.Sniffer().sniff(sample.split("\n", 1)[0], delimiters=",;\t|").delimiter
+                except csv.Error:
+                    delimiter = ","  # one column, or no candidate in the header: the default
+            return list(csv.reader(fh, delimiter=delimiter)), delimiter
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); expected a CSV text file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror}); expected a readable CSV file") from None
+
+
+def _column(path: Path, header: list[str], name: str, what: str, flag: str) -> int:
+    n = header.count(name)
+    if n == 0:
+        raise DataError(f"{path}: {what} {name!r} not in the header; found columns {header} (set {flag})")
+    if n > 1:
+        raise DataError(f"{path}: {what} {name!r} is ambiguous: the header names it {n} times; "
+                        "expected unique column names")
+    return header.index(name)
+
+
+def _times(path: Path, body: list[list[str]], ti: int, name: str) -> I64:
+    out = np.empty(len(body), dtype=np.int64)
+    for k, r in enumerate(body):
+        try:
+            out[k] = _parse_time(r[ti])
+        except ValueError:
+            raise DataError(f"{path}: row {k + 2}: time {r[ti]!r} in column {name!r} is not a time; expected "
+                            "ISO 8601 (2024-01-31T12:00:00Z) or epoch seconds/ms/ns") from None
+    return out
+
+
 def load_csv(cfg: DataConfig) -> Dataset:
     path = Path(cfg.source)
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
+    rows, delim = _read_rows(path, cfg.delimiter)
+    rows = [r for r in rows if r]  # blank lines
     if len(rows) < 3:
-        raise ValueError(f"{path}: expected a header and at least two rows, found {len(rows)} lines")
-    header = rows[0]
-    if cfg.time_column not in header:
-        raise ValueError(f"{path}: time column {cfg.time_column!r} not in header {header}")
-    ti = header.index(cfg.time_column)
-    si = header.index(cfg.series_column) if cfg.series_column else None
+        raise DataError(f"{path}: found {len(rows)} non-empty lines; expected a header and at least two rows")
+    header = [h.strip() for h in rows[0]]
+    if len(header) < 2:
+        raise DataError(f"{path}: found one column {header[0][:60]!r} with delimiter {delim!r}; expected a time "
+                        "column and value columns (set --delimiter)")
+    ti = _column(path, header, cfg.time_column, "time column", "--time-column")
+    si = _column(path, header, cfg.series_column, "series column", "--series-column") if cfg.series_column else None
     skip = {ti} | ({si} if si is not None else set())
     cols = list(cfg.streams) or [h for i, h in enumerate(header) if i not in skip]
-    missing = [c for c in cols if c not in header]
-    if missing:
-        raise ValueError(f"{path}: columns {missing} not in header {header}")
-    ci = [header.index(c) for c in cols]
+    ci = [_column(path, header, c, "column", "--streams") for c in cols]
+    if not ci:
+        raise DataError(f"{path}: found no value columns besides {header}; expected at least one")
     body = [r for r in rows[1:] if len(r) == len(header)]
-    ts = np.array([_parse_time(r[ti]) for r in body], dtype=np.int64)
-    vals = np.array([[_float(r[i]) for i in ci] for r in body], dtype=np.float32).reshape(len(body), len(ci))
+    if len(body) < 2:
+        raise DataError(f"{path}: found {len(body)} rows with {len(header)} fields (as the header has); "
+                        f"expected at least two (is the delimiter {delim!r} right? set --delimiter)")
+    ts = _times(path, body, ti, cfg.time_column)
+    # ';'-separated files usually come with decimal commas (26,5): read them as numbers.
+    comma = delim != ","
+    vals = np.array([[_float(r[i], comma) for i in ci] for r in body], dtype=np.float32).reshape(len(body), len(ci))
+    for f, c in enumerate(cols):
+        if np.isnan(vals[:, f]).all():
+            example = next((r[ci[f]] for r in body if r[ci[f]].strip()), "")
+            raise DataError(f"{path}: column {c!r} has no number in {len(body)} rows (found e.g. {example!r}); "
+                            "expected numeric values")
     groups: dict[str, npt.NDArray[np.bool_]] = {}
     if si is None:
         groups[path.stem] = np.ones(len(body), dtype=bool)
@@ -234,12 +294,12 @@ def split_rows(n: int, cfg: DataConfig) -> Split:
     if cfg.split_rows is not None:
         tr, va, te = cfg.split_rows
         if not 0 < tr < va < te <= n:
-            raise ValueError(f"data.split_rows {cfg.split_rows} must satisfy 0 < train < val < test <= {n}")
+            raise DataError(f"data.split_rows {cfg.split_rows} must satisfy 0 < train < val < test <= {n} rows")
         return Split(tr, va, te)
     ftr, fva = cfg.split
     tr, va = int(n * ftr), int(n * (ftr + fva))
     if not 0 < tr < va < n:
-        raise ValueError(f"series of {n} rows is too short for split {cfg.split}")
+        raise DataError(f"found a series of {n} rows; too short for split {cfg.split} (train, validation, rest test)")
     return Split(tr, va, n)
 
 
@@ -249,7 +309,8 @@ def train_stats(values: Sequence[F32], splits: Sequence[Split]) -> tuple[F32, F3
     mean = np.nanmean(stacked, axis=0).astype(np.float32)
     std = np.nanstd(stacked, axis=0).astype(np.float32)
     if np.isnan(mean).any():
-        raise ValueError("a feature has no observed value in the train split")
+        raise DataError(f"feature(s) {np.flatnonzero(np.isnan(mean)).tolist()} have no observed value in the train "
+                        "split; expected some readings in the first part of the history")
     std = np.where(std > 1e-8, std, 1.0).astype(np.float32)  # a constant feature: leave its scale alone
     return mean, std
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from training import rollout
 from training.config import STEP_CELLS, Config
-from training.data import F32, Dataset, split_rows, targets, tf_for, train_stats
+from training.data import F32, DataError, Dataset, split_rows, targets, tf_for, train_stats
 from training.fit import History, Prepared, fit_step, fit_window, seed_all
 from training.metrics import Score, repeat_last, score, season_steps, seasonal_naive
 from training.nets import SegRNN, StepNet
@@ -45,6 +45,43 @@ def prepare(ds: Dataset, cfg: Config) -> tuple[list[Prepared], F32, F32]:
         m, sd = train_stats([s.values], [sp])
         out.append(Prepared(s.values, tf_for(s, names), sp, m, sd))
     return out, mean, std
+
+
+def check_trainable(ds: Dataset, cfg: Config) -> None:
+    """Refuse, with one line that says what was found, data this config cannot train on.
+
+    Rows: the longest series must leave the network one training run (a window, or a
+    burn-in chunk and a loss chunk, plus the horizon) and at least one forecast position
+    in validation and in test. Channels: a constant one has nothing to forecast and its
+    std of zero would turn every error into infinity.
+    """
+    m, tr = cfg.model, cfg.train
+    H = m.horizon
+    n = max(len(s.values) for s in ds.series)
+    sp = split_rows(n, cfg.data)
+    window = m.cell not in STEP_CELLS
+    need_train = (m.window if window else 2 * tr.chunk) + H
+    first = m.window - 1 if window else max(m.lags, tr.chunk) - 1  # assess's first position
+    found = {"train": sp.train_end, "validation": sp.val_end - sp.train_end, "test": sp.test_end - sp.val_end}
+    short = []
+    if sp.train_end < need_train:
+        short.append(f"train needs >= {need_train}")
+    for name, lo, hi in (("validation", sp.train_end, sp.val_end), ("test", sp.val_end, sp.test_end)):
+        if hi - H <= max(lo - 1, first):
+            short.append(f"{name} needs >= {max(lo - 1, first) - lo + H + 1}")
+    if short:
+        what = "window " + str(m.window) if window else f"chunk {tr.chunk}"
+        raise DataError(f"found {n} rows (train/validation/test {'/'.join(str(v) for v in found.values())}); "
+                        f"too few for {what} and horizon {H}: {', '.join(short)} rows "
+                        "(more history, a smaller --horizon/--chunk/--window, or --split-rows)")
+    splits = [split_rows(len(s.values), cfg.data) for s in ds.series]
+    stacked = np.concatenate([s.values[: p.train_end] for s, p in zip(ds.series, splits, strict=True)], axis=0)
+    for f, name in enumerate(ds.features):
+        col = stacked[:, f]
+        seen = col[~np.isnan(col)]
+        if len(seen) and float(seen.max() - seen.min()) == 0.0:
+            raise DataError(f"channel {name!r} is constant ({float(seen[0]):g} in all {len(seen)} train readings); "
+                            "expected a varying signal (leave it out with --streams)")
 
 
 def build(cfg: Config, n_features: int, mean: F32, std: F32) -> StepNet | SegRNN:

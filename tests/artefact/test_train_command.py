@@ -67,10 +67,11 @@ def test_train_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert (out / "forecast.png").exists()
 
 
-def test_train_without_source_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_without_source_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("SENSORCAST_STORE__URL", raising=False)  # else that store is the source
-    with pytest.raises(SystemExit, match="no data source"):
-        main(["train", "--models-dir", str(tmp_path)])
+    assert main(["train", "--models-dir", str(tmp_path)]) == 2
+    assert "found no data source" in capsys.readouterr().err
 
 
 def test_train_reads_the_services_store_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def test_csv_univariate_layout_makes_one_series_per_column(tmp_path: Path) -> No
 def test_csv_unknown_column_is_a_clear_error(tmp_path: Path) -> None:
     p = tmp_path / "h.csv"
     p.write_text("date,a\n1,1\n2,2\n3,3\n")
-    with pytest.raises(ValueError, match="not in header"):
+    with pytest.raises(ValueError, match="'zzz' not in the header"):
         load_csv(DataConfig(source=str(p), streams=("zzz",)))
 
 
@@ -145,3 +145,30 @@ def test_config_files_and_refusals(tmp_path: Path) -> None:
         validate(Config(model=ModelConfig(cell="gru", bidirectional=True)))
     with pytest.raises(ValueError, match="multiple"):
         validate(Config(model=ModelConfig(cell="segrnn", window=50, segment=24)))
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_csv_delimiter_is_detected_and_decimal_commas_are_numbers(tmp_path: Path, sep: str) -> None:
+    p = tmp_path / "h.csv"
+    p.write_text(sep.join(["time", "a", "b"]) + "\n"
+                 + "".join(sep.join([str(1_700_000_000 + 60 * i), f"{i},5", f"{2 * i}"]) + "\n" for i in range(4)))
+    ds = load_csv(DataConfig(source=str(p), time_column="time"))
+    assert ds.features == ("a", "b")
+    assert ds.series[0].values[:, 0].tolist() == [0.5, 1.5, 2.5, 3.5]
+
+
+def test_csv_user_errors_name_what_was_found(tmp_path: Path) -> None:
+    from training.data import DataError
+
+    with pytest.raises(DataError, match="found nothing; expected a CSV file"):
+        load_csv(DataConfig(source=str(tmp_path / "none.csv")))
+    p = tmp_path / "h.csv"
+    p.write_text("time,a,a\n1,1,2\n2,2,3\n3,3,4\n")
+    with pytest.raises(DataError, match="'a' is ambiguous"):
+        load_csv(DataConfig(source=str(p), time_column="time"))
+    p.write_text("time,a\nnoon,1\n2,2\n3,3\n")
+    with pytest.raises(DataError, match="row 2: time 'noon'"):
+        load_csv(DataConfig(source=str(p), time_column="time"))
+    p.write_text("time,a\n1,x\n2,y\n3,\n")
+    with pytest.raises(DataError, match=r"column 'a' has no number in 3 rows \(found e\.g\. 'x'\)"):
+        load_csv(DataConfig(source=str(p), time_column="time"))
