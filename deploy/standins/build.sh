@@ -9,7 +9,7 @@
 # Usage (root): deploy/standins/build.sh [standins] [service] [train]   (default: all three)
 # Env: STACK_DIR (default /var/tmp/sensorcast-stack: containers.conf, lock, scratch),
 #      SENSORCAST_VERSION (tag of the project images, default 0.1.0),
-#      TORCH_WHEEL (default: the torch cp311 x86_64 wheel in pip's find-links directories).
+#      TORCH_WHEEL (default: the torch 2.13.0 cp311 x86_64 wheel (the version make setup pins) in pip's find-links directories).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -99,7 +99,7 @@ torch_wheel() {
         [ -f "$conf" ] || continue
         sed -n 's/^[[:space:]]*find-links[[:space:]]*=[[:space:]]*//p' "$conf" | tr ' ' '\n' | sed 's|^file://||'
     done | while read -r dir; do
-        ls "$dir"/torch-2.*-cp311-cp311-*x86_64.whl 2>/dev/null || true
+        ls "$dir"/torch-2.13.0*-cp311-cp311-*x86_64.whl 2>/dev/null || true
     done | sort -V | tail -n 1
 }
 train() { # torch from a wheel directory inside the build context (deploy/wheels, git-ignored)
