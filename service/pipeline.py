@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from service.alerts.publisher import AlertPublisher
 from service.config import Settings
+from service.connwatch import ConnectionWatch, pipeline_checks
 from service.metrics import Metrics
+from service.mqtt import parse_broker_url
 from service.records import Alert, Forecast, Reading
 from service.store.base import Store
 from service.watchdog import Watchdog
@@ -198,10 +200,13 @@ class Pipeline:
         # Called (from the watchdog's thread) with the names of dead threads; None: log only.
         self.on_fatal: Callable[[list[str]], object] | None = None
         self.watchdog: Watchdog | None = None
+        self.connwatch: ConnectionWatch | None = None  # broker/store outages at WARNING while they last
 
     # -- the callbacks the engine is given ------------------------------------------
     def on_alert(self, alert: Alert) -> None:
-        """Engine -> MQTT. Never raises into the engine's loop: the alert is already listed."""
+        """Engine -> log and MQTT. Never raises into the engine's loop: the alert is already listed."""
+        log.info("alert %s %s: value %.6g, expected %.6g, score %.4g", alert.stream_id, alert.state, alert.value,
+                 alert.expected, alert.score)
         if self.publisher is None:
             return
         try:
@@ -268,6 +273,10 @@ class Pipeline:
         self.started = True
         self.watchdog = Watchdog(self.liveness, self.settings.watchdog.interval_s, self._threads_died)
         self.watchdog.start()
+        addr = parse_broker_url(self.settings.mqtt)  # host:port only: no credentials in the log
+        self.connwatch = ConnectionWatch(pipeline_checks(f"{addr.host}:{addr.port}", self.ingester, self.intake,
+                                                         self.publisher))
+        self.connwatch.start()
         log.info("pipeline started (roles: %s)", ",".join(sorted(self.roles)))
         log.info("watchdog: checking every %.1f s that these threads are alive: %s",
                  self.settings.watchdog.interval_s, ", ".join(sorted(self.liveness())) or "none")
@@ -296,6 +305,8 @@ class Pipeline:
         if self.watchdog is not None:  # threads end on purpose from here on
             self.watchdog.stop()
             self.watchdog = None
+        if self.connwatch is not None:
+            self.connwatch.stop()
         if self.ingester is not None:
             _safely("stop ingester", self.ingester.stop)
         if self.intake is not None:
