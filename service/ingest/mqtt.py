@@ -129,6 +129,9 @@ class MqttSource:
         time.sleep(0.2)
         self.client.disconnect()
         self.client.loop_stop()
+        # paho's loop_stop leaves its socket and wake-up socket pair open until garbage
+        # collection (a ResourceWarning then); the loop has ended, so close them now.
+        self.client._reset_sockets()
         self.connected.clear()
 
     # --- callbacks (paho's thread) -------------------------------------------------------
