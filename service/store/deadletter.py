@@ -34,6 +34,7 @@ from pathlib import Path
 import orjson
 
 from service.metrics import Metrics
+from service.store.durable import fsync_dir, write_synced
 from service.store.rejections import Rejection
 
 log = logging.getLogger(__name__)
@@ -114,20 +115,9 @@ class DeadLetter:
                 os.replace(self.path, self.path.with_name(self.path.name + ".1"))
                 log.warning("dead-letter file %s reached %d bytes; rotated to %s.1", self.path, size, self.path.name)
                 size = 0
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_synced(self.path, data, append=True)
             if not size:  # a new file: its directory entry must survive a crash too
-                dfd = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                fsync_dir(self.path.parent)
 
     def _log(self, rejections: Sequence[Rejection]) -> None:
         by_kind: dict[str, list[Rejection]] = {}

@@ -30,6 +30,7 @@ import orjson
 
 from service.errors import SpoolFullError, SpoolReadError, StoreError
 from service.records import Reading, StreamKey
+from service.store.durable import fsync_dir, write_synced
 
 log = logging.getLogger(__name__)
 
@@ -147,16 +148,9 @@ class Spool:
             final = self.dir / f"{seq:016d}-{len(readings)}.spool"
             tmp = final.with_suffix(".tmp")
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                write_synced(tmp, data, append=False)
                 os.rename(tmp, final)
-                self._fsync_dir()
+                fsync_dir(self.dir)
             except OSError as e:
                 tmp.unlink(missing_ok=True)
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -167,13 +161,6 @@ class Spool:
             self._entries.append(SpoolEntry(final, seq, len(readings), len(data)))
             self._bytes += len(data)
             self.full = False
-
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     # --- replay --------------------------------------------------------------------------
     def oldest(self) -> tuple[SpoolEntry, list[Reading]] | None:
