@@ -8,8 +8,6 @@ reports/browser/docs.png (or $SENSORCAST_SCREENSHOT_DIR).
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,40 +16,18 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.serving import REPO, ServeProcess
+from tests.integration.chromium import SHOTS, chromium
+from tests.integration.serving import ServeProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-SHOTS = Path(os.environ.get("SENSORCAST_SCREENSHOT_DIR", REPO / "reports" / "browser"))
-
-
 @pytest.fixture
 def offline_browser(tmp_path: Path) -> Iterator[Any]:
-    webdriver = pytest.importorskip("selenium.webdriver")
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip("chromium / chromedriver not installed (make setup installs them)")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1100",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        # The offline gateway: no name resolves, and an address given as a literal goes to a
-        # proxy where nothing listens (loopback is never proxied).
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        "--proxy-server=http://127.0.0.1:9",
-    ):
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    try:
+    # The offline gateway: no name resolves, and an address given as a literal goes to a
+    # proxy where nothing listens (loopback is never proxied).
+    offline = ("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--proxy-server=http://127.0.0.1:9")
+    with chromium(tmp_path / "profile", offline) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture
