@@ -101,6 +101,8 @@ class Decoder:
         if len(payload) > self.settings.max_payload_bytes:
             raise DecodeError("too_large", f"{len(payload)} bytes > limit {self.settings.max_payload_bytes}")
         body = payload.strip()
+        if body.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark, as some device firmware sends
+            body = body[3:].strip()
         if not body:
             raise DecodeError("empty", "empty payload")
         if body[0] in _JSON_START or body in (b"true", b"false", b"null"):

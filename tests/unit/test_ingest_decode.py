@@ -380,3 +380,9 @@ def test_a_body_of_no_data_lines_is_refused_never_silently_dropped(payload: byte
     result = dec().decode("sensors/d1/temp", payload, 1_700_000_000 * NS_PER_S)
     assert result.readings or result.refusals, "a message must yield readings or a refusal"
     assert not result.readings
+
+
+@pytest.mark.parametrize("payload", [b'\xef\xbb\xbf{"value": 21.5}', b"\xef\xbb\xbf21.5", b"\xef\xbb\xbfm value=21.5"])
+def test_a_utf8_byte_order_mark_is_skipped(payload: bytes) -> None:
+    result = dec().decode("sensors/d1/temp", payload, 1_700_000_000 * NS_PER_S)
+    assert [r.value for r in result.readings] == [21.5], result.refusals
