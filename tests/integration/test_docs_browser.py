@@ -8,8 +8,7 @@ reports/browser/docs.png (or $SENSORCAST_SCREENSHOT_DIR).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 
 from tests.integration.chromium import SHOTS, chromium
 from tests.integration.serving import ServeProcess
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
 
@@ -50,17 +50,6 @@ def serve(tmp_path: Path) -> Iterator[ServeProcess]:
         yield svc
     finally:
         svc.kill()
-
-
-def _until(fn: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
-        time.sleep(0.25)
 
 
 # ReDoc's sidebar footer ("API docs by Redocly") always tries this logo, with no option to
@@ -99,8 +88,8 @@ def test_docs_render_with_networking_to_other_hosts_disabled(offline_browser: An
 
     browser.get(serve.url + "/docs")
     # Swagger UI built its DOM from the spec: one .opblock per operation.
-    _until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#swagger-ui .opblock")) == operations,
-           20, f"{operations} operations in Swagger UI")
+    wait_until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#swagger-ui .opblock")) == operations,
+           20, 0.25, f"{operations} operations in Swagger UI")
     assert browser.find_element(By.CSS_SELECTOR, "#swagger-ui .info .title").text.startswith("sensorcast")
     # The keys are configured, so the Authorize button offers them.
     assert browser.find_elements(By.CSS_SELECTOR, "#swagger-ui .auth-wrapper .authorize")
@@ -113,7 +102,7 @@ def test_docs_render_with_networking_to_other_hosts_disabled(offline_browser: An
     browser.get(serve.url + "/redoc")
     # ReDoc renders a section per operation, with its summary as the heading.
     first = spec["paths"]["/v1/streams"]["get"]["summary"]
-    _until(lambda: first in browser.find_element(By.TAG_NAME, "body").text, 20, "ReDoc's operation list")
+    wait_until(lambda: first in browser.find_element(By.TAG_NAME, "body").text, 20, 0.25, "ReDoc's operation list")
     assert len(browser.find_elements(By.CSS_SELECTOR, "[data-section-id^='tag/'], [data-section-id^='operation/']")) >= operations
     assert not _foreign_loads(browser, serve.url)
     assert not _severe(browser)
