@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Role = Literal["ingest", "inference", "api"]
@@ -151,11 +151,39 @@ class StoreSettings(BaseModel):
         return v
 
 
+class StreamRules(BaseModel):
+    """Alert settings of a stream (or, in a binding, of every stream it serves). Every field
+    is optional: empty inherits (anomaly settings < binding rules < the stream's own, set
+    with PUT /v1/streams/{id}/settings). Limits are in the stream's raw units."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float | None = Field(None, gt=0, lt=1, description="Anomaly score threshold to fire.")
+    accept_after_steps: int | None = Field(
+        None, ge=0, description="Steps of persistent deviation after which the new level is accepted (0: never)."
+    )
+    min: float | None = Field(None, description="Physical lower limit: a reading below it is out_of_range.")
+    max: float | None = Field(None, description="Physical upper limit: a reading above it is out_of_range.")
+    max_rate: float | None = Field(None, gt=0, description="Largest plausible change per second (rate_of_change).")
+    stuck_steps: int | None = Field(None, ge=0, description="Steps without change beyond the tolerance: stuck (0: off).")
+    stuck_tolerance: float | None = Field(None, ge=0, description="A change up to this much counts as no change.")
+    silent_after: float | None = Field(None, ge=0, description="Cadences without a reading: silent (0: off).")
+    lower: float | None = Field(None, description="Operating lower limit for predicted_breach.")
+    upper: float | None = Field(None, description="Operating upper limit for predicted_breach.")
+    breach_probability: float | None = Field(
+        None, gt=0, lt=1, description="Announce a predicted breach at this probability of crossing a limit."
+    )
+    features: dict[str, StreamRules] | None = Field(
+        None, description="Per-feature rules of a multivariate stream (by feature name); they win over these."
+    )
+
+
 class ModelBinding(BaseModel):
     model: str = Field(description="Model name under the models directory.")
     version: str | None = Field(None, description="Pinned version; newest when empty.")
     device: str = Field("*", description="Glob on device names this model serves.")
     quantity: str = Field("*", description="Glob on quantities (univariate models).")
+    rules: StreamRules | None = Field(None, description="Alert rules and limits for the streams of this binding.")
 
 
 class ModelsSettings(BaseModel):
@@ -258,6 +286,27 @@ class AnomalySettings(BaseModel):
     min_count: int = Field(2, description="M: anomalous steps among the last N needed to fire.")
     window: int = Field(3, description="N: the window for the M-of-N rule.")
     cooldown_s: float = Field(300.0, description="After resolving, no new firing for this long.")
+    accept_after_steps: int | None = Field(
+        None, ge=0,
+        description="A deviation that persists this many steps is accepted as the new level: the model re-baselines "
+        "from the recent readings and a level_shift event resolves the alert. Empty: 10 minutes of steps, at least "
+        "8 and at most 600. 0: never (a fault is never the new normal).",
+    )
+    stuck_steps: int = Field(
+        30, ge=0,
+        description="A stream whose readings do not change beyond stuck_tolerance for this many steps (and longer "
+        "than 3x its longest such run in normal operation: quantised sensors repeat) is stuck. 0: off.",
+    )
+    stuck_tolerance: float = Field(0.0, ge=0, description="A change up to this much counts as no change (stuck).")
+    silent_after: float = Field(
+        10.0, ge=0,
+        description="Cadences without a reading (wall clock, checked every second, at least 30 s) before a "
+        "silent alert. 0: off.",
+    )
+    breach_probability: float = Field(
+        0.9, gt=0, lt=1, description="predicted_breach fires when a limit is crossed within the horizon with at "
+        "least this probability (from the forecast's spread).",
+    )
 
 
 class AlertsSettings(BaseModel):
@@ -267,7 +316,9 @@ class AlertsSettings(BaseModel):
         "percent-escaped): one topic per stream; {device} and {quantity} are also available.",
     )
     state_topic: str = Field(
-        "sensorcast/state/{stream}", description="Retained current alert state per stream (same placeholders)."
+        "sensorcast/state/{stream}/{check}",
+        description="Retained current alert state per stream and check (same placeholders, plus {check}: anomaly, "
+        "stuck, silent, out_of_range, rate_of_change or predicted_breach).",
     )
     forecast_topic: str | None = Field(None, description="Publish each new forecast here when set.")
     outbox_dir: Path = Field(Path("./data/outbox"), description="Alerts not yet acknowledged by the broker.")

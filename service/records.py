@@ -7,6 +7,7 @@ and what InfluxDB line protocol speaks.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -183,15 +184,22 @@ class Forecast:
 
 
 AlertState = Literal["firing", "resolved"]
+# Which detector an alert comes from; a stream has at most one firing alert per check.
+CHECKS = ("anomaly", "stuck", "silent", "out_of_range", "rate_of_change", "predicted_breach")
+# What happened. The ML check ("anomaly") names one of the first five; the others their own.
+KINDS = ("spike", "level_shift", "drift", "variance", "multivariate", "stuck", "silent", "out_of_range",
+         "rate_of_change", "predicted_breach")
 
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """A state change of a stream's anomaly decision, explained.
+    """A state change of one of a stream's checks (``check``), explained.
 
     ``key`` is the stream's key (for a multivariate stream: quantity ``*``, and
     ``multivariate`` True); ``quantity`` is what the numbers refer to: the stream's
-    quantity, or a multivariate stream's worst output feature.
+    quantity, or a multivariate stream's worst output feature. ``onset_*`` describe the
+    first anomalous reading of the episode and the value expected before it;
+    ``contributors`` the features behind multivariate evidence with their shares.
     """
 
     key: StreamKey
@@ -208,6 +216,12 @@ class Alert:
     warm: bool
     extra: dict[str, str] = field(default_factory=dict)
     multivariate: bool = False
+    check: str = "anomaly"
+    kind: str = ""
+    onset_ns: int | None = None
+    onset_value: float = math.nan
+    onset_expected: float = math.nan
+    contributors: tuple[tuple[str, float], ...] = ()
 
     @property
     def stream_id(self) -> str:

@@ -48,13 +48,15 @@ def topic_level(name: str) -> str:
     return _topic_safe(escape_id_part(name))
 
 
-def topic_for(template: str, device: str, quantity: str, stream_id: str) -> str:
+def topic_for(template: str, device: str, quantity: str, stream_id: str, check: str = "anomaly") -> str:
     """Fill a topic template; a value can never add topic levels or wildcards.
 
     ``stream_id`` is an engine id (``StreamKey.id`` or ``device_id``): already escaped.
+    ``check`` is one of ``records.CHECKS`` (plain names).
     """
     return template.format(
-        device=topic_level(device), quantity=topic_level(quantity), stream=_topic_safe(stream_id)
+        device=topic_level(device), quantity=topic_level(quantity), stream=_topic_safe(stream_id),
+        check=topic_level(check),
     )
 
 
@@ -86,6 +88,13 @@ def alert_dict(alert: Alert) -> dict[str, Any]:
         "model": alert.model,
         "model_version": alert.model_version,
         "warm": alert.warm,
+        "check": alert.check,
+        "kind": alert.kind,
+        "onset_time": None if alert.onset_ns is None else iso_time(alert.onset_ns),
+        "onset_ns": alert.onset_ns,
+        "onset_value": alert.onset_value,
+        "onset_expected": alert.onset_expected,
+        "contributors": [[name, share] for name, share in alert.contributors],
         "extra": dict(alert.extra),
     }
 

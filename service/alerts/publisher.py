@@ -108,9 +108,9 @@ class AlertPublisher:
         """Make the alert durable, then send it and the stream's retained state."""
         body = alert_payload(alert)
         s = self.settings
-        self.outbox.put(topic_for(s.topic, alert.device, alert.quantity, alert.stream_id), body, 1)
+        self.outbox.put(topic_for(s.topic, alert.device, alert.quantity, alert.stream_id, alert.check), body, 1)
         if s.state_topic:
-            state_topic = topic_for(s.state_topic, alert.device, alert.quantity, alert.stream_id)
+            state_topic = topic_for(s.state_topic, alert.device, alert.quantity, alert.stream_id, alert.check)
             self.outbox.put(state_topic, body, 1, retain=True)
         self._drain()
 

@@ -189,6 +189,16 @@ class AlertOut(BaseModel):
     model: str
     model_version: str
     warm: bool
+    check: str = Field(description="The detector: anomaly, stuck, silent, out_of_range, rate_of_change, "
+                       "predicted_breach. At most one alert per stream and check fires at a time.")
+    kind: str = Field(description="What happened: spike, level_shift, drift, variance, multivariate (check "
+                      "anomaly), or the check's own name.")
+    onset_time: datetime | None = Field(None, description="First anomalous reading of the episode.")
+    onset_value: float | None = None
+    onset_expected: float | None = Field(None, description="The value expected before the onset.")
+    contributors: list[tuple[str, float]] = Field(
+        default_factory=list, description="Multivariate evidence: (feature, share of the distance), top first."
+    )
     extra: dict[str, str]
 
     @classmethod
@@ -197,7 +207,9 @@ class AlertOut(BaseModel):
             stream_id=a.stream_id, device=a.device, quantity=a.quantity, state=a.state,
             time=ts_to_dt(a.ts_ns), ts_ns=a.ts_ns, value=finite(a.value), expected=finite(a.expected),
             lower=finite(a.lower), upper=finite(a.upper), score=finite(a.score), model=a.model,
-            model_version=a.model_version, warm=a.warm, extra=dict(a.extra),
+            model_version=a.model_version, warm=a.warm, check=a.check, kind=a.kind,
+            onset_time=None if a.onset_ns is None else ts_to_dt(a.onset_ns), onset_value=finite(a.onset_value),
+            onset_expected=finite(a.onset_expected), contributors=list(a.contributors), extra=dict(a.extra),
         )
 
 
