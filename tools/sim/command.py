@@ -20,7 +20,14 @@ from service.records import NS_PER_S
 from tools.sim.live import FleetClock, TruthLog
 from tools.sim.mqttout import TS_FORMATS, MqttOut, PublishError
 from tools.sim.runner import SimRunner
-from tools.sim.signals import ANOMALY_KINDS, DEMO_COMPRESSION, DEMO_SEED, QUANTITIES, fleet
+from tools.sim.signals import (
+    ANOMALY_KINDS,
+    CLASSIC_KINDS,
+    DEMO_COMPRESSION,
+    DEMO_SEED,
+    QUANTITIES,
+    fleet,
+)
 
 log = logging.getLogger("sensorcast.simulate")
 
@@ -57,7 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backfill", type=float, default=0.0, help="Seconds of history published at once first.")
     p.add_argument("--seed", type=int, default=DEMO_SEED)
     p.add_argument("--anomalies-per-1k", type=float, default=2.0, help="Random anomalies per 1,000 steps.")
-    p.add_argument("--kinds", type=_csv, default=list(ANOMALY_KINDS), help="Anomaly kinds to inject.")
+    p.add_argument(
+        "--kinds", type=_csv, default=list(CLASSIC_KINDS),
+        help=f"Anomaly kinds to inject, from {', '.join(ANOMALY_KINDS)} (default: the first five).",
+    )
     p.add_argument("--warmup-steps", type=int, default=0, help="No random anomalies in the first steps.")
     p.add_argument("--gap-rate", type=float, default=0.001, help="Chance per step that a gap starts.")
     p.add_argument("--duplicate-rate", type=float, default=0.002, help="Chance a reading is sent twice.")

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
-from tools.sim.signals import Sample, StreamSignal, StreamSpec, label_name
+from tools.sim.signals import Event, Sample, StreamSignal, StreamSpec, label_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +75,7 @@ class TruthLog:
     def __init__(self, path: Path | None, clock: FleetClock) -> None:
         self._signals = {sig.spec.stream_id: sig for sig in clock.signals}
         self._seen: set[tuple[str, int]] = set()
+        self._last_step: dict[str, int] = {}  # per stream, the latest step observed
         self._file: IO[str] | None = None
         self.rows: list[tuple[str, str, int, int, str, str, float]] = []
         if path is not None:
@@ -84,28 +85,43 @@ class TruthLog:
             self._writer.writerow(self.HEADER)
             self._file.flush()
 
-    def observe(self, r: SimReading) -> bool:
-        """Record the anomaly this reading belongs to, once; True when it is a new one."""
-        if r.sample.label == 0:
-            return False
-        sid = r.spec.stream_id
+    def observe(self, r: SimReading) -> int:
+        """Record the anomalies this reading reveals, once each; returns how many are new.
+
+        A labelled reading reveals its own anomaly. A silent anomaly sends no reading: the
+        first reading after a jump in steps reveals the silent ones in between.
+        """
+        sid, step = r.spec.stream_id, r.sample.step
         sig = self._signals[sid]
-        for ev in sig.events(r.sample.step, r.sample.step + 1):
-            if ev.kind != label_name(r.sample.label) or (sid, ev.start) in self._seen:
-                continue
-            self._seen.add((sid, ev.start))
-            row = (
-                sid, ev.kind, ev.start, ev.end,
-                _iso(sig.start_ns + ev.start * r.spec.cadence_ns),
-                _iso(sig.start_ns + ev.end * r.spec.cadence_ns),
-                round(ev.magnitude, 3),
-            )
-            self.rows.append(row)
-            if self._file is not None:
-                self._writer.writerow(row)
-                self._file.flush()
-            return True
-        return False
+        last = self._last_step.get(sid, -1)
+        self._last_step[sid] = max(last, step)
+        new = 0
+        if step > last + 1:  # usually consecutive: look for silent anomalies only after a jump
+            for ev in sig.events(last + 1, step):
+                if ev.kind == "silent" and ev.end <= step:
+                    new += self._record(sid, sig, ev)
+        if r.sample.label != 0:
+            for ev in sig.events(step, step + 1):
+                if ev.kind == label_name(r.sample.label):
+                    new += self._record(sid, sig, ev)
+                    break
+        return new
+
+    def _record(self, sid: str, sig: StreamSignal, ev: Event) -> int:
+        if (sid, ev.start) in self._seen:
+            return 0
+        self._seen.add((sid, ev.start))
+        cadence_ns = sig.spec.cadence_ns
+        row = (
+            sid, ev.kind, ev.start, ev.end,
+            _iso(sig.start_ns + ev.start * cadence_ns), _iso(sig.start_ns + ev.end * cadence_ns),
+            round(ev.magnitude, 3),
+        )
+        self.rows.append(row)
+        if self._file is not None:
+            self._writer.writerow(row)
+            self._file.flush()
+        return 1
 
     def close(self) -> None:
         if self._file is not None:

@@ -68,8 +68,8 @@ class SimRunner:
             self.counts.by_stream[spec.stream_id] = self.counts.by_stream.get(spec.stream_id, 0) + 1
         else:
             log.warning("publish of %s refused by the MQTT client", topic)
-        if self.truth is not None and self.truth.observe(r):
-            self.counts.anomalies += 1
+        if self.truth is not None:
+            self.counts.anomalies += self.truth.observe(r)
         if self.on_reading is not None:
             self.on_reading(r)
 

@@ -18,7 +18,10 @@ block, channel])``, with separate channels for values, anomalies and delivery, s
 - switching delivery effects (gaps, duplicates, jitter) on or off never changes values.
 
 Labels are int8 codes: 0 normal, ``k + 1`` for ``ANOMALY_KINDS[k]``; ``labels > 0`` is
-the boolean truth. Random anomalies start inside a block and end before it does, so
+the boolean truth. The fault kinds are in inject.py. A ``silent`` step has no reading:
+``grid`` gives NaN for it (its label says silent), ``delivered`` and ``iter_readings``
+leave it out. Random anomalies are drawn from ``CLASSIC_KINDS`` unless a spec names
+others, so seeds give the same series they gave before the newer kinds existed. Random anomalies start inside a block and end before it does, so
 blocks are independent; ``StreamSpec.scheduled`` places anomalies at exact steps (the
 demo and tests use that to know when an alert is due).
 
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
@@ -42,10 +45,26 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.records import NS_PER_S
+from tools.sim import inject
 
-ANOMALY_KINDS: tuple[str, ...] = ("spike", "level_shift", "stuck", "variance_burst", "drift")
+# Re-exported: callers import these from here.
+from tools.sim.inject import ANOMALY_KINDS as ANOMALY_KINDS
+from tools.sim.inject import CLASSIC_KINDS as CLASSIC_KINDS
+from tools.sim.inject import KIND_DURATION, KIND_MAGNITUDE, UNSIGNED_KINDS
+from tools.sim.inject import MAX_EVENT_STEPS as MAX_EVENT_STEPS
+from tools.sim.inject import Event as Event
+from tools.sim.specs import DEMO_CADENCE_S as DEMO_CADENCE_S
+from tools.sim.specs import DEMO_COMPRESSION as DEMO_COMPRESSION
+from tools.sim.specs import DEMO_QUANTITIES as DEMO_QUANTITIES
+from tools.sim.specs import DEMO_SEED as DEMO_SEED
+from tools.sim.specs import QUANTITIES as QUANTITIES
+from tools.sim.specs import Quantity as Quantity
+from tools.sim.specs import Scheduled as Scheduled
+from tools.sim.specs import StreamSpec as StreamSpec
+from tools.sim.specs import demo_fleet as demo_fleet
+from tools.sim.specs import fleet as fleet
+
 BLOCK = 2048  # steps per independently seeded block (~1.4 days at 1-minute cadence)
-MAX_EVENT_STEPS = 160  # random anomalies last at most this long, so they fit in a block
 DAY_S = 86_400.0
 WEEK_S = 7 * DAY_S
 _AR_PHI = 0.6  # noise autocorrelation: real sensors are smoother than white noise
@@ -53,113 +72,16 @@ _AR_PHI = 0.6  # noise autocorrelation: real sensors are smoother than white noi
 # Channels of the per-block seed: values, anomalies, delivery (see module docstring).
 _VALUES, _EVENTS, _DELIVERY, _STREAM, _SCHEDULED = 0, 1, 2, 3, 4
 
-# (min, max) duration in steps and magnitude in noise sigmas for random anomalies.
-_KIND_DURATION: dict[str, tuple[int, int]] = {
-    "spike": (1, 3),
-    "level_shift": (30, 120),
-    "stuck": (20, 80),
-    "variance_burst": (20, 60),
-    "drift": (40, MAX_EVENT_STEPS),
-}
-_KIND_MAGNITUDE: dict[str, tuple[float, float]] = {
-    "spike": (8.0, 15.0),
-    "level_shift": (5.0, 10.0),
-    "stuck": (0.0, 0.0),  # holds the last value; no magnitude
-    "variance_burst": (4.0, 8.0),  # noise multiplier
-    "drift": (8.0, 14.0),  # offset reached at the end of the ramp
-}
+OPERATING_MARGIN = 6.0  # noise sigmas between a stream's normal envelope and its operating limits
 
 
-@dataclass(frozen=True, slots=True)
-class Quantity:
-    """What a sensor measures and how it behaves when nothing is wrong."""
-
-    name: str
-    unit: str
-    base: float
-    daily_amp: float  # half the peak-to-trough swing of the daily cycle
-    weekly_amp: float  # weekday/weekend swing
-    noise: float  # standard deviation of the measurement noise
-    drift: float  # amplitude of the slow wander over days to weeks
-    peak_hour: float  # hour of (signal) day at which the daily cycle peaks
-    decimals: int = 2  # sensor resolution
-    lower: float | None = None  # physical limits (humidity 0..100, power >= 0)
-    upper: float | None = None
-
-
-QUANTITIES: dict[str, Quantity] = {
-    q.name: q
-    for q in (
-        Quantity("temperature", "degC", 21.0, 3.0, 0.6, 0.12, 1.0, 15.0, 2),
-        Quantity("humidity", "%", 48.0, 8.0, 1.5, 0.5, 3.0, 5.0, 1, 0.0, 100.0),
-        Quantity("power", "kW", 3.0, 1.4, 0.8, 0.08, 0.3, 19.0, 3, 0.0, None),
-        Quantity("pressure", "hPa", 1013.0, 0.6, 0.2, 0.15, 6.0, 10.0, 1),
-        Quantity("vibration", "mm/s", 2.2, 0.5, 0.3, 0.12, 0.2, 13.0, 2, 0.0, None),
-        Quantity("co2", "ppm", 600.0, 180.0, 60.0, 12.0, 30.0, 11.0, 0, 350.0, None),
-    )
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Scheduled:
-    """An anomaly placed at an exact step (relative to the stream's start)."""
-
-    step: int
-    kind: str
-    duration: int
-    magnitude: float = 10.0  # noise sigmas (signed); a multiplier for variance_burst
-
-    def __post_init__(self) -> None:
-        if self.kind not in ANOMALY_KINDS:
-            raise ValueError(f"anomaly kind {self.kind!r} unknown (expected one of {ANOMALY_KINDS})")
-        if self.duration < 1 or self.step < 0:
-            raise ValueError(f"scheduled anomaly needs step >= 0 and duration >= 1, found {self}")
-
-
-@dataclass(frozen=True, slots=True)
-class StreamSpec:
-    """One simulated stream: a device's quantity and how its readings are delivered."""
-
-    device: str
-    quantity: Quantity
-    cadence_s: float = 60.0  # wall-clock seconds between readings
-    compression: float = 1.0  # signal seconds per wall second (300: a day in 4.8 minutes)
-    anomalies_per_1k: float = 1.0  # expected random anomalies per 1,000 steps
-    kinds: tuple[str, ...] = ANOMALY_KINDS  # kinds random anomalies are drawn from
-    anomaly_free_steps: int = 0  # no random anomalies before this step (warm-up)
-    scheduled: tuple[Scheduled, ...] = ()
-    gap_rate: float = 0.0  # probability per step that a gap (lost readings) starts
-    gap_max_steps: int = 10  # gaps last 1..gap_max_steps steps
-    duplicate_rate: float = 0.0  # probability a reading is delivered twice (QoS 1 redelivery)
-    jitter: float = 0.0  # timestamp jitter as a fraction of the cadence (< 0.5 keeps order)
-
-    def __post_init__(self) -> None:
-        if self.cadence_s <= 0 or self.compression <= 0:
-            raise ValueError(f"cadence_s and compression must be > 0, found {self.cadence_s}, {self.compression}")
-        if not 0 <= self.jitter < 0.5:
-            raise ValueError(f"jitter must be in [0, 0.5), found {self.jitter}")
-        bad = [k for k in self.kinds if k not in ANOMALY_KINDS]
-        if bad:
-            raise ValueError(f"anomaly kinds {bad} unknown (expected some of {ANOMALY_KINDS})")
-
-    @property
-    def stream_id(self) -> str:
-        return f"{self.device}/{self.quantity.name}"
-
-    @property
-    def cadence_ns(self) -> int:
-        return round(self.cadence_s * NS_PER_S)
-
-    def clean(self) -> StreamSpec:
-        """The same stream delivered perfectly: no gaps, duplicates or jitter."""
-        return replace(self, gap_rate=0.0, duplicate_rate=0.0, jitter=0.0)
 
 
 class Series(NamedTuple):
     """Delivered readings of one stream, in delivery order."""
 
     ts_ns: NDArray[np.int64]
-    values: NDArray[np.float64]
+    values: NDArray[np.float64]  # NaN on the grid for silent steps (never delivered)
     labels: NDArray[np.int8]  # 0 normal, k + 1 for ANOMALY_KINDS[k]
 
 
@@ -170,16 +92,6 @@ class Sample(NamedTuple):
     value: float
     label: int
     step: int
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A labelled anomaly: grid steps ``[start, end)``."""
-
-    kind: str
-    start: int
-    end: int
-    magnitude: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,12 +188,12 @@ class StreamSignal:
             # Draw every parameter before deciding to keep the event, so the sequence of
             # draws (and hence every later event) does not depend on earlier rejections.
             kind = spec.kinds[int(r.integers(len(spec.kinds)))]
-            lo, hi = _KIND_DURATION[kind]
+            lo, hi = KIND_DURATION[kind]
             duration = int(r.integers(lo, hi + 1))
             start = b0 + int(r.integers(1, BLOCK - MAX_EVENT_STEPS))
-            mlo, mhi = _KIND_MAGNITUDE[kind]
+            mlo, mhi = KIND_MAGNITUDE[kind]
             magnitude = float(r.uniform(mlo, mhi)) * (1.0 if r.random() < 0.5 else -1.0)
-            if kind in ("variance_burst", "stuck"):
+            if kind in UNSIGNED_KINDS:
                 magnitude = abs(magnitude)
             end = start + duration
             if start < spec.anomaly_free_steps:
@@ -302,6 +214,35 @@ class StreamSignal:
         step = max(step, 0)
         return float(self._clean(step // BLOCK)[step % BLOCK])
 
+    def _burst_noise(self, ev: Event) -> NDArray[np.float64]:
+        # Extra noise drawn per event from its own seed, so it does not depend on which
+        # block asks (scheduled events may span blocks).
+        r = _rng(self.seed, self.spec.stream_id, _SCHEDULED, ev.start)
+        return r.normal(0.0, 1.0, size=ev.end - ev.start)
+
+    def _context(self) -> inject.Context:
+        q = self.spec.quantity
+        return inject.Context(
+            sigma=self._params.sigma, decimals=q.decimals, physical=(q.lower, q.upper),
+            operating=self.operating_limits(), clean_at=self._clean_at, burst_noise=self._burst_noise,
+        )
+
+    def operating_limits(self) -> tuple[float | None, float | None]:
+        """(lower, upper) operating limits of this stream: its normal envelope (base, cycles
+        and slow drift at their extremes) plus ``OPERATING_MARGIN`` noise sigmas, so clean
+        readings stay inside. A side too close to a physical limit is None."""
+        p, q = self._params, self.spec.quantity
+        reach = p.amp * (q.daily_amp + q.weekly_amp) + q.drift + OPERATING_MARGIN * p.sigma
+        lo, hi = round(p.base - reach, q.decimals), round(p.base + reach, q.decimals)
+        lower = None if q.lower is not None and lo <= q.lower + p.sigma else lo
+        upper = None if q.upper is not None and hi >= q.upper - p.sigma else hi
+        return lower, upper
+
+    @property
+    def sigma(self) -> float:
+        """This stream's noise standard deviation (magnitudes are in these units)."""
+        return self._params.sigma
+
     def _block(self, block: int) -> _Block:
         cached = self._cache.get(block)
         if cached is not None:
@@ -310,36 +251,22 @@ class StreamSignal:
         clean = self._clean(block)
         values = clean.copy()
         labels = np.zeros(BLOCK, dtype=np.int8)
-        sigma = self._params.sigma
         events = self._random_events(block) + [
             Event(s.kind, s.step, s.step + s.duration, s.magnitude) for s in self.spec.scheduled
         ]
+        unclipped = np.zeros(BLOCK, dtype=bool)
+        ctx = self._context()
         for ev in events:
             s, e = max(ev.start, b0), min(ev.end, b0 + BLOCK)
             if s >= e:
                 continue
-            ls, le = s - b0, e - b0  # local slice
-            steps = np.arange(s, e)
-            if ev.kind in ("spike", "level_shift"):
-                values[ls:le] += ev.magnitude * sigma
-            elif ev.kind == "drift":
-                # Ramp from near zero to the full offset over the event, then snap back.
-                values[ls:le] += ev.magnitude * sigma * (steps - ev.start + 1) / (ev.end - ev.start)
-            elif ev.kind == "stuck":
-                prev = ev.start - 1
-                held = clean[prev - b0] if b0 <= prev < b0 + BLOCK else self._clean_at(prev)
-                values[ls:le] = held
-            elif ev.kind == "variance_burst":
-                # Extra noise drawn per event from its own seed, so it does not depend on
-                # which block asks (scheduled events may span blocks).
-                r = _rng(self.seed, self.spec.stream_id, _SCHEDULED, ev.start)
-                extra = r.normal(0.0, 1.0, size=ev.end - ev.start)
-                values[ls:le] += extra[s - ev.start : e - ev.start] * sigma * ev.magnitude
-            labels[ls:le] = ANOMALY_KINDS.index(ev.kind) + 1
+            inject.apply(ev, values, clean, b0, ctx, unclipped)
+            labels[s - b0 : e - b0] = ANOMALY_KINDS.index(ev.kind) + 1
         q = self.spec.quantity
         values = np.round(values, q.decimals)
         if q.lower is not None or q.upper is not None:
-            values = np.clip(values, q.lower, q.upper)
+            # Out-of-range faults keep their value: the point is a reading beyond the limits.
+            values = np.where(unclipped, values, np.clip(values, q.lower, q.upper))
         result = _Block(values=values, labels=labels, clean=clean)
         if len(self._cache) > 8:
             self._cache.pop(next(iter(self._cache)))
@@ -370,7 +297,13 @@ class StreamSignal:
                 found[(ev.start, ev.kind)] = ev
         for s in self.spec.scheduled:
             found[(s.step, s.kind)] = Event(s.kind, s.step, s.step + s.duration, s.magnitude)
-        return sorted((e for e in found.values() if e.start < i1 and e.end > i0), key=lambda e: e.start)
+        hits = sorted((e for e in found.values() if e.start < i1 and e.end > i0), key=lambda e: e.start)
+        return [self._with_crossing(e) if e.kind == "degradation" else e for e in hits]
+
+    def _with_crossing(self, ev: Event) -> Event:
+        limit, direction = inject.pick_limit(ev.magnitude, *self.operating_limits())
+        values = self.grid(ev.start, ev.end).values
+        return replace(ev, crossing=inject.crossing(values, ev.start, limit, direction))
 
     # ---- delivery: what a broker would actually see ----------------------------------
 
@@ -404,7 +337,9 @@ class StreamSignal:
         steps = np.concatenate(all_steps) if all_steps else np.empty(0, np.int64)
         ts = np.concatenate(all_ts) if all_ts else np.empty(0, np.int64)
         g = self.grid(i0, i1)
-        return Series(ts, g.values[steps - i0], g.labels[steps - i0])
+        values, labels = g.values[steps - i0], g.labels[steps - i0]
+        sent = ~np.isnan(values)  # silent steps publish nothing
+        return Series(ts[sent], values[sent], labels[sent])
 
     def iter_readings(self, start_step: int = 0) -> Iterator[Sample]:
         """Every delivered reading from ``start_step`` on, forever, block by block."""
@@ -414,8 +349,8 @@ class StreamSignal:
             steps, ts = self._delivered_block(b)
             blk = self._block(b)
             for step, t in zip(steps.tolist(), ts.tolist(), strict=True):
-                if step >= start_step:
-                    k = step - b0
+                k = step - b0
+                if step >= start_step and blk.values[k] == blk.values[k]:  # NaN: silent, nothing sent
                     yield Sample(int(t), float(blk.values[k]), int(blk.labels[k]), int(step))
             b += 1
             self._cache.pop(b - 2, None)
@@ -440,61 +375,6 @@ def events(spec: StreamSpec, start_ns: int, n_steps: int, seed: int) -> list[Eve
     return StreamSignal(spec, start_ns, seed).events(0, n_steps)
 
 
-def fleet(
-    devices: int | Sequence[str],
-    quantities: Sequence[str] = ("temperature", "humidity", "power"),
-    **spec_fields: object,
-) -> list[StreamSpec]:
-    """Specs for every (device, quantity); ``devices`` is a count (dev01, ...) or names.
-
-    Extra keyword arguments are ``StreamSpec`` fields shared by every stream.
-    """
-    names = [f"dev{i + 1:02d}" for i in range(devices)] if isinstance(devices, int) else list(devices)
-    unknown = [q for q in quantities if q not in QUANTITIES]
-    if unknown:
-        raise ValueError(f"unknown quantities {unknown} (expected some of {sorted(QUANTITIES)})")
-    return [
-        StreamSpec(device=d, quantity=QUANTITIES[q], **spec_fields)  # type: ignore[arg-type]
-        for d in names
-        for q in quantities
-    ]
-
-
-# ---- the demo preset: the shipped demo model is trained on exactly this ---------------
-
-DEMO_CADENCE_S = 1.0  # one reading per second per stream
-DEMO_COMPRESSION = 300.0  # a signal day passes in 288 s (288 steps)
-DEMO_QUANTITIES: tuple[str, ...] = ("temperature", "humidity", "power")
-DEMO_SEED = 5
-
-
-def demo_fleet(
-    devices: int = 3,
-    quantities: Sequence[str] = DEMO_QUANTITIES,
-    scheduled: Sequence[tuple[str, Scheduled]] = (),
-    **spec_fields: object,
-) -> list[StreamSpec]:
-    """The demo's streams: 1 s cadence, a day every 288 steps, realistic delivery.
-
-    ``scheduled`` pairs a stream id (``dev01/temperature``) with an anomaly placed at an
-    exact step; random anomalies are off unless ``anomalies_per_1k`` is given.
-    """
-    fields: dict[str, object] = {
-        "cadence_s": DEMO_CADENCE_S,
-        "compression": DEMO_COMPRESSION,
-        "anomalies_per_1k": 0.0,
-        "duplicate_rate": 0.002,
-        "jitter": 0.05,
-    }
-    fields.update(spec_fields)
-    specs = fleet(devices, quantities, **fields)
-    by_id: dict[str, list[Scheduled]] = {}
-    for sid, s in scheduled:
-        by_id.setdefault(sid, []).append(s)
-    unknown = set(by_id) - {s.stream_id for s in specs}
-    if unknown:
-        raise ValueError(f"scheduled anomalies for unknown streams {sorted(unknown)}")
-    return [replace(s, scheduled=tuple(by_id.get(s.stream_id, ()))) for s in specs]
 
 
 def label_name(code: int) -> str:

@@ -11,6 +11,7 @@ import pytest
 from tools.sim.signals import (
     ANOMALY_KINDS,
     BLOCK,
+    CLASSIC_KINDS,
     QUANTITIES,
     Scheduled,
     StreamSignal,
@@ -72,7 +73,7 @@ def test_delivery_effects_never_change_values() -> None:
     assert np.all(np.diff(delivered.ts_ns) >= 0)  # jitter < cadence / 2 keeps order
 
 
-@pytest.mark.parametrize("kind", ANOMALY_KINDS)
+@pytest.mark.parametrize("kind", CLASSIC_KINDS)  # the newer kinds: test_signals_faults.py
 def test_scheduled_anomaly_is_labelled_and_visible(kind: str) -> None:
     base = spec()
     anomalous = replace(base, scheduled=(Scheduled(400, kind, 40, 10.0),))
