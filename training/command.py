@@ -20,31 +20,78 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from service.tabular import LABEL_COLUMNS, TIME_COLUMNS
 from training.config import Config, from_dict, load
 from training.data import DataError
 
-_DATA = {"source": str, "time_column": str, "series_column": str, "cadence_s": float, "layout": str,
-         "delimiter": str}
-_MODEL = {"cell": str, "hidden": int, "layers": int, "dropout": float, "horizon": int, "lags": int,
-          "scaling": str, "window": int, "segment": int}
-_TRAIN = {"epochs": int, "batch": int, "chunk": int, "lr": float, "seed": int, "threads": int, "patience": int}
+# Flags that set one config key each: key -> (type, help). The config file's key of the
+# same name is overridden by the flag.
+_DATA: dict[str, tuple[type, str]] = {
+    "source": (str, "CSV file or store URL (influxdb://..., sqlite:///...); default: SENSORCAST_STORE__URL"),
+    "time_column": (str, f"CSV time column (default: the one column named {', '.join(TIME_COLUMNS)}, any case; "
+                         "the same default as sensorcast backtest)"),
+    "series_column": (str, "CSV column naming the series of each row (long format: one file, many entities)"),
+    "cadence_s": (float, "seconds per step the history is resampled to (default: the median timestamp step)"),
+    "layout": (str, "'series': each series is one multivariate asset; 'univariate': every column or stream is "
+                    "its own one-feature series of one global model (default: series)"),
+    "delimiter": (str, "CSV delimiter, one character (default: detected from the header: ',', ';', tab or '|'; "
+                       "in files not separated by commas, decimal commas are read)"),
+}
+_MODEL: dict[str, tuple[type, str]] = {
+    "cell": (str, "network: rnn, lstm, gru, seq2seq-gru, seq2seq-lstm (step models) or segrnn (window model)"),
+    "hidden": (int, "hidden units per layer"),
+    "layers": (int, "recurrent layers"),
+    "dropout": (float, "dropout between layers, 0..1"),
+    "horizon": (int, "forecast steps ahead"),
+    "lags": (int, "step models: last values kept in the state for a linear skip head (0: none)"),
+    "scaling": (str, "'fixed': train mean/std in the graph; 'ema': per-stream running statistics in the state"),
+    "window": (int, "window models: input length in steps"),
+    "segment": (int, "segrnn: segment length in steps (window must be a multiple)"),
+}
+_TRAIN: dict[str, tuple[type, str]] = {
+    "epochs": (int, "maximum epochs (early stopping may end sooner)"),
+    "batch": (int, "batch size"),
+    "chunk": (int, "truncated BPTT length in steps"),
+    "lr": (float, "peak learning rate (AdamW)"),
+    "seed": (int, "random seed: the same seed and data give the same model"),
+    "threads": (int, "torch threads"),
+    "patience": (int, "epochs without a better validation error before stopping"),
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML or YAML file with [data], [model], [train] tables")
+    p.add_argument("--config", type=Path, help="TOML or YAML file with [data], [model], [train] tables; "
+                   "flags override its keys")
     p.add_argument("--name", help="model name (folder under --models-dir)")
     p.add_argument("--version", help="model version (default: UTC timestamp)")
     for group in (_DATA, _MODEL, _TRAIN):
-        for key, typ in group.items():
-            p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=typ, default=None)
-    p.add_argument("--streams", help="comma-separated: store stream ids (device/quantity) or CSV columns")
+        for key, (typ, text) in group.items():
+            p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=typ, default=None, help=text)
+    p.add_argument("--streams", help="comma-separated: store stream ids (device/quantity) or CSV columns "
+                   "(default: all, except columns named like a label: " + ", ".join(LABEL_COLUMNS) + ")")
     p.add_argument("--time-features", help="comma-separated names from service.runtime.timefeatures ('' for none)")
-    p.add_argument("--split-rows", help="train_end,val_end,test_end rows (default: 70/10/20 split)")
-    p.add_argument("--bidirectional", action="store_true", help="window models only")
-    p.add_argument("--minutes", type=float, help="training time limit")
-    p.add_argument("--models-dir", type=Path, default=Path("models"))
-    p.add_argument("--runs-dir", type=Path, default=Path("reports/train"))
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--split-rows", help="train_end,val_end[,test_end] row numbers; without test_end (or with "
+                   "test_end = val_end) there is no test part and only validation is reported "
+                   "(default: 70%% train, 10%% validation, the rest test)")
+    p.add_argument("--bidirectional", action="store_true", help="window models only: read the window both ways")
+    p.add_argument("--minutes", type=float, help="training time limit in minutes (default 15)")
+    p.add_argument("--models-dir", type=Path, default=Path("models"), help="where the ONNX artefact is written "
+                   "(default: models)")
+    p.add_argument("--runs-dir", type=Path, default=Path("reports/train"), help="where the checkpoint, report "
+                   "and plots are written (default: reports/train)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _split_rows(text: str) -> list[int]:
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        rows = [int(p) for p in parts]
+    except ValueError:
+        rows = []
+    if len(rows) not in (2, 3) or not 0 < rows[0] < rows[1] <= rows[-1]:
+        raise DataError(f"--split-rows {text!r}: expected train_end,val_end[,test_end] row numbers with "
+                        "0 < train_end < val_end <= test_end, e.g. 400,500 (no test part) or 400,500,600")
+    return rows
 
 
 def _config_file(path: Path) -> Config:
@@ -68,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.time_features is not None:
         raw["data"]["time_features"] = [s for s in args.time_features.split(",") if s]
     if args.split_rows:
-        raw["data"]["split_rows"] = [int(x) for x in args.split_rows.split(",")]
+        raw["data"]["split_rows"] = _split_rows(args.split_rows)
     if args.bidirectional:
         raw["model"]["bidirectional"] = True
     if args.minutes is not None:
@@ -104,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)  # a wrong flag is refused before torch is imported
     import torch
 
     from service.errors import ModelError
@@ -112,14 +160,19 @@ def _run(args: argparse.Namespace) -> int:
     from training.export import export, save_checkpoint
     from training.trainer import assess, calibrate_threshold, check_trainable, train
 
-    cfg = config_from_args(args)
     torch.set_num_threads(cfg.train.threads)
     ds = load_data(cfg.data)
     print(f"data: {len(ds.series)} series x {len(ds.features)} features, cadence {ds.cadence_s:g} s, "
           f"{sum(len(s.values) for s in ds.series)} rows from {ds.source}")
+    for note in ds.notes:
+        print(f"data: {note}")
     check_trainable(ds, cfg)  # before the training time is spent
     t = train(cfg, ds)
-    a = {"val": assess(t, "val"), "test": assess(t, "test")}
+    a = {"val": assess(t, "val")}
+    if any(d.split.has_test for d in t.data):
+        a["test"] = assess(t, "test")
+    else:
+        print("data: --split-rows leaves no test part; reporting validation metrics only")
     threshold, calib = calibrate_threshold(t)
     run_dir = args.runs_dir / cfg.name / cfg.version
     # The checkpoint first: a failed export must not throw away the training time.

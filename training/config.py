@@ -18,14 +18,16 @@ WINDOW_CELLS = ("segrnn",)
 class DataConfig:
     source: str = ""  # CSV path or store URL (influxdb://, sqlite:///, memory://)
     streams: tuple[str, ...] = ()  # store: stream ids "device/quantity"; CSV: value columns
-    time_column: str = "date"
+    time_column: str = ""  # CSV: empty = the one column named timestamp, time, datetime or date (service/tabular.py)
     delimiter: str = ""  # CSV: one character; empty: detected from the header (',', ';', tab or '|')
     series_column: str | None = None  # CSV: one column naming the series (long format)
     cadence_s: float = 0.0  # 0: inferred from the median timestamp step
     start: str | None = None  # ISO time range for store reads
     end: str | None = None
     split: tuple[float, float] = (0.7, 0.1)  # train, validation fractions; rest is test
-    split_rows: tuple[int, int, int] | None = None  # explicit train_end, val_end, test_end rows
+    # Explicit (train_end, val_end[, test_end]) rows; without test_end (or test_end == val_end)
+    # there is no test part: training reports validation only.
+    split_rows: tuple[int, ...] | None = None
     time_features: tuple[str, ...] = ("hour_sin", "hour_cos", "dow_sin", "dow_cos")
     # "series": each series (stream) is one multivariate asset with these features.
     # "univariate": every column/stream becomes its own F=1 series (global model).
@@ -142,5 +144,10 @@ def validate(cfg: Config) -> None:
         raise ValueError("model.horizon, hidden and layers must be >= 1")
     if len(cfg.data.delimiter) > 1:
         raise ValueError(f"data.delimiter {cfg.data.delimiter!r}: expected one character (or empty to detect it)")
+    rows = cfg.data.split_rows
+    if rows is not None and (len(rows) not in (2, 3) or not all(isinstance(r, int) for r in rows)
+                             or not 0 < rows[0] < rows[1] <= rows[-1]):
+        raise ValueError(f"data.split_rows {list(rows)}: expected train_end, val_end[, test_end] row numbers "
+                         "with 0 < train_end < val_end <= test_end (e.g. [400, 500] or [400, 500, 600])")
     if cfg.data.layout not in ("series", "univariate"):
         raise ValueError(f"data.layout {cfg.data.layout!r}: expected 'series' or 'univariate'")

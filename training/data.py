@@ -9,10 +9,8 @@ rows only.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +18,24 @@ import numpy.typing as npt
 
 from service.records import NS_PER_S, Reading, StreamKey
 from service.runtime.timefeatures import time_features
+from service.tabular import (
+    DataError as DataError,  # re-exported: training's callers catch it from here
+)
+from service.tabular import (
+    column_index,
+    is_label,
+    label_note,
+    numbers,
+    parse_time,
+    read_table,
+    time_index,
+    times,
+    value_indices,
+)
 from training.config import DataConfig
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
-
-
-class DataError(ValueError):
-    """The data, or the settings that describe it, do not fit: a user's error, not a bug.
-
-    The message is one line naming what was found and what was expected;
-    ``sensorcast train`` prints it and exits with status 2, without a traceback.
-    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,10 @@ class Split:
     val_end: int
     test_end: int
 
+    @property
+    def has_test(self) -> bool:
+        return self.test_end > self.val_end
+
 
 @dataclass(frozen=True, slots=True)
 class Dataset:
@@ -58,31 +66,7 @@ class Dataset:
     cadence_s: float
     series: tuple[Series, ...]
     source: str
-
-
-def _parse_time(text: str) -> int:
-    s = text.strip()
-    try:
-        v = float(s)
-    except ValueError:
-        pass
-    else:  # epoch seconds, milliseconds or nanoseconds, by magnitude
-        if v > 1e17:
-            return int(v)
-        if v > 1e11:
-            return int(v * 1e6)
-        return int(v * NS_PER_S)
-    dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)  # naive timestamps are read as UTC
-    return int(dt.timestamp()) * NS_PER_S + dt.microsecond * 1000
-
-
-def _float(text: str, decimal_comma: bool = False) -> float:
-    try:
-        return float(text.replace(",", ".") if decimal_comma else text)
-    except ValueError:
-        return float("nan")  # empty or garbled cell: missing, not a crash
+    notes: tuple[str, ...] = ()  # what the reader left out and why, printed once by `sensorcast train`
 
 
 def infer_cadence(ts_ns: I64) -> float:
@@ -121,78 +105,19 @@ def resample(ts_ns: I64, values: F32, cadence_s: float) -> tuple[I64, F32]:
     return grid, out
 
 
-def _read_rows(path: Path, delimiter: str) -> tuple[list[list[str]], str]:
-    """The file's rows and its delimiter: the configured one, else sniffed from the start."""
-    if not path.is_file():
-        what = "a directory" if path.is_dir() else "nothing"
-        raise DataError(f"{path}: found {what}; expected a CSV file with a header row (check --source)")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            if not delimiter:
-                sample = fh.read(64 * 1024)
-                fh.seek(0)
-                try:
-                    delimiter = csv.Sniffer().sniff(sample.split("\n", 1)[0], delimiters=",;\t|").delimiter
-                except csv.Error:
-                    delimiter = ","  # one column, or no candidate in the header: the default
-            return list(csv.reader(fh, delimiter=delimiter)), delimiter
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); expected a CSV text file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror}); expected a readable CSV file") from None
-
-
-def _column(path: Path, header: list[str], name: str, what: str, flag: str) -> int:
-    n = header.count(name)
-    if n == 0:
-        raise DataError(f"{path}: {what} {name!r} not in the header; found columns {header} (set {flag})")
-    if n > 1:
-        raise DataError(f"{path}: {what} {name!r} is ambiguous: the header names it {n} times; "
-                        "expected unique column names")
-    return header.index(name)
-
-
-def _times(path: Path, body: list[list[str]], ti: int, name: str) -> I64:
-    out = np.empty(len(body), dtype=np.int64)
-    for k, r in enumerate(body):
-        try:
-            out[k] = _parse_time(r[ti])
-        except ValueError:
-            raise DataError(f"{path}: row {k + 2}: time {r[ti]!r} in column {name!r} is not a time; expected "
-                            "ISO 8601 (2024-01-31T12:00:00Z) or epoch seconds/ms/ns") from None
-    return out
-
-
 def load_csv(cfg: DataConfig) -> Dataset:
-    path = Path(cfg.source)
-    rows, delim = _read_rows(path, cfg.delimiter)
-    rows = [r for r in rows if r]  # blank lines
-    if len(rows) < 3:
-        raise DataError(f"{path}: found {len(rows)} non-empty lines; expected a header and at least two rows")
-    header = [h.strip() for h in rows[0]]
-    if len(header) < 2:
-        raise DataError(f"{path}: found one column {header[0][:60]!r} with delimiter {delim!r}; expected a time "
-                        "column and value columns (set --delimiter)")
-    ti = _column(path, header, cfg.time_column, "time column", "--time-column")
-    si = _column(path, header, cfg.series_column, "series column", "--series-column") if cfg.series_column else None
+    table = read_table(Path(cfg.source), cfg.delimiter)
+    path = table.path
+    ti = time_index(table, cfg.time_column)
+    si = column_index(table, cfg.series_column, "series column", "--series-column") if cfg.series_column else None
     skip = {ti} | ({si} if si is not None else set())
-    cols = list(cfg.streams) or [h for i, h in enumerate(header) if i not in skip]
-    ci = [_column(path, header, c, "column", "--streams") for c in cols]
-    if not ci:
-        raise DataError(f"{path}: found no value columns besides {header}; expected at least one")
-    body = [r for r in rows[1:] if len(r) == len(header)]
-    if len(body) < 2:
-        raise DataError(f"{path}: found {len(body)} rows with {len(header)} fields (as the header has); "
-                        f"expected at least two (is the delimiter {delim!r} right? set --delimiter)")
-    ts = _times(path, body, ti, cfg.time_column)
-    # ';'-separated files usually come with decimal commas (26,5): read them as numbers.
-    comma = delim != ","
-    vals = np.array([[_float(r[i], comma) for i in ci] for r in body], dtype=np.float32).reshape(len(body), len(ci))
-    for f, c in enumerate(cols):
-        if np.isnan(vals[:, f]).all():
-            example = next((r[ci[f]] for r in body if r[ci[f]].strip()), "")
-            raise DataError(f"{path}: column {c!r} has no number in {len(body)} rows (found e.g. {example!r}); "
-                            "expected numeric values")
+    cols, ci, labels = value_indices(table, cfg.streams, skip, "--streams")
+    notes = [label_note(labels, "--streams")] if labels else []
+    if table.dropped:
+        notes.append(f"{table.dropped} rows without {len(table.header)} fields (as the header has) left out")
+    body = table.body
+    ts = times(table, ti)
+    vals = numbers(table, ci).astype(np.float32)
     groups: dict[str, npt.NDArray[np.bool_]] = {}
     if si is None:
         groups[path.stem] = np.ones(len(body), dtype=bool)
@@ -201,7 +126,8 @@ def load_csv(cfg: DataConfig) -> Dataset:
         for name in sorted(set(names.tolist())):
             groups[name] = names == name
     cadence = cfg.cadence_s or infer_cadence(ts[next(iter(groups.values()))])
-    return _assemble(groups, ts, vals, tuple(cols), cadence, cfg, str(path))
+    ds = _assemble(groups, ts, vals, tuple(cols), cadence, cfg, str(path))
+    return replace(ds, notes=tuple(notes))
 
 
 def _assemble(
@@ -274,14 +200,20 @@ def load_store(cfg: DataConfig) -> Dataset:
     from service.store import open_store
 
     store = open_store(Settings().store.model_copy(update={"url": cfg.source}))
+    labels: list[str] = []
     try:
-        keys = [_parse_key(s) for s in cfg.streams] or store.streams()
-        start = _parse_time(cfg.start) if cfg.start else 0
-        end = _parse_time(cfg.end) if cfg.end else 2**62
+        keys = [_parse_key(s) for s in cfg.streams]
+        if not keys:  # every stream, except quantities named like a label
+            every = store.streams()
+            keys = [k for k in every if not is_label(k.quantity)]
+            labels = sorted({k.id for k in every if is_label(k.quantity)})
+        start = parse_time(cfg.start) if cfg.start else 0
+        end = parse_time(cfg.end) if cfg.end else 2**62
         data = {k: store.read_range(k, start, end) for k in keys}
     finally:
         store.close()
-    return readings_to_dataset(data, cfg, cfg.source)
+    ds = readings_to_dataset(data, cfg, cfg.source)
+    return replace(ds, notes=(label_note(labels, "--streams"),)) if labels else ds
 
 
 def load(cfg: DataConfig) -> Dataset:
@@ -291,10 +223,12 @@ def load(cfg: DataConfig) -> Dataset:
 
 
 def split_rows(n: int, cfg: DataConfig) -> Split:
+    """Chronological split; explicit rows may leave no test part (test_end == val_end)."""
     if cfg.split_rows is not None:
-        tr, va, te = cfg.split_rows
-        if not 0 < tr < va < te <= n:
-            raise DataError(f"data.split_rows {cfg.split_rows} must satisfy 0 < train < val < test <= {n} rows")
+        tr, va, te = (*cfg.split_rows, cfg.split_rows[1])[:3]  # (train_end, val_end) alone: no test part
+        if not 0 < tr < va <= te <= n:
+            raise DataError(f"--split-rows / data.split_rows {','.join(map(str, cfg.split_rows))}: found a series "
+                            f"of {n} rows; expected 0 < train_end < val_end <= test_end <= {n}")
         return Split(tr, va, te)
     ftr, fva = cfg.split
     tr, va = int(n * ftr), int(n * (ftr + fva))

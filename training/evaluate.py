@@ -170,7 +170,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     t = load_checkpoint(args.checkpoint, args.source)
-    a = {"val": assess(t, "val"), "test": assess(t, "test")}
+    a = {"val": assess(t, "val")}
+    if any(d.split.has_test for d in t.data):  # a --split-rows without a test part: validation only
+        a["test"] = assess(t, "test")
     out = args.out or args.checkpoint.parent
     rep = write_report(t, a, out)
     print(report_markdown(rep))

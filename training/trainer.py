@@ -67,6 +67,8 @@ def check_trainable(ds: Dataset, cfg: Config) -> None:
     if sp.train_end < need_train:
         short.append(f"train needs >= {need_train}")
     for name, lo, hi in (("validation", sp.train_end, sp.val_end), ("test", sp.val_end, sp.test_end)):
+        if name == "test" and not sp.has_test:
+            continue  # --split-rows without a test part: validation only
         if hi - H <= max(lo - 1, first):
             short.append(f"{name} needs >= {max(lo - 1, first) - lo + H + 1}")
     if short:

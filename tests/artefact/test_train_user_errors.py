@@ -57,8 +57,13 @@ def _one_line_error(r: subprocess.CompletedProcess[str]) -> str:
     ("case", "args", "expected"),
     [
         ("missing file", ["--source", "nonexistent.csv"], ["nonexistent.csv", "found nothing", "expected a CSV file"]),
-        ("missing time column", ["--source", "{ok}"], ["time column 'date' not in the header",
-                                                     "found columns ['time', 'temp', 'hum']", "--time-column"]),
+        ("missing time column", ["--source", "{ok}", "--time-column", "date"],
+         ["time column 'date' not in the header", "found columns ['time', 'temp', 'hum']", "--time-column"]),
+        ("no time-like column", ["--source", "{notime}"],
+         ["found no time column in ['t', 'temp', 'hum']", "timestamp, time, datetime, date", "--time-column"]),
+        ("bad split", ["--source", "{ok}", "--split-rows", "400"], ["--split-rows '400'", "train_end,val_end"]),
+        ("split beyond the rows", ["--source", "{ok}", "--split-rows", "200,400"],
+         ["--split-rows / data.split_rows 200,400", "found a series of 300 rows"]),
         ("missing column", ["--source", "{ok}", "--time-column", "time", "--streams", "temp,pressure"],
          ["column 'pressure' not in the header", "['time', 'temp', 'hum']"]),
         ("ambiguous column", ["--source", "{dup}", "--time-column", "time"],
@@ -82,6 +87,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, case: str, args: li
         "semi": _csv(tmp_path / "semi.csv", ["time", "temp", "hum"], 300, sep=";"),
         "short": _csv(tmp_path / "short.csv", ["time", "temp"], 30),
         "flat": _csv(tmp_path / "flat.csv", ["time", "temp", "hum"], 300, flat=True),
+        "notime": _csv(tmp_path / "notime.csv", ["t", "temp", "hum"], 300),
     }
     line = _one_line_error(_train(tmp_path, *[a.format(**{k: str(v) for k, v in files.items()}) for a in args]))
     for text in expected:
@@ -98,6 +104,22 @@ def test_semicolon_file_with_decimal_commas_is_detected_and_trains(tmp_path: Pat
     assert m.features == ["temp", "hum"]
     # Decimal commas read as numbers (misread, every value would be missing and refused).
     assert m.data.rows == 300 and 0 < m.metrics["test"]["repeat_last_mse"] < 1e3
+
+
+def test_split_without_a_test_part_trains_and_reports_validation_only(tmp_path: Path) -> None:
+    # Issue #11 item 8: train on the first rows, keep the rest for the backtest. A label
+    # column is left out of the features by default (printed once).
+    src = tmp_path / "rig.csv"
+    lines = _csv(tmp_path / "base.csv", ["datetime", "temp", "hum"], 300).read_text().splitlines()
+    src.write_text("\n".join([lines[0] + ",anomaly"] + [f"{ln},{int(i > 250)}" for i, ln in enumerate(lines[1:])]))
+    r = _train(tmp_path, "--source", str(src), "--split-rows", "200,260", "--epochs", "1", "--chunk", "12",
+               "--horizon", "4", "--hidden", "8", "--time-features", "", "--name", "rig")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("['anomaly'] look like labels") == 1
+    assert "no test part" in r.stdout
+    m = load_manifest(tmp_path / "models" / "rig" / "v1")
+    assert m.features == ["temp", "hum"]
+    assert "val" in m.metrics and "test" not in m.metrics
 
 
 def test_refused_export_keeps_the_checkpoint_and_says_what_to_do(
