@@ -9,7 +9,7 @@ import argparse
 import contextlib
 import importlib
 
-BENCHES = ("ingest", "inference", "soak", "latency")
+BENCHES = ("ingest", "inference", "soak", "latency", "faults")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
