@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("tools.sim.replay", "Publish a CSV file to MQTT at a chosen speed."),
     "demo": ("tools.demo", "Whole job on embedded defaults: broker, store, model, simulator."),
     "config": ("service.config_doc", "Print the settings (markdown table or .env example)."),
-    "bench": ("tools.bench.command", "Benchmarks: ingest, inference."),
+    "bench": ("tools.bench.command", "Benchmarks: ingest, inference, soak, latency, faults."),
     "train": ("training.command", "Train a model and export it to ONNX (needs the train extra)."),
     "evaluate": ("training.evaluate", "Evaluate a model next to naive baselines, with plots."),
 }

@@ -236,14 +236,14 @@ def print_table(r: dict[str, Any]) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = BenchConfig()
-    p.add_argument("--model", default=d.model)
-    p.add_argument("--version")
-    p.add_argument("--models-dir", type=Path, default=d.models_dir)
+    p.add_argument("--model", default=d.model, help="Model name (univariate, 1 s cadence).")
+    p.add_argument("--version", help="Model version (default: the newest).")
+    p.add_argument("--models-dir", type=Path, default=d.models_dir, help="Models directory.")
     p.add_argument("--streams-per-level", type=int, default=d.streams_per_level,
                    help="Faulty streams per fault kind and magnitude (3 magnitudes per kind).")
     p.add_argument("--clean", type=int, default=d.clean, help="Clean streams (for the false-alert rate).")
     p.add_argument("--steps", type=int, default=d.steps, help="Steps per stream (1 s each).")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="Simulator seed.")
     p.add_argument("--kinds", default=",".join(d.kinds), help=f"Comma-separated, from {', '.join(LEVELS)}.")
     p.add_argument("--out", type=Path, help="Write the results (JSON) here too.")
 
