@@ -13,7 +13,7 @@ SYSTEM_PACKAGES := mosquitto influxdb chromium chromium-driver docker-compose \
 	podman runc netavark aardvark-dns iptables debootstrap
 
 .PHONY: setup setup-system setup-service demo test test-fast lint bench bench-ingest \
-	bench-inference bench-latency bench-ett bench-nab soak faults clean env-example check-image-deps compose-config \
+	bench-inference bench-latency bench-ett bench-nab bench-faults bench-tep soak faults clean env-example check-image-deps compose-config \
 	stack-images test-stack
 
 setup: setup-system $(VENV)/.installed  ## venv with service, trainer and test tools
@@ -71,6 +71,15 @@ bench-ett: $(VENV)/.installed
 
 bench-nab: $(VENV)/.installed
 	$(PY) -m evaluation.nab --data $(DATA)/nab
+
+# Simulated faults of every kind through the live engine (tools/bench/faults.py); a few minutes.
+bench-faults: $(VENV)/.installed  ## per-kind recall, delay, false alerts per 1,000 clean stream-hours
+	$(VENV)/bin/sensorcast bench faults $(if $(FAULTS_OUT),--out $(FAULTS_OUT))
+
+# Tennessee Eastman (data: SENSORCAST_TEP_DIR, else $(DATA)/tep). The trained model is
+# cached under TEP_WORK (default: <tmp>/sensorcast-tep, outside the repository).
+bench-tep: $(VENV)/.installed  ## PCA Q/T^2 beside a GRU trained on d00, replayed through the live engine
+	$(PY) -m evaluation.tep --data "$${SENSORCAST_TEP_DIR:-$(DATA)/tep}" $(if $(TEP_WORK),--work $(TEP_WORK))
 
 # The full 60 s database outage here; CI (make test) uses the tests' short default.
 FAULT_OUTAGE_S ?= 60

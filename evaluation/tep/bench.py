@@ -134,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
           f"val MSE {val.get('mse', float('nan')):.3f} vs repeat-last {val.get('repeat_last_mse', float('nan')):.3f}, "
           f"warm-up {manifest.warmup_steps} steps), {'cached' if trained.cached else f'trained in {train_s:.0f} s'}; "
           f"replay of 22 files through backtest_frame {replay_s:.1f} s; settings overrides: {overrides or 'none'}")
+    # The trainer's anomaly calibration (thresholds for a false-alarm rate), when it writes one.
+    calib = getattr(manifest, "anomaly", None)
+    calib_doc = None if calib is None else calib.model_dump(exclude={"precision"})
+    print(f"anomaly calibration in the manifest: {calib_doc or 'none'}")
     print("FDR per fault (samples 161..960 flagged); AUC of the score; alertFAR = alerts on samples 1..160")
     print(head + "\n" + "-" * len(head))
     for f in data.FAULTS:
@@ -155,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
                   "horizon": manifest.horizon, "warmup_steps": manifest.warmup_steps,
                   "default_threshold": manifest.default_threshold, "cached": trained.cached,
                   "train_seconds": round(train_s, 1)},
+        "anomaly_calibration": calib_doc,
         "settings_overrides": overrides,
         "replay_seconds": round(replay_s, 1),
         "pca_components": args.components,
