@@ -40,7 +40,7 @@ def test_alert_and_retained_state_are_delivered(mosquitto: Mosquitto, tmp_path: 
         pub.publish_alert(_alert(0))
         msgs = watch.wait_for(lambda m: len(m) >= 2)
         assert sorted(m.topic for m in msgs) == [
-            "sensorcast/alerts/pump-1/temperature", "sensorcast/state/pump-1/temperature"
+            "sensorcast/alerts/pump-1/temperature", "sensorcast/state/pump-1/temperature/anomaly"
         ]
         body = msgs[0].json()
         assert body["state"] == "firing" and body["value"] == 90.0 and body["model"] == "demo"
@@ -53,7 +53,7 @@ def test_alert_and_retained_state_are_delivered(mosquitto: Mosquitto, tmp_path: 
         pub.stop()
         watch.close()
     # A late subscriber still learns the current state from the retained message.
-    late = Watcher(mosquitto.port, "sensorcast/state/pump-1/temperature", client_id="late")
+    late = Watcher(mosquitto.port, "sensorcast/state/pump-1/temperature/anomaly", client_id="late")
     try:
         got = late.wait_for(lambda m: len(m) >= 1, timeout=5)
         assert got and got[0].retain and got[0].json()["state"] == "firing"

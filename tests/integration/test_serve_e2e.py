@@ -136,7 +136,7 @@ def test_spike_gives_one_firing_one_resolved_and_forecast_matches_offline(
         assert rest == [("spiky/value", "resolved"), ("spiky/value", "firing")]  # newest first
 
         # This stream's topic only: the session broker keeps other tests' retained states.
-        state = Watcher(mosquitto.port, "sensorcast/state/spiky/value", client_id=f"s-{service.tag}")
+        state = Watcher(mosquitto.port, "sensorcast/state/spiky/value/anomaly", client_id=f"s-{service.tag}")
         try:
             retained = state.wait_for(lambda m: len(m) >= 1, timeout=5)
             assert retained[0].retain and retained[0].json()["state"] == "resolved"
