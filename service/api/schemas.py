@@ -40,6 +40,16 @@ class WarmUp(BaseModel):
     message: str = Field(examples=["warming up (12 / 96)"])
 
 
+class BreachOut(BaseModel):
+    eta_s: float = Field(description="Seconds from last_time to the first forecast step beyond the limit with at "
+                         "least the stream's breach probability.", examples=[120.0])
+    time: datetime | None = Field(description="last_time + eta_s: when the crossing is predicted.")
+    probability: float = Field(description="Probability of being beyond the limit at that step.", examples=[0.93])
+    limit: float | None = Field(description="The operating limit (raw units).", examples=[80.0])
+    side: Literal["upper", "lower"] | None = Field(examples=["upper"])
+    feature: str | None = Field(description="The feature predicted to cross (a multivariate stream's output feature).")
+
+
 class StreamOut(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -57,6 +67,14 @@ class StreamOut(BaseModel):
     expected: float | None = Field(description="The value forecast one step earlier for the last step.")
     lower: float | None
     upper: float | None
+    predicted_breach: BreachOut | None = Field(
+        None, description="An operating limit the forecast is predicted to cross (predicted_breach firing); null: none."
+    )
+    checks_firing: list[str] = Field(
+        default_factory=list, description="Checks firing on the stream: anomaly, stuck, silent, out_of_range, "
+        "rate_of_change, predicted_breach.", examples=[["predicted_breach"]],
+    )
+    held_by: str | None = Field(None, description="The data-quality check holding the stream's ML alerts back.")
 
     @classmethod
     def from_status(cls, s: Any) -> StreamOut:
@@ -68,8 +86,20 @@ class StreamOut(BaseModel):
             status=s.status, warm_up=WarmUp(have=have, need=need, message=message),
             last_time=ts_to_dt(last_ts) if last_ts is not None else None,
             last_value=finite(s.last_value), score=finite(s.score), expected=finite(s.expected),
-            lower=finite(s.lower), upper=finite(s.upper),
+            lower=finite(s.lower), upper=finite(s.upper), predicted_breach=breach_of(s, last_ts),
+            checks_firing=list(getattr(s, "checks_firing", None) or []), held_by=getattr(s, "held_by", None),
         )
+
+
+def breach_of(s: Any, last_ts: int | None) -> BreachOut | None:
+    """A status's predicted breach (its ``breach_*`` fields), None when none is predicted."""
+    eta, p = finite(getattr(s, "breach_eta_s", None)), finite(getattr(s, "breach_probability", None))
+    if eta is None or p is None:
+        return None
+    return BreachOut(
+        eta_s=eta, time=ts_to_dt(last_ts + round(eta * 1e9)) if last_ts is not None else None, probability=p,
+        limit=finite(s.breach_limit), side=s.breach_side, feature=s.breach_feature,
+    )
 
 
 # -- forecasts ------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from service.records import Forecast
@@ -40,6 +40,17 @@ class StreamStatus:
     lower: float | None
     upper: float | None
     feature: str | None = None  # the output feature the numbers refer to (multivariate)
+    # A predicted breach of an operating limit (predicted_breach firing), else all None:
+    # seconds from last_ts_ns to the first step beyond the limit with probability >= p,
+    # that probability, the limit, its side ("upper"/"lower"), and the feature (the output
+    # feature of a multivariate stream, the quantity of a single one).
+    breach_eta_s: float | None = None
+    breach_probability: float | None = None
+    breach_limit: float | None = None
+    breach_side: str | None = None
+    breach_feature: str | None = None
+    held_by: str | None = None  # the data-quality check holding the stream's ML alerts back
+    checks_firing: list[str] = field(default_factory=list)  # every check firing on the stream
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,11 @@
   const $ = (sel) => document.querySelector(sel);
   const fmt = (x, d = 2) => (typeof x === "number" && isFinite(x) ? x.toFixed(d) : "–");
   const encodeId = (id) => id.split("/").map(encodeURIComponent).join("/");
+  const fmtEta = (s) => (s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`);
+  // A predicted breach of an operating limit (GET /v1/streams: predicted_breach), as text.
+  // The feature is named for a multivariate (device) stream only: a single one is its quantity.
+  const breachText = (s, b) => `${b.side === "lower" ? "below" : "above"} ${fmt(b.limit)}` +
+    `${s.quantity === "*" && b.feature ? ` (${b.feature})` : ""} in ${fmtEta(b.eta_s)}, p ${fmt(b.probability)}`;
 
   class ApiError extends Error {
     constructor(path, status, detail) {
@@ -93,6 +98,7 @@
     try {
       const fc = await api(`/v1/streams/${encodeId(s.id)}/forecast`);
       rec.cadence = fc.cadence_s;
+      rec.features = fc.features;
       rec.forecast = {
         times: fc.times.map((t) => Date.parse(t) / 1000),
         mean: fc.mean.map((r) => r[0]),
@@ -127,12 +133,15 @@
     for (const s of streams) {
       const tr = document.createElement("tr");
       tr.dataset.stream = s.id;
-      const cells = [s.id, null, fmt(s.last_value), fmt(s.expected), fmt(s.score), s.model ? `${s.model}/${s.model_version}` : "–"];
+      const b = s.predicted_breach;
+      const cells = [s.id, null, fmt(s.last_value), fmt(s.expected), fmt(s.score), b ? breachText(s, b) : "–",
+        s.model ? `${s.model}/${s.model_version}` : "–"];
       cells.forEach((text, i) => {
         const td = document.createElement("td");
         if (i === 1) td.append(badge(s));
         else td.textContent = text;
         if (i >= 2 && i <= 4) td.className = "num";
+        if (i === 5 && b) td.className = "breach";
         tr.append(td);
       });
       body.append(tr);
@@ -202,7 +211,7 @@
     const lo = column(x, rec.expected, span, (e) => e[1]);
     const hi = column(x, rec.expected, span, (e) => e[2]);
     const col = () => new Array(x.length).fill(null);
-    const [fm, flo, fhi, mk] = [col(), col(), col(), col()];
+    const [fm, flo, fhi, mk, lim] = [col(), col(), col(), col(), col()];
     const fIdx = fc ? new Map(fc.times.map((t, i) => [t, i])) : new Map();
     x.forEach((t, i) => {
       const k = fIdx.get(t);
@@ -212,7 +221,12 @@
       }
       if (marks.has(t)) mk[i] = marks.get(t);
     });
-    return [x, act, exp, lo, hi, fm, flo, fhi, mk];
+    // The limit a breach is predicted of, drawn across the chart while it is predicted.
+    // Charts show the first output feature: a multivariate stream's limit only when it is that one's.
+    const b = rec.info && rec.info.predicted_breach;
+    const charted = rec.info && (rec.info.quantity !== "*" || (rec.features && b && b.feature === rec.features[0]));
+    if (b && b.limit !== null && charted) lim.fill(b.limit);
+    return [x, act, exp, lo, hi, fm, flo, fhi, mk, lim];
   }
 
   function makeChart(id, el) {
@@ -233,13 +247,14 @@
         line("forecast lower", "rgba(221,107,32,0.4)", { width: 0.5, spanGaps: true }),
         line("forecast upper", "rgba(221,107,32,0.4)", { width: 0.5, spanGaps: true }),
         { label: "alert", stroke: "#c53030", fill: "#c53030", paths: () => null, points: { show: true, size: 10, fill: "#c53030" } },
+        line("limit", "#c53030", { dash: [6, 4], width: 1 }),
       ],
       bands: [
         { series: [4, 3], fill: "rgba(128,90,213,0.15)" },
         { series: [7, 6], fill: "rgba(221,107,32,0.15)" },
       ],
     };
-    return new uPlot(opts, [[], [], [], [], [], [], [], [], []], el);
+    return new uPlot(opts, [[], [], [], [], [], [], [], [], [], []], el);
   }
 
   function drawCharts() {
@@ -263,7 +278,15 @@
         u = state.charts[id] = makeChart(id, plot);
       }
       const card = box.querySelector(`.chart[data-stream="${CSS.escape(id)}"]`);
-      card.querySelector("h3 span:last-child").replaceChildren(badge(rec.info));
+      const head = [badge(rec.info)];
+      const b = rec.info.predicted_breach;
+      if (b) {
+        const w = document.createElement("span");
+        w.className = "breach";
+        w.textContent = `breach ${breachText(rec.info, b)} `;
+        head.unshift(w);
+      }
+      card.querySelector("h3 span:last-child").replaceChildren(...head);
       u.setData(chartData(id, rec));
     }
   }
