@@ -21,6 +21,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -147,7 +148,7 @@ def bench_settings() -> tuple[Settings, dict[str, object]]:
 class Replay:
     score: F64  # (N,) engine score, NaN where the engine did not score (warming)
     firing: BoolArr  # (N,) the stream's alert is firing after this sample
-    events: int  # "firing" events emitted
+    fired: dict[str, int]  # firing events per "check/kind" (e.g. "anomaly/multivariate")
 
 
 def run_file(registry: ModelRegistry, version: str, x: F64, settings: Settings) -> Replay:
@@ -162,4 +163,11 @@ def run_file(registry: ModelRegistry, version: str, x: F64, settings: Settings) 
         raise RuntimeError(f"backtest returned {len(rows)} rows for {len(x)} samples")
     score = np.array([np.nan if r.score is None else r.score for r in rows], dtype=np.float64)
     firing = np.array([r.status == "firing" for r in rows], dtype=bool)
-    return Replay(score, firing, sum(r.event == "firing" for r in rows))
+    fired: Counter[str] = Counter()
+    for r in rows:  # several events on one row are joined by ";", checks and kinds alike
+        events = r.event.split(";") if r.event else []
+        checks, kinds = (getattr(r, "check", "") or "").split(";"), (getattr(r, "kind", "") or "").split(";")
+        for i, e in enumerate(events):
+            if e == "firing":
+                fired[f"{checks[i] if i < len(checks) else ''}/{kinds[i] if i < len(kinds) else ''}"] += 1
+    return Replay(score, firing, dict(fired))

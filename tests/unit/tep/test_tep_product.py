@@ -47,6 +47,7 @@ def test_train_cache_and_replay(tmp_path: Path) -> None:
         assert r.score.shape == (120,) and r.firing.shape == (120,) and r.firing.dtype == bool
         assert np.isnan(r.score[: manifest.warmup_steps - 1]).all()  # the engine scores nothing while warming
         assert np.isfinite(r.score[80:]).all() and ((r.score[80:] >= 0) & (r.score[80:] <= 1)).all()
+        assert all("/" in k and n > 0 for k, n in r.fired.items())  # "check/kind" -> firing events
     # (Whether and when an alert fires is the product's quality, measured by the bench, not
     # asserted on a two-epoch model here.)
     assert np.max(r1.score[80:]) >= np.max(r0.score[80:])
@@ -80,7 +81,7 @@ def test_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert set(doc["fdr_mean18"]) == {"alerts", "score@1%", "score@5%", "Q@1%", "Q@5%", "T2@1%", "T2@5%"}
     assert doc["far_d00_te"]["Q@5%"] <= 0.05
     assert doc["fdr_mean18"]["Q@5%"] > 0.5  # shifts of 5..105 units are plain to PCA
-    assert len(doc["auc"]) == 21
+    assert len(doc["auc"]) == 21 and set(doc["firing_events"]) == {"d00_te", "faults"}
 
 
 def test_bench_refuses_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
