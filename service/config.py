@@ -209,6 +209,10 @@ class StreamsSettings(BaseModel):
     )
     checkpoint_dir: Path = Field(Path("./data/state"), description="Where stream state checkpoints are written.")
     checkpoint_interval_s: float = Field(60.0, description="Seconds between state checkpoints.")
+    settings_path: Path = Field(
+        Path("./data/stream_settings.sqlite"),
+        description="SQLite file of the per-stream alert rules set with PUT /v1/streams/{id}/settings.",
+    )
     tick_s: float = Field(0.05, description="Inference loop period: due streams are stepped in one batch per tick.")
     gather_s: float = Field(
         0.002, ge=0, le=1,
@@ -264,9 +268,12 @@ class StreamsSettings(BaseModel):
 
 
 class AnomalySettings(BaseModel):
-    scorer: Literal["spread", "surprise"] = Field(
-        "spread",
-        description="Alert score. 'spread': the residual's two-sided normal tail in units of the model's "
+    scorer: Literal["evidence", "spread", "surprise"] = Field(
+        "evidence",
+        description="Alert score. 'evidence' (default): the largest of one-step, multi-step (forecasts made up to "
+        "4 steps earlier), EWMA-mean and variance evidence of the residual vector (Mahalanobis with the model's "
+        "validation covariance), each a calibrated tail probability; readings above the threshold are kept out "
+        "of the model state. 'spread': the residual's two-sided normal tail in units of the model's "
         "predicted spread, else an EWMA of |residual| (0.99 = a 1-in-100 residual). 'surprise': the "
         "NAB-benchmarked composite (service/anomaly/surprise.py: residual in learnt-spread units vs its past "
         "peak, range novelty, rising edge); one threshold fits streams of any scale, use it with min_count=1.",
@@ -281,6 +288,11 @@ class AnomalySettings(BaseModel):
     threshold: float | None = Field(
         None,
         description="Score threshold to fire; empty: the model's default (scorer spread) or 0.5 (scorer surprise).",
+    )
+    extreme_threshold: float | None = Field(
+        None, gt=0, lt=1,
+        description="Score that fires on a single step (M of N is for borderline evidence); empty: the model's "
+        "calibration, else 30x rarer than threshold.",
     )
     clear_threshold: float | None = Field(None, description="Score below which a firing alert resolves (hysteresis).")
     min_count: int = Field(2, description="M: anomalous steps among the last N needed to fire.")
@@ -322,6 +334,16 @@ class AlertsSettings(BaseModel):
     )
     forecast_topic: str | None = Field(None, description="Publish each new forecast here when set.")
     outbox_dir: Path = Field(Path("./data/outbox"), description="Alerts not yet acknowledged by the broker.")
+    history_path: Path = Field(
+        Path("./data/alerts.sqlite"),
+        description="SQLite file of the alert history that GET /v1/alerts reads (whatever the readings store is).",
+    )
+    history_max_rows: int = Field(
+        100_000, ge=0, description="Alert history keeps at most this many events, the oldest go first (0: no limit)."
+    )
+    history_max_days: float = Field(
+        90.0, ge=0, description="Alert history events older than this (since written) are deleted (0: no limit)."
+    )
     client_id: str = Field(
         "sensorcast-alerts", description="MQTT client id of the alert publisher (must differ from the ingester's)."
     )

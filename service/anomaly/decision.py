@@ -29,6 +29,7 @@ Vectorised over a batch of rows; histories are bitmasks (N <= 63).
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from service.arrays import F64, I64, Col, IntArr, RowArrays
 
@@ -81,8 +82,15 @@ class Decider(RowArrays):
             raise ValueError(f"threshold must be in (0, 1), found {threshold}")
         self.row_threshold[row] = np.nan if threshold is None else threshold
 
-    def update(self, rows: IntArr, scores: F64, ts_ns: I64) -> tuple[IntArr, IntArr]:
-        """Fold one score per row in; returns batch indices that fired and that resolved."""
+    def update(
+        self, rows: IntArr, scores: F64, ts_ns: I64, extreme: F64 | None = None,
+        hold: npt.NDArray[np.bool_] | None = None,
+    ) -> tuple[IntArr, IntArr]:
+        """Fold one score per row in; returns batch indices that fired and that resolved.
+
+        ``extreme`` (B,): a score at or above it fires on that step alone, cooldown or not
+        (M of N is for borderline evidence). ``hold`` (B,): rows that must not start firing
+        now (a data-quality alert explains them)."""
         have = ~np.isnan(scores)
         idx = np.flatnonzero(have)
         if idx.size == 0:
@@ -100,6 +108,10 @@ class Decider(RowArrays):
         n_hot = np.bitwise_count(hot)
         n_warm = np.bitwise_count(warm)
         fire = ~firing & (n_hot >= self.min_count) & (ts_ns[idx] >= self.quiet_until[r])
+        if extreme is not None:
+            fire |= ~firing & (s >= extreme[idx])
+        if hold is not None:
+            fire &= ~hold[idx]
         resolve = firing & (n_warm < self.min_count)
         self.firing[r[fire]] = True
         self.firing[r[resolve]] = False

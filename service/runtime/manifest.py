@@ -38,6 +38,26 @@ class DataRange(BaseModel):
     rows: int = 0
 
 
+class AnomalyCalibration(BaseModel):
+    """The anomaly evidence as measured on the trainer's validation data
+    (``service.anomaly.evidence``): what makes a threshold mean a false-alarm rate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    precision: list[list[float]] | None = Field(
+        None, description="(Fo, Fo) inverse of the shrunk correlation of standardised one-step residuals; "
+        "empty for one output feature."
+    )
+    scales: list[float] = Field(
+        default_factory=lambda: [1.0, 1.0, 1.0, 1.0], min_length=4, max_length=4,
+        description="Per evidence part (instant, lag, mean, variance): factor on -log10 p fitted on validation.",
+    )
+    threshold: float = Field(gt=0, lt=1, description="Score that fires on M of N steps.")
+    extreme_threshold: float = Field(gt=0, lt=1, description="Score that fires on a single step.")
+    false_alerts_per_day: float = Field(ge=0, description="The false-alarm rate the thresholds were set for.")
+    steps: int = Field(ge=0, description="Validation steps the calibration saw.")
+
+
 class Manifest(BaseModel):
     """What the service needs to know to run a model; written by ``training.export``."""
 
@@ -60,6 +80,7 @@ class Manifest(BaseModel):
     warmup_steps: int = Field(ge=0)
     probabilistic: bool = False
     default_threshold: float = Field(0.99, gt=0, lt=1)
+    anomaly: AnomalyCalibration | None = None
     data: DataRange
     metrics: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="split -> metric -> value, baselines beside the model."

@@ -1,116 +1,263 @@
-"""The anomaly stage: score each stepped row, decide, and say which rows fired or resolved.
+"""The anomaly stage: evidence before the step, the decision after it.
 
-After ``ModelTable.step`` the stage scores the values just fed against the forecast made
-for them (``scorers.py``: ``anomaly.scorer`` spread or surprise), folds the scores into
-the per-row decision (``service.anomaly.decision.Decider``: M of N, hysteresis, cooldown)
-and returns the rows whose decision changed. It owns the per-row anomaly arrays: the
-last score and the band it was measured in (``expected`` +- ``band_z`` x ``spread``), the
-worst output feature, and where the current run of hot steps began (``onset_*``), which
-a firing alert names (with M > 1 the alert fires on a later step, and for a spike that
-later step is often the return to normal).
+Two calls per round of steps:
+
+- ``gate`` (before the model step) scores each reading against the forecasts made for it
+  (``anomaly.scorer``; the default ``evidence``: service/anomaly/evidence.py) and keeps
+  anomalous readings out of the recurrent state: their features are fed as missing (NaN,
+  which the graph masks), so the state and the learnt spread keep the pre-anomaly
+  baseline. A deviation that persists ``accept_after_steps`` readings is accepted as the
+  new level: the model re-baselines from the row's recent readings (``ModelTable.replay``)
+  and the alert resolves as a ``level_shift`` with reason ``new_level``.
+- ``assess`` (after the step) folds the scores into the decision (``Decider``: extreme
+  evidence fires on the reading itself, borderline evidence needs M of N, hysteresis,
+  cooldown; rows held by a data-quality alert do not start firing), notes onsets, and
+  names the kind: spike, level_shift, drift, variance or multivariate.
+
+It owns the per-row anomaly arrays: the last score and the band it was measured in, the
+worst feature, the onset of the current episode, the kind, and the run of readings kept
+out of the state.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from service.anomaly.decision import Decider
-from service.arrays import I64, Arrays, Col, IntArr, RowArrays
+from service.anomaly.evidence import INSTANT, LAG, MEAN, VARIANCE, Calibration, EvidenceRows
+from service.anomaly.scoring import z_for_score
+from service.arrays import F32, F64, I64, Arrays, Col, IntArr, RowArrays
 from service.config import AnomalySettings
 from service.records import NS_PER_S
 from service.runtime.registry import LoadedModel
+from service.streams.rules import ResolvedRules, default_accept_after
 from service.streams.scorers import default_threshold, make_scorer
-from service.streams.table import Stepped
+from service.streams.table import Expected, Stepped
 
 log = logging.getLogger(__name__)
 
 _NAN = float("nan")
+KINDS = ("spike", "level_shift", "drift", "variance", "multivariate")
+SPIKE, LEVEL_SHIFT, DRIFT, VARIANCE_KIND, MULTIVARIATE = range(5)
+RECENT = 8  # readings kept per row to re-baseline from when a new level is accepted
+EXTREME_DECADES = 1.5  # uncalibrated: a single step fires at 30x rarer evidence than M of N needs
+MULTIVARIATE_SHARE = 0.5  # below this share for the top feature, the evidence is joint
+
+
+def log_tail(score: F64 | float) -> F64:
+    """Score in [0, 1) -> -log10(1 - score)."""
+    with np.errstate(divide="ignore"):
+        out: F64 = -np.log10(np.maximum(1.0 - np.asarray(score, np.float64), 1e-300))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """What ``gate`` measured before the step, for ``assess`` after it."""
+
+    x: F32  # (B, F) what the model is fed: kept-out readings are NaN
+    read: F32  # (B, F) the readings as read
+    score: F64  # (B,)
+    spread: F64  # (B, Fo)
+    top: I64  # (B,) worst output feature
+    part: I64 | None  # (B,) the evidence part that dominated (evidence scorer)
+    instant_hot: npt.NDArray[np.bool_]  # (B,) the one-step evidence alone is above the threshold
+    accepted: IntArr  # batch indices whose new level is accepted on this step
 
 
 @dataclass(frozen=True, slots=True)
 class Verdicts:
     fired: IntArr  # rows that started firing
     resolved: IntArr  # rows that resolved
+    accepted: IntArr  # rows whose new level was accepted (resolved rows among them say new_level)
 
 
 class AnomalyStage(RowArrays):
     score = Col(np.float64, fill=_NAN)  # of the last fed step; NaN: not scored
     expected = Col(np.float64, ("n_out",), _NAN)  # (N, Fo) the forecast it was scored against
     spread = Col(np.float64, ("n_out",), _NAN)  # (N, Fo) the spread it was measured in
+    share = Col(np.float64, ("n_out",), 0.0, saved=False)  # (N, Fo) features' share of the evidence
     top_feature = Col(np.int64, fill=0, reset=False)  # the worst output feature
     onset_ts = Col(np.int64, fill=0, reset=False)  # first hot step of the current run
     onset_value = Col(np.float64, fill=_NAN, reset=False)
     onset_expected = Col(np.float64, fill=_NAN, reset=False)
     onset_score = Col(np.float64, fill=_NAN, reset=False)
+    onset_instant = Col(np.bool_, fill=False, reset=False)  # the run began with a one-step jump
+    kind = Col(np.int64, fill=0, reset=False)  # of the current/last episode (KINDS)
+    held = Col(np.int64, fill=0)  # consecutive readings kept out of the state
+    recent = Col(np.float32, (RECENT, "n_in"), _NAN)  # (N, R, F) the latest readings, newest last
+    accept_after = Col(np.int64, fill=-1, reset=False, saved=False)  # per stream; -1: the default
+    extreme_row = Col(np.float64, fill=_NAN, reset=False, saved=False)  # per stream; NaN: the default
 
     def __init__(self, model: LoadedModel, anomaly: AnomalySettings) -> None:
         m = model.manifest
         self.n_out = len(m.output_features)
+        self.n_in = len(m.features)
         # Output feature j is scored against input feature out_in[j] (-1: not an input).
         self.out_in = np.array([m.features.index(f) if f in m.features else -1 for f in m.output_features])
-        threshold = default_threshold(anomaly, m.default_threshold)
+        cal = m.anomaly
+        model_threshold = cal.threshold if cal is not None and anomaly.scorer == "evidence" else m.default_threshold
+        threshold = default_threshold(anomaly, model_threshold)
         self.decider = Decider(
             threshold, anomaly.clear_threshold, anomaly.min_count, anomaly.window, round(anomaly.cooldown_s * NS_PER_S)
         )
-        self.scorer = make_scorer(anomaly, self.n_out, threshold)  # anomaly.scorer: spread or surprise
-        self.band_z = self.scorer.band_z
-        super().__init__({"n_out": self.n_out})
+        if anomaly.extreme_threshold is not None:
+            self.extreme = anomaly.extreme_threshold
+        elif cal is not None and anomaly.scorer == "evidence" and anomaly.threshold is None:
+            self.extreme = cal.extreme_threshold
+        else:
+            self.extreme = 1.0 - 10.0 ** -(float(log_tail(threshold)) + EXTREME_DECADES)
+        self.default_accept = (
+            anomaly.accept_after_steps if anomaly.accept_after_steps is not None else default_accept_after(m.cadence_s)
+        )
+        self.evidence: EvidenceRows | None = None
+        if anomaly.scorer == "evidence":
+            precision = None
+            if cal is not None and cal.precision is not None:
+                precision = np.asarray(cal.precision, np.float64)
+            scales = (1.0, 1.0, 1.0, 1.0) if cal is None else (cal.scales[0], cal.scales[1], cal.scales[2], cal.scales[3])
+            self.evidence = EvidenceRows(
+                self.n_out, m.probabilistic, anomaly.spread_alpha or 0.01, calibration=Calibration(precision, scales)
+            )
+            self.band_z = z_for_score(threshold)
+        else:
+            self.scorer = make_scorer(anomaly, self.n_out, threshold)  # spread or surprise: no gating
+            self.band_z = self.scorer.band_z
+        super().__init__({"n_out": self.n_out, "n_in": self.n_in})
 
     # -- rows: the scorer and the decider keep rows of their own -------------------------
     def grow(self, capacity: int) -> None:
         super().grow(capacity)
-        self.scorer.grow(capacity)
         self.decider.grow(capacity)
+        if self.evidence is not None:
+            self.evidence.grow(capacity)
+        else:
+            self.scorer.grow(capacity)
 
     def reset(self, rows: IntArr) -> None:
         """Forget scores and decisions (a firing row resolves first: the engine emits it)."""
         super().reset(rows)
-        self.scorer.reset(rows)
         self.decider.reset(rows)
+        if self.evidence is not None:
+            self.evidence.reset(rows)
+        else:
+            self.scorer.reset(rows)
 
     def clear(self, rows: IntArr) -> None:
         super().clear(rows)
-        self.scorer.reset(rows)
         self.decider.clear(rows)  # a per-stream threshold leaves with its stream
+        if self.evidence is not None:
+            self.evidence.clear(rows)
+        else:
+            self.scorer.reset(rows)
 
     def export(self, rows: IntArr, prefix: str | None = None) -> Arrays:
-        return {**super().export(rows, prefix), **self.scorer.export_rows(rows), **self.decider.export(rows)}
+        own = {**super().export(rows, prefix), **self.decider.export(rows)}
+        if self.evidence is not None:
+            return {**own, **self.evidence.export(rows, prefix="evidence.")}
+        return {**own, **self.scorer.export_rows(rows)}
 
     def load(self, rows: IntArr, arrays: Mapping[str, npt.NDArray[np.generic]], prefix: str | None = None) -> None:
         super().load(rows, arrays, prefix)
         self.decider.load(rows, arrays)
         try:
-            self.scorer.import_rows(rows, arrays)
-        except KeyError as e:  # saved under the other anomaly.scorer: keep the streams, re-learn scores
+            if self.evidence is not None:
+                self.evidence.load(rows, arrays, prefix="evidence.")
+            else:
+                self.scorer.import_rows(rows, arrays)
+        except KeyError as e:  # saved under another anomaly.scorer: keep the streams, re-learn scores
             log.warning("saved rows have no state for this scorer (%s): scores of %d streams start over", e, len(rows))
-            self.scorer.reset(rows)
+            if self.evidence is not None:
+                self.evidence.reset(rows)
+            else:
+                self.scorer.reset(rows)
 
-    # -- the stage ----------------------------------------------------------------------
-    def assess(self, s: Stepped) -> Verdicts:
-        """Score ``s``'s rows against their earlier forecast (only when it was made warm),
-        decide, and note onsets. Rows restarted by the step start their scores over."""
+    def configure(self, rows: IntArr, rules: Sequence[ResolvedRules]) -> None:
+        """Per-stream threshold and acceptance (None/inherited: the defaults)."""
+        for row, r in zip(rows.tolist(), rules, strict=True):
+            self.decider.set_threshold(row, r.threshold)
+            self.accept_after[row] = r.accept_after_steps
+            self.extreme_row[row] = (
+                _NAN if r.threshold is None else 1.0 - 10.0 ** -(float(log_tail(r.threshold)) + EXTREME_DECADES)
+            )
+
+    # -- before the step ----------------------------------------------------------------
+    def gate(self, rows: IntArr, x: F32, pre: Expected) -> Gate:
+        """Score ``x`` (B, F) against the forecasts made for it; mask what must stay out of the state."""
+        actual = np.full((len(rows), self.n_out), np.nan)
+        has_in = self.out_in >= 0
+        actual[:, has_in] = x[:, self.out_in[has_in]]
+        fire_t, _ = self.decider.thresholds(rows)
+        none: IntArr = np.zeros(0, np.intp)
+        if self.evidence is None:  # spread / surprise: score only, every reading is fed
+            score, spread, top = self.scorer.step(rows, actual, pre.expected, pre.scale, pre.was_warm, fire_t)
+            return Gate(x, x, score, spread, top, None, np.zeros(len(rows), np.bool_), none)
+        fire_log = log_tail(fire_t)
+        ev = self.evidence.step(rows, actual, pre.expected, pre.scale, pre.was_warm, fire_log)
+        with np.errstate(invalid="ignore"):
+            score = np.where(np.isnan(ev.log_tail), np.nan, 1.0 - 10.0 ** -np.nan_to_num(ev.log_tail))
+        top = np.argmax(ev.share, axis=1).astype(np.int64) if self.n_out > 1 else np.zeros(len(rows), np.int64)
+        self.share[rows] = ev.share
+        # Keep out of the state: readings whose one-step evidence alone is above the
+        # threshold, on the features behind it (each beyond the threshold's band).
+        instant_hot = ev.instant >= fire_log
+        z_cut = self.band_z
+        with np.errstate(invalid="ignore"):
+            out_feat = instant_hot[:, None] & (np.abs(ev.z) >= z_cut)  # (B, Fo)
+        if self.n_out == 1:
+            out_feat = instant_hot[:, None] & np.isfinite(ev.z)
+        kept = out_feat.any(axis=1)
+        observed = np.isfinite(actual).any(axis=1)
+        held = np.where(kept, self.held[rows] + 1, np.where(observed, 0, self.held[rows]))
+        limit = self.accept_after[rows]
+        limit = np.where(limit < 0, self.default_accept, limit)
+        accept = kept & (limit > 0) & (held >= limit)
+        held[accept] = 0
+        self.held[rows] = held
+        fed = x
+        mask = out_feat & ~accept[:, None]
+        if mask.any():
+            fed = x.copy()
+            bi, fj = np.nonzero(mask)
+            ij = self.out_in[fj]
+            ok = ij >= 0
+            fed[bi[ok], ij[ok]] = np.nan
+        # The recent readings (what a re-baseline replays): as read, not as fed.
+        rec = self.recent[rows]
+        rec[:, :-1] = rec[:, 1:]
+        rec[:, -1] = x
+        self.recent[rows] = rec
+        return Gate(fed, x, score, ev.spread, top, ev.part, instant_hot, np.flatnonzero(accept))
+
+    # -- after the step -----------------------------------------------------------------
+    def assess(self, s: Stepped, g: Gate, hold: npt.NDArray[np.bool_] | None = None) -> Verdicts:
+        """Decide on ``g``'s scores; note onsets and kinds. Rows restarted by the step
+        start their scores over; ``hold`` (B,) rows do not start firing."""
         if s.restarted.size:
             self.reset(s.restarted)
         rows, ts = s.rows, s.ts
         actual = np.full((len(rows), self.n_out), np.nan)
         has_in = self.out_in >= 0
-        actual[:, has_in] = s.x[:, self.out_in[has_in]]
-        fire_t, _ = self.decider.thresholds(rows)
-        # The scorer learns from this step itself, keeping anomalies out of its baseline.
-        score, spread, top = self.scorer.step(rows, actual, s.expected, s.scale, s.was_warm, fire_t)
-        actual[~s.was_warm] = np.nan  # a cold model's forecast is not scored
+        actual[:, has_in] = g.read[:, self.out_in[has_in]]
+        score = g.score
         if self.n_out > 1:
-            self.top_feature[rows] = top
+            self.top_feature[rows] = g.top
         self.score[rows] = score
         self.expected[rows] = s.expected
-        self.spread[rows] = spread
+        self.spread[rows] = g.spread
+        fire_t, _ = self.decider.thresholds(rows)
+        extreme = self.extreme_row[rows]
+        extreme = np.where(np.isnan(extreme), self.extreme, extreme)
         quiet_before = self.decider.hot[rows] == 0
-        fired, resolved = self.decider.update(rows, score, ts)
+        was_firing = self.decider.firing[rows]
+        if self.evidence is not None:
+            self.evidence.remember(rows, s.ahead, s.ahead_scale)
+        fired, resolved = self.decider.update(rows, score, ts, extreme, hold)
         onset = quiet_before & (score >= fire_t)
         if onset.any():
             i = np.flatnonzero(onset)
@@ -120,9 +267,53 @@ class AnomalyStage(RowArrays):
             self.onset_value[o] = actual[i, j]
             self.onset_expected[o] = s.expected[i, j]
             self.onset_score[o] = score[i]
-        return Verdicts(rows[fired], rows[resolved])
+            self.onset_instant[o] = g.instant_hot[i]
+        if g.part is not None:
+            self._name_kinds(rows, g, fired, was_firing)
+        accepted = g.accepted
+        if accepted.size:
+            # A new level: resolve (the engine emits it as a level_shift), forget the
+            # accumulated evidence; the table replays the recent readings.
+            a_rows = rows[accepted]
+            firing_now = self.decider.firing[a_rows]
+            self.kind[a_rows[firing_now]] = LEVEL_SHIFT
+            self.decider.reset(a_rows)  # firing -> resolved; the M-of-N history starts over
+            if self.evidence is not None:
+                self.evidence.rebaseline(a_rows)
+            extra_resolved = accepted[firing_now]
+            resolved = np.union1d(resolved[~np.isin(resolved, accepted)], extra_resolved)
+            fired = fired[~np.isin(fired, accepted)]
+        return Verdicts(rows[fired], rows[resolved], rows[accepted])
+
+    def _name_kinds(self, rows: IntArr, g: Gate, fired: IntArr, was_firing: npt.NDArray[np.bool_]) -> None:
+        """The kind of a new episode, from the part that fired it; a one-step jump that
+        stays kept out of the state for 2+ readings is a level shift."""
+        assert g.part is not None
+        if fired.size:
+            part = g.part[fired]
+            r = rows[fired]
+            k = np.full(len(r), SPIKE)
+            k[part == LAG] = DRIFT
+            k[part == VARIANCE] = VARIANCE_KIND
+            mean = part == MEAN
+            k[mean] = np.where(self.onset_instant[r[mean]], LEVEL_SHIFT, DRIFT)
+            k[(part == INSTANT) & (self.held[r] >= 2)] = LEVEL_SHIFT
+            if self.n_out > 1:
+                top_share = self.share[r, self.top_feature[r]]
+                k[top_share < MULTIVARIATE_SHARE] = MULTIVARIATE
+            self.kind[r] = k
+        firing = was_firing & (self.kind[rows] == SPIKE) & (self.held[rows] >= 2)
+        self.kind[rows[firing]] = LEVEL_SHIFT
 
     def worst(self, rows: IntArr) -> I64:
         """The output feature each row's numbers refer to (its worst one)."""
         out: I64 = self.top_feature[rows] if self.n_out > 1 else np.zeros(len(rows), np.int64)
         return out
+
+    def contributors(self, row: int, names: Sequence[str], top: int = 3) -> tuple[tuple[str, float], ...]:
+        """A multivariate row's leading features and their shares of the evidence."""
+        if self.n_out == 1:
+            return ()
+        sh = self.share[row]
+        order = np.argsort(-sh)[:top]
+        return tuple((names[j], round(float(sh[j]), 4)) for j in order if sh[j] >= 0.05)

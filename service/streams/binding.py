@@ -11,10 +11,10 @@ anonymous series, like the demo model) serves every quantity no other model clai
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 
-from service.config import ModelBinding
+from service.config import ModelBinding, StreamRules
 from service.errors import ModelError
 from service.records import StreamKey
 from service.runtime.registry import LoadedModel, ModelRegistry
@@ -28,6 +28,7 @@ class Route:
     stream_id: str
     feature: int  # index into the model's input features
     multivariate: bool
+    rules: StreamRules | None = None  # the binding's alert rules
 
 
 def device_id(key: StreamKey) -> str:
@@ -47,7 +48,7 @@ def route(key: StreamKey, registry: ModelRegistry, bindings: list[ModelBinding])
                 continue  # the bound model is not loaded (yet): try the next binding
             r = _fit(key, model, b.quantity)
             if r is not None:
-                return r
+                return r if b.rules is None else replace(r, rules=b.rules)
         return None
     generic: LoadedModel | None = None
     for name in registry.names():

@@ -14,18 +14,21 @@ import numpy as np
 
 from service.arrays import IntArr
 from service.records import NS_PER_S, Alert, AlertState, Forecast
-from service.streams.anomaly_stage import AnomalyStage, Verdicts
+from service.streams.anomaly_stage import KINDS, AnomalyStage, Verdicts
 from service.streams.lane import Lane, Stream
 
 
 def alert(st: Stream, state: AlertState, warm: bool, extra: dict[str, str] | None = None) -> Alert:
-    """``st``'s alert as of its last step: the value, the band its score was measured in."""
+    """``st``'s anomaly alert as of its last step: the value, the band its score was
+    measured in, the kind and the onset of the episode, the contributing features."""
     lane, row = st.lane, st.row
     t, a = lane.table, lane.anomaly
     j = int(a.top_feature[row]) if a.n_out > 1 else 0
     e = float(a.expected[row, j])
     half = a.band_z * float(a.spread[row, j])
     i_in = int(a.out_in[j])
+    onset = int(a.onset_ts[row])
+    outputs = lane.model.manifest.output_features
     return Alert(
         key=st.key,
         quantity=lane.model.manifest.output_features[j] if st.multivariate else st.key.quantity,
@@ -41,6 +44,12 @@ def alert(st: Stream, state: AlertState, warm: bool, extra: dict[str, str] | Non
         warm=warm,
         extra=extra or {},
         multivariate=st.multivariate,
+        check="anomaly",
+        kind=KINDS[int(a.kind[row])] if a.evidence is not None else "",
+        onset_ns=onset if onset > 0 else None,
+        onset_value=float(a.onset_value[row]),
+        onset_expected=float(a.onset_expected[row]),
+        contributors=a.contributors(row, outputs),
     )
 
 
@@ -63,10 +72,13 @@ def alerts(lane: Lane, verdicts: Verdicts) -> list[Alert]:
         st = owners[row]
         if st is not None:
             out.append(alert(st, "firing", warm=True, extra=onset_extra(lane.anomaly, row)))
+    accepted = set(verdicts.accepted.tolist())
     for row in verdicts.resolved.tolist():
         st = owners[row]
         if st is not None:
-            out.append(alert(st, "resolved", warm=True))
+            # Resolved by accepting a new level: say so, with the level now followed.
+            extra = {"reason": "new_level", "new_level": f"{float(lane.table.last_x[row, 0]):.6g}"} if row in accepted else None
+            out.append(alert(st, "resolved", warm=True, extra=extra))
     return out
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from service.config import Settings
+from service.config import Settings, StreamRules
 from service.metrics import Metrics
 from service.records import Alert, Forecast, Reading
 from service.runtime.registry import ModelRegistry
@@ -38,9 +38,10 @@ from service.streams.inbox import Inbox
 from service.streams.lane import Stream
 from service.streams.predict import predict as predict_history
 from service.streams.resample_batch import Batch, BatchResampler
+from service.streams.rules import ResolvedRules, resolve
 from service.streams.slots import StreamSlots
 from service.streams.status import ForecastLookup, ModelInfo, StreamStatus
-from service.streams.table import Stepped
+from service.streams.table import Expected, Stepped
 from service.streams.warmup import Read, Warmup
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Engine:
         metrics: Metrics,
         on_alert: Callable[[Alert], None] | None = None,
         on_forecast: Callable[[Forecast], None] | None = None,
+        stream_rules: Callable[[str], StreamRules | None] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -70,7 +72,11 @@ class Engine:
         self._checkpoint_lock = threading.Lock()
         self._inbox = Inbox(settings.streams.max_buffered, metrics)
         self._warm = Warmup(settings, store, self._drop_firing)
-        self._slots = StreamSlots(settings, registry, metrics, self._warm, self._drop_firing)
+        # Per-stream alert rules: set over the API (``set_rules``) or looked up by id
+        # (``stream_rules``: the persisted ones) when a stream appears.
+        self._stream_rules = stream_rules
+        self._own_rules: dict[str, StreamRules | None] = {}
+        self._slots = StreamSlots(settings, registry, metrics, self._warm, self._drop_firing, self._configure)
         self._resampler = BatchResampler(settings, metrics)
         self._lanes = self._slots.lanes  # the slots' dicts, under shorter names
         self._streams = self._slots.streams
@@ -129,12 +135,17 @@ class Engine:
             for st in batch.restarts:  # a gap too long to bridge: the stream starts over
                 self._drop_firing(st, "gap")
                 lane.reset(np.array([st.row], np.intp))
-            stepped = self._step(batch)
+            pre = lane.table.expect(batch.rows)
+            gate = lane.anomaly.gate(batch.rows, batch.x, pre)  # evidence; anomalies kept out of the state
+            stepped = self._step(batch, gate.x, pre)  # kept-out readings are fed as missing
             if stepped is None:
                 continue
             if stepped.restarted.size:  # a non-finite state: those streams start over
                 self._emit(emit.resolutions(lane, stepped.restarted, "restart"))
-            verdicts = lane.anomaly.assess(stepped)  # score, decide
+            verdicts = lane.anomaly.assess(stepped, gate)  # decide
+            if verdicts.accepted.size:  # a new level: re-baseline from the recent readings
+                acc = verdicts.accepted
+                lane.table.replay(acc, lane.anomaly.recent[acc], stepped.ts[np.isin(stepped.rows, acc)])
             if verdicts.fired.size or verdicts.resolved.size:
                 self._emit(emit.alerts(lane, verdicts))
             if self.on_forecast is not None and self.publish_forecasts:
@@ -146,11 +157,11 @@ class Engine:
             done += len(batch.rows)
         return done
 
-    def _step(self, batch: Batch) -> Stepped | None:
+    def _step(self, batch: Batch, x: npt.NDArray[np.float32], pre: Expected) -> Stepped | None:
         lane = batch.lane
         t0 = time.perf_counter()
         try:
-            stepped = lane.table.step(batch.rows, batch.buckets, batch.x)
+            stepped = lane.table.step(batch.rows, batch.buckets, x, pre, batch.x)
         except Exception:  # one model failing must not stop the others; its streams re-warm
             log.exception("model %s failed a step of %d streams: they re-warm", lane.model.key, len(batch.rows))
             self.metrics.model_errors.inc()
@@ -255,6 +266,37 @@ class Engine:
             if st is None:
                 raise KeyError(stream_id)
             st.lane.anomaly.decider.set_threshold(st.row, threshold)
+
+    # ------------------------------------------------------------ per-stream rules
+
+    def _own(self, stream_id: str) -> StreamRules | None:
+        if stream_id in self._own_rules:
+            return self._own_rules[stream_id]
+        return None if self._stream_rules is None else self._stream_rules(stream_id)
+
+    def _resolved(self, st: Stream) -> ResolvedRules:
+        m = st.lane.model.manifest
+        return resolve(self.settings.anomaly, st.binding_rules, self._own(st.id), m.features, m.cadence_s)
+
+    def _configure(self, st: Stream) -> None:
+        st.lane.configure(np.array([st.row], np.intp), [self._resolved(st)])
+
+    def set_rules(self, stream_id: str, rules: StreamRules | None) -> None:
+        """The stream's own alert rules (None: inherit the binding's and the settings').
+        Applies now to a known stream, and when an unknown one appears."""
+        with self._lock:
+            self._own_rules[stream_id] = rules
+            st = self._streams.get(stream_id)
+            if st is not None:
+                self._configure(st)
+
+    def rules_of(self, stream_id: str) -> tuple[StreamRules | None, ResolvedRules] | None:
+        """(own rules, effective rules) of a known stream; None when unknown."""
+        with self._lock:
+            st = self._streams.get(stream_id)
+            if st is None:
+                return None
+            return self._own(stream_id), self._resolved(st)
 
     # ------------------------------------------------------------ stateless predict
 

@@ -15,6 +15,8 @@ one. Export and import cover every stage, under the array names checkpoints use.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from service.arrays import Arrays, Col, IntArr, RowArrays
@@ -24,6 +26,7 @@ from service.runtime.registry import LoadedModel
 from service.streams.anomaly_stage import AnomalyStage
 from service.streams.binding import Route
 from service.streams.resample import Positions, Resampler
+from service.streams.rules import ResolvedRules
 from service.streams.table import ModelTable
 
 
@@ -92,6 +95,10 @@ class Lane(RowArrays):
         for stage in (self.table, self.anomaly, self.pos):
             stage.clear(rows)
 
+    def configure(self, rows: IntArr, rules: Sequence[ResolvedRules]) -> None:
+        """Each stage takes its part of the streams' effective alert rules."""
+        self.anomaly.configure(rows, rules)
+
     def export_rows(self, rows: IntArr) -> Arrays:
         """Copies of every stage's saved arrays at ``rows`` (checkpoints, eviction)."""
         return {**self.table.export(rows), **self.anomaly.export(rows), **self.pos.export(rows)}
@@ -115,11 +122,12 @@ class Lane(RowArrays):
 class Stream:
     """Mutable per-stream bookkeeping (the numbers live in the lane's arrays)."""
 
-    __slots__ = ("id", "key", "keys", "lane", "multivariate", "res", "row", "ticket")
+    __slots__ = ("binding_rules", "id", "key", "keys", "lane", "multivariate", "res", "row", "ticket")
 
     def __init__(self, sid: str, key: StreamKey, rt: Route, lane: Lane) -> None:
         self.id = sid
         self.multivariate = rt.multivariate
+        self.binding_rules = rt.rules
         # The stream's own key: a multivariate (device) stream's quantity is "*"; its
         # readings come under one key per feature (``keys``, in feature order).
         self.key = StreamKey(key.device, "*", key.tags) if rt.multivariate else key

@@ -92,12 +92,14 @@ class StreamSlots:
         metrics: Metrics,
         warm: WarmupHooks,
         resolve: Callable[[Stream, str], None],
+        configure: Callable[[Stream], None] | None = None,
     ) -> None:
         s = settings.streams
         self.settings = settings
         self.registry = registry
         self.warm = warm
         self._resolve = resolve  # emits "resolved" for a firing stream that leaves (reason)
+        self._configure = configure  # gives a new stream its effective alert rules
         self.lanes: dict[str, Lane] = {}  # "model@version" -> its lane
         self.by_uid: dict[int, Lane] = {}
         self.streams: dict[str, Stream] = {}
@@ -158,6 +160,8 @@ class StreamSlots:
     def _add(self, key: StreamKey, rt: Route) -> Stream:
         lane = self.lane_for(rt.model)
         st = Stream(rt.stream_id, key, rt, lane)
+        if self._configure is not None:
+            self._configure(st)
         self.streams[st.id] = st
         self._per_device[st.device] = self._per_device.get(st.device, 0) + 1
         self.members += 1

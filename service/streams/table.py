@@ -30,7 +30,17 @@ log = logging.getLogger(__name__)
 # Rows per ONNX call: per-stream cost is lowest at B ~ 256-512 (activations stay in cache;
 # measured here: 2.6 us/stream at 512 vs 3.8 us at 10,000).
 MAX_CALL_BATCH = 512
+AHEAD = 4  # forecast steps handed to the anomaly stage's multi-step evidence
 _NAN = float("nan")
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What the rows' latest forecasts say about the step about to be fed."""
+
+    expected: F64  # (B, Fo) the forecast for this step, made before it
+    scale: F64 | None  # (B, Fo) its predicted spread (probabilistic models)
+    was_warm: npt.NDArray[np.bool_]  # (B,) that forecast came from a warm model
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +54,8 @@ class Stepped:
     scale: F64 | None  # (B, Fo) its predicted spread (probabilistic models)
     was_warm: npt.NDArray[np.bool_]  # (B,) that forecast came from a warm model
     restarted: IntArr  # rows whose state turned non-finite: reset, warm-up starts over
+    ahead: F64  # (B, AHEAD, Fo) the forecasts now held for the next AHEAD steps (NaN beyond H)
+    ahead_scale: F64 | None  # (B, AHEAD, Fo) their predicted spread (probabilistic models)
 
 
 class ModelTable(RowArrays):
@@ -57,7 +69,7 @@ class ModelTable(RowArrays):
     ring_ts = Col(np.int64, ("window",), 0, reset=False)  # (N, L)
     warm_have = Col(np.int64, fill=0)
     last_bucket = Col(np.int64, fill=-1, reset=False)  # the last bucket fed
-    last_x = Col(np.float32, ("n_in",), _NAN)  # (N, F) the values fed last
+    last_x = Col(np.float32, ("n_in",), _NAN)  # (N, F) the values read last (fed, unless kept out)
 
     def __init__(self, model: LoadedModel, window_every: int = 1) -> None:
         m = model.manifest
@@ -108,14 +120,24 @@ class ModelTable(RowArrays):
             self.version += 1
 
     # -- stepping -------------------------------------------------------------------------
-    def step(self, rows: IntArr, buckets: I64, x: F32) -> Stepped:
-        """Advance distinct ``rows`` (B,) by one bucket each with inputs ``x`` (B, F)."""
-        ts = buckets * self.cadence_ns  # (B,) step timestamps
-        was_warm = self.warm_have[rows] >= self.warm_need
-        # The latest forecast's value for this bucket, and its spread.
+    def expect(self, rows: IntArr) -> Expected:
+        """The latest forecasts' values for the next step of ``rows`` (read before stepping)."""
         age = self.fc_age[rows] if self.window_every > 1 else 0
         expected = self.fc[rows, age, :].astype(np.float64)  # (B, Fo)
-        prev_scale = self.sc[rows, age, :].astype(np.float64) if self.has_scale else None
+        scale = self.sc[rows, age, :].astype(np.float64) if self.has_scale else None
+        return Expected(expected, scale, self.warm_have[rows] >= self.warm_need)
+
+    def step(
+        self, rows: IntArr, buckets: I64, x: F32, pre: Expected | None = None, read: F32 | None = None
+    ) -> Stepped:
+        """Advance distinct ``rows`` (B,) by one bucket each with inputs ``x`` (B, F)
+        (NaN: missing; the anomaly stage masks readings it keeps out of the state).
+        ``pre``: ``expect(rows)`` when the caller read it already; ``read``: the readings
+        as read when ``x`` masks some (``last_x`` reports those)."""
+        ts = buckets * self.cadence_ns  # (B,) step timestamps
+        pre = self.expect(rows) if pre is None else pre
+        was_warm, expected, prev_scale = pre.was_warm, pre.expected, pre.scale
+        age = self.fc_age[rows] if self.window_every > 1 else 0
         due = rows
         if self.window is not None:
             # Shift each ring left by one and append x: (B, L, F).
@@ -161,5 +183,53 @@ class ModelTable(RowArrays):
             self.reset(restarted)  # after the write above: the poisoned forecast goes too, warm-up restarts at 0
             log.warning("model %s returned a non-finite state for %d streams: they re-warm",
                         self.model.key, restarted.size)
-        self.last_x[rows] = x
-        return Stepped(rows, ts, x, expected, prev_scale, was_warm, restarted)
+        self.last_x[rows] = x if read is None else read
+        ahead, ahead_scale = self.ahead(rows)
+        return Stepped(rows, ts, x, expected, prev_scale, was_warm, restarted, ahead, ahead_scale)
+
+    def ahead(self, rows: IntArr) -> tuple[F64, F64 | None]:
+        """(B, AHEAD, Fo): the rows' forecasts for the next AHEAD steps (window models read
+        their latest forecast at its age), NaN beyond the horizon; and their scale."""
+        idx = np.arange(AHEAD)[None, :] + (self.fc_age[rows][:, None] if self.window_every > 1 else 0)
+        idx = np.broadcast_to(idx, (len(rows), AHEAD))
+        at = (rows[:, None], np.minimum(idx, self.horizon - 1))
+        out: F64 = self.fc[at].astype(np.float64)
+        out[idx >= self.horizon] = np.nan
+        if not self.has_scale:
+            return out, None
+        sc: F64 = self.sc[at].astype(np.float64)
+        sc[idx >= self.horizon] = np.nan
+        return out, sc
+
+    def replay(self, rows: IntArr, xs: F32, ts: I64) -> None:
+        """Re-baseline ``rows``: run the model over ``xs`` (B, R, F), the rows' recent
+        readings, from their current state (step models), or put them at the end of the
+        window (window models); the forecasts then start from the new level. Warm-up,
+        buckets and time are unchanged (time features use ``ts``, the latest step's)."""
+        if rows.size == 0:
+            return
+        self.version += 1
+        try:
+            if self.window is None:
+                tf = time_features(ts, self.tf_names) if self.tf_names else None
+                state = self.state[rows]
+                fc = sc = None
+                for r in range(xs.shape[1]):
+                    fc, sc, state = self.runtime.step(xs[:, r], state, tf)
+                if fc is not None and np.isfinite(state).all():
+                    self.state[rows] = state
+                    self.fc[rows] = fc
+                    if sc is not None:
+                        self.sc[rows] = sc
+            else:
+                k = min(xs.shape[1], self.window)
+                self.ring[rows, -k:] = xs[:, -k:]
+                tfw = time_features(self.ring_ts[rows], self.tf_names) if self.tf_names else None
+                fc, sc = self.runtime.window(self.ring[rows], tfw)
+                self.fc[rows] = fc
+                if sc is not None:
+                    self.sc[rows] = sc
+                if self.window_every > 1:
+                    self.fc_age[rows] = 0
+        finally:
+            self.version += 1

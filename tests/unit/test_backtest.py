@@ -32,7 +32,7 @@ def _data(n: int = 200) -> tuple[list[int], np.ndarray]:
 def test_rows_match_the_live_engine(tmp_path: Path) -> None:
     write_model(tmp_path / "models", SPEC)
     ts, v = _data()
-    settings = settings_for(tmp_path, tmp_path / "models", anomaly={"min_count": 1, "window": 1})
+    settings = settings_for(tmp_path, tmp_path / "models", anomaly={"min_count": 1, "window": 1, "threshold": 0.9999})
     rows = backtest_frame(tmp_path / "models", "bt", ts, [[x] for x in v], ["value"], settings)
     assert len(rows) == len(ts)
     assert rows[0].status == "warming" and rows[0].score is None

@@ -75,7 +75,9 @@ def test_live_forecast_equals_stateless_predict(tmp_path: Path, jitter: bool) ->
 def test_multivariate_and_window_models(tmp_path: Path) -> None:
     mv = KitSpec(name="mv", features=("t", "h"), hidden=8, warmup_steps=3)
     win = KitSpec(name="win", kind="window", window=6, features=("p",), hidden=8)
-    eng, _, _ = make(tmp_path, mv, win)
+    # predict() has no anomaly gate: it equals the live path when no reading was kept out
+    # of the state, which the spread scorer never does (the toy model's scale is tiny).
+    eng, _, _ = make(tmp_path, mv, win, anomaly={"scorer": "spread"})
     vals = signal(30)
     for i, v in enumerate(vals):
         ts = T0 + i * C
@@ -164,15 +166,17 @@ def test_checkpoint_of_changed_model_is_ignored(tmp_path: Path) -> None:
     assert again.restore() == 0
 
 
-def test_alert_on_a_later_step_names_the_onset(tmp_path: Path) -> None:
+def test_a_spike_fires_on_the_spike_reading_and_names_it(tmp_path: Path) -> None:
     eng, alerts, _ = make(tmp_path, STEP, anomaly={"min_count": 2, "window": 3, "cooldown_s": 0})
     vals = signal(80)
-    vals[60] += 50  # a spike: the step after it (back to normal) is surprising too
+    vals[60] += 50  # extreme evidence: fires on the reading itself, M of N is for borderline evidence
     feed(eng, StreamKey("dev", "value"), vals)
     firing = [a for a in alerts if a.state == "firing"]
-    assert firing and firing[0].ts_ns == T0 + 61 * C
-    extra = firing[0].extra
-    assert float(extra["onset_value"]) == pytest.approx(vals[60], rel=1e-5)
+    assert firing and firing[0].ts_ns == T0 + 60 * C and firing[0].kind == "spike"
+    a = firing[0]
+    assert a.value == pytest.approx(vals[60], rel=1e-5) and a.onset_value == pytest.approx(vals[60], rel=1e-5)
+    assert a.onset_ns == T0 + 60 * C and abs(a.onset_expected - vals[59]) < 10  # the pre-spike level
+    extra = a.extra
     assert float(extra["onset_score"]) >= 0.99
     assert datetime.fromisoformat(extra["onset_time"]).timestamp() * 10**9 == pytest.approx(T0 + 60 * C)
 
@@ -390,7 +394,9 @@ def _registry_with(tmp: Path, step) -> tuple[Engine, Metrics]:  # type: ignore[n
         return OrtRuntime(folder, manifest)
 
     metrics = Metrics()
-    return Engine(settings_for(tmp, models), ModelRegistry(models, factory=factory), None, metrics), metrics
+    # The spread scorer feeds every reading: these models must see the value that breaks them.
+    settings = settings_for(tmp, models, anomaly={"scorer": "spread"})
+    return Engine(settings, ModelRegistry(models, factory=factory), None, metrics), metrics
 
 
 def test_a_failing_model_does_not_stop_the_others(tmp_path: Path) -> None:
@@ -561,7 +567,8 @@ def test_window_models_recompute_on_their_interval(tmp_path: Path, every: int) -
 
     models = tmp_path / "models"
     write_model(models, KitSpec(name="w", kind="window", window=4, warmup_steps=4, horizon=4, features=("va",)))
-    settings = settings_for(tmp_path, models, streams={"window_every": every})
+    # The spread scorer feeds every reading (this model's forecasts fall ever further behind).
+    settings = settings_for(tmp_path, models, streams={"window_every": every}, anomaly={"scorer": "spread"})
     registry = ModelRegistry(models, factory=lambda folder, m: FunctionRuntime(m, window=trend))
     eng = Engine(settings, registry, None, Metrics())
     key = StreamKey("d", "va")

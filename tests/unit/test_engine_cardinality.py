@@ -149,7 +149,8 @@ def test_evicted_stream_returns_with_the_forecast_it_would_have_had(tmp_path: Pa
 @pytest.mark.parametrize(
     ("spec", "anomaly"),
     [
-        (KitSpec(name="m", features=("t", "h"), hidden=8, warmup_steps=3), {}),  # multivariate: one device stream
+        # multivariate: one device stream (a toy model: a threshold it never reaches, so it is evicted)
+        (KitSpec(name="m", features=("t", "h"), hidden=8, warmup_steps=3), {"threshold": 1 - 1e-12}),
         (KitSpec(name="m", kind="window", window=6, features=("t",), hidden=8), {}),  # a ring of inputs per row
         (STEP, {"scorer": "surprise"}),  # the other scorer's per-row state
     ],
