@@ -12,8 +12,9 @@
                                                    │                             │
                                            on_forecast                       on_alert
                                                    v                             v
-                                AlertPublisher.publish_forecast     AlertPublisher.publish_alert
-                                (QoS 0, when a topic is set)        (outbox, QoS 1, retained state)
+                                AlertPublisher.publish_forecast     AlertLog.append (history, queued), then
+                                (QoS 0, when a topic is set)        AlertPublisher.publish_alert
+                                                                    (outbox, QoS 1, retained state)
 
     POST /v1/readings ──> Decoder ──> Ingester.submit (the same durable path as MQTT)
 
@@ -27,6 +28,13 @@ with its own interpreter lock. ``start`` brings parts up in flow order from the 
 (publisher first, so no alert is emitted into nothing); ``stop`` stops intake first,
 then flushes, checkpoints and closes.
 
+The inference role also opens the stream settings (``streams.settings_path``: each
+stream's own alert rules, handed to the engine as ``stream_rules``) and the alert history
+(``alerts.history_path``, read by ``GET /v1/alerts``). A history file that cannot be
+opened leaves the service running without history (``history_error`` says why); stream
+settings that cannot be opened stop the start, since alerting by other rules than those
+configured would go unnoticed.
+
 ``liveness()`` names the threads this process runs and whether each is alive; a
 ``Watchdog`` (service/watchdog.py) checks them while the pipeline runs and calls
 ``on_fatal`` on the first dead one (``serve`` and ``ingest`` then exit with code 70).
@@ -35,18 +43,19 @@ then flushes, checkpoints and closes.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from service.alerts.publisher import AlertPublisher
-from service.config import Settings
+from service.config import Settings, StreamRules
 from service.connwatch import ConnectionWatch, pipeline_checks
+from service.errors import ConfigError
 from service.metrics import Metrics
 from service.mqtt import parse_broker_url
 from service.records import Alert, Forecast, Reading
+from service.store.alertlog import AlertLog, HistoryError
 from service.store.base import Store
+from service.store.streamsettings import SettingsStoreError, StreamSettings
 from service.watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -56,6 +65,8 @@ if TYPE_CHECKING:
     from service.ingest.refusals import RefusalReporter
     from service.ingest.writer import Sink
     from service.runtime.registry import ModelRegistry
+    from service.streams.rules import ResolvedRules
+    from service.streams.runner import TickOnArrival
     from service.streams.status import ForecastLookup, ModelInfo, StreamStatus
 
 log = logging.getLogger(__name__)
@@ -82,6 +93,8 @@ class EngineLike(Protocol):
     def models(self) -> Sequence[ModelInfo]: ...
     def reload_models(self) -> Mapping[str, list[str] | dict[str, str]]: ...
     def recent_alerts(self, limit: int = 100, stream: str | None = None, state: str | None = None) -> Sequence[Alert]: ...
+    def set_rules(self, stream_id: str, rules: StreamRules | None) -> None: ...
+    def rules_of(self, stream_id: str) -> tuple[StreamRules | None, ResolvedRules] | None: ...
     def checkpoint(self) -> int: ...
     def restore(self) -> int: ...
     def close(self) -> None: ...
@@ -114,58 +127,6 @@ class DecoderLike(Protocol):
     def decode(self, topic: str, payload: bytes, received_ns: int) -> DecodeResult: ...
 
 
-class TickOnArrival:
-    """Tick the engine when readings arrive (after ``streams.gather_s``), not at the runner's
-    next period.
-
-    Saves ``streams.tick_s / 2`` on average between a reading and its alert (25 ms with the
-    default 50 ms). The runner still ticks on the clock (buckets that fall due with no new
-    reading), checkpoints and reloads; ``Engine.tick`` is serialised by the engine's lock.
-    Its own thread, so MQTT intake never waits for a model step.
-    """
-
-    def __init__(self, engine: EngineLike, gather_s: float = 0.0) -> None:
-        self._engine = engine
-        self._gather_s = gather_s
-        self._arrived = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def feed(self, readings: Sequence[Reading]) -> None:
-        """The ingester's sink (called per MQTT message): hand over, then wake the ticker."""
-        self._engine.accept(readings)
-        if not self._arrived.is_set():  # set() takes a lock and notifies: not once per message
-            self._arrived.set()
-
-    def start(self) -> None:
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name="engine-on-arrival", daemon=True)
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._arrived.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _run(self) -> None:
-        while True:
-            self._arrived.wait()
-            if self._stopping.is_set():
-                return
-            if self._gather_s:  # let a burst gather: one batched step, not one per message
-                time.sleep(self._gather_s)
-            self._arrived.clear()
-            try:
-                self._engine.tick()
-            except Exception:  # the runner keeps ticking; this one must not die either
-                log.exception("engine tick on arrival failed")
-
-
 class Pipeline:
     """The running parts of one process, wired together; the API reads from it."""
 
@@ -183,6 +144,8 @@ class Pipeline:
         ticker: TickOnArrival | None = None,
         closers: Sequence[Callable[[], object]] = (),
         intake: MqttSource | None = None,
+        alert_log: AlertLog | None = None,
+        stream_settings: StreamSettings | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -195,6 +158,9 @@ class Pipeline:
         self.runner = runner
         self.ticker = ticker
         self.intake = intake
+        self.alert_log = alert_log
+        self.history_error: str | None = None  # why there is no alert history, when there is none
+        self.stream_settings = stream_settings
         self._closers = list(closers)
         self.started = False
         # Called (from the watchdog's thread) with the names of dead threads; None: log only.
@@ -204,9 +170,18 @@ class Pipeline:
 
     # -- the callbacks the engine is given ------------------------------------------
     def on_alert(self, alert: Alert) -> None:
-        """Engine -> log and MQTT. Never raises into the engine's loop: the alert is already listed."""
+        """Engine -> log, history and MQTT. Never raises into the engine's loop: the alert is already listed.
+
+        The history is handed the alert first, but only queued: its writer commits it within
+        milliseconds, off the engine's tick (see service/store/alertlog.py).
+        """
         log.info("alert %s %s: value %.6g, expected %.6g, score %.4g", alert.stream_id, alert.state, alert.value,
                  alert.expected, alert.score)
+        if self.alert_log is not None:
+            try:
+                self.alert_log.append(alert)
+            except Exception:
+                log.exception("could not queue alert for %s (%s) in the history", alert.stream_id, alert.state)
         if self.publisher is None:
             return
         try:
@@ -240,9 +215,13 @@ class Pipeline:
             pipe._closers.append(pipe.store.close)
         live: list[Sink] = []  # who sees each reading as soon as it is decoded
         if "inference" in roles:
+            pipe._open_alert_stores()
             if settings.alerts.enabled:
                 pipe.publisher = AlertPublisher(settings.mqtt, settings.alerts)
-            pipe.engine, pipe.runner = _build_engine(settings, pipe.store, metrics, pipe.on_alert, pipe.on_forecast)
+            pipe.engine, pipe.runner = _build_engine(settings, pipe.store, metrics, pipe.on_alert, pipe.on_forecast,
+                                                     pipe.stream_settings)
+            from service.streams.runner import TickOnArrival
+
             pipe.ticker = TickOnArrival(pipe.engine, settings.streams.gather_s)
             live.append(pipe.ticker.feed)
         if "ingest" in roles:
@@ -257,6 +236,22 @@ class Pipeline:
                 live=live, client_id=f"{settings.mqtt.client_id}-inference", metrics=metrics,
             )
         return pipe
+
+    def _open_alert_stores(self) -> None:
+        alerts = self.settings.alerts
+        try:
+            self.stream_settings = StreamSettings(self.settings.streams.settings_path)
+        except SettingsStoreError as e:
+            raise ConfigError(str(e)) from e
+        self._closers.append(self.stream_settings.close)
+        try:
+            self.alert_log = AlertLog(alerts.history_path, alerts.history_max_rows, alerts.history_max_days * 86_400.0)
+        except HistoryError as e:
+            self.history_error = str(e)
+            log.error("%s; running without alert history (alerts are still published)", e)
+            return
+        # Closed after the engine (in stop): its last tick's alerts are written too.
+        self._closers.append(self.alert_log.close)
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -294,6 +289,8 @@ class Pipeline:
             out["engine tick on arrival"] = self.ticker.alive()
         if self.runner is not None:
             out["engine runner"] = self.runner.running
+        if self.alert_log is not None:
+            out["alert history writer"] = self.alert_log.alive()
         return out
 
     def _threads_died(self, dead: list[str]) -> None:
@@ -379,13 +376,15 @@ def _build_engine(
     metrics: Metrics,
     on_alert: Callable[[Alert], None],
     on_forecast: Callable[[Forecast], None],
+    stream_settings: StreamSettings | None = None,
 ) -> tuple[EngineLike, RunnerLike]:
     from service.runtime.registry import ModelRegistry
     from service.streams.engine import Engine
     from service.streams.runner import EngineRunner
 
     registry = ModelRegistry(settings.models.dir, settings.models.threads, metrics)
-    engine = Engine(settings, registry, store, metrics, on_alert=on_alert, on_forecast=on_forecast)
+    engine = Engine(settings, registry, store, metrics, on_alert=on_alert, on_forecast=on_forecast,
+                    stream_rules=None if stream_settings is None else stream_settings.get)
     # Building a Forecast per stream-step cost ~25% of the engine thread at 3k readings/s
     # (py-spy): only when forecasts go to MQTT.
     engine.publish_forecasts = settings.alerts.forecast_topic is not None

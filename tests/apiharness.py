@@ -14,7 +14,9 @@ from service.config import Settings
 from service.metrics import Metrics
 from service.pipeline import Pipeline, build_ingester
 from service.records import Alert, Forecast, StreamKey
+from service.store.alertlog import AlertLog
 from service.store.memory import MemoryStore
+from service.store.streamsettings import StreamSettings
 from tests.apitwin import TwinEngine, TwinStatus
 
 T0 = 1_700_000_000_000_000_000
@@ -28,6 +30,8 @@ class Harness:
     store: MemoryStore
     metrics: Metrics
     pipeline: Pipeline
+    alert_log: AlertLog
+    stream_settings: StreamSettings
 
 
 def populated_twin() -> TwinEngine:
@@ -66,10 +70,16 @@ def harness(tmp: Path, **api: object) -> Iterator[Harness]:
     engine = populated_twin()
     store = MemoryStore()
     ingester = build_ingester(settings, store, metrics, sinks=[engine.accept], mqtt=False)
-    pipeline = Pipeline(settings, metrics, store=store, engine=engine, ingester=ingester, decoder=ingester.decoder)
+    alert_log = AlertLog(tmp / "alerts.sqlite")
+    for alert in engine.alerts:  # the history the alert routes read
+        alert_log.append(alert)
+    assert alert_log.flush()
+    rules = StreamSettings(tmp / "stream_settings.sqlite")
+    pipeline = Pipeline(settings, metrics, store=store, engine=engine, ingester=ingester, decoder=ingester.decoder,
+                        alert_log=alert_log, stream_settings=rules, closers=[alert_log.close, rules.close])
     pipeline.start()
     try:
         with TestClient(create_app(settings, pipeline=pipeline), raise_server_exceptions=False) as client:
-            yield Harness(client, engine, store, metrics, pipeline)
+            yield Harness(client, engine, store, metrics, pipeline, alert_log, rules)
     finally:
         pipeline.stop()

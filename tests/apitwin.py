@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from service.config import AnomalySettings, StreamRules
 from service.errors import ModelError
 from service.records import Alert, Forecast, Reading
 from service.runtime.manifest import Manifest
+from service.streams.rules import ResolvedRules, resolve
 from service.streams.status import ForecastLookup, ModelInfo
 
 
@@ -62,6 +64,8 @@ class TwinEngine:
     reloads: int = 0
     registry: TwinRegistry = field(default_factory=lambda: TwinRegistry())
     busy: bool = False  # lookup_forecast answers "a write overlapped": the route must take the locked path
+    own_rules: dict[str, StreamRules | None] = field(default_factory=dict)
+    refuse_rules: str | None = None  # set_rules raises ValueError with this text (rules the model cannot take)
 
     def accept(self, readings: Sequence[Reading]) -> None:
         self.accepted.extend(readings)
@@ -126,6 +130,17 @@ class TwinEngine:
     def recent_alerts(self, limit: int = 100, stream: str | None = None, state: str | None = None) -> list[Alert]:
         out = [a for a in self.alerts if (stream is None or a.stream_id == stream) and (state is None or a.state == state)]
         return out[-limit:]
+
+    def set_rules(self, stream_id: str, rules: StreamRules | None) -> None:
+        if self.refuse_rules is not None:
+            raise ValueError(self.refuse_rules)
+        self.own_rules[stream_id] = rules
+
+    def rules_of(self, stream_id: str) -> tuple[StreamRules | None, ResolvedRules] | None:
+        if stream_id not in self.statuses:
+            return None
+        own = self.own_rules.get(stream_id)
+        return own, resolve(AnomalySettings(), None, own, ["value"], 60.0)
 
     def checkpoint(self) -> None: ...
     def restore(self) -> None: ...

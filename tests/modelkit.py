@@ -22,9 +22,9 @@ def settings_for(tmp: Path, models_dir: Path, **groups: dict[str, Any]) -> Setti
     """Settings with the models dir and every state path under ``tmp``."""
     data: dict[str, Any] = {
         "models": {"dir": str(models_dir), "watch": False},
-        "streams": {"checkpoint_dir": str(tmp / "state")},
+        "streams": {"checkpoint_dir": str(tmp / "state"), "settings_path": str(tmp / "stream_settings.sqlite")},
         "store": {"url": "memory://", "spool_dir": str(tmp / "spool")},
-        "alerts": {"outbox_dir": str(tmp / "outbox")},
+        "alerts": {"outbox_dir": str(tmp / "outbox"), "history_path": str(tmp / "alerts.sqlite")},
     }
     for group, values in groups.items():
         data.setdefault(group, {}).update(values)

@@ -348,8 +348,8 @@ def _run(args: argparse.Namespace, model: DemoModel, data: Path, stop: threading
             "bindings": [{"model": model.name, "version": model.version}],
             "watch": False,
         },
-        "streams": {"checkpoint_dir": data / "state"},
-        "alerts": {"outbox_dir": data / "outbox"},
+        "streams": {"checkpoint_dir": data / "state", "settings_path": data / "stream_settings.sqlite"},
+        "alerts": {"outbox_dir": data / "outbox", "history_path": data / "alerts.sqlite"},
         "anomaly": {"cooldown_s": 20.0},
         "api": {"host": args.host, "port": port},
     }

@@ -49,7 +49,8 @@ DESCRIPTION = """\
 Forecasts and anomaly alerts for sensor streams. Stream ids are `device/quantity`
 (plus `;tag=value` pairs) and are used as they are in paths: `/v1/streams/pump-1/temperature`.
 When API keys are configured, send one in the `X-API-Key` header: reading routes need the
-read or write key, mutating routes (`POST /v1/readings`, `POST /v1/models/reload`) the write key.
+read or write key, mutating routes (`POST /v1/readings`, `POST /v1/models/reload`, `PUT`/`DELETE
+/v1/streams/{id}/settings`) the write key.
 """
 
 

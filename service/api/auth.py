@@ -85,8 +85,8 @@ def check_exposure(api: ApiSettings, keys: ApiKeys) -> None:
     """Refuse to serve open write routes beyond loopback unless ``api.allow_open``."""
     if "write" in keys.open_scopes() and not is_loopback(api.host) and not api.allow_open:
         raise ConfigError(
-            f"the API would bind {api.host!r} (not loopback) with no API key, leaving POST /v1/readings and "
-            "POST /v1/models/reload open to anyone who can reach it. Set SENSORCAST_API__API_KEY_FILE (and "
+            f"the API would bind {api.host!r} (not loopback) with no API key, leaving POST /v1/readings, "
+            "POST /v1/models/reload and PUT /v1/streams/{id}/settings open to anyone who can reach it. Set SENSORCAST_API__API_KEY_FILE (and "
             "SENSORCAST_API__READ_KEY_FILE) to key files, bind 127.0.0.1 behind a proxy, or set "
             "SENSORCAST_API__ALLOW_OPEN=true if this network is trusted"
         )

@@ -4,6 +4,8 @@ Every ``streams.tick_s`` it ticks; every ``streams.checkpoint_interval_s`` it ch
 with ``models.watch`` it stats the models directory every ``watch_interval_s`` and hot
 reloads when files changed. An exception in one tick is logged and the loop goes on.
 ``stop()`` runs a last tick and writes a final checkpoint.
+
+``TickOnArrival`` ticks the same engine as soon as readings arrive (the pipeline feeds it).
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
+from typing import Protocol
 
+from service.records import Reading
 from service.streams.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -74,3 +79,60 @@ class EngineRunner:
             self.engine.tick()
         finally:
             self.engine.checkpoint()
+
+
+class Tickable(Protocol):
+    def accept(self, readings: Sequence[Reading]) -> None: ...
+    def tick(self, now_ns: int | None = None) -> int: ...
+
+
+class TickOnArrival:
+    """Tick the engine when readings arrive (after ``streams.gather_s``), not at the runner's
+    next period.
+
+    Saves ``streams.tick_s / 2`` on average between a reading and its alert (25 ms with the
+    default 50 ms). The runner still ticks on the clock (buckets that fall due with no new
+    reading), checkpoints and reloads; ``Engine.tick`` is serialised by the engine's lock.
+    Its own thread, so MQTT intake never waits for a model step.
+    """
+
+    def __init__(self, engine: Tickable, gather_s: float = 0.0) -> None:
+        self._engine = engine
+        self._gather_s = gather_s
+        self._arrived = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def feed(self, readings: Sequence[Reading]) -> None:
+        """The ingester's sink (called per MQTT message): hand over, then wake the ticker."""
+        self._engine.accept(readings)
+        if not self._arrived.is_set():  # set() takes a lock and notifies: not once per message
+            self._arrived.set()
+
+    def start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="engine-on-arrival", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._arrived.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            self._arrived.wait()
+            if self._stopping.is_set():
+                return
+            if self._gather_s:  # let a burst gather: one batched step, not one per message
+                time.sleep(self._gather_s)
+            self._arrived.clear()
+            try:
+                self._engine.tick()
+            except Exception:  # the runner keeps ticking; this one must not die either
+                log.exception("engine tick on arrival failed")

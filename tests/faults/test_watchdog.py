@@ -31,7 +31,7 @@ from tools.localservers import Mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")]
 
-THREADS = ("mqtt intake", "store writer", "engine tick on arrival", "engine runner")
+THREADS = ("mqtt intake", "store writer", "engine tick on arrival", "engine runner", "alert history writer")
 
 
 def _boom(*args: object, **kwargs: object) -> Any:
@@ -72,6 +72,11 @@ def _kill(pipe: Pipeline, name: str) -> Callable[[], None]:
         def undo() -> None:
             ticker._engine = real
         return undo
+    if name == "alert history writer":
+        history: Any = pipe.alert_log
+        history._write = _boom  # the writer's loop guards Exception, not this
+        history.append(object())  # wake it with something to write
+        return lambda: None
     runner: Any = pipe.runner
     real = runner.engine
     runner.engine = _ExplodingEngine(real)
@@ -88,8 +93,8 @@ def pipeline(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[tuple[Pipeline, l
         mqtt={"url": mosquitto.url, "client_id": f"wd-{tmp_path.name}"},
         store={"url": f"sqlite:///{tmp_path / 'db.sqlite'}", "spool_dir": tmp_path / "spool"},
         models={"dir": kit_models(tmp_path / "models"), "watch": False},
-        streams={"checkpoint_dir": tmp_path / "state"},
-        alerts={"enabled": False},
+        streams={"checkpoint_dir": tmp_path / "state", "settings_path": tmp_path / "stream_settings.sqlite"},
+        alerts={"enabled": False, "history_path": tmp_path / "alerts.sqlite"},
         ingest={"topic": "wd/{device}/{quantity}"},
         watchdog={"interval_s": 0.2},
     )

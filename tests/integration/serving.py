@@ -56,6 +56,8 @@ class ServeProcess:
             "SENSORCAST_STREAMS__TICK_S": "0.01",
             "SENSORCAST_INGEST__BATCH_INTERVAL_S": "0.01",
             "SENSORCAST_ALERTS__OUTBOX_DIR": str(w / "outbox"),
+            "SENSORCAST_ALERTS__HISTORY_PATH": str(w / "alerts.sqlite"),
+            "SENSORCAST_STREAMS__SETTINGS_PATH": str(w / "stream_settings.sqlite"),
             "SENSORCAST_API__PORT": str(self.port),
             "SENSORCAST_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",

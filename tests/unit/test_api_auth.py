@@ -28,14 +28,19 @@ def h(tmp_path: Path) -> Iterator[Harness]:
 
 
 READS = [("GET", "/v1/streams"), ("GET", "/v1/streams/pump-1/temperature"), ("GET", "/v1/alerts"),
-         ("GET", "/v1/models"), ("GET", "/metrics"), ("GET", "/v1/streams/pump-1/temperature/forecast")]
-WRITES = [("POST", "/v1/models/reload"), ("POST", "/v1/readings")]
+         ("GET", "/v1/models"), ("GET", "/metrics"), ("GET", "/v1/streams/pump-1/temperature/forecast"),
+         ("GET", "/v1/streams/pump-1/temperature/settings")]
+WRITES = [("POST", "/v1/models/reload"), ("POST", "/v1/readings"), ("PUT", "/v1/streams/pump-1/temperature/settings"),
+          ("DELETE", "/v1/streams/pump-1/temperature/settings")]
+WRITE_ROUTES = ("PUT /v1/streams/{stream_id}/settings, DELETE /v1/streams/{stream_id}/settings, POST /v1/readings, "
+                "POST /v1/models/reload")
 READING = {"messages": [{"topic": "sensors/a/b", "payload": 1.0}]}
+BODIES = {"POST": READING, "PUT": {"threshold": 0.99}}
 
 
 @pytest.mark.parametrize(("method", "path"), READS + WRITES)
 def test_no_key_is_401(h: Harness, method: str, path: str) -> None:
-    r = h.client.request(method, path, json=READING if method == "POST" else None)
+    r = h.client.request(method, path, json=BODIES.get(method))
     assert r.status_code == 401 and r.headers["www-authenticate"] == "ApiKey"
 
 
@@ -47,9 +52,9 @@ def test_read_and_write_keys_open_reads(h: Harness, method: str, path: str) -> N
 
 @pytest.mark.parametrize(("method", "path"), WRITES)
 def test_read_key_on_write_route_is_403(h: Harness, method: str, path: str) -> None:
-    r = h.client.request(method, path, json=READING, headers={"X-API-Key": READ})
+    r = h.client.request(method, path, json=BODIES.get(method), headers={"X-API-Key": READ})
     assert r.status_code == 403 and "write scope" in r.json()["detail"]
-    ok = h.client.request(method, path, json=READING, headers={"X-API-Key": WRITE})
+    ok = h.client.request(method, path, json=BODIES.get(method), headers={"X-API-Key": WRITE})
     assert ok.status_code in (200, 202)
 
 
@@ -93,9 +98,9 @@ def test_read_key_alone_guards_writes_too(tmp_path: Path) -> None:
     (tmp_path / "read.key").write_text(READ)
     with harness(tmp_path, read_key_file=tmp_path / "read.key") as hh:
         for method, path in WRITES:
-            assert hh.client.request(method, path, json=READING).status_code == 401
-            assert hh.client.request(method, path, json=READING, headers={"X-API-Key": "x" + READ}).status_code == 401
-            ok = hh.client.request(method, path, json=READING, headers={"X-API-Key": READ})
+            assert hh.client.request(method, path, json=BODIES.get(method)).status_code == 401
+            assert hh.client.request(method, path, json=BODIES.get(method), headers={"X-API-Key": "x" + READ}).status_code == 401
+            ok = hh.client.request(method, path, json=BODIES.get(method), headers={"X-API-Key": READ})
             assert ok.status_code in (200, 202), ok.text
         assert hh.client.get("/v1/streams", headers={"X-API-Key": READ}).status_code == 200
         assert hh.client.get("/v1/streams").status_code == 401
@@ -117,12 +122,12 @@ def test_a_key_or_allow_open_lets_a_public_bind_start(tmp_path: Path, caplog: py
     (tmp_path / "w").write_text(WRITE)
     (tmp_path / "r").write_text(READ)
     create_app(settings_for(tmp_path, host="0.0.0.0", api_key_file=tmp_path / "w"))
-    assert "API on 0.0.0.0: write routes need the write key: POST /v1/readings, POST /v1/models/reload" in caplog.text
+    assert f"API on 0.0.0.0: write routes need the write key: {WRITE_ROUTES}" in caplog.text
     assert "API on 0.0.0.0: read routes are OPEN (no key configured): GET /v1/streams" in caplog.text
     caplog.clear()
     create_app(settings_for(tmp_path, host="0.0.0.0", read_key_file=tmp_path / "r"))
-    assert "write routes need the read key (no write key is set): POST /v1/readings" in caplog.text
+    assert f"write routes need the read key (no write key is set): {WRITE_ROUTES}" in caplog.text
     caplog.clear()
     create_app(settings_for(tmp_path, host="0.0.0.0", allow_open=True))
     opened = [r for r in caplog.records if r.levelname == "WARNING" and "write routes are OPEN" in r.getMessage()]
-    assert opened and "POST /v1/readings, POST /v1/models/reload" in opened[0].getMessage()
+    assert opened and WRITE_ROUTES in opened[0].getMessage()

@@ -31,6 +31,8 @@ def stack_env(workdir: Path, mqtt_url: str, store_url: str, models_dir: Path, po
         "SENSORCAST_STORE__SPOOL_DIR": str(workdir / "spool"),
         "SENSORCAST_STREAMS__CHECKPOINT_DIR": str(workdir / "state"),
         "SENSORCAST_ALERTS__OUTBOX_DIR": str(workdir / "outbox"),
+        "SENSORCAST_ALERTS__HISTORY_PATH": str(workdir / "alerts.sqlite"),
+        "SENSORCAST_STREAMS__SETTINGS_PATH": str(workdir / "stream_settings.sqlite"),
         "SENSORCAST_MODELS__DIR": str(models_dir),
         "SENSORCAST_API__HOST": "127.0.0.1",
         "SENSORCAST_API__PORT": str(port),

@@ -12,6 +12,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import EngineDep, ReadScope
+from service.api.routes import stream_settings
 from service.api.schemas import (
     LIST_DEFAULT,
     LIST_MAX,
@@ -23,7 +24,8 @@ from service.api.schemas import (
 from service.pipeline import EngineLike
 from service.streams.status import ForecastLookup
 
-router = APIRouter(prefix="/v1/streams", tags=["streams"], dependencies=[ReadScope])
+# Scopes per route: the settings routes below write.
+router = APIRouter(prefix="/v1/streams", tags=["streams"])
 _404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "Unknown stream."}}
 
 
@@ -41,6 +43,7 @@ _PAGE_HEADERS = {
 
 @router.get(
     "",
+    dependencies=[ReadScope],
     responses={200: {"description": "One page of streams, in id order.", "headers": _PAGE_HEADERS},
                422: {"model": ErrorOut, "description": "Invalid parameter or cursor."}},
 )
@@ -88,6 +91,7 @@ def _after(cursor: str | None) -> str | None:
 # holds it for a while (~0.2 s at 100k streams) and must never stall the event loop.
 @router.get(
     "/{stream_id:path}/forecast",
+    dependencies=[ReadScope],
     response_model=ForecastOut,
     responses={**_404, 409: {"model": ErrorOut, "description": "No forecast yet (warming up)."}},
 )
@@ -125,7 +129,11 @@ def _json(body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")
 
 
-@router.get("/{stream_id:path}", responses=_404)
+# GET/PUT/DELETE .../settings: before the plain stream route, for the same reason.
+router.include_router(stream_settings.router)
+
+
+@router.get("/{stream_id:path}", dependencies=[ReadScope], responses=_404)
 def get_stream(stream_id: str, engine: EngineDep) -> StreamOut:
     """One stream: state, warm-up, last value and score."""
     status = engine.stream(stream_id)
