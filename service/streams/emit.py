@@ -16,6 +16,8 @@ from service.arrays import IntArr
 from service.records import NS_PER_S, Alert, AlertState, Forecast
 from service.streams.anomaly_stage import KINDS, AnomalyStage, Verdicts
 from service.streams.lane import Lane, Stream
+from service.streams.quality_stage import CHECKS as QUALITY_CHECKS
+from service.streams.quality_stage import Flag, QualityVerdicts
 
 
 def alert(st: Stream, state: AlertState, warm: bool, extra: dict[str, str] | None = None) -> Alert:
@@ -89,6 +91,48 @@ def resolutions(lane: Lane, rows: IntArr, reason: str) -> list[Alert]:
     firing = rows[lane.anomaly.decider.firing[rows]]
     return [alert(st, "resolved", warm=False, extra={"reason": reason})
             for st in (owners[row] for row in firing.tolist()) if st is not None]
+
+
+def _flag_alert(lane: Lane, st: Stream, f: Flag, state: AlertState) -> Alert:
+    """A data-quality alert: the reading it is about (NaN for silent) and, for limits, the limits."""
+    q = lane.quality
+    j = f.feature
+    features = lane.model.manifest.features
+    lo = float(q.lo[f.row, j]) if j >= 0 else math.nan
+    hi = float(q.hi[f.row, j]) if j >= 0 else math.nan
+    return Alert(
+        key=st.key,
+        quantity=features[j] if st.multivariate and j >= 0 else st.key.quantity,
+        state=state, ts_ns=f.ts_ns, value=f.value, expected=math.nan, lower=lo, upper=hi, score=math.nan,
+        model=lane.model.name, model_version=lane.model.version, warm=True, extra=dict(f.detail),
+        multivariate=st.multivariate, check=f.check, kind=f.check, onset_ns=f.onset_ns or None,
+        onset_value=f.value if state == "firing" else math.nan,
+    )
+
+
+def quality_alerts(lane: Lane, verdicts: QualityVerdicts) -> list[Alert]:
+    """The data-quality stage's firings and resolutions as alerts."""
+    owners = lane.owners
+    out = []
+    for state, flags in (("firing", verdicts.fired), ("resolved", verdicts.resolved)):
+        for f in flags:
+            st = owners[f.row]
+            if st is not None:
+                out.append(_flag_alert(lane, st, f, state))  # type: ignore[arg-type]
+    return out
+
+
+def quality_resolutions(lane: Lane, rows: IntArr, reason: str) -> list[Alert]:
+    """``resolved`` alerts for the data-quality checks firing on ``rows``, which leave."""
+    out = []
+    for row, check in lane.quality.firing_checks(rows):
+        st = lane.owners[row]
+        if st is None:
+            continue
+        j = int(lane.quality.fire_feature[row, QUALITY_CHECKS.index(check)])
+        flag = Flag(row, check, j, math.nan, int(lane.table.last_bucket[row]) * lane.cadence_ns, 0, {"reason": reason})
+        out.append(_flag_alert(lane, st, flag, "resolved"))
+    return out
 
 
 def forecasts(lane: Lane, rows: IntArr) -> list[Forecast]:

@@ -46,6 +46,9 @@ from service.streams.warmup import Read, Warmup
 
 log = logging.getLogger(__name__)
 
+LEAVING = frozenset({"evicted", "model changed"})  # the reasons a stream leaves its row (slots.drop)
+SILENT_CHECK_NS = 1_000_000_000  # the silent watchdog runs about once a second (engine clock)
+
 
 class Engine:
     def __init__(
@@ -83,6 +86,7 @@ class Engine:
         self._alerts: deque[Alert] = deque(maxlen=1000)
         self._generation = registry.generation
         self._gauges_at = 0.0
+        self._silent_at = 0  # engine clock of the next silent check
 
     # ------------------------------------------------------------ intake
 
@@ -121,6 +125,14 @@ class Engine:
         reads = self._warm.plan(self._resampler, now)  # warm: new and restored streams wait for history
         done = self._advance(now)  # step, score, decide, emit
         self._slots.evict_idle(now)  # after intake: this tick's readings count as activity
+        if now >= self._silent_at:  # the silent watchdog: no reading needed to notice silence
+            self._silent_at = now + SILENT_CHECK_NS
+            for lane in self._lanes.values():
+                rows = np.flatnonzero(lane.occupied)
+                if rows.size:
+                    found = lane.quality.silent(rows, lane.seen[rows], now)
+                    if found.fired:
+                        self._emit(emit.quality_alerts(lane, found))
         if time.monotonic() - self._gauges_at > 1.0:  # sensorcast_streams{status}, from the lanes' arrays
             self._gauges_at = time.monotonic()
             for status, n in self._slots.status_counts().items():
@@ -135,14 +147,20 @@ class Engine:
             for st in batch.restarts:  # a gap too long to bridge: the stream starts over
                 self._drop_firing(st, "gap")
                 lane.reset(np.array([st.row], np.intp))
+            quality = lane.quality.assess(batch.rows, batch.buckets * lane.cadence_ns, batch.x)  # raw readings
+            x = batch.x
+            if quality.invalid.any():  # out of range, impossible rate: never into the state
+                x = np.where(quality.invalid, np.float32(np.nan), x)
             pre = lane.table.expect(batch.rows)
-            gate = lane.anomaly.gate(batch.rows, batch.x, pre)  # evidence; anomalies kept out of the state
+            gate = lane.anomaly.gate(batch.rows, x, pre)  # evidence; anomalies kept out of the state
             stepped = self._step(batch, gate.x, pre)  # kept-out readings are fed as missing
+            if quality.fired or quality.resolved:
+                self._emit(emit.quality_alerts(lane, quality))
             if stepped is None:
                 continue
             if stepped.restarted.size:  # a non-finite state: those streams start over
                 self._emit(emit.resolutions(lane, stepped.restarted, "restart"))
-            verdicts = lane.anomaly.assess(stepped, gate)  # decide
+            verdicts = lane.anomaly.assess(stepped, gate, quality.hold)  # decide; data quality holds ML alerts
             if verdicts.accepted.size:  # a new level: re-baseline from the recent readings
                 acc = verdicts.accepted
                 lane.table.replay(acc, lane.anomaly.recent[acc], stepped.ts[np.isin(stepped.rows, acc)])
@@ -183,8 +201,13 @@ class Engine:
                     log.exception("on_alert failed for %s", alert.stream_id)
 
     def _drop_firing(self, st: Stream, reason: str) -> None:
-        """A firing stream that starts over or leaves resolves, saying why."""
-        self._emit(emit.resolutions(st.lane, np.array([st.row], np.intp), reason))
+        """A firing stream that starts over or leaves resolves, saying why (its
+        data-quality alerts only when it leaves: they judge readings, not the model)."""
+        rows = np.array([st.row], np.intp)
+        self._emit(emit.resolutions(st.lane, rows, reason))
+        if reason in LEAVING:
+            self._emit(emit.quality_resolutions(st.lane, rows, reason))
+            st.lane.quality.drop(rows)
 
     # ------------------------------------------------------------ models
 

@@ -5,6 +5,8 @@ addresses the stream in every stage's arrays:
 
 - ``table`` (``ModelTable``): recurrent state, window ring, forecasts, warm-up;
 - ``anomaly`` (``AnomalyStage``): scores, bands, onsets, its scorer's and decider's rows;
+- ``quality`` (``QualityStage``): data-quality checks on the raw readings (stuck, silent,
+  out_of_range, rate_of_change);
 - ``pos`` (``resample.Positions``): the next bucket to feed;
 - the lane itself: which rows are in use and when each last had a reading.
 
@@ -25,8 +27,9 @@ from service.records import StreamKey
 from service.runtime.registry import LoadedModel
 from service.streams.anomaly_stage import AnomalyStage
 from service.streams.binding import Route
+from service.streams.quality_stage import QualityStage
 from service.streams.resample import Positions, Resampler
-from service.streams.rules import ResolvedRules
+from service.streams.rules import ResolvedRules, resolve
 from service.streams.table import ModelTable
 
 
@@ -46,6 +49,10 @@ class Lane(RowArrays):
         self.uid = uid  # a small int naming this lane in hot loops
         self.table = ModelTable(model, window_every=settings.streams.window_every)
         self.anomaly = AnomalyStage(model, settings.anomaly)
+        m = model.manifest
+        self.quality = QualityStage(
+            self.table.n_in, self.table.cadence_ns, resolve(settings.anomaly, None, None, m.features, m.cadence_s)
+        )
         self.pos = Positions()
         self.cadence_ns = self.table.cadence_ns
         self.n_in = self.table.n_in
@@ -60,7 +67,7 @@ class Lane(RowArrays):
         if capacity <= old:
             return
         super().grow(capacity)
-        for stage in (self.table, self.anomaly, self.pos):
+        for stage in (self.table, self.anomaly, self.quality, self.pos):
             stage.grow(capacity)
         self.free.extend(range(capacity - 1, old - 1, -1))
         self.owners.extend([None] * (capacity - old))
@@ -78,7 +85,7 @@ class Lane(RowArrays):
         """The row's stream left: every stage forgets it."""
         rows = np.array([row], np.intp)
         self.clear(rows)
-        for stage in (self.table, self.anomaly, self.pos):
+        for stage in (self.table, self.anomaly, self.quality, self.pos):
             stage.clear(rows)
         self.free.append(row)
         self.owners[row] = None
@@ -86,34 +93,42 @@ class Lane(RowArrays):
 
     def reset(self, rows: IntArr) -> None:
         """These streams start over (a long gap, a failed model call): state, warm-up,
-        scores and decisions; their bucket position stays."""
+        scores and decisions; their bucket position stays, and so do the data-quality
+        checks (they judge raw readings, not the model: a silent alert resolves on the
+        next reading, saying how long the stream was silent)."""
         self.table.reset(rows)
         self.anomaly.reset(rows)
 
     def wipe(self, rows: IntArr) -> None:
         """Every stage's arrays of these (occupied) rows back to their fills: fresh streams."""
-        for stage in (self.table, self.anomaly, self.pos):
+        for stage in (self.table, self.anomaly, self.quality, self.pos):
             stage.clear(rows)
 
     def configure(self, rows: IntArr, rules: Sequence[ResolvedRules]) -> None:
         """Each stage takes its part of the streams' effective alert rules."""
         self.anomaly.configure(rows, rules)
+        self.quality.configure(rows, rules)
 
     def export_rows(self, rows: IntArr) -> Arrays:
         """Copies of every stage's saved arrays at ``rows`` (checkpoints, eviction)."""
-        return {**self.table.export(rows), **self.anomaly.export(rows), **self.pos.export(rows)}
+        return {**self.table.export(rows), **self.anomaly.export(rows), **self.quality.export(rows),
+                **self.pos.export(rows)}
 
     def import_rows(self, rows: IntArr, arrays: Arrays) -> None:
         """Rows saved by ``export_rows`` from a lane of the same model. On KeyError or
         ValueError (a damaged file) the caller wipes the rows: no half-restored streams."""
         self.table.load(rows, arrays)
         self.anomaly.load(rows, arrays)
+        try:
+            self.quality.load(rows, arrays)
+        except KeyError:  # saved before the data-quality checks existed: they start fresh
+            self.quality.reset(rows)
         self.pos.load(rows, arrays)
 
     def status_counts(self) -> tuple[int, int, int]:
         """(warming, ok, firing) streams, from the arrays (cheap at 100k rows)."""
         occupied = self.occupied
-        firing = occupied & self.anomaly.decider.firing
+        firing = occupied & (self.anomaly.decider.firing | self.quality.firing.any(axis=1))
         warming = occupied & ~firing & (self.table.warm_have < self.table.warm_need)
         n_firing, n_warming = int(firing.sum()), int(warming.sum())
         return n_warming, int(occupied.sum()) - n_firing - n_warming, n_firing

@@ -217,11 +217,14 @@ def test_firing_stream_is_evicted_only_once_a_return_could_not_continue_it(tmp_p
         assert s is not None and s.status == "firing", i  # idle, but a return within 12 buckets continues it
     step(eng, 43, [b])  # 13 buckets after its last step: past the gap rule
     assert eng.stream("a/t") is None and m.streams_evicted.labels("dropped")._value.get() == 1
-    got = [x for x in alerts if x.stream_id == "a/t"]
+    got = [x for x in alerts if x.stream_id == "a/t" and x.check == "anomaly"]
     assert [x.state for x in got] == ["firing", "resolved"] and got[1].extra == {"reason": "evicted"}
+    # Idle for 10 cadences, it had gone silent too (the wall-clock watchdog); that resolves as it leaves.
+    silent = [(x.state, x.extra.get("reason")) for x in alerts if x.stream_id == "a/t" and x.check == "silent"]
+    assert silent == [("firing", None), ("resolved", "evicted")]
     assert not got[1].warm
     step(eng, 44, [a, b])  # back: a new stream that warms up, no second "resolved"
-    assert [x.state for x in alerts if x.stream_id == "a/t"] == ["firing", "resolved"]
+    assert [x.state for x in alerts if x.stream_id == "a/t"] == ["firing", "firing", "resolved", "resolved"]
     assert eng.stream("a/t").status == "warming"  # type: ignore[union-attr]
 
 
