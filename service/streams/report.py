@@ -7,7 +7,11 @@ a few fancy-indexing gathers per lane) and builds the records after releasing it
 Snapshot keys (arrays aligned with the requested ids): ``known``, ``warm``, ``firing``
 (bool); ``last_ts_ns`` (int64, -1 when nothing fed); ``warm_have``, ``warm_need``,
 ``feature`` (int64: the output feature the numbers refer to); ``value``, ``expected``,
-``lower``, ``upper``, ``score`` (float64, NaN when unknown or unscored).
+``lower``, ``upper``, ``score`` (float64, NaN when unknown or unscored); a predicted
+breach's ``breach_eta_s``, ``breach_probability``, ``breach_limit`` (float64, NaN: none),
+``breach_side`` (int64: 0 upper, 1 lower, -1 none) and ``breach_feature`` (int64, -1:
+none); ``checks`` (the checks firing) and ``held_by`` (the data-quality check holding ML
+alerts back): object arrays, None for the many streams with nothing to say.
 """
 
 from __future__ import annotations
@@ -15,20 +19,31 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Reversible, Sequence
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from service.anomaly.breach import SIDES
 from service.arrays import IntArr
 from service.records import Alert
 from service.runtime.registry import LoadedModel, ModelRegistry
+from service.streams.breach_stage import CHECK, BreachStage
 from service.streams.emit import forecast_of
 from service.streams.lane import Lane, Stream
 from service.streams.status import ForecastLookup, ModelInfo, StreamStatus
 
 Snapshot = dict[str, npt.NDArray[Any]]
 StreamMeta = tuple[str, str, str, LoadedModel]  # id, device, quantity, model
+ML_CHECKS = frozenset({"anomaly", "predicted_breach"})  # the others are data-quality checks
+
+
+class QualityRows(Protocol):
+    """What the read-out needs of a lane's data-quality stage (``lane.quality``)."""
+
+    def holding(self, rows: IntArr) -> npt.NDArray[np.bool_]: ...
+
+    def firing_checks(self, rows: IntArr) -> list[tuple[int, str]]: ...
 
 
 def empty_snapshot(n: int) -> Snapshot:
@@ -37,8 +52,12 @@ def empty_snapshot(n: int) -> Snapshot:
         "last_ts_ns": np.full(n, -1, np.int64), "warm_have": np.zeros(n, np.int64),
         "warm_need": np.zeros(n, np.int64), "feature": np.zeros(n, np.int64),
     }
-    for k in ("value", "expected", "lower", "upper", "score"):
+    for k in ("value", "expected", "lower", "upper", "score", "breach_eta_s", "breach_probability", "breach_limit"):
         out[k] = np.full(n, np.nan)
+    out["breach_side"] = np.full(n, -1, np.int64)
+    out["breach_feature"] = np.full(n, -1, np.int64)
+    out["checks"] = np.full(n, None, object)
+    out["held_by"] = np.full(n, None, object)
     return out
 
 
@@ -64,6 +83,38 @@ def fill_snapshot(out: Snapshot, lane: Lane, idx: IntArr, rows: IntArr) -> None:
     out["score"][idx] = a.score[rows]
     out["lower"][idx] = np.where(scored, expected - half, np.nan)
     out["upper"][idx] = np.where(scored, expected + half, np.nan)
+    fill_checks(out, lane, idx, rows)
+
+
+def fill_checks(out: Snapshot, lane: Lane, idx: IntArr, rows: IntArr) -> None:
+    """The predicted breach, the checks firing and what holds ML alerts back, of lane rows
+    ``rows`` into positions ``idx`` (whole-array reads; Python only for firing rows)."""
+    # The stages that are there: a lane may have no breach or quality stage.
+    breach: BreachStage | None = getattr(lane, "breach", None)
+    quality: QualityRows | None = getattr(lane, "quality", None)
+    firing: dict[int, list[str]] = {}  # snapshot-local position -> checks
+    for i in np.flatnonzero(lane.anomaly.decider.firing[rows]).tolist():
+        firing[i] = ["anomaly"]
+    if quality is not None:
+        found = quality.firing_checks(rows)
+        if found:
+            at = {r: i for i, r in enumerate(rows.tolist())}  # rows are distinct within a lane
+            for row, check in found:
+                firing.setdefault(at[row], []).append(check)
+        for i in np.flatnonzero(quality.holding(rows)).tolist():
+            held = [c for c in firing.get(i, []) if c not in ML_CHECKS]
+            out["held_by"][idx[i]] = held[0] if held else "data_quality"
+    if breach is not None:
+        eta, probability, feature = breach.eta(rows)
+        out["breach_eta_s"][idx] = eta
+        out["breach_probability"][idx] = probability
+        out["breach_feature"][idx] = feature
+        out["breach_limit"][idx] = breach.limit[rows]
+        out["breach_side"][idx] = breach.side[rows]
+        for i in np.flatnonzero(breach.firing[rows]).tolist():
+            firing.setdefault(i, []).append(CHECK)
+    for i, checks in firing.items():
+        out["checks"][idx[i]] = checks
 
 
 def status_mask(snap: Snapshot, status: str) -> npt.NDArray[np.bool_]:
@@ -85,6 +136,7 @@ def statuses(meta: Sequence[StreamMeta], snap: Snapshot) -> list[StreamStatus]:
     for i, (sid, device, quantity, model) in enumerate(meta):
         have, need = cols["warm_have"][i], cols["warm_need"][i]
         feats = model.manifest.output_features
+        bf, side = cols["breach_feature"][i], cols["breach_side"][i]
         out.append(StreamStatus(
             id=sid, device=device, quantity=quantity, model=model.name, model_version=model.version,
             status="firing" if cols["firing"][i] else ("ok" if have >= need else "warming"),
@@ -93,6 +145,10 @@ def statuses(meta: Sequence[StreamMeta], snap: Snapshot) -> list[StreamStatus]:
             last_value=_num(cols["value"][i]), score=_num(cols["score"][i]),
             expected=_num(cols["expected"][i]), lower=_num(cols["lower"][i]), upper=_num(cols["upper"][i]),
             feature=feats[cols["feature"][i]] if len(feats) > 1 else None,
+            breach_eta_s=_num(cols["breach_eta_s"][i]), breach_probability=_num(cols["breach_probability"][i]),
+            breach_limit=_num(cols["breach_limit"][i]), breach_side=SIDES[side] if side >= 0 else None,
+            breach_feature=None if bf < 0 else (feats[bf] if len(feats) > 1 else quantity),
+            held_by=cols["held_by"][i], checks_firing=list(cols["checks"][i] or ()),
         ))
     return out
 

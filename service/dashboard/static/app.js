@@ -22,7 +22,7 @@
   // A predicted breach of an operating limit (GET /v1/streams: predicted_breach), as text.
   // The feature is named for a multivariate (device) stream only: a single one is its quantity.
   const breachText = (s, b) => `${b.side === "lower" ? "below" : "above"} ${fmt(b.limit)}` +
-    `${s.quantity === "*" && b.feature ? ` (${b.feature})` : ""} in ${fmtEta(b.eta_s)}, p ${fmt(b.probability)}`;
+    `${s.quantity === "*" && b.feature ? ` (${b.feature})` : ""} in ${fmtEta(b.eta_s)} (${Math.round(100 * b.probability)}%)`;
 
   class ApiError extends Error {
     constructor(path, status, detail) {
