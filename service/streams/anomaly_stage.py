@@ -4,9 +4,9 @@ Two calls per round of steps:
 
 - ``gate`` (before the model step) scores each reading against the forecasts made for it
   (``anomaly.scorer``; the default ``evidence``: service/anomaly/evidence.py) and keeps
-  anomalous readings out of the recurrent state: their features are fed as missing (NaN,
-  which the graph masks), so the state and the learnt spread keep the pre-anomaly
-  baseline. A deviation that persists ``accept_after_steps`` readings is accepted as the
+  anomalous readings out of the recurrent state: their features are fed the model's own
+  forecast (missing, NaN, when it has none), so the state and the learnt spread keep the
+  pre-anomaly baseline. A deviation that persists ``accept_after_steps`` readings is accepted as the
   new level: the model re-baselines from the row's recent readings (``ModelTable.replay``)
   and the alert resolves as a ``level_shift`` with reason ``new_level``.
 - ``assess`` (after the step) folds the scores into the decision (``Decider``: extreme
@@ -90,6 +90,7 @@ class AnomalyStage(RowArrays):
     onset_instant = Col(np.bool_, fill=False, reset=False)  # the run began with a one-step jump
     kind = Col(np.int64, fill=0, reset=False)  # of the current/last episode (KINDS)
     held = Col(np.int64, fill=0)  # consecutive readings kept out of the state
+    fault_level = Col(np.float64, ("n_out",), _NAN)  # (N, Fo) the last reading kept out; NaN: none
     recent = Col(np.float32, (RECENT, "n_in"), _NAN)  # (N, R, F) the latest readings, newest last
     accept_after = Col(np.int64, fill=-1, reset=False, saved=False)  # per stream; -1: the default
     extreme_row = Col(np.float64, fill=_NAN, reset=False, saved=False)  # per stream; NaN: the default
@@ -211,9 +212,21 @@ class AnomalyStage(RowArrays):
             out_feat = instant_hot[:, None] & (np.abs(ev.z) >= z_cut)  # (B, Fo)
         if self.n_out == 1:
             out_feat = instant_hot[:, None] & np.isfinite(ev.z)
+        # Once a fault is under way, a reading closer to the expected value than to the
+        # last one kept out is the return to normal, not more of the fault: it is fed,
+        # so the state catches up with the process it missed meanwhile.
+        level = self.fault_level[rows]
+        with np.errstate(invalid="ignore"):
+            back = np.abs(actual - pre.expected) <= np.abs(actual - level)
+        out_feat &= ~back
         kept = out_feat.any(axis=1)
+        self.fault_level[rows] = np.where(out_feat, actual, np.where(kept[:, None], level, np.nan))
         observed = np.isfinite(actual).any(axis=1)
-        held = np.where(kept, self.held[rows] + 1, np.where(observed, 0, self.held[rows]))
+        before = self.held[rows]
+        held = np.where(kept, before + 1, np.where(observed, 0, before))
+        returned = (before > 0) & ~kept & observed
+        if returned.any():  # the episode's accumulated evidence ends with it
+            self.evidence.rebaseline(rows[returned])
         limit = self.accept_after[rows]
         limit = np.where(limit < 0, self.default_accept, limit)
         accept = kept & (limit > 0) & (held >= limit)
@@ -222,11 +235,16 @@ class AnomalyStage(RowArrays):
         fed = x
         mask = out_feat & ~accept[:, None]
         if mask.any():
+            # The model is fed its own forecast in place of a kept-out reading (missing
+            # when it has none): the state carries on along the pattern it expected, so
+            # the forecasts after a fault are where normal operation would be. (Fed as
+            # missing, many recurrent models drift to a flat forecast within a few steps,
+            # and every later reading then looks anomalous too.)
             fed = x.copy()
             bi, fj = np.nonzero(mask)
             ij = self.out_in[fj]
             ok = ij >= 0
-            fed[bi[ok], ij[ok]] = np.nan
+            fed[bi[ok], ij[ok]] = pre.expected[bi[ok], fj[ok]].astype(np.float32)
         # The recent readings (what a re-baseline replays): as read, not as fed.
         rec = self.recent[rows]
         rec[:, :-1] = rec[:, 1:]
@@ -245,6 +263,8 @@ class AnomalyStage(RowArrays):
         has_in = self.out_in >= 0
         actual[:, has_in] = g.read[:, self.out_in[has_in]]
         score = g.score
+        if s.restarted.size:  # a stream that starts over has no opinion on this step
+            score = np.where(np.isin(rows, s.restarted), np.nan, score)
         if self.n_out > 1:
             self.top_feature[rows] = g.top
         self.score[rows] = score
