@@ -9,8 +9,10 @@ under normal operation, in log units (``L = -log10 p``: 4 is a 1-in-10,000 readi
   chi-square with one degree of freedom per observed feature. A spike lives here.
 - ``lag``: the same distance against the forecasts made 2..``LAGS`` steps earlier (a short
   ring per row), so a slow drift that the one-step forecast keeps up with still shows.
-- ``mean``: an EWMA of the clipped ``z`` (MEWMA; clipping keeps one spike from lasting),
-  ``T2 = (2 - lam) / lam * m' P m``. Level shifts and drifts accumulate here.
+- ``mean``: an EWMA ``m`` of the clipped ``z`` (MEWMA; clipping keeps one spike from
+  lasting), ``T2 = dof * m' P m / typical``, where ``typical`` is the row's own learnt
+  ``m' P m`` on ordinary readings (``lam / (2 - lam)`` per feature for independent
+  residuals). Level shifts and drifts accumulate here.
 - ``variance``: an EWMA of ``d2 / dof`` against its normal mean 1 (upper tail only).
 
 Each ``L`` is multiplied by a calibration factor fitted on validation data (real residuals
@@ -47,6 +49,8 @@ PRIOR = 10.0  # residuals' worth of trust in a probabilistic model's own scale
 LAGS = 4  # forecasts made 1..LAGS steps earlier are kept per row
 CLIP = 4.0  # |z| clip inside the EWMA statistics: one spike moves them by at most lam * CLIP
 MEAN_LAMBDA = 0.1  # MEWMA weight: about the last 10-20 steps
+MEAN_ALPHA = 0.005  # the typical MEWMA size follows about the last 200 ordinary steps
+MEAN_PRIOR = 30.0  # steps' worth of trust in the independent-residuals value before any are learnt
 VAR_LAMBDA = 0.1
 PARTS = ("instant", "lag", "mean", "variance")
 INSTANT, LAG, MEAN, VARIANCE = range(4)
@@ -114,6 +118,7 @@ class EvidenceRows(RowArrays):
     pend_sc = Col(np.float64, ("ring", "ring", "n"), np.nan)
     mean = Col(np.float64, ("n",), 0.0)  # EWMA of clipped z
     var = Col(np.float64, fill=1.0)  # EWMA of d2 / dof
+    mean_sq = Col(np.float64, fill=0.0)  # typical m' P m on ordinary readings (learnt)
 
     def __init__(
         self, n_out: int, probabilistic: bool, spread_alpha: float = 0.01, min_residuals: int = 30,
@@ -177,8 +182,15 @@ class EvidenceRows(RowArrays):
         m = self.mean[rows]
         m = np.where(np.isfinite(zc), (1 - MEAN_LAMBDA) * m + MEAN_LAMBDA * np.nan_to_num(zc), m)
         self.mean[rows] = m
-        t2, _, _ = self._distance(m)
-        parts[:, MEAN] = np.where(have, log10_chi2_sf(t2 * (2 - MEAN_LAMBDA) / MEAN_LAMBDA, dof), np.nan)
+        q, _, _ = self._distance(m)
+        # Normalised by the row's own typical q on ordinary readings rather than the
+        # independent-residuals value lam / (2 - lam): real residuals are autocorrelated and
+        # a model may sit a little off a stream, both of which inflate q in normal operation.
+        n_q = self.count[rows]
+        typical = (self.mean_sq[rows] * n_q + MEAN_PRIOR * dof * MEAN_LAMBDA / (2 - MEAN_LAMBDA)) / (n_q + MEAN_PRIOR)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t2 = q * dof / typical
+        parts[:, MEAN] = np.where(have, log10_chi2_sf(t2, dof), np.nan)
         v = self.var[rows]
         with np.errstate(invalid="ignore", divide="ignore"):
             v = np.where(have, (1 - VAR_LAMBDA) * v + VAR_LAMBDA * np.minimum(d2 / dof, CLIP * CLIP), v)
@@ -186,6 +198,7 @@ class EvidenceRows(RowArrays):
         nu = dof * (2 - VAR_LAMBDA) / VAR_LAMBDA
         parts[:, VARIANCE] = np.where(have & (v > 1.0), log10_chi2_sf(v * nu, nu), np.where(have, 0.0, np.nan))
         parts *= self.scales
+        self.last_parts = parts  # (B, 4) for diagnostics and calibration
         filled = np.where(np.isnan(parts), -1.0, parts)
         part = np.argmax(filled, axis=1).astype(np.int64)
         e = filled[np.arange(b), part]
@@ -195,6 +208,10 @@ class EvidenceRows(RowArrays):
             share = pos / pos.sum(axis=1, keepdims=True)
         # Readings below the firing evidence teach the spread; anomalies stay out of it.
         learn = warm & ~(e >= fire_log)
+        if learn.any():  # the typical MEWMA q, learnt slowly (it must not follow a drift)
+            lr = rows[learn]
+            rate_q = np.maximum(MEAN_ALPHA, 1.0 / (self.count[lr] + 1.0))
+            self.mean_sq[lr] += rate_q * (q[learn] - self.mean_sq[lr])
         resid = actual - expected
         if scale is not None:  # learn in units of the model's own scale
             with np.errstate(invalid="ignore", divide="ignore"):

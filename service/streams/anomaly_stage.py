@@ -206,20 +206,18 @@ class AnomalyStage(RowArrays):
         self.share[rows] = ev.share
         # Keep out of the state: readings whose one-step evidence alone is above the
         # threshold, on the features behind it (each beyond the threshold's band).
-        instant_hot = ev.instant >= fire_log
-        z_cut = self.band_z
+        instant_hot = np.asarray(ev.instant >= fire_log, np.bool_)
         with np.errstate(invalid="ignore"):
-            out_feat = instant_hot[:, None] & (np.abs(ev.z) >= z_cut)  # (B, Fo)
-        if self.n_out == 1:
-            out_feat = instant_hot[:, None] & np.isfinite(ev.z)
+            beyond = np.abs(ev.z) >= self.band_z if self.n_out > 1 else np.isfinite(ev.z)
+        out_feat: npt.NDArray[np.bool_] = instant_hot[:, None] & beyond  # (B, Fo)
         # Once a fault is under way, a reading closer to the expected value than to the
         # last one kept out is the return to normal, not more of the fault: it is fed,
         # so the state catches up with the process it missed meanwhile.
         level = self.fault_level[rows]
         with np.errstate(invalid="ignore"):
-            back = np.abs(actual - pre.expected) <= np.abs(actual - level)
+            back = np.asarray(np.abs(actual - pre.expected) <= np.abs(actual - level), np.bool_)
         out_feat &= ~back
-        kept = out_feat.any(axis=1)
+        kept: npt.NDArray[np.bool_] = out_feat.any(axis=1)
         self.fault_level[rows] = np.where(out_feat, actual, np.where(kept[:, None], level, np.nan))
         observed = np.isfinite(actual).any(axis=1)
         before = self.held[rows]

@@ -8,6 +8,7 @@ anything (the engine hands the records to its sinks).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from service.arrays import IntArr
 from service.records import NS_PER_S, Alert, AlertState, Forecast
 from service.streams.anomaly_stage import KINDS, AnomalyStage, Verdicts
+from service.streams.breach_stage import Breach
 from service.streams.lane import Lane, Stream
 from service.streams.quality_stage import CHECKS as QUALITY_CHECKS
 from service.streams.quality_stage import Flag, QualityVerdicts
@@ -85,12 +87,42 @@ def alerts(lane: Lane, verdicts: Verdicts) -> list[Alert]:
 
 
 def resolutions(lane: Lane, rows: IntArr, reason: str) -> list[Alert]:
-    """``resolved`` alerts (``extra.reason``) for the firing ones among ``rows``, which are
-    about to start over: a firing state dropped silently would stay firing on the broker."""
+    """``resolved`` alerts (``extra.reason``) for the anomaly and predicted_breach alerts
+    firing among ``rows``, which are about to start over: a firing state dropped silently
+    would stay firing on the broker."""
     owners = lane.owners
     firing = rows[lane.anomaly.decider.firing[rows]]
-    return [alert(st, "resolved", warm=False, extra={"reason": reason})
-            for st in (owners[row] for row in firing.tolist()) if st is not None]
+    out = [alert(st, "resolved", warm=False, extra={"reason": reason})
+           for st in (owners[row] for row in firing.tolist()) if st is not None]
+    breaching = rows[lane.breach.firing[rows]]
+    if breaching.size:
+        ended = [replace(b, detail={**b.detail, "reason": reason}) for b in lane.breach.breaches(breaching)]
+        out += breach_alerts(lane, [], ended)
+    return out
+
+
+def breach_alerts(lane: Lane, fired: list[Breach], resolved: list[Breach]) -> list[Alert]:
+    """predicted_breach alerts: the ETA, probability, limit and side in ``extra``; the
+    forecast at the crossing as ``expected``, the limit as the band's edge."""
+    owners = lane.owners
+    outputs = lane.model.manifest.output_features
+    out = []
+    for state, items in (("firing", fired), ("resolved", resolved)):
+        for b in items:
+            st = owners[b.row]
+            if st is None:
+                continue
+            i_in = int(lane.anomaly.out_in[b.feature])
+            value = float(lane.table.last_x[b.row, i_in]) if i_in >= 0 else math.nan
+            out.append(Alert(
+                key=st.key, quantity=outputs[b.feature] if st.multivariate else st.key.quantity,
+                state=state, ts_ns=b.ts_ns, value=value, expected=b.expected,  # type: ignore[arg-type]
+                lower=b.limit if b.side == "lower" else math.nan, upper=b.limit if b.side == "upper" else math.nan,
+                score=b.probability, model=lane.model.name, model_version=lane.model.version, warm=True,
+                extra=dict(b.detail), multivariate=st.multivariate, check="predicted_breach", kind="predicted_breach",
+                onset_ns=b.ts_ns if state == "firing" else None,
+            ))
+    return out
 
 
 def _flag_alert(lane: Lane, st: Stream, f: Flag, state: AlertState) -> Alert:

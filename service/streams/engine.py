@@ -35,7 +35,7 @@ from service.runtime.registry import ModelRegistry
 from service.store.base import Store
 from service.streams import checkpoint, emit, report
 from service.streams.inbox import Inbox
-from service.streams.lane import Stream
+from service.streams.lane import Lane, Stream
 from service.streams.predict import predict as predict_history
 from service.streams.resample_batch import Batch, BatchResampler
 from service.streams.rules import ResolvedRules, resolve
@@ -166,6 +166,7 @@ class Engine:
                 lane.table.replay(acc, lane.anomaly.recent[acc], stepped.ts[np.isin(stepped.rows, acc)])
             if verdicts.fired.size or verdicts.resolved.size:
                 self._emit(emit.alerts(lane, verdicts))
+            self._breach(lane, stepped, gate.spread, batch.x)
             if self.on_forecast is not None and self.publish_forecasts:
                 for f in emit.forecasts(lane, stepped.rows):
                     try:
@@ -174,6 +175,21 @@ class Engine:
                         log.exception("on_forecast failed for %s", f.stream_id)
             done += len(batch.rows)
         return done
+
+    def _breach(self, lane: Lane, s: Stepped, spread1: npt.NDArray[np.float64], x: npt.NDArray[np.float32]) -> None:
+        """Predicted crossings of operating limits, from the forecasts just made (only rows
+        with limits, or a breach firing, cost anything)."""
+        b = lane.breach
+        need = b.active[s.rows] | b.firing[s.rows]
+        if not need.any():
+            return
+        i = np.flatnonzero(need)
+        rows, t = s.rows[i], lane.table
+        warm = t.warm_have[rows] >= t.warm_need
+        scale = t.sc[rows] if t.has_scale else None
+        fired, resolved = b.assess(rows, s.ts[i], t.fc[rows], scale, spread1[i], warm, x[i])
+        if fired or resolved:
+            self._emit(emit.breach_alerts(lane, fired, resolved))
 
     def _step(self, batch: Batch, x: npt.NDArray[np.float32], pre: Expected) -> Stepped | None:
         lane = batch.lane

@@ -7,6 +7,7 @@ addresses the stream in every stage's arrays:
 - ``anomaly`` (``AnomalyStage``): scores, bands, onsets, its scorer's and decider's rows;
 - ``quality`` (``QualityStage``): data-quality checks on the raw readings (stuck, silent,
   out_of_range, rate_of_change);
+- ``breach`` (``BreachStage``): predicted crossings of operating limits;
 - ``pos`` (``resample.Positions``): the next bucket to feed;
 - the lane itself: which rows are in use and when each last had a reading.
 
@@ -27,6 +28,7 @@ from service.records import StreamKey
 from service.runtime.registry import LoadedModel
 from service.streams.anomaly_stage import AnomalyStage
 from service.streams.binding import Route
+from service.streams.breach_stage import BreachStage
 from service.streams.quality_stage import QualityStage
 from service.streams.resample import Positions, Resampler
 from service.streams.rules import ResolvedRules, resolve
@@ -53,6 +55,9 @@ class Lane(RowArrays):
         self.quality = QualityStage(
             self.table.n_in, self.table.cadence_ns, resolve(settings.anomaly, None, None, m.features, m.cadence_s)
         )
+        self.breach = BreachStage(
+            self.anomaly.n_out, self.anomaly.out_in.astype(np.int64), self.table.horizon, self.table.cadence_ns
+        )
         self.pos = Positions()
         self.cadence_ns = self.table.cadence_ns
         self.n_in = self.table.n_in
@@ -67,7 +72,7 @@ class Lane(RowArrays):
         if capacity <= old:
             return
         super().grow(capacity)
-        for stage in (self.table, self.anomaly, self.quality, self.pos):
+        for stage in (self.table, self.anomaly, self.quality, self.breach, self.pos):
             stage.grow(capacity)
         self.free.extend(range(capacity - 1, old - 1, -1))
         self.owners.extend([None] * (capacity - old))
@@ -85,7 +90,7 @@ class Lane(RowArrays):
         """The row's stream left: every stage forgets it."""
         rows = np.array([row], np.intp)
         self.clear(rows)
-        for stage in (self.table, self.anomaly, self.quality, self.pos):
+        for stage in (self.table, self.anomaly, self.quality, self.breach, self.pos):
             stage.clear(rows)
         self.free.append(row)
         self.owners[row] = None
@@ -98,21 +103,23 @@ class Lane(RowArrays):
         next reading, saying how long the stream was silent)."""
         self.table.reset(rows)
         self.anomaly.reset(rows)
+        self.breach.reset(rows)  # its forecast is gone (the engine resolves a firing breach first)
 
     def wipe(self, rows: IntArr) -> None:
         """Every stage's arrays of these (occupied) rows back to their fills: fresh streams."""
-        for stage in (self.table, self.anomaly, self.quality, self.pos):
+        for stage in (self.table, self.anomaly, self.quality, self.breach, self.pos):
             stage.clear(rows)
 
     def configure(self, rows: IntArr, rules: Sequence[ResolvedRules]) -> None:
         """Each stage takes its part of the streams' effective alert rules."""
         self.anomaly.configure(rows, rules)
         self.quality.configure(rows, rules)
+        self.breach.configure(rows, rules)
 
     def export_rows(self, rows: IntArr) -> Arrays:
         """Copies of every stage's saved arrays at ``rows`` (checkpoints, eviction)."""
         return {**self.table.export(rows), **self.anomaly.export(rows), **self.quality.export(rows),
-                **self.pos.export(rows)}
+                **self.breach.export(rows), **self.pos.export(rows)}
 
     def import_rows(self, rows: IntArr, arrays: Arrays) -> None:
         """Rows saved by ``export_rows`` from a lane of the same model. On KeyError or
@@ -123,12 +130,13 @@ class Lane(RowArrays):
             self.quality.load(rows, arrays)
         except KeyError:  # saved before the data-quality checks existed: they start fresh
             self.quality.reset(rows)
+        self.breach.load(rows, arrays)  # its columns are optional: older checkpoints load
         self.pos.load(rows, arrays)
 
     def status_counts(self) -> tuple[int, int, int]:
         """(warming, ok, firing) streams, from the arrays (cheap at 100k rows)."""
         occupied = self.occupied
-        firing = occupied & (self.anomaly.decider.firing | self.quality.firing.any(axis=1))
+        firing = occupied & (self.anomaly.decider.firing | self.quality.firing.any(axis=1) | self.breach.firing)
         warming = occupied & ~firing & (self.table.warm_have < self.table.warm_need)
         n_firing, n_warming = int(firing.sum()), int(warming.sum())
         return n_warming, int(occupied.sum()) - n_firing - n_warming, n_firing
