@@ -217,7 +217,7 @@ class AnomalyStage(RowArrays):
         with np.errstate(invalid="ignore"):
             back = np.asarray(np.abs(actual - pre.expected) <= np.abs(actual - level), np.bool_)
         out_feat &= ~back
-        kept: npt.NDArray[np.bool_] = out_feat.any(axis=1)
+        kept = np.asarray(out_feat.any(axis=1), np.bool_)
         self.fault_level[rows] = np.where(out_feat, actual, np.where(kept[:, None], level, np.nan))
         observed = np.isfinite(actual).any(axis=1)
         before = self.held[rows]
