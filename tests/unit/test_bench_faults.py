@@ -50,6 +50,16 @@ def test_an_alert_before_the_event_does_not_detect_it_but_covers_it() -> None:
     assert not r.detected and r.covered == pytest.approx(0.5)
 
 
+def test_an_alert_on_the_jump_back_is_late_not_a_detection() -> None:
+    events = [fm.FaultEvent("a", "drift", 100, 200, 6.0), fm.FaultEvent("b", "drift", 100, 200, 6.0),
+              fm.FaultEvent("c", "drift", 100, 200, 6.0)]
+    marks = [mark("a", 200), mark("b", 199), mark("c", 200 + fm.AFTER_END)]
+    r = fm.match_events(events, marks, end_step=400, slack=0)
+    assert [(x.detected, x.after_end) for x in r] == [(False, True), (True, False), (False, False)]
+    s = fm.summarise(r, {}, 1.0)["kinds"]["drift"]
+    assert s["event_recall"] == pytest.approx(1 / 3) and s["after_end"] == pytest.approx(1 / 3)
+
+
 def test_firing_intervals_per_check() -> None:
     marks = [mark("a", 10), mark("a", 12, check="stuck"), mark("a", 15, "resolved"),
              mark("a", 20, "resolved", check="stuck"), mark("a", 30), mark("a", 30, "resolved")]
