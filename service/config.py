@@ -312,8 +312,8 @@ class AnomalySettings(BaseModel):
     stuck_tolerance: float = Field(0.0, ge=0, description="A change up to this much counts as no change (stuck).")
     silent_after: float = Field(
         10.0, ge=0,
-        description="Cadences without a reading (wall clock, checked every second, at least 30 s) before a "
-        "silent alert. 0: off.",
+        description="Cadences without a reading (wall clock, checked every second, at least 30 s; a stream's or "
+        "binding's own silent_after is taken as given) before a silent alert. 0: off.",
     )
     breach_probability: float = Field(
         0.9, gt=0, lt=1, description="predicted_breach fires when a limit is crossed within the horizon with at "

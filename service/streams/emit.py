@@ -86,14 +86,17 @@ def alerts(lane: Lane, verdicts: Verdicts) -> list[Alert]:
     return out
 
 
-def resolutions(lane: Lane, rows: IntArr, reason: str) -> list[Alert]:
-    """``resolved`` alerts (``extra.reason``) for the anomaly and predicted_breach alerts
-    firing among ``rows``, which are about to start over: a firing state dropped silently
-    would stay firing on the broker."""
+def resolutions(lane: Lane, rows: IntArr, reason: str, more: dict[str, str] | None = None) -> list[Alert]:
+    """``resolved`` alerts (``extra.reason`` and ``more``) for the anomaly alerts firing
+    among ``rows``, and their predicted_breach alerts unless ``reason`` is held: those rows
+    are about to start over, and a firing state dropped silently would stay firing on the
+    broker."""
     owners = lane.owners
     firing = rows[lane.anomaly.decider.firing[rows]]
-    out = [alert(st, "resolved", warm=False, extra={"reason": reason})
+    out = [alert(st, "resolved", warm=False, extra={"reason": reason, **(more or {})})
            for st in (owners[row] for row in firing.tolist()) if st is not None]
+    if reason == "held":
+        return out
     breaching = rows[lane.breach.firing[rows]]
     if breaching.size:
         ended = [replace(b, detail={**b.detail, "reason": reason}) for b in lane.breach.breaches(breaching)]

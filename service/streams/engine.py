@@ -37,6 +37,7 @@ from service.streams import checkpoint, emit, report
 from service.streams.inbox import Inbox
 from service.streams.lane import Lane, Stream
 from service.streams.predict import predict as predict_history
+from service.streams.quality_stage import Flag
 from service.streams.resample_batch import Batch, BatchResampler
 from service.streams.rules import ResolvedRules, resolve
 from service.streams.slots import StreamSlots
@@ -156,6 +157,7 @@ class Engine:
             stepped = self._step(batch, gate.x, pre)  # kept-out readings are fed as missing
             if quality.fired or quality.resolved:
                 self._emit(emit.quality_alerts(lane, quality))
+                self._hold(lane, quality.fired)
             if stepped is None:
                 continue
             if stepped.restarted.size:  # a non-finite state: those streams start over
@@ -175,6 +177,17 @@ class Engine:
                         log.exception("on_forecast failed for %s", f.stream_id)
             done += len(batch.rows)
         return done
+
+    def _hold(self, lane: Lane, fired: Sequence[Flag]) -> None:
+        """A data-quality alert explains the stream's anomaly alert: a firing one resolves
+        (reason held, held_by the check), and none fires while the check does."""
+        rows = np.unique(np.array([f.row for f in fired], np.intp))
+        firing = rows[lane.anomaly.decider.firing[rows]]
+        if firing.size:
+            by = {f.row: f.check for f in fired}
+            for row in firing.tolist():
+                self._emit(emit.resolutions(lane, np.array([row], np.intp), "held", {"held_by": by[row]}))
+            lane.anomaly.decider.reset(firing)
 
     def _breach(self, lane: Lane, s: Stepped, spread1: npt.NDArray[np.float64], x: npt.NDArray[np.float32]) -> None:
         """Predicted crossings of operating limits, from the forecasts just made (only rows

@@ -65,8 +65,10 @@ def resolve(
     if accept is None:
         accept = anomaly.accept_after_steps if anomaly.accept_after_steps is not None else default_accept_after(cadence_s)
     silent = _pick(layers, "silent_after")
-    silent = anomaly.silent_after if silent is None else silent
-    silent_s = 0.0 if silent == 0 else max(SILENT_MIN_S, float(silent) * cadence_s)
+    if silent is None:  # the settings' default: never below SILENT_MIN_S
+        silent_s = 0.0 if anomaly.silent_after == 0 else max(SILENT_MIN_S, anomaly.silent_after * cadence_s)
+    else:  # set for this stream or binding: as given
+        silent_s = float(silent) * cadence_s
     prob = _pick(layers, "breach_probability")
     defaults = {"stuck_steps": anomaly.stuck_steps, "stuck_tolerance": anomaly.stuck_tolerance}
     cols: dict[str, list[float]] = {name: [] for name in _PER_FEATURE}
