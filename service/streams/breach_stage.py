@@ -32,14 +32,11 @@ import numpy.typing as npt
 
 from service.anomaly.breach import (
     SIDES,
-    TREND_SUMS,
     first_at_least,
     horizon_spread,
     limit_z,
     normal_cdf,
     reaches,
-    trend_forecast,
-    trend_update,
     z_of,
 )
 from service.arrays import F32, F64, I64, Col, IntArr, RowArrays
@@ -86,14 +83,10 @@ class BreachStage(RowArrays):
     expected = Col(np.float64, fill=_NAN, optional=True)
     onset_ts = Col(np.int64, fill=0, optional=True)  # step that fired
     quiet = Col(np.int64, fill=0, optional=True)  # consecutive steps below the hysteresis level
-    # The residual trend (service.anomaly.breach): the forecast made for the next step, and
-    # the weighted sums of the residuals' linear fit.
-    prev = Col(np.float64, ("n_out",), _NAN, optional=True)
-    trend = Col(np.float64, ("n_out", TREND_SUMS), 0.0, optional=True)
 
     def __init__(
         self, n_out: int, out_in: I64, horizon: int, cadence_ns: int, *, hysteresis: float = 0.5,
-        resolve_steps: int = 3, trend_steps: int | None = None,
+        resolve_steps: int = 3,
     ) -> None:
         self.n_out = n_out
         # Output feature j has the limits of input feature out_in[j] (-1: not an input, none).
@@ -106,12 +99,6 @@ class BreachStage(RowArrays):
         self.cadence_s = cadence_ns / NS_PER_S
         self.hysteresis = hysteresis
         self.resolve_steps = resolve_steps
-        # Residual trend memory (steps; 0: no trend): about a horizon, at least 30 steps
-        # so that the slope of noise stays small. It needs at least a quarter of that, and
-        # 10 readings, before it counts.
-        self.trend_steps = max(30, horizon) if trend_steps is None else trend_steps
-        self.trend_lam = 1.0 - 1.0 / self.trend_steps if self.trend_steps > 0 else 0.0
-        self.trend_min = max(10.0, float(self.trend_steps))
         self.computed = 0  # row-steps assessed (rows with limits): nothing is computed for the others
         super().__init__({"n_out": n_out})
 
@@ -153,8 +140,7 @@ class BreachStage(RowArrays):
         forecast ``fc`` (B, H, Fo), its ``scale`` (B, H, Fo) or None, the one-step
         ``spread1`` (B, Fo) used without a scale, ``warm`` (B,) the forecast counts.
         ``x`` (B, F): the readings of this step, raw, in input order; a value beyond its
-        limit resolves the prediction (``crossed``), and the residuals against the forecast
-        made for them drive the residual trend. Without it neither happens."""
+        limit resolves the prediction (``crossed``). Without it nothing resolves so."""
         if fc.shape[1:] != (self.horizon, self.n_out):
             raise ValueError(f"forecast has shape {fc.shape[1:]}, expected ({self.horizon}, {self.n_out})")
         sel = warm & (self.active[rows] | self.firing[rows])
@@ -171,17 +157,11 @@ class BreachStage(RowArrays):
             cur[:, has_in] = np.asarray(x[i][:, self.out_in[has_in]], np.float64)
             beyond[..., 0] = cur > up  # NaN (missing, no limit) compares False
             beyond[..., 1] = cur < lo
-        sums = None
-        if x is not None and self.trend_steps > 0:
-            sums = trend_update(self.trend[r], cur - self.prev[r], self.trend_lam)
-            self.trend[r] = sums
-            self.prev[r] = fc[i, 0, :]  # the forecast for the next step
         hit = np.empty((len(r), self.n_out, 2), bool)
         first = np.empty((len(r), self.n_out, 2), np.intp)
         for c0 in range(0, len(r), CHUNK):
             c = slice(c0, c0 + CHUNK)
-            mean, sd = self._forecast(fc, scale, spread1, i[c], None if sums is None else sums[c])
-            reach = reaches(mean, sd, lo[c], up[c], z_fire[c])
+            reach = reaches(np.asarray(fc[i[c]], np.float64), self._spread(scale, spread1, i[c]), lo[c], up[c], z_fire[c])
             reach &= ~beyond[c, None]  # crossed already: not a prediction
             hit[c], first[c] = first_at_least(reach)
         was = self.firing[r]
@@ -189,30 +169,16 @@ class BreachStage(RowArrays):
         k_new = np.flatnonzero(~was & hit.any(axis=(1, 2)))
         # z values and probabilities only for the rows that fire or are firing.
         k = np.concatenate([k_was, k_new])
-        fck, sdk = self._forecast(fc, scale, spread1, i[k], None if sums is None else sums[k])
-        z = limit_z(fck, sdk, lo[k], up[k])  # (n, H, Fo, 2)
+        fck = np.asarray(fc[i[k]], np.float64)
+        z = limit_z(fck, self._spread(scale, spread1, i[k]), lo[k], up[k])  # (n, H, Fo, 2)
         z[np.broadcast_to(beyond[k][:, None], z.shape)] = -np.inf
         n = len(k_was)
         resolved = self._follow(r[k_was], t[k_was], z[:n], fck[:n], hit[k_was], first[k_was], beyond[k_was], cur[k_was])
         fired = self._fire(r[k_new], t[k_new], z[n:], fck[n:], hit[k_new], first[k_new])
         return fired, resolved
 
-    def _forecast(
-        self, fc: F64 | F32, scale: F64 | F32 | None, spread1: F64, i: IntArr, sums: F64 | None
-    ) -> tuple[F64, F64]:
-        """(mean, spread) (n, H, Fo) of batch positions ``i``: the model's forecast, plus the
-        residual trend (``sums``, theirs) and its uncertainty when there is one."""
-        mean = np.asarray(fc[i], np.float64)
-        sd = horizon_spread(None if scale is None else np.asarray(scale[i], np.float64), spread1[i], self.horizon)
-        if sums is None:
-            return mean, sd
-        shift, var = trend_forecast(sums, self.horizon, self.trend_min)
-        return mean + shift, np.sqrt(sd * sd + var)
-
-    def forget_trend(self, rows: IntArr) -> None:
-        """Start the residual trend of ``rows`` over: their baseline was just re-learnt (a new
-        level accepted), so the residuals before it say nothing about where they head."""
-        self.trend[rows] = 0.0
+    def _spread(self, scale: F64 | F32 | None, spread1: F64, i: IntArr) -> F64:
+        return horizon_spread(None if scale is None else np.asarray(scale[i], np.float64), spread1[i], self.horizon)
 
     def _fire(
         self, rows: IntArr, t: I64, z: F64, fc: F64, hit: npt.NDArray[np.bool_], first: npt.NDArray[np.intp]
