@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     # The trainer's anomaly calibration (thresholds for a false-alarm rate), when it writes one.
     calib = getattr(manifest, "anomaly", None)
     calib_doc = None if calib is None else calib.model_dump(exclude={"precision"})
-    print(f"anomaly calibration in the manifest: {calib_doc or 'none'}")
+    print(f"anomaly calibration in the manifest: {calib_doc or 'none'}; "
+          f"'score' columns rank by the engine's {replays[0].statistic}")
     print("FDR per fault (samples 161..960 flagged); AUC of the score; alertFAR = alerts on samples 1..160")
     print(head + "\n" + "-" * len(head))
     for f in data.FAULTS:
@@ -164,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
                   "train_seconds": round(train_s, 1)},
         "anomaly_calibration": calib_doc,
         "settings_overrides": overrides,
+        "score_statistic": replays[0].statistic,
         "replay_seconds": round(replay_s, 1),
         "pca_components": args.components,
         "thresholds": {k: float(np.format_float_positional(v, 8)) for k, v in thresholds.items()},

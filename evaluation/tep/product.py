@@ -144,11 +144,16 @@ def bench_settings() -> tuple[Settings, dict[str, object]]:
     return base.model_copy(update={"anomaly": anomaly}), updates
 
 
+def _rank(score: float, evidence: float | None) -> float:
+    return score if evidence is None else float(evidence)
+
+
 @dataclass(frozen=True, slots=True)
 class Replay:
-    score: F64  # (N,) engine score, NaN where the engine did not score (warming)
+    score: F64  # (N,) engine score (or its log evidence, see run_file), NaN where unscored (warming)
     firing: BoolArr  # (N,) the stream's alert is firing after this sample
     fired: dict[str, int]  # firing events per "check/kind" (e.g. "anomaly/multivariate")
+    statistic: str  # what ``score`` holds: "score" or "evidence" (-log10 tail probability)
 
 
 def run_file(registry: ModelRegistry, version: str, x: F64, settings: Settings) -> Replay:
@@ -161,7 +166,11 @@ def run_file(registry: ModelRegistry, version: str, x: F64, settings: Settings) 
                           settings=settings, version=version, as_steps=True)
     if len(rows) != len(x):
         raise RuntimeError(f"backtest returned {len(rows)} rows for {len(x)} samples")
-    score = np.array([np.nan if r.score is None else r.score for r in rows], dtype=np.float64)
+    # The score is 1 - 10^-E and reads 1.0 in float64 once E passes ~16, so ties at the top
+    # would hide the ranking that equal-FAR thresholds and AUC need: rank by the log
+    # evidence E itself when the backtest reports it (field ``evidence``), else by the score.
+    score = np.array([np.nan if r.score is None else _rank(r.score, getattr(r, "evidence", None)) for r in rows],
+                     dtype=np.float64)
     firing = np.array([r.status == "firing" for r in rows], dtype=bool)
     fired: Counter[str] = Counter()
     for r in rows:  # several events on one row are joined by ";", checks and kinds alike
@@ -170,4 +179,5 @@ def run_file(registry: ModelRegistry, version: str, x: F64, settings: Settings) 
         for i, e in enumerate(events):
             if e == "firing":
                 fired[f"{checks[i] if i < len(checks) else ''}/{kinds[i] if i < len(kinds) else ''}"] += 1
-    return Replay(score, firing, dict(fired))
+    statistic = "evidence" if any(getattr(r, "evidence", None) is not None for r in rows) else "score"
+    return Replay(score, firing, dict(fired), statistic)
