@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recompute-batch", type=int, default=512,
                    help="Streams per recompute call (the engine's own call size; cost reported per stream).")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads.")
-    p.add_argument("--scorer", choices=("spread", "surprise"), default="spread", help="anomaly.scorer of the engine.")
+    p.add_argument("--scorer", choices=("evidence", "spread", "surprise"), default="evidence",
+                   help="anomaly.scorer of the engine (evidence: the default).")
     p.add_argument("--one-call", action="store_true",
                    help="Also time one ORT call over all streams (<= 10k; grows ORT's arena, inflating RSS).")
 
