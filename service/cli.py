@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("tools.bench.command", "Benchmarks: ingest, inference, soak, latency, faults."),
     "train": ("training.command", "Train a model and export it to ONNX (needs the train extra)."),
     "evaluate": ("training.evaluate", "Evaluate a model next to naive baselines, with plots."),
+    "calibrate": ("training.calibrate_command", "Recompute a model's anomaly calibration from history (no retraining)."),
 }
 
 

@@ -56,6 +56,8 @@ _TRAIN: dict[str, tuple[type, str]] = {
     "seed": (int, "random seed: the same seed and data give the same model"),
     "threads": (int, "torch threads"),
     "patience": (int, "epochs without a better validation error before stopping"),
+    "false_alerts_per_day": (float, "anomaly thresholds are calibrated on validation for this many false alerts per "
+                                    "stream-day (default 0.024: one per 1,000 stream-hours)"),
 }
 
 
@@ -179,7 +181,8 @@ def _run(args: argparse.Namespace) -> int:
     save_checkpoint(t, run_dir / "checkpoint.pt")
     try:
         exported = export(t, args.models_dir, a, version=cfg.version, default_threshold=threshold,
-                          extra_metrics={"calibration": calib} if calib else None)
+                          extra_metrics={"calibration": calib} if calib else None,
+                          false_alerts_per_day=cfg.train.false_alerts_per_day)
     except ModelError as e:
         print(f"sensorcast train: export failed, nothing written under {args.models_dir / cfg.name}: {e}. "
               f"The trained weights are kept in {run_dir / 'checkpoint.pt'} (`sensorcast evaluate` reads it); "
@@ -187,6 +190,8 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     rep = write_report(t, a, run_dir)
     print(report_markdown(rep))
+    if exported.calibration:
+        print(exported.calibration)
     print(f"model: {exported.folder} (ONNX parity {exported.parity:.1e})")
     print(f"report, plots, checkpoint: {run_dir}")
     return 0

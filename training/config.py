@@ -72,6 +72,9 @@ class TrainConfig:
     max_minutes: float = 15.0
     progress: bool = True
     decoder_positions: int = 8  # seq2seq: positions per chunk that run the decoder in training
+    # Anomaly thresholds are set on validation data for this many false alerts per stream-day
+    # (training/calibrate.py; 0.024: one per 1,000 stream-hours).
+    false_alerts_per_day: float = 0.024
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,5 +152,7 @@ def validate(cfg: Config) -> None:
                              or not 0 < rows[0] < rows[1] <= rows[-1]):
         raise ValueError(f"data.split_rows {list(rows)}: expected train_end, val_end[, test_end] row numbers "
                          "with 0 < train_end < val_end <= test_end (e.g. [400, 500] or [400, 500, 600])")
+    if not cfg.train.false_alerts_per_day > 0:
+        raise ValueError(f"train.false_alerts_per_day {cfg.train.false_alerts_per_day}: expected a rate above 0")
     if cfg.data.layout not in ("series", "univariate"):
         raise ValueError(f"data.layout {cfg.data.layout!r}: expected 'series' or 'univariate'")

@@ -1,6 +1,7 @@
 """Train the shipped demo model on the project's own simulator (tools/sim/signals.py).
 
     python -m training.demo [--models-dir models] [--version 1] [--steps 4000]
+    python -m training.demo --calibrate-only   # recompute the shipped model's anomaly block
 
 A univariate global GRU (F=1) with per-stream running scaling in its state, so one
 small model serves every simulated quantity (temperature, humidity, power, ...) at the
@@ -16,11 +17,9 @@ from pathlib import Path
 
 from service.records import NS_PER_S, Reading, StreamKey
 from tools.sim import signals
+from training.calibrate import Segment, calibrate, open_model, summary, write_block
 from training.config import Config, DataConfig, ModelConfig, TrainConfig
-from training.data import readings_to_dataset
-from training.evaluate import report_markdown, write_report
-from training.export import export, save_checkpoint
-from training.trainer import assess, calibrate_threshold, train
+from training.data import readings_to_dataset, split_rows
 
 START_NS = 1_767_225_600 * NS_PER_S  # 2026-01-01T00:00Z
 TRAIN_SEED = signals.DEMO_SEED + 1000
@@ -65,22 +64,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=4000, help="steps per simulated stream")
     p.add_argument("--devices", type=int, default=4)
     p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--calibrate-only", action="store_true", help="no training: recompute the anomaly calibration "
+                   "of <models-dir>/demo/<version> on the regenerated validation rows (the ONNX file stays)")
     a = p.parse_args(argv)
+    cfg = demo_config(a.version, a.steps, a.epochs)
+    if a.calibrate_only:
+        return calibrate_only(cfg, a.models_dir / cfg.name / cfg.version, a.steps, a.devices)
     import torch
 
+    from training.evaluate import report_markdown, write_report
+    from training.export import export, save_checkpoint
+    from training.trainer import assess, calibrate_threshold, train
+
     torch.set_num_threads(1)
-    cfg = demo_config(a.version, a.steps, a.epochs)
     ds = readings_to_dataset(demo_readings(a.steps, a.devices), cfg.data, cfg.data.source)
     print(f"demo data: {len(ds.series)} streams x {len(ds.series[0].values)} steps, cadence {ds.cadence_s:g} s")
     t = train(cfg, ds)
     assessments = {"val": assess(t, "val"), "test": assess(t, "test")}
     threshold, calib = calibrate_threshold(t)
     ex = export(t, a.models_dir, assessments, version=cfg.version, default_threshold=threshold,
-                extra_metrics={"calibration": calib} if calib else None)
+                extra_metrics={"calibration": calib} if calib else None,
+                false_alerts_per_day=cfg.train.false_alerts_per_day)
+    print(ex.calibration)
     run_dir = a.runs_dir / cfg.name / cfg.version
     save_checkpoint(t, run_dir / "checkpoint.pt")
     print(report_markdown(write_report(t, assessments, run_dir)))
     print(f"exported {ex.folder} (parity {ex.parity:.1e}, threshold {threshold:.6f}); report in {run_dir}")
+    return 0
+
+
+def calibrate_only(cfg: Config, folder: Path, steps: int, devices: int) -> int:
+    """The shipped model's anomaly block from the regenerated validation rows (torch-free)."""
+    ds = readings_to_dataset(demo_readings(steps, devices), cfg.data, cfg.data.source)
+    segments = []
+    for s in ds.series:
+        sp = split_rows(len(s.values), cfg.data)
+        segments.append(Segment(s.name, s.ts_ns, s.values, sp.train_end, sp.val_end))
+    model = open_model(folder)
+    result = calibrate(model, segments, cfg.train.false_alerts_per_day)
+    write_block(folder, result.block)
+    print(summary(result, model.manifest.cadence_s))
     return 0
 
 

@@ -23,6 +23,7 @@ import torch
 
 from service.errors import ModelError
 from service.runtime.manifest import DataRange, Manifest, load_manifest, sha256_file
+from training.calibrate import Segment, calibrate, open_model, summary, write_block
 from training.data import F32
 from training.nets import SegRNN, StepGraph, StepNet
 from training.trainer import Assessment, Trained, time_names
@@ -41,6 +42,7 @@ class Exported:
     folder: Path
     manifest: Manifest
     parity: float  # max abs diff ONNX vs torch, in train-std units
+    calibration: str = ""  # the anomaly calibration's summary ("" when not calibrated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,13 +194,16 @@ def export(
     version: str | None = None,
     default_threshold: float = 0.999,
     extra_metrics: dict[str, dict[str, float]] | None = None,
+    false_alerts_per_day: float | None = None,
 ) -> Exported:
     """Write the artefact; returns its folder, the validated manifest and the parity gap.
 
     Everything is written into a hidden temporary folder beside the version folder (the
     registry skips names starting with '.') and renamed into place once the manifest
     validates: a failed export leaves no empty or partial ``<name>/<version>/`` that the
-    registry would refuse on every reload.
+    registry would refuse on every reload. With ``false_alerts_per_day``, the anomaly
+    evidence is calibrated on the validation rows with the exported graph (training/calibrate.py)
+    before the rename, so the model is never served uncalibrated.
     """
     version = version or t.cfg.version or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     parent = models_dir / t.cfg.name
@@ -209,6 +214,7 @@ def export(
     tmp.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
     try:
         _write(t, tmp, version, assessments, default_threshold, extra_metrics)
+        note = "" if false_alerts_per_day is None else calibrate_trained(t, tmp, false_alerts_per_day)
         if folder.exists():  # re-exporting a version replaces it, as writing over it did
             shutil.rmtree(folder)
         tmp.rename(folder)
@@ -219,7 +225,17 @@ def export(
                 parent.rmdir()  # only if still empty
         raise
     m = load_manifest(folder)
-    return Exported(folder, m, float(m.metrics["parity"]["max_abs_diff_std_units"]))
+    return Exported(folder, m, float(m.metrics["parity"]["max_abs_diff_std_units"]), note)
+
+
+def calibrate_trained(t: Trained, folder: Path, false_alerts_per_day: float) -> str:
+    """Calibrate the exported graph in ``folder`` on ``t``'s validation rows; the summary line."""
+    segments = [Segment(s.name, s.ts_ns, d.values, d.split.train_end, d.split.val_end)
+                for s, d in zip(t.dataset.series, t.data, strict=True)]
+    model = open_model(folder)
+    result = calibrate(model, segments, false_alerts_per_day)
+    write_block(folder, result.block)
+    return summary(result, model.manifest.cadence_s)
 
 
 def _write(
