@@ -5,7 +5,8 @@ a few fancy-indexing gathers per lane) and builds the records after releasing it
 (``statuses``), so listing 100k streams does not stall the tick.
 
 Snapshot keys (arrays aligned with the requested ids): ``known``, ``warm``, ``firing``
-(bool); ``last_ts_ns`` (int64, -1 when nothing fed); ``warm_have``, ``warm_need``,
+(bool: the anomaly alert), ``alerting`` (bool: any check's alert, what a stream's status
+"firing" means, as the streams gauge counts); ``last_ts_ns`` (int64, -1 when nothing fed); ``warm_have``, ``warm_need``,
 ``feature`` (int64: the output feature the numbers refer to); ``value``, ``expected``,
 ``lower``, ``upper``, ``score`` (float64, NaN when unknown or unscored); a predicted
 breach's ``breach_eta_s``, ``breach_probability``, ``breach_limit`` (float64, NaN: none),
@@ -48,7 +49,7 @@ class QualityRows(Protocol):
 
 def empty_snapshot(n: int) -> Snapshot:
     out: Snapshot = {
-        "known": np.zeros(n, bool), "warm": np.zeros(n, bool), "firing": np.zeros(n, bool),
+        "known": np.zeros(n, bool), "warm": np.zeros(n, bool), "firing": np.zeros(n, bool), "alerting": np.zeros(n, bool),
         "last_ts_ns": np.full(n, -1, np.int64), "warm_have": np.zeros(n, np.int64),
         "warm_need": np.zeros(n, np.int64), "feature": np.zeros(n, np.int64),
     }
@@ -115,11 +116,12 @@ def fill_checks(out: Snapshot, lane: Lane, idx: IntArr, rows: IntArr) -> None:
             firing.setdefault(i, []).append(CHECK)
     for i, checks in firing.items():
         out["checks"][idx[i]] = checks
+        out["alerting"][idx[i]] = True
 
 
 def status_mask(snap: Snapshot, status: str) -> npt.NDArray[np.bool_]:
     """Which snapshot positions are in ``status`` ("warming", "ok" or "firing"), as ``statuses`` says."""
-    firing, warm = snap["firing"], snap["warm"]
+    firing, warm = snap["alerting"], snap["warm"]
     if status == "firing":
         return firing
     return (warm if status == "ok" else ~warm) & ~firing & snap["known"]
@@ -139,7 +141,7 @@ def statuses(meta: Sequence[StreamMeta], snap: Snapshot) -> list[StreamStatus]:
         bf, side = cols["breach_feature"][i], cols["breach_side"][i]
         out.append(StreamStatus(
             id=sid, device=device, quantity=quantity, model=model.name, model_version=model.version,
-            status="firing" if cols["firing"][i] else ("ok" if have >= need else "warming"),
+            status="firing" if cols["alerting"][i] else ("ok" if have >= need else "warming"),
             warm_have=min(have, need), warm_need=need,
             last_ts_ns=None if cols["last_ts_ns"][i] < 0 else cols["last_ts_ns"][i],
             last_value=_num(cols["value"][i]), score=_num(cols["score"][i]),

@@ -66,7 +66,7 @@ def test_a_predicted_breach_shows_in_the_status_pages_and_the_api_schema(tmp_pat
     feed(eng, StreamKey("calm", "value"), signal(30, seed=1))
     limit = predict_breach(eng, "dev/value")
     s = eng.stream("dev/value")
-    assert s is not None and s.status == "ok"
+    assert s is not None and s.status == "firing"  # an alert fires on it: predicted_breach
     assert s.breach_eta_s == 60.0 and s.breach_probability is not None and s.breach_probability >= 0.9
     assert s.breach_limit == limit and s.breach_side == "upper" and s.breach_feature == "value"
     assert s.checks_firing == ["predicted_breach"] and s.held_by is None
@@ -77,6 +77,8 @@ def test_a_predicted_breach_shows_in_the_status_pages_and_the_api_schema(tmp_pat
     page, _ = eng.streams_page(10)
     assert [(p.id, p.breach_eta_s) for p in page] == [("calm/value", None), ("dev/value", 60.0)]
     assert [p.breach_limit for p in eng.streams()] == [None, limit]
+    assert [p.id for p in eng.streams_page(10, status="firing")[0]] == ["dev/value"]
+    assert [p.id for p in eng.streams_page(10, status="ok")[0]] == ["calm/value"]
     # GET /v1/streams/{id}: the ETA as seconds and as a time.
     out = StreamOut.from_status(s)
     b = out.predicted_breach
