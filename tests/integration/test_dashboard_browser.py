@@ -71,8 +71,12 @@ def _run(browser: Any, demo: Demo) -> None:
         " && a.ts_ns / 1e9 >= arguments[1])"
     )
     _until(lambda: browser.execute_script(fired, stream, t_inject), 40, f"a firing alert for {stream} after the spike")
-    sel = f'#alerts li[data-stream="{stream}"] .firing'
-    assert browser.find_elements(By.CSS_SELECTOR, sel)
+    # Its row in the alert list names the check, the kind and the onset.
+    row = f'#alerts tbody tr[data-stream="{stream}"][data-check="anomaly"]'
+    _until(lambda: browser.find_elements(By.CSS_SELECTOR, f"{row} td.firing"), 10, f"{stream}'s row in the alert list")
+    cells = browser.find_element(By.CSS_SELECTOR, row).find_elements(By.TAG_NAME, "td")
+    assert cells[2].text == "anomaly" and cells[3].text in {"spike", "level_shift", "drift", "variance"}, cells[3].text
+    assert cells[5].text not in {"", "–"}  # an anomaly alert carries its onset
     marker = (
         "const u = window.sensorcast.charts[arguments[0]];"
         " return u.data[8].some((v, i) => v !== null && u.data[0][i] >= arguments[1])"
@@ -89,15 +93,17 @@ def _run(browser: Any, demo: Demo) -> None:
 
 
 def test_dashboard_asks_for_the_read_key_and_then_shows_data(browser: Any, tmp_path: Path) -> None:
-    """The compose stack sets a read key: the page must ask for it, then work."""
+    """The compose stack sets a read key: the page must ask for it, then work. The alert
+    list shows each event's check, kind and onset from the alert history."""
     from selenium.webdriver.common.by import By
 
     from service.api.app import create_app
     from service.metrics import Metrics
     from service.pipeline import Pipeline, build_ingester
-    from service.records import Reading, StreamKey
+    from service.records import Alert, Reading, StreamKey
+    from service.store.alertlog import AlertLog
     from service.store.memory import MemoryStore
-    from tests.apiharness import T0, populated_twin, settings_for
+    from tests.apiharness import MIN, T0, populated_twin, settings_for
     from tools.demo import ApiServer, _listen
 
     (tmp_path / "read.key").write_text("r-secret\n")
@@ -105,8 +111,22 @@ def test_dashboard_asks_for_the_read_key_and_then_shows_data(browser: Any, tmp_p
     store, metrics, engine = MemoryStore(), Metrics(), populated_twin()
     key = StreamKey("pump-1", "temperature")
     store.write([Reading(key, T0 - (50 - i) * 60 * 10**9, 20.0 + (i % 7) * 0.3) for i in range(50)])
+    history = AlertLog(tmp_path / "alerts.sqlite")
+    nan = float("nan")
+    events = [  # oldest first; the list shows the newest first
+        Alert(key, "temperature", "firing", T0 - 3 * MIN, 90.0, 20.0, 18.0, 22.0, 0.9999, "twin", "1", True,
+              kind="spike", onset_ns=T0 - 4 * MIN, onset_value=88.0, onset_expected=20.0),
+        Alert(StreamKey("pump-2", "temperature", (("site", "north"),)), "temperature", "firing", T0 - 2 * MIN, 7.0,
+              nan, nan, nan, nan, "twin", "1", True, check="stuck", kind="stuck", onset_ns=T0 - 30 * MIN),
+        Alert(key, "temperature", "resolved", T0 - MIN, 21.0, 20.9, 19.0, 22.8, 0.2, "twin", "1", True,
+              kind="spike", extra={"reason": "held", "held_by": "stuck"}),
+    ]
+    for a in events:
+        history.append(a)
+    assert history.flush()
     ingester = build_ingester(settings, store, metrics, sinks=[engine.accept], mqtt=False)
-    pipeline = Pipeline(settings, metrics, store=store, engine=engine, ingester=ingester, decoder=ingester.decoder)
+    pipeline = Pipeline(settings, metrics, store=store, engine=engine, ingester=ingester, decoder=ingester.decoder,
+                        alert_log=history, closers=[history.close])
     pipeline.start()
     server = ApiServer(create_app(settings, pipeline=pipeline), _listen("127.0.0.1", 0))
     server.start()
@@ -127,7 +147,18 @@ def test_dashboard_asks_for_the_read_key_and_then_shows_data(browser: Any, tmp_p
         assert browser.execute_script("return localStorage.getItem('sensorcast.apiKey')") == "r-secret"
         badges = {b.text for b in browser.find_elements(By.CSS_SELECTOR, "#streams .badge")}
         assert badges == {"ok", "warming 2/5"}
-        assert browser.find_elements(By.CSS_SELECTOR, '#alerts li[data-stream="pump-1/temperature"] .firing')
+        # The alert list: state, stream, check, kind, time, onset, value, expected, score.
+        rows = browser.find_elements(By.CSS_SELECTOR, "#alerts tbody tr")
+        got = [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows]
+        clock = "return new Date(Number(arguments[0]) / 1e6).toLocaleTimeString()"
+        at = {i: browser.execute_script(clock, str(T0 - i * MIN)) for i in (1, 2, 3, 4, 30)}
+        assert got == [
+            ["resolved", "pump-1/temperature", "anomaly", "spike", at[1], "–", "21.00", "20.90", "0.2"],
+            ["firing", "pump-2/temperature;site=north", "stuck", "stuck", at[2], at[30], "7.00", "–", "–"],
+            ["firing", "pump-1/temperature", "anomaly", "spike", at[3], at[4], "90.00", "20.00", "1.0"],
+        ], got
+        assert rows[0].get_attribute("title") == "reason: held (stuck)"
+        assert rows[2].find_elements(By.CSS_SELECTOR, "td.firing")
     finally:
         server.stop()
         pipeline.stop()

@@ -9,6 +9,7 @@
   const state = {
     streams: new Map(), // id -> {info, actual: Map(t_s -> v), expected: Map(t_s -> [m, lo, hi]), forecast, lastMs}
     alerts: [],
+    alertsError: "", // why the alert list is empty when GET /v1/alerts could not answer
     charts: {}, // id -> uPlot instance (read by the browser test)
     polls: 0,
     key: localStorage.getItem("sensorcast.apiKey") || "",
@@ -28,6 +29,7 @@
     constructor(path, status, detail) {
       super(`${path}: ${status} ${detail}`);
       this.status = status;
+      this.detail = detail;
     }
   }
 
@@ -148,25 +150,38 @@
     }
   }
 
+  // One row per alert event: which check fired and what kind of event it was, when the
+  // condition began (onset), the numbers. The event's reason (a resolution's) is its tooltip.
   function renderAlerts() {
-    const ol = $("#alerts");
-    ol.replaceChildren();
+    const body = $("#alerts tbody");
+    body.replaceChildren();
     if (!state.alerts.length) {
-      const li = document.createElement("li");
-      li.className = "muted";
-      li.textContent = "none yet";
-      ol.append(li);
+      const tr = document.createElement("tr");
+      const td = document.createElement("td");
+      td.colSpan = 9;
+      td.className = "muted";
+      td.textContent = state.alertsError || "none yet";
+      tr.append(td);
+      body.append(tr);
       return;
     }
+    const clock = (iso) => (iso ? new Date(iso).toLocaleTimeString() : "–");
     for (const a of state.alerts) {
-      const li = document.createElement("li");
-      li.dataset.stream = a.stream_id;
-      const st = document.createElement("span");
-      st.className = a.state;
-      st.textContent = a.state;
-      li.append(st, ` ${a.stream_id} at ${new Date(a.time).toLocaleTimeString()}: value ${fmt(a.value)}, ` +
-        `expected ${fmt(a.expected)} [${fmt(a.lower)}, ${fmt(a.upper)}], score ${fmt(a.score, 1)}`);
-      ol.append(li);
+      const tr = document.createElement("tr");
+      tr.dataset.stream = a.stream_id;
+      tr.dataset.check = a.check;
+      const cells = [a.state, a.stream_id, a.check, a.kind || "–", clock(a.time), clock(a.onset_time),
+        fmt(a.value), fmt(a.expected), fmt(a.score, 1)];
+      const names = ["state", "stream", "check", "kind", "time", "onset", "value", "expected", "score"];
+      cells.forEach((text, i) => {
+        const td = document.createElement("td");
+        td.textContent = text;
+        td.className = i === 0 ? a.state : i >= 6 ? `${names[i]} num` : names[i];
+        tr.append(td);
+      });
+      if (a.extra && a.extra.reason) tr.title = `reason: ${a.extra.reason}` + (a.extra.held_by ? ` (${a.extra.held_by})` : "");
+      if (a.lower !== null || a.upper !== null) tr.cells[7].title = `band [${fmt(a.lower)}, ${fmt(a.upper)}]`;
+      body.append(tr);
     }
   }
 
@@ -301,7 +316,16 @@
       const streams = page.items;
       streams.sort((a, b) => a.id.localeCompare(b.id));
       await Promise.all(streams.slice(0, MAX_CHARTS).map(updateStream));
-      state.alerts = await api("/v1/alerts?limit=50");
+      // Without an alert history (503: not this process's role, or its file cannot be
+      // read) the streams still update; the alert list says why it is empty.
+      try {
+        state.alerts = await api("/v1/alerts?limit=50");
+        state.alertsError = "";
+      } catch (e) {
+        if (!(e instanceof ApiError && e.status === 503)) throw e;
+        state.alerts = [];
+        state.alertsError = e.detail || e.message;
+      }
       // Everything is redrawn from the same poll, so table, badges and charts agree.
       renderSummary(streams, page.more);
       renderTable(streams);
