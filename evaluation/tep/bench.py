@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from evaluation.tep import data, pca
-from evaluation.tep.metrics import flagged, rate, roc_auc, threshold_at
+from evaluation.tep.metrics import flagged, rate, roc_auc, threshold_at, top_share
 from evaluation.tep.product import ProductConfig, bench_settings, run_file, train_model
 from service.runtime.registry import ModelRegistry
 
@@ -153,6 +153,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'FAR00':>8s}" + "".join(f"{det.far_normal():10.3f}" for _, det in columns) + "   (d00_te)")
     print(f"{'FAR1-160':>8s}" + "".join(f"{det.far_heads():10.3f}" for _, det in columns) + "   (fault files)")
     print("* nearly undetectable (3, 9, 15): left out of mean18")
+    top = top_share(score[0])
+    if top > min(FARS):
+        print(f"note: {top:.1%} of the scored d00_te samples share the top score {np.nanmax(score[0]):.17g}; "
+              "a threshold cannot flag fewer than all of them, so the score columns flag nothing where the share "
+              "exceeds their FAR")
     fault_fired = dict(sum((Counter(replays[f].fired) for f in data.FAULTS), Counter()))
     print(f"firing events (check/kind): d00_te {replays[0].fired or 'none'}; fault runs {fault_fired or 'none'}")
 
@@ -173,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         "fdr_mean21": {n: round(_mean(fdr[n], data.FAULTS), 4) for n, _ in columns},
         "far_d00_te": {n: round(det.far_normal(), 4) for n, det in columns},
         "far_fault_heads": {n: round(det.far_heads(), 4) for n, det in columns},
+        "score_top_share_d00_te": round(top, 4),
         "auc_mean18": round(_mean(auc, data.DETECTABLE), 4),
         "auc_mean21": round(_mean(auc, data.FAULTS), 4),
         "firing_events": {"d00_te": replays[0].fired, "faults": fault_fired},

@@ -22,6 +22,13 @@ def threshold_at(normal: F64, far: float) -> float:
     return float(seen[len(seen) - 1 - allowed])
 
 
+def top_share(normal: F64) -> float:
+    """Share of the scored ``normal`` samples tied at the top value: a saturated score. No
+    threshold flags fewer than these (``threshold_at`` then flags none)."""
+    seen = normal[~np.isnan(normal)]
+    return float(np.mean(seen == seen.max())) if len(seen) else 0.0
+
+
 def rate(flags: BoolArr) -> float:
     return float(np.mean(flags)) if len(flags) else float("nan")
 

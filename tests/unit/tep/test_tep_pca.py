@@ -45,6 +45,13 @@ def test_threshold_at_gives_at_most_the_rate_and_ignores_nan() -> None:
     assert not metrics.flagged(np.array([np.nan]), -1e9)[0]  # unscored is never flagged
 
 
+def test_a_saturated_score_flags_nothing_and_says_so() -> None:
+    normal = np.concatenate([np.linspace(0, 0.9, 90), np.ones(10), [np.nan]])  # 10 % at the cap
+    assert metrics.top_share(normal) == 0.1
+    thr = metrics.threshold_at(normal, 0.05)
+    assert thr == 1.0 and not metrics.flagged(np.ones(5), thr).any()
+
+
 def test_roc_auc_against_pairs() -> None:
     rng = np.random.default_rng(3)
     pos = np.round(rng.normal(1, 1, 60), 1)
