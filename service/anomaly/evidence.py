@@ -50,6 +50,7 @@ LAGS = 4  # forecasts made 1..LAGS steps earlier are kept per row
 CLIP = 4.0  # |z| clip inside the EWMA statistics: one spike moves them by at most lam * CLIP
 MEAN_LAMBDA = 0.1  # MEWMA weight: about the last 10-20 steps
 MEAN_ALPHA = 0.005  # the typical MEWMA size follows about the last 200 ordinary steps
+MEAN_LEARN_BELOW = 2.0  # after that, only steps whose mean part is below this (p > 0.01) teach it
 MEAN_PRIOR = 30.0  # steps' worth of trust in the independent-residuals value before any are learnt
 VAR_LAMBDA = 0.1
 PARTS = ("instant", "lag", "mean", "variance")
@@ -208,10 +209,14 @@ class EvidenceRows(RowArrays):
             share = pos / pos.sum(axis=1, keepdims=True)
         # Readings below the firing evidence teach the spread; anomalies stay out of it.
         learn = warm & ~(e >= fire_log)
-        if learn.any():  # the typical MEWMA q, learnt slowly (it must not follow a drift)
-            lr = rows[learn]
+        # The typical MEWMA q: a plain mean over the first 1/MEAN_ALPHA steps, then only
+        # from steps whose own mean evidence is ordinary, so a shift or drift never
+        # teaches it (it would learn away the very deviation it is there to see).
+        learn_q = learn & ((self.count[rows] < 1 / MEAN_ALPHA) | ~(parts[:, MEAN] >= MEAN_LEARN_BELOW))
+        if learn_q.any():
+            lr = rows[learn_q]
             rate_q = np.maximum(MEAN_ALPHA, 1.0 / (self.count[lr] + 1.0))
-            self.mean_sq[lr] += rate_q * (q[learn] - self.mean_sq[lr])
+            self.mean_sq[lr] += rate_q * (q[learn_q] - self.mean_sq[lr])
         resid = actual - expected
         if scale is not None:  # learn in units of the model's own scale
             with np.errstate(invalid="ignore", divide="ignore"):

@@ -87,11 +87,11 @@ class AnomalyStage(RowArrays):
     onset_value = Col(np.float64, fill=_NAN, reset=False)
     onset_expected = Col(np.float64, fill=_NAN, reset=False)
     onset_score = Col(np.float64, fill=_NAN, reset=False)
-    onset_instant = Col(np.bool_, fill=False, reset=False)  # the run began with a one-step jump
-    kind = Col(np.int64, fill=0, reset=False)  # of the current/last episode (KINDS)
-    held = Col(np.int64, fill=0)  # consecutive readings kept out of the state
-    fault_level = Col(np.float64, ("n_out",), _NAN)  # (N, Fo) the last reading kept out; NaN: none
-    recent = Col(np.float32, (RECENT, "n_in"), _NAN)  # (N, R, F) the latest readings, newest last
+    onset_instant = Col(np.bool_, fill=False, reset=False, optional=True)  # the run began with a one-step jump
+    kind = Col(np.int64, fill=0, reset=False, optional=True)  # of the current/last episode (KINDS)
+    held = Col(np.int64, fill=0, optional=True)  # consecutive readings kept out of the state
+    fault_level = Col(np.float64, ("n_out",), _NAN, optional=True)  # (N, Fo) the last reading kept out; NaN: none
+    recent = Col(np.float32, (RECENT, "n_in"), _NAN, optional=True)  # (N, R, F) the latest readings, newest last
     accept_after = Col(np.int64, fill=-1, reset=False, saved=False)  # per stream; -1: the default
     extreme_row = Col(np.float64, fill=_NAN, reset=False, saved=False)  # per stream; NaN: the default
 

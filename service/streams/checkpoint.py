@@ -230,6 +230,7 @@ def _restore_lane(
         lane.import_rows(rows, {k: v[picked] for k, v in arrays.items()})  # one gather per array
     except Exception:
         lane.wipe(rows)  # no half-restored streams: they warm from the store instead
+        slots.reconfigure(streams)  # and keep their own alert rules
         raise
     for st in streams:
         restored(st)

@@ -129,7 +129,9 @@ class Engine:
         if now >= self._silent_at:  # the silent watchdog: no reading needed to notice silence
             self._silent_at = now + SILENT_CHECK_NS
             for lane in self._lanes.values():
-                rows = np.flatnonzero(lane.occupied)
+                # Only established streams (warm) can go silent: a topic seen once, or a
+                # flood of one-off topics, must not leave a silent alert per topic.
+                rows = np.flatnonzero(lane.occupied & (lane.table.warm_have >= lane.table.warm_need))
                 if rows.size:
                     found = lane.quality.silent(rows, lane.seen[rows], now)
                     if found.fired:

@@ -45,6 +45,7 @@ from service.runtime.registry import LoadedModel, ModelRegistry
 from service.streams.binding import Route, route
 from service.streams.evicted import EvictedStates
 from service.streams.lane import Lane, Stream, table_name
+from service.streams.quality_stage import SILENT
 
 
 class WarmupHooks(Protocol):
@@ -175,8 +176,15 @@ class StreamSlots:
             except (KeyError, ValueError) as e:  # cannot happen for the same model file; be safe
                 log.error("evicted state of %s unusable, it warms from the store: %s", st.id, e)
                 lane.wipe(rows)
+                self.reconfigure([st])
         self.warm.new_stream(st)
         return st
+
+    def reconfigure(self, streams: Sequence[Stream]) -> None:
+        """Give these streams their alert rules again (after their rows were wiped)."""
+        if self._configure is not None:
+            for st in streams:
+                self._configure(st)
 
     def _over_limit(self, device: str) -> str | None:
         if self.max_streams and len(self.streams) >= self.max_streams:
@@ -283,7 +291,10 @@ class StreamSlots:
             useful_until = (lane.table.last_bucket + gap_steps + 1) * lane.cadence_ns
             # A firing stream stays until then: its alert resolves ("evicted") only when a
             # return could no longer continue it, as the gap rule would on that return.
-            idle = np.flatnonzero(quiet & (~lane.anomaly.decider.firing | (useful_until < now)))
+            # A silent alert stays while its stream does: a dead sensor is alerted until it
+            # returns or its silent rule is turned off, not for idle_evict_s only.
+            silent = lane.quality.firing[:, SILENT]
+            idle = np.flatnonzero(quiet & ~silent & (~lane.anomaly.decider.firing | (useful_until < now)))
             streams = [st for st in (lane.owners[r] for r in idle.tolist()) if st is not None and st.ticket == 0]
             if not streams:
                 continue

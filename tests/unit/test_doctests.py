@@ -6,10 +6,11 @@ import doctest
 
 import pytest
 
-from service.anomaly import decision, scoring
+from service.anomaly import decision, evidence, scoring
+from service.streams import rules
 
 
-@pytest.mark.parametrize("module", [scoring, decision])
+@pytest.mark.parametrize("module", [scoring, decision, evidence, rules])
 def test_doctests(module: object) -> None:
     result = doctest.testmod(module)  # type: ignore[arg-type]
     assert result.attempted > 0 and result.failed == 0

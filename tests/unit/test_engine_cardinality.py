@@ -185,7 +185,8 @@ def test_eviction_round_trip_keeps_every_row_array(tmp_path: Path, spec: KitSpec
 def test_long_idle_stream_is_dropped_and_warms_from_the_store_on_return(tmp_path: Path) -> None:
     a, b = StreamKey("a", "t"), StreamKey("b", "t")
     store = MemoryStore()
-    eng, m, _ = make(tmp_path, store, streams={"idle_evict_s": 1200, "max_gap_steps": 12})
+    eng, m, _ = make(tmp_path, store, streams={"idle_evict_s": 1200, "max_gap_steps": 12},
+                     anomaly={"silent_after": 0})  # a silent alert would keep it (test below)
     for i in range(20):
         step(eng, i, [a, b], store)
     for i in range(20, 50):
@@ -204,7 +205,8 @@ def test_firing_stream_is_evicted_only_once_a_return_could_not_continue_it(tmp_p
     """Evicted earlier, a returning firing stream would lose its alert; never evicted, a
     silent one would stay firing for ever. So it goes when the gap rule would reset it."""
     a, b = StreamKey("a", "t"), StreamKey("b", "t")
-    eng, m, alerts = make(tmp_path, anomaly={"min_count": 1, "window": 1, "cooldown_s": 0},
+    # silent_after 0: a silent alert keeps its stream (test below); this is the anomaly alert's rule.
+    eng, m, alerts = make(tmp_path, anomaly={"min_count": 1, "window": 1, "cooldown_s": 0, "silent_after": 0},
                           streams={"idle_evict_s": 300, "max_gap_steps": 12})
     for i in range(30):
         rs = [Reading(a, T0 + i * C, value(i) + (80 if i == 29 else 0)), Reading(b, T0 + i * C, value(i))]
@@ -217,14 +219,11 @@ def test_firing_stream_is_evicted_only_once_a_return_could_not_continue_it(tmp_p
         assert s is not None and s.status == "firing", i  # idle, but a return within 12 buckets continues it
     step(eng, 43, [b])  # 13 buckets after its last step: past the gap rule
     assert eng.stream("a/t") is None and m.streams_evicted.labels("dropped")._value.get() == 1
-    got = [x for x in alerts if x.stream_id == "a/t" and x.check == "anomaly"]
+    got = [x for x in alerts if x.stream_id == "a/t"]
     assert [x.state for x in got] == ["firing", "resolved"] and got[1].extra == {"reason": "evicted"}
-    # Idle for 10 cadences, it had gone silent too (the wall-clock watchdog); that resolves as it leaves.
-    silent = [(x.state, x.extra.get("reason")) for x in alerts if x.stream_id == "a/t" and x.check == "silent"]
-    assert silent == [("firing", None), ("resolved", "evicted")]
     assert not got[1].warm
     step(eng, 44, [a, b])  # back: a new stream that warms up, no second "resolved"
-    assert [x.state for x in alerts if x.stream_id == "a/t"] == ["firing", "firing", "resolved", "resolved"]
+    assert [x.state for x in alerts if x.stream_id == "a/t"] == ["firing", "resolved"]
     assert eng.stream("a/t").status == "warming"  # type: ignore[union-attr]
 
 
@@ -423,3 +422,31 @@ def test_streams_page_walks_every_stream_once_in_id_order(tmp_path: Path) -> Non
     rest, nxt = eng.streams_page(100, nxt, "firing")
     assert [s.id for s in rest] == [f"d{j:04d}/t" for j in range(300, 700, 100)] and nxt is None
     assert eng.streams_page(10, "zzz") == ([], None)
+
+
+def test_a_silent_stream_is_kept_while_its_silent_alert_fires(tmp_path: Path) -> None:
+    """A dead sensor stays alerted: idle eviction passes over a stream whose silent alert
+    fires (it would otherwise resolve 'evicted' after idle_evict_s, and nothing alert again)."""
+    a, b = StreamKey("a", "t"), StreamKey("b", "t")
+    # Silent after 10 buckets (the default: 10 cadences), idle eviction after 15.
+    eng, m, alerts = make(tmp_path, streams={"idle_evict_s": 900, "max_gap_steps": 12})
+    for i in range(20):
+        step(eng, i, [a, b])
+    for i in range(20, 60):  # a is silent for 40 buckets: far past idle_evict_s and the gap rule
+        step(eng, i, [b])
+    s = eng.stream("a/t")
+    assert s is not None and "silent" in s.checks_firing
+    assert [(x.check, x.state) for x in alerts if x.stream_id == "a/t"] == [("silent", "firing")]
+    assert m.streams_evicted.labels("dropped")._value.get() == 0
+    step(eng, 60, [a, b])  # back: the silent alert resolves, saying how long
+    back = [x for x in alerts if x.stream_id == "a/t" and x.state == "resolved"]
+    assert [x.check for x in back] == ["silent"] and float(back[0].extra["silent_s"]) > 0
+
+
+def test_a_stream_seen_once_never_goes_silent(tmp_path: Path) -> None:
+    """Only established (warm) streams can go silent: one-off topics must not each leave an alert."""
+    eng, _, alerts = make(tmp_path, streams={"idle_evict_s": 0})
+    step(eng, 0, [StreamKey("once", "t"), StreamKey("b", "t")])
+    for i in range(1, 40):
+        step(eng, i, [StreamKey("b", "t")])
+    assert [x for x in alerts if x.check == "silent"] == []
