@@ -93,3 +93,95 @@ def first_at_least(hit: BoolArr) -> tuple[BoolArr, npt.NDArray[np.intp]]:
     first = np.asarray(np.argmax(hit, axis=1), np.intp)
     # The step argmax found is True iff any is (hit.any(axis=1) is ~20x slower on this layout).
     return np.take_along_axis(hit, first[:, None], axis=1)[:, 0], first
+
+
+# -- the readings' own trend -------------------------------------------------------------
+# A model trained on normal operation has never seen a degradation: its forecast of a
+# reading running toward a limit reverts to the levels it knows (the demo model's does),
+# and a model kept off an anomaly forecasts the old baseline. The readings' own trend is
+# the second forecast: an exponentially weighted straight line through them (per row and
+# feature), extrapolated over the horizon. Its spread: the readings' scatter around the
+# line plus the uncertainty of the line (the weights' sandwich variance for white
+# scatter, inflated by (1 + phi) / (1 - phi) for scatter that is AR(1) with lag-1
+# correlation phi, estimated from first differences, whose lag-1 correlation is
+# -(1 - phi) / 2 whatever the trend). A seasonal or wandering signal gets a wide, short
+# reach; a steady ramp through low noise a narrow one.
+TREND_SUMS = 14  # weighted sums (trend_update); the last reading and difference are kept beside them
+
+
+def trend_update(sums: F64, last: F64, y: F64, lam: float) -> tuple[F64, F64]:
+    """(``sums`` (B, Fo, 14), ``last`` (B, Fo, 2)) one step later, with this step's readings
+    ``y`` (B, Fo) (NaN: none). Weights are ``lam ** age``: every earlier point ages by one
+    step. Sums of w, w.age, w.age^2, w.y, w.age.y, w.y^2, w^2, w^2.age, w^2.age^2; of the
+    differences d of consecutive readings: w, w.d, w.d^2; of consecutive differences'
+    products: w, w.d.d_prev. ``last``: the last reading and difference (NaN: none)."""
+    s0, s1, s2, sy, sty, syy, q0, q1, q2, wd, sd, sdd, wl, sl = np.moveaxis(sums, -1, 0)
+    y_prev, d_prev = last[..., 0], last[..., 1]
+    l2 = lam * lam
+    ok = np.isfinite(y)
+    yz = np.where(ok, y, 0.0)
+    w = ok.astype(np.float64)
+    d = y - y_prev  # NaN when this or the last reading is missing
+    okd = np.isfinite(d)
+    dz = np.where(okd, d, 0.0)
+    okl = okd & np.isfinite(d_prev)
+    out = np.stack([
+        lam * s0 + w, lam * (s1 + s0), lam * (s2 + 2 * s1 + s0),
+        lam * sy + yz, lam * (sty + sy), lam * syy + yz * yz,
+        l2 * q0 + w, l2 * (q1 + q0), l2 * (q2 + 2 * q1 + q0),
+        lam * wd + okd, lam * sd + dz, lam * sdd + dz * dz,
+        lam * wl + okl, lam * sl + np.where(okl, dz * d_prev, 0.0),
+    ], axis=-1)
+    return out, np.stack([np.where(ok, y, y_prev), d], axis=-1)
+
+
+def trend_slope(sums: F64, min_points: float) -> F64:
+    """(B, Fo) the line's slope per step (NaN where it does not count yet, as in ``trend_forecast``)."""
+    s0, s1, s2, sy, sty = (sums[..., k] for k in range(5))
+    q0, wl = sums[..., 6], sums[..., 12]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n_eff = np.where(q0 > 0, s0 * s0 / q0, 0.0)
+        det = s0 * s2 - s1 * s1
+        ok = (n_eff >= max(min_points, 3.0)) & (det > 1e-9 * s0 * s2) & (wl > 2)
+        slope = -(s0 * sty - s1 * sy) / np.where(ok, det, 1.0)
+    return np.where(ok, slope, np.nan)
+
+
+def trend_forecast(sums: F64, horizon: int, min_points: float, curvature: F64 | None = None) -> tuple[F64, F64]:
+    """(mean, spread) (B, H, Fo) of the readings' line at the next ``horizon`` steps; NaN
+    where there are fewer than ``min_points`` effective points (Kish) or no line fits.
+    ``curvature`` (B, Fo): the mean squared change of the slope per step (a seasonal or
+    wandering signal's slope turns, a degradation's holds); a line is off by about
+    ``turn * h^2 / 2`` after ``h`` steps, which adds ``curvature * h^4 / 4`` to the
+    variance. Readings are centred on their weighted mean first: raw levels (1013 hPa)
+    would cost the sums their precision."""
+    s0, s1, s2, sy, sty, syy, q0, q1, q2, wd, sd, sdd, wl, sl = np.moveaxis(sums, -1, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n_eff = np.where(q0 > 0, s0 * s0 / q0, 0.0)
+        s0_ = np.where(s0 > 0, s0, 1.0)
+        det = s0 * s2 - s1 * s1
+        ok = (n_eff >= max(min_points, 3.0)) & (det > 1e-9 * s0 * s2) & (wl > 2)
+        det = np.where(ok, det, 1.0)
+        mean_y = sy / s0_
+        sty_c = sty - s1 * mean_y  # centred: sums of w.age.(y - mean), w.(y - mean)^2
+        syy_c = np.maximum(syy - sy * mean_y, 0.0)
+        c = s0 * sty_c / det  # slope per step of age (older = larger age)
+        a_c = -s1 * sty_c / det  # the line now (age 0), centred
+        sse = syy_c - 2 * c * sty_c + a_c * a_c * s0 + 2 * a_c * c * s1 + c * c * s2
+        sigma2 = np.maximum(sse, 0.0) / s0_ * n_eff / np.maximum(n_eff - 2.0, 1.0)
+        md = sd / np.where(wd > 0, wd, 1.0)
+        var_d = sdd / np.where(wd > 0, wd, 1.0) - md * md
+        rho_d = (sl / np.where(wl > 0, wl, 1.0) - md * md) / np.where(var_d > 0, var_d, np.inf)
+        phi = np.clip(1.0 + 2.0 * rho_d, 0.0, 0.98)
+    inflate = (1.0 + phi) / (1.0 - phi)
+    h = np.arange(1, horizon + 1, dtype=np.float64)[None, :, None]  # steps ahead: age -h
+    u0 = (s2[:, None] + s1[:, None] * h) / det[:, None]
+    u1 = -(s1[:, None] + s0[:, None] * h) / det[:, None]
+    var_line = (sigma2 * inflate)[:, None] * (u0 * u0 * q0[:, None] + 2 * u0 * u1 * q1[:, None] + u1 * u1 * q2[:, None])
+    mean = (mean_y + a_c)[:, None] - c[:, None] * h
+    var = sigma2[:, None] + np.maximum(var_line, 0.0)
+    if curvature is not None:
+        var = var + (h * h / 2) ** 2 * np.nan_to_num(curvature, nan=0.0)[:, None]
+    spread = np.sqrt(var)
+    okh = np.broadcast_to(ok[:, None], mean.shape)
+    return np.where(okh, mean, np.nan), np.where(okh, spread, np.nan)

@@ -4,7 +4,11 @@ After each step a row's new forecast ``fc[h]`` (h = 1..H steps ahead) and its sp
 model's predicted scale, else the one-step spread times sqrt(h)) give the probability
 ``P_h`` that the value is beyond an operating limit (``lower``/``upper`` of the stream's
 rules, per input feature; output features that are not inputs have none) at that step:
-``service.anomaly.breach``.
+``service.anomaly.breach``. A second forecast is the readings' own trend (a weighted
+straight line through them, with its spread): a model's forecast reverts to the levels it
+was trained on, or stays at the baseline while the anomaly stage keeps readings out, and
+would announce a slow degradation only when the readings are already at the limit.
+``P_h`` is the larger of the two.
 
 - **fires** ``predicted_breach`` when some ``P_h >= p`` (the rules' breach_probability),
   naming the limit and side, the ETA (first such h times the cadence), ``P_h`` there and
@@ -32,11 +36,15 @@ import numpy.typing as npt
 
 from service.anomaly.breach import (
     SIDES,
+    TREND_SUMS,
     first_at_least,
     horizon_spread,
     limit_z,
     normal_cdf,
     reaches,
+    trend_forecast,
+    trend_slope,
+    trend_update,
     z_of,
 )
 from service.arrays import F32, F64, I64, Col, IntArr, RowArrays
@@ -44,8 +52,10 @@ from service.records import NS_PER_S
 from service.streams.rules import ResolvedRules
 
 CHECK = "predicted_breach"
+SLOPE_MEMORY = 4  # the slope's variation is measured over this many trend memories
 CHUNK = 4096  # rows per pass of the hot arithmetic: its (rows, H, Fo, 2) temporaries stay in cache
 _NAN = float("nan")
+_LONG = 2**62  # "a long time ago"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +93,16 @@ class BreachStage(RowArrays):
     expected = Col(np.float64, fill=_NAN, optional=True)
     onset_ts = Col(np.int64, fill=0, optional=True)  # step that fired
     quiet = Col(np.int64, fill=0, optional=True)  # consecutive steps below the hysteresis level
+    inside = Col(np.int64, fill=_LONG, optional=True)  # steps since a reading was beyond a limit
+    # The readings' trend (service.anomaly.breach): weighted sums, last reading and difference.
+    trend = Col(np.float64, ("n_out", TREND_SUMS), 0.0, optional=True)
+    trend_last = Col(np.float64, ("n_out", 2), _NAN, optional=True)
+    slope_prev = Col(np.float64, ("n_out",), _NAN, optional=True)  # the line's slope at the last step
+    curvature = Col(np.float64, ("n_out",), 0.0, optional=True)  # EW mean of its squared change per step
 
     def __init__(
         self, n_out: int, out_in: I64, horizon: int, cadence_ns: int, *, hysteresis: float = 0.5,
-        resolve_steps: int = 3,
+        resolve_steps: int = 3, trend_steps: int | None = None,
     ) -> None:
         self.n_out = n_out
         # Output feature j has the limits of input feature out_in[j] (-1: not an input, none).
@@ -99,6 +115,13 @@ class BreachStage(RowArrays):
         self.cadence_s = cadence_ns / NS_PER_S
         self.hysteresis = hysteresis
         self.resolve_steps = resolve_steps
+        # The trend's memory in steps (0: no trend): a horizon, at least 30 (the slope of
+        # noise stays small). It counts once it has 1.5 memories of effective points.
+        self.trend_steps = max(30, horizon) if trend_steps is None else trend_steps
+        if self.trend_steps < 0:
+            raise ValueError(f"trend_steps must be >= 0, found {trend_steps}")
+        self.trend_lam = 1.0 - 1.0 / self.trend_steps if self.trend_steps > 0 else 0.0
+        self.trend_min = max(10.0, 1.5 * self.trend_steps)
         self.computed = 0  # row-steps assessed (rows with limits): nothing is computed for the others
         super().__init__({"n_out": n_out})
 
@@ -140,7 +163,8 @@ class BreachStage(RowArrays):
         forecast ``fc`` (B, H, Fo), its ``scale`` (B, H, Fo) or None, the one-step
         ``spread1`` (B, Fo) used without a scale, ``warm`` (B,) the forecast counts.
         ``x`` (B, F): the readings of this step, raw, in input order; a value beyond its
-        limit resolves the prediction (``crossed``). Without it nothing resolves so."""
+        limit resolves the prediction (``crossed``), and they feed the readings' trend.
+        Without them neither happens."""
         if fc.shape[1:] != (self.horizon, self.n_out):
             raise ValueError(f"forecast has shape {fc.shape[1:]}, expected ({self.horizon}, {self.n_out})")
         sel = warm & (self.active[rows] | self.firing[rows])
@@ -157,24 +181,52 @@ class BreachStage(RowArrays):
             cur[:, has_in] = np.asarray(x[i][:, self.out_in[has_in]], np.float64)
             beyond[..., 0] = cur > up  # NaN (missing, no limit) compares False
             beyond[..., 1] = cur < lo
+            self.inside[r] = np.where(beyond.any(axis=(1, 2)), 0, np.minimum(self.inside[r] + 1, _LONG))
+        sums = svar = None
+        if x is not None and self.trend_steps > 0:
+            sums, last = trend_update(self.trend[r], self.trend_last[r], cur, self.trend_lam)
+            self.trend[r] = sums
+            self.trend_last[r] = last
+            # How fast the slope turns (a seasonal signal's does, a degradation's holds), over a
+            # longer memory than the line's: a line is off by about turn * h^2 / 2 after h steps.
+            slope = trend_slope(sums, self.trend_min)
+            turn = slope - self.slope_prev[r]
+            g = 1.0 / (SLOPE_MEMORY * self.trend_steps)
+            curv = np.where(np.isnan(turn), self.curvature[r], (1 - g) * self.curvature[r] + g * turn * turn)
+            self.curvature[r] = curv
+            self.slope_prev[r] = slope
+            svar = curv
         hit = np.empty((len(r), self.n_out, 2), bool)
         first = np.empty((len(r), self.n_out, 2), np.intp)
         for c0 in range(0, len(r), CHUNK):
             c = slice(c0, c0 + CHUNK)
             reach = reaches(np.asarray(fc[i[c]], np.float64), self._spread(scale, spread1, i[c]), lo[c], up[c], z_fire[c])
+            if sums is not None:
+                assert svar is not None
+                reach |= reaches(*trend_forecast(sums[c], self.horizon, self.trend_min, svar[c]), lo[c], up[c], z_fire[c])
             reach &= ~beyond[c, None]  # crossed already: not a prediction
             hit[c], first[c] = first_at_least(reach)
         was = self.firing[r]
         k_was = np.flatnonzero(was)
-        k_new = np.flatnonzero(~was & hit.any(axis=(1, 2)))
+        # A stream back from beyond a limit is announced again once it stayed inside a horizon:
+        # readings hovering at the limit would otherwise fire and resolve at every crossing.
+        k_new = np.flatnonzero(~was & hit.any(axis=(1, 2)) & (self.inside[r] >= self.horizon))
         # z values and probabilities only for the rows that fire or are firing.
         k = np.concatenate([k_was, k_new])
         fck = np.asarray(fc[i[k]], np.float64)
         z = limit_z(fck, self._spread(scale, spread1, i[k]), lo[k], up[k])  # (n, H, Fo, 2)
+        expected = np.repeat(fck[..., None], 2, axis=-1)  # (n, H, Fo, 2) the forecast that says so
+        if sums is not None:  # the likelier of the two forecasts, per step and side
+            assert svar is not None
+            mean_t, sd_t = trend_forecast(sums[k], self.horizon, self.trend_min, svar[k])
+            z_t = limit_z(mean_t, sd_t, lo[k], up[k])
+            by_trend = (z_t > z) | (np.isnan(z) & ~np.isnan(z_t))
+            z = np.where(by_trend, z_t, z)
+            expected = np.where(by_trend, mean_t[..., None], expected)
         z[np.broadcast_to(beyond[k][:, None], z.shape)] = -np.inf
         n = len(k_was)
-        resolved = self._follow(r[k_was], t[k_was], z[:n], fck[:n], hit[k_was], first[k_was], beyond[k_was], cur[k_was])
-        fired = self._fire(r[k_new], t[k_new], z[n:], fck[n:], hit[k_new], first[k_new])
+        resolved = self._follow(r[k_was], t[k_was], z[:n], expected[:n], hit[k_was], first[k_was], beyond[k_was], cur[k_was])
+        fired = self._fire(r[k_new], t[k_new], z[n:], expected[n:], hit[k_new], first[k_new])
         return fired, resolved
 
     def _spread(self, scale: F64 | F32 | None, spread1: F64, i: IntArr) -> F64:
@@ -184,7 +236,7 @@ class BreachStage(RowArrays):
         self, rows: IntArr, t: I64, z: F64, fc: F64, hit: npt.NDArray[np.bool_], first: npt.NDArray[np.intp]
     ) -> list[Breach]:
         """``rows`` (not firing, some limit reached) start firing on their earliest predicted
-        crossing. ``z``, ``fc`` (n, H, Fo[, 2]), ``hit``, ``first`` (n, Fo, 2): theirs."""
+        crossing. ``z``, ``fc`` (n, H, Fo, 2), ``hit``, ``first`` (n, Fo, 2): theirs."""
         if not rows.size:
             return []
         p_first = normal_cdf(np.take_along_axis(z, first[:, None], axis=1)[:, 0])
@@ -199,7 +251,7 @@ class BreachStage(RowArrays):
         self.limit[rows] = np.where(s == 0, self.upper[rows, j], self.lower[rows, j])
         self.eta_s[rows] = (h + 1) * self.cadence_s
         self.probability[rows] = p_first[n, j, s]
-        self.expected[rows] = fc[n, h, j]
+        self.expected[rows] = fc[n, h, j, s]
         self.onset_ts[rows] = t
         self.quiet[rows] = 0
         return self._records(rows, t, None)
@@ -232,7 +284,7 @@ class BreachStage(RowArrays):
             self.limit[sr] = lim[stay]
             self.eta_s[sr] = (h[stay] + 1) * self.cadence_s
             self.probability[sr] = np.nan_to_num(normal_cdf(z_at[stay]), nan=0.0)
-            self.expected[sr] = fc[n[stay], h[stay], j[stay]]
+            self.expected[sr] = fc[n[stay], h[stay], j[stay], s[stay]]
         if not end.any():
             return []
         reasons = np.where(gone, "rules_changed", np.where(crossed, "crossed", "not_predicted"))[end].tolist()
@@ -275,6 +327,14 @@ class BreachStage(RowArrays):
 
     def firing_checks(self, rows: IntArr) -> list[tuple[int, str]]:
         return [(row, CHECK) for row in rows[self.firing[rows]].tolist()]
+
+    def forget_trend(self, rows: IntArr) -> None:
+        """Start the readings' trend of ``rows`` over (e.g. a new level was accepted: the
+        line through the step would point past it)."""
+        self.trend[rows] = 0.0
+        self.trend_last[rows] = np.nan
+        self.slope_prev[rows] = np.nan
+        self.curvature[rows] = 0.0
 
     def drop(self, rows: IntArr) -> None:
         """Forget firing episodes without emitting (the limits stay)."""

@@ -80,8 +80,9 @@ def test_after_a_crossing_no_new_prediction_fires_while_the_value_stays_beyond()
         v = 110.0 + t
         f, r = step(s, t, ramp_fc(v, 1.0), x=np.array([[v]]))
         assert f == [] and r == []
-    f, _ = step(s, 5, ramp_fc(95.0, 1.0), x=np.array([[95.0]]))  # back inside, still heading up
-    assert len(f) == 1
+    # Back inside, still heading up: announced again once it stayed inside for a horizon.
+    fired = [t for t in range(5, 5 + 2 * H) if step(s, t, ramp_fc(95.0, 1.0), x=np.array([[95.0]]))[0]]
+    assert fired == [5 + H - 1]
 
 
 def test_a_ramp_toward_the_lower_limit_fires_on_the_lower_side() -> None:
@@ -255,3 +256,61 @@ def test_bad_configuration_is_a_clear_error() -> None:
         BreachStage(2, np.array([0], np.int64), H, CADENCE_NS)
     with pytest.raises(ValueError, match="forecast has shape"):
         step(s, 0, np.zeros((1, H + 1, 2)))
+
+
+def trend_run(trend_steps: int | None, n: int = 400, seed: int = 0) -> tuple[int | None, int, list[Breach]]:
+    """A model stuck at the old baseline (flat forecast 20, scale 0.2) while the readings
+    (noise 0.02) ramp by 0.03 a step from step 100 toward the upper limit 25 (a steady
+    degradation: long beside the trend's memory). Returns the first firing step, the first
+    step beyond the limit, and the resolutions."""
+    s = stage(trend_steps=trend_steps)  # type: ignore[arg-type]
+    s.configure(np.array([0]), [rules(upper=25.0)])
+    rng = np.random.default_rng(seed)
+    fired, crossing, resolved = None, -1, []
+    for t in range(n):
+        v = 20.0 + 0.03 * max(0, t - 100) + rng.normal(0, 0.02)
+        if crossing < 0 and v > 25.0:
+            crossing = t
+        f, r = step(s, t, np.full((1, H, 1), 20.0), scale=np.full((1, H, 1), 0.2), x=np.array([[v]]))
+        if f and fired is None:
+            fired = t
+            assert f[0].eta_s > 0 and f[0].expected > 25.0  # the trend's value at the ETA
+        resolved += r
+    return fired, crossing, resolved
+
+
+def test_the_readings_trend_announces_a_ramp_the_models_forecast_misses() -> None:
+    fired, crossing, resolved = trend_run(None)
+    assert fired is not None and crossing - H <= fired < crossing
+    assert resolved and resolved[0].detail["reason"] == "crossed"
+    # Without the trend the stuck forecast never predicts it.
+    assert trend_run(0)[0] is None
+
+
+def test_the_trend_of_a_seasonal_noisy_stream_predicts_nothing() -> None:
+    n_rows = 20
+    s = stage(n_rows=n_rows)
+    s.configure(np.arange(n_rows), [rules(lower=38.0, upper=62.0)] * n_rows)
+    rng = np.random.default_rng(1)
+    phase = rng.uniform(0, 2 * np.pi, n_rows)
+    fc = np.full((n_rows, H, 1), 50.0)
+    scale = np.full((n_rows, H, 1), 4.0)
+    for t in range(3000):
+        v = 50.0 + 5.0 * np.sin(2 * np.pi * t / 100 + phase) + rng.normal(0, 0.5, n_rows)
+        f, _ = step(s, t, fc, scale=scale, x=v[:, None])
+        assert f == [], (t, f)
+    assert np.isfinite(s.slope_prev).all()  # the trend did count
+
+
+def test_trend_state_is_saved_and_can_be_forgotten() -> None:
+    s = stage()
+    s.configure(np.array([0]), [rules(upper=100.0)])
+    for t in range(60):
+        step(s, t, np.full((1, H, 1), 50.0), x=np.array([[50.0 + 0.1 * t]]))
+    saved = s.export(np.array([0]))
+    assert {"breach.trend", "breach.trend_last", "breach.slope_prev", "breach.curvature"} <= set(saved)
+    assert saved["breach.trend"][0, 0, 0] > 0
+    s.forget_trend(np.array([0]))
+    assert (s.trend[0] == 0).all() and np.isnan(s.trend_last[0]).all() and np.isnan(s.slope_prev[0]).all()
+    with pytest.raises(ValueError, match="trend_steps"):
+        BreachStage(1, np.array([0], np.int64), H, CADENCE_NS, trend_steps=-1)
