@@ -86,6 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, default=product.hidden)
     p.add_argument("--horizon", type=int, default=product.horizon)
     p.add_argument("--epochs", type=int, default=product.epochs)
+    p.add_argument("--split", default=",".join(f"{v:g}" for v in product.split),
+                   help="ends of train and validation as fractions of d00's rows (the rest: test; 1: none)")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON result here")
 
 
@@ -100,7 +102,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     train = data.load_train(args.data)
     tests = {f: data.load_test(args.data, f) for f in (0, *data.FAULTS)}
-    cfg = ProductConfig(hidden=args.hidden, horizon=args.horizon, epochs=args.epochs)
+    try:
+        tr_end, val_end = (float(v) for v in args.split.split(","))
+    except ValueError:
+        print(f"bench-tep: --split {args.split!r}: expected two fractions, e.g. 0.5,1", file=sys.stderr)
+        return 2
+    cfg = ProductConfig(hidden=args.hidden, horizon=args.horizon, epochs=args.epochs, split=(tr_end, val_end))
     t0 = time.perf_counter()
     trained = train_model(train, args.work, cfg, retrain=args.retrain)
     train_s = time.perf_counter() - t0
