@@ -139,3 +139,11 @@ def test_calibrate_command_rewrites_only_the_manifest(tmp_path: Path, capsys: py
     assert run(p.parse_args([str(folder), "--source", str(csv), "--split-rows", "x"])) == 2
     assert "--split-rows" in capsys.readouterr().err
     assert (folder / "manifest.json").read_bytes() == text
+
+
+def test_window_models_calibrate_too(tmp_path: Path) -> None:
+    spec = KitSpec(name="win", kind="window", window=8, cadence_s=CADENCE, horizon=4, warmup_steps=8)
+    folder, _ = write_model(tmp_path, spec)
+    r = calibrate(open_model(folder), segments(walks(np.random.default_rng(9), 3, 700), 300), 1.0)
+    assert r.block.steps > 1000 and r.block.precision is None
+    assert 0 < r.block.threshold <= r.block.extreme_threshold < 1
