@@ -173,15 +173,18 @@ def trend_forecast(sums: F64, horizon: int, min_points: float, curvature: F64 | 
         var_d = sdd / np.where(wd > 0, wd, 1.0) - md * md
         rho_d = (sl / np.where(wl > 0, wl, 1.0) - md * md) / np.where(var_d > 0, var_d, np.inf)
         phi = np.clip(1.0 + 2.0 * rho_d, 0.0, 0.98)
-    inflate = (1.0 + phi) / (1.0 - phi)
+    # var(h) = sigma2 + the line's variance (a quadratic in h: the sandwich x0' A^-1 B A^-1 x0
+    # with x0 = (1, -h), expanded) + the turning slope's curvature * h^4 / 4; its
+    # coefficients per row, then one pass over the horizon.
+    scale = sigma2 * (1.0 + phi) / (1.0 - phi) / (det * det)
+    k0 = s2 * s2 * q0 - 2 * s1 * s2 * q1 + s1 * s1 * q2
+    k1 = 2 * (s1 * s2 * q0 - (s0 * s2 + s1 * s1) * q1 + s0 * s1 * q2)
+    k2 = s1 * s1 * q0 - 2 * s0 * s1 * q1 + s0 * s0 * q2
+    b0 = np.where(ok, sigma2 + scale * k0, np.nan)[:, None]  # NaN: the line does not count (yet)
+    b1, b2 = (scale * k1)[:, None], (scale * k2)[:, None]
+    b4 = 0.0 if curvature is None else np.nan_to_num(curvature, nan=0.0)[:, None] / 4
     h = np.arange(1, horizon + 1, dtype=np.float64)[None, :, None]  # steps ahead: age -h
-    u0 = (s2[:, None] + s1[:, None] * h) / det[:, None]
-    u1 = -(s1[:, None] + s0[:, None] * h) / det[:, None]
-    var_line = (sigma2 * inflate)[:, None] * (u0 * u0 * q0[:, None] + 2 * u0 * u1 * q1[:, None] + u1 * u1 * q2[:, None])
-    mean = (mean_y + a_c)[:, None] - c[:, None] * h
-    var = sigma2[:, None] + np.maximum(var_line, 0.0)
-    if curvature is not None:
-        var = var + (h * h / 2) ** 2 * np.nan_to_num(curvature, nan=0.0)[:, None]
-    spread = np.sqrt(var)
-    okh = np.broadcast_to(ok[:, None], mean.shape)
-    return np.where(okh, mean, np.nan), np.where(okh, spread, np.nan)
+    mean: F64 = np.where(ok, mean_y + a_c, np.nan)[:, None] - c[:, None] * h
+    with np.errstate(invalid="ignore"):  # rounding below 0: NaN, no prediction
+        spread: F64 = np.sqrt(b0 + h * (b1 + h * (b2 + h * h * b4)))
+    return mean, spread
