@@ -5,13 +5,18 @@ half, the post-processing settings that score best on it are picked from a small
 and then scored on the *other* half, with NAB's protocol (one threshold optimised per
 half). The held-out numbers estimate what the detector does on data it was not tuned on.
 
-    python -m evaluation.nab.crossval --data ../shared/data/nab
+    python -m evaluation.nab.crossval --data ../shared/data/nab [--forecaster persistence]
+
+The forecaster is the headline's GRU (``evaluation.nab.trained``: trained on the
+probationary rows, which no half scores, so it is the same model for both halves; cached
+under ``--work``) or the persistence model.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +27,7 @@ from evaluation.nab.corpus import load_corpus, load_profiles
 from evaluation.nab.live import LiveConfig, run_live
 from evaluation.nab.persistence import write_model
 from evaluation.nab.scoring import score_corpus
+from evaluation.nab.trained import TrainConfig, train_model
 
 GRID = {
     "peak_window": (10, 20, 30),
@@ -32,7 +38,12 @@ GRID = {
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=Path("../shared/data/nab"))
+    p.add_argument("--data", type=Path, default=Path(os.environ.get("SENSORCAST_NAB_DATA", "../shared/data/nab")))
+    p.add_argument("--forecaster", choices=("gru", "persistence"), default="gru",
+                   help="the trained GRU of the headline (default) or the persistence model")
+    p.add_argument("--work", type=Path,
+                   default=Path(os.environ.get("SENSORCAST_NAB_WORK", Path(tempfile.gettempdir()) / "sensorcast-nab")),
+                   help="cache of the trained model, outside the repository")
     args = p.parse_args(argv)
     files = load_corpus(args.data)
     standard = load_profiles(args.data)["standard"]
@@ -43,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     for idx in by_cat.values():
         for k, i in enumerate(sorted(idx, key=lambda j: files[j].name)):
             halves[k % 2].append(i)
-    model = write_model(Path(tempfile.mkdtemp(prefix="nab-cv-")))
+    if args.forecaster == "gru":
+        model = train_model(files, args.work, TrainConfig()).folder
+    else:
+        model = write_model(Path(tempfile.mkdtemp(prefix="nab-cv-")))
+    print(f"forecaster: {model}", flush=True)
     keys = list(GRID)
     configs: list[dict[str, float]] = []
     scores_by_half: list[list[float]] = [[], []]  # [half][config]

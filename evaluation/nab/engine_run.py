@@ -14,7 +14,7 @@ the resampler would merge or bridge, so every row is fed as one model step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,25 @@ def nab_settings(spread_alpha: float = 0.003) -> Settings:
     anomaly = base.anomaly.model_copy(update={"scorer": "surprise", "spread_alpha": spread_alpha, "min_count": 1,
                                               "window": 1})
     return base.model_copy(update={"anomaly": anomaly})
+
+
+def evidence_settings(gate: bool = True) -> Settings:
+    """The default ``evidence`` scorer, every score fed to NAB (M-of-N off). ``gate=False``:
+    its firing threshold (which is also the keep-out gate) set beyond any reading's evidence,
+    so every reading is fed to the model."""
+    base = Settings(_env_file=None)
+    update: dict[str, object] = {"scorer": "evidence", "min_count": 1, "window": 1}
+    if not gate:
+        update["threshold"] = 1.0 - 1e-15
+    return base.model_copy(update={"anomaly": base.anomaly.model_copy(update=update)})
+
+
+def evidence_rank(score: np.ndarray) -> np.ndarray:
+    """Evidence score ``1 - 10^-E`` -> ``E / (1 + E)``: the same order, in [0, 1), with fewer ties
+    at 1.0 (float64 keeps E only up to about 16)."""
+    e = -np.log10(np.maximum(1.0 - np.nan_to_num(score, nan=0.0), 1e-300))
+    out: np.ndarray = e / (1.0 + e)
+    return out
 
 
 def engine_rows(files: Sequence[DataFile], model_folder: Path, settings: Settings | None = None) -> list[BacktestRow]:
@@ -71,8 +90,11 @@ def engine_forecasts(files: Sequence[DataFile], model_folder: Path) -> np.ndarra
     return _column(engine_rows(files, model_folder), "expected", files)
 
 
-def run_engine(files: Sequence[DataFile], model_folder: Path, settings: Settings | None = None) -> dict[str, np.ndarray]:
+def run_engine(files: Sequence[DataFile], model_folder: Path, settings: Settings | None = None,
+               transform: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Anomaly scores (N,) per file: the engine's own score column from ``sensorcast backtest``
-    (default settings: ``nab_settings()``, the surprise scorer as benchmarked)."""
-    scores = np.nan_to_num(_column(engine_rows(files, model_folder, settings), "score", files), nan=0.0)
+    (default settings: ``nab_settings()``, the surprise scorer as benchmarked), through
+    ``transform`` (an order-keeping map into [0, 1]) when given."""
+    scores = _column(engine_rows(files, model_folder, settings), "score", files)
+    scores = np.nan_to_num(scores if transform is None else transform(scores), nan=0.0)
     return {f.name: scores[i, : len(f.values)] for i, f in enumerate(files)}

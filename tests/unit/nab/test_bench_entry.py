@@ -46,16 +46,17 @@ def write_corpus(root: Path) -> None:
 def test_bench_entry_scores_writes_results_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_corpus(tmp_path / "nab")
     out = tmp_path / "nab.json"
-    rc = bench_nab.main(["--data", str(tmp_path / "nab"), "--detectors", "sensorcast,windowed_gaussian",
+    # persistence: no training here (the trained GRU's path: tests/unit/nab/test_trained.py)
+    rc = bench_nab.main(["--data", str(tmp_path / "nab"), "--detectors", "persistence,windowed_gaussian",
                          "--results", str(tmp_path / "results"), "--json", str(out)])
     assert rc == 0
     doc = json.loads(out.read_text())
     assert doc["files"] == 2 and doc["windows"] == 1
-    sc = doc["detectors"]["sensorcast"]["standard"]
+    sc = doc["detectors"]["persistence"]["standard"]
     assert sc["windows_detected"] == 1 and sc["false_positive_rows"] == 0
     assert sc["score"] > 80  # found early in its window (the shift is at the window's middle)
-    assert (tmp_path / "results" / "sensorcast" / "synthetic" / "sensorcast_a.csv").is_file()
-    assert "sensorcast (ours)" in capsys.readouterr().out
+    assert (tmp_path / "results" / "persistence" / "synthetic" / "persistence_a.csv").is_file()
+    assert "persistence (ours)" in capsys.readouterr().out
 
 
 def test_bench_entry_refuses_a_missing_corpus(tmp_path: Path) -> None:
