@@ -64,6 +64,7 @@ class BacktestRow:
     check: str = ""  # the events' checks (anomaly, stuck, silent...), in the order of ``event``
     kind: str = ""  # the events' kinds (spike, level_shift, ...), in the same order
     contributors: tuple[tuple[str, float], ...] = ()  # (feature, share), top first: multivariate evidence
+    evidence: float | None = None  # -log10(1 - score): ranks readings beyond where the score reads 1.0
 
 
 def backtest_frame(
@@ -121,7 +122,7 @@ def backtest_frame(
         warm = snap["warm"].tolist()
         status = np.where(snap["firing"], "firing", np.where(snap["warm"], "ok", "warming"))
         status[~snap["known"]] = "none"
-        cols = {k: snap[k].tolist() for k in ("value", "expected", "lower", "upper", "score")}
+        cols = {k: snap[k].tolist() for k in ("value", "expected", "lower", "upper", "score", "evidence")}
         for j, sid in enumerate(stream_ids):
             value = cols["value"][j] if multivariate else float(row[j])
             # Every event up to this bucket goes on this row (a watchdog's may carry its tick's time).
@@ -138,6 +139,7 @@ def backtest_frame(
                 expected=_opt(cols["expected"][j]) if ok else None,
                 lower=_opt(cols["lower"][j]), upper=_opt(cols["upper"][j]),
                 score=_opt(cols["score"][j]) if ok else None, status=str(status[j]), event="",
+                evidence=_opt(cols["evidence"][j]) if ok else None,
             ), due))
     # Events of the last tick (it runs past the last row's bucket) go on each stream's last row.
     for k in range(len(out) - 1, max(len(out) - len(stream_ids), 0) - 1, -1):
@@ -208,8 +210,8 @@ def read_store(settings: Settings, device: str, quantities: list[str], start_ns:
     return stamps, [[series[q].get(t, math.nan) for q in quantities] for t in stamps], quantities
 
 
-COLUMNS = ("timestamp", "stream", "value", "expected", "lower", "upper", "score", "status", "event", "check", "kind",
-           "contributors")
+COLUMNS = ("timestamp", "stream", "value", "expected", "lower", "upper", "score", "evidence", "status", "event", "check",
+           "kind", "contributors")
 
 
 def write_rows(rows: list[BacktestRow], out: Path | None) -> None:
@@ -223,7 +225,7 @@ def write_rows(rows: list[BacktestRow], out: Path | None) -> None:
             when = datetime.fromtimestamp(sec, tz=UTC).replace(microsecond=ns // 1000).isoformat()
             contributors = json.dumps([[name, share] for name, share in r.contributors]) if r.contributors else ""
             w.writerow([when, r.stream, _fmt(r.value), _fmt(r.expected), _fmt(r.lower), _fmt(r.upper),
-                        _fmt(r.score), r.status, r.event, r.check, r.kind, contributors])
+                        _fmt(r.score), _fmt(r.evidence), r.status, r.event, r.check, r.kind, contributors])
     finally:
         if out is not None:
             f.close()
@@ -254,7 +256,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", help="Store replay start (ISO time).")
     p.add_argument("--end", help="Store replay end (ISO time, exclusive).")
     p.add_argument("--as-steps", action="store_true", help="Every row is one model step (ignore spacing).")
-    p.add_argument("--scorer", choices=("spread", "surprise"), help="anomaly.scorer (default: settings).")
+    p.add_argument("--scorer", choices=("evidence", "spread", "surprise"), help="anomaly.scorer (default: settings).")
     p.add_argument("--spread-alpha", type=float, help="anomaly.spread_alpha (default: settings, then the scorer's).")
     p.add_argument("--threshold", type=float, help="Score threshold (default: settings, then model).")
     p.add_argument("--clear-threshold", type=float, help="anomaly.clear_threshold: a firing alert resolves once "

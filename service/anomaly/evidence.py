@@ -20,7 +20,10 @@ are heavier-tailed and autocorrelated; 1 without calibration). The score is ``1 
 with ``E`` the largest; thresholds are compared in log units, so the score's saturation at
 1.0 in float64 never hides an order of magnitude.
 
-Spread: a robust EWMA of |residual| per feature, in units of the model's predicted scale
+Spread: the root of an EWMA of squared residuals per feature (so ``E[z^2] = 1`` whatever
+the residuals' shape: analyser channels that hold their value between updates give a few
+large residuals among many zeros, and a mean-|residual| spread then made every update look
+like a 10-sigma event), in units of the model's predicted scale
 when it has one (so a model whose scale is off for this stream is corrected per stream),
 learnt only from readings below the firing threshold (anomalies stay out). Until a row
 has ``min_residuals`` of them it has no opinion: no alert, nothing kept out of the state.
@@ -29,7 +32,7 @@ has ``min_residuals`` of them it has no opinion: no alert, nothing kept out of t
 >>> e = EvidenceRows(n_out=1, probabilistic=False, spread_alpha=0.05, min_residuals=0)
 >>> e.grow(1)
 >>> r = np.array([0])
->>> e.abs_ewma[0] = 1.0; e.count[0] = 100  # spread 1.25 (E|r| = 1)
+>>> e.sq_ewma[0] = 1.5625; e.count[0] = 100  # spread 1.25 (RMS residual)
 >>> out = e.step(r, np.array([[9.0]]), np.array([[0.0]]), None, np.array([True]), np.array([4.0]))
 >>> round(float(out.log_tail[0]), 1), int(out.part[0])
 (12.2, 0)
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from service.anomaly.scoring import SQRT_HALF_PI, erf
+from service.anomaly.scoring import erf
 from service.arrays import F64, I64, Col, IntArr, RowArrays
 
 PRIOR = 10.0  # residuals' worth of trust in a probabilistic model's own scale
@@ -110,9 +113,9 @@ class Evidence:
 
 
 class EvidenceRows(RowArrays):
-    abs_ewma = Col(np.float64, ("n",), 0.0)  # learnt one-step spread, E|residual|
+    sq_ewma = Col(np.float64, ("n",), 0.0)  # learnt one-step spread: mean squared residual
     count = Col(np.int64, fill=0)  # residuals learnt
-    lag_abs = Col(np.float64, ("lags", "n"), 0.0)  # learnt spread of lag 2..LAGS residuals
+    lag_sq = Col(np.float64, ("lags", "n"), 0.0)  # learnt mean squared residual of lags 2..LAGS
     # pend[:, a, l]: the value expected a+1 steps ahead by the forecast made l steps before
     # the latest one; pend[:, 0, l] are this step's forecasts made l+1 steps earlier.
     pend = Col(np.float64, ("ring", "ring", "n"), np.nan)
@@ -137,14 +140,14 @@ class EvidenceRows(RowArrays):
     # -- spreads -------------------------------------------------------------------------
     def _spread(self, rows: IntArr, scale: F64 | None) -> F64:
         if scale is None:
-            learnt = self.abs_ewma[rows] * SQRT_HALF_PI
+            learnt = np.sqrt(self.sq_ewma[rows])
             learnt[self.count[rows] < self.min_residuals] = np.nan
             return learnt
         # The model's scale times the stream's learnt correction, which starts at 1 (a
         # prior worth PRIOR residuals): the model's own scale speaks from the first step.
         n = self.count[rows][:, None]
-        ratio = (self.abs_ewma[rows] * n + PRIOR / SQRT_HALF_PI) / (n + PRIOR) * SQRT_HALF_PI
-        ratio = np.where(n >= 1 / self.alpha, self.abs_ewma[rows] * SQRT_HALF_PI, ratio)
+        ratio = np.sqrt((self.sq_ewma[rows] * n + PRIOR) / (n + PRIOR))
+        ratio = np.where(n >= 1 / self.alpha, np.sqrt(self.sq_ewma[rows]), ratio)
         out: F64 = ratio * scale
         return out
 
@@ -230,7 +233,7 @@ class EvidenceRows(RowArrays):
         if self.probabilistic:  # residuals in units of the scale each forecast came with
             with np.errstate(invalid="ignore", divide="ignore"):
                 resid = resid / self.pend_sc[rows, 0, 1:, :]
-        spread = self.lag_abs[rows] * SQRT_HALF_PI
+        spread = np.sqrt(self.lag_sq[rows])
         spread[self.count[rows] < self.min_residuals] = np.nan
         with np.errstate(invalid="ignore", divide="ignore"):
             z = resid / spread
@@ -250,11 +253,11 @@ class EvidenceRows(RowArrays):
             return
         rate = np.maximum(self.alpha, 1.0 / (self.count[rows] + 1.0))
         ok = np.isfinite(resid)
-        cur = self.abs_ewma[rows]
-        self.abs_ewma[rows] = np.where(ok, cur + rate[:, None] * (np.abs(np.nan_to_num(resid)) - cur), cur)
+        cur = self.sq_ewma[rows]
+        self.sq_ewma[rows] = np.where(ok, cur + rate[:, None] * (np.nan_to_num(resid) ** 2 - cur), cur)
         ok3 = np.isfinite(lag_resid)
-        cur3 = self.lag_abs[rows]
-        self.lag_abs[rows] = np.where(ok3, cur3 + rate[:, None, None] * (np.abs(np.nan_to_num(lag_resid)) - cur3), cur3)
+        cur3 = self.lag_sq[rows]
+        self.lag_sq[rows] = np.where(ok3, cur3 + rate[:, None, None] * (np.nan_to_num(lag_resid) ** 2 - cur3), cur3)
         self.count[rows] += ok.any(axis=1)
 
     def remember(self, rows: IntArr, forecast: F64, scale: F64 | None) -> None:

@@ -60,9 +60,10 @@ def log_tail(score: F64 | float) -> F64:
 class Gate:
     """What ``gate`` measured before the step, for ``assess`` after it."""
 
-    x: F32  # (B, F) what the model is fed: kept-out readings are NaN
+    x: F32  # (B, F) what the model is fed: kept-out readings are its forecast
     read: F32  # (B, F) the readings as read
     score: F64  # (B,)
+    evidence: F64  # (B,) -log10(1 - score), unsaturated
     spread: F64  # (B, Fo)
     top: I64  # (B,) worst output feature
     part: I64 | None  # (B,) the evidence part that dominated (evidence scorer)
@@ -79,6 +80,7 @@ class Verdicts:
 
 class AnomalyStage(RowArrays):
     score = Col(np.float64, fill=_NAN)  # of the last fed step; NaN: not scored
+    log_evidence = Col(np.float64, fill=_NAN, optional=True)  # -log10(1 - score), never saturated
     expected = Col(np.float64, ("n_out",), _NAN)  # (N, Fo) the forecast it was scored against
     spread = Col(np.float64, ("n_out",), _NAN)  # (N, Fo) the spread it was measured in
     share = Col(np.float64, ("n_out",), 0.0, saved=False)  # (N, Fo) features' share of the evidence
@@ -197,7 +199,7 @@ class AnomalyStage(RowArrays):
         none: IntArr = np.zeros(0, np.intp)
         if self.evidence is None:  # spread / surprise: score only, every reading is fed
             score, spread, top = self.scorer.step(rows, actual, pre.expected, pre.scale, pre.was_warm, fire_t)
-            return Gate(x, x, score, spread, top, None, np.zeros(len(rows), np.bool_), none)
+            return Gate(x, x, score, log_tail(score), spread, top, None, np.zeros(len(rows), np.bool_), none)
         fire_log = log_tail(fire_t)
         ev = self.evidence.step(rows, actual, pre.expected, pre.scale, pre.was_warm, fire_log)
         with np.errstate(invalid="ignore"):
@@ -248,7 +250,7 @@ class AnomalyStage(RowArrays):
         rec[:, :-1] = rec[:, 1:]
         rec[:, -1] = x
         self.recent[rows] = rec
-        return Gate(fed, x, score, ev.spread, top, ev.part, instant_hot, np.flatnonzero(accept))
+        return Gate(fed, x, score, ev.log_tail, ev.spread, top, ev.part, instant_hot, np.flatnonzero(accept))
 
     # -- after the step -----------------------------------------------------------------
     def assess(self, s: Stepped, g: Gate, hold: npt.NDArray[np.bool_] | None = None) -> Verdicts:
@@ -266,6 +268,7 @@ class AnomalyStage(RowArrays):
         if self.n_out > 1:
             self.top_feature[rows] = g.top
         self.score[rows] = score
+        self.log_evidence[rows] = np.where(np.isnan(score), np.nan, g.evidence)
         self.expected[rows] = s.expected
         self.spread[rows] = g.spread
         fire_t, _ = self.decider.thresholds(rows)

@@ -8,7 +8,8 @@ Snapshot keys (arrays aligned with the requested ids): ``known``, ``warm``, ``fi
 (bool: the anomaly alert), ``alerting`` (bool: any check's alert, what a stream's status
 "firing" means, as the streams gauge counts); ``last_ts_ns`` (int64, -1 when nothing fed); ``warm_have``, ``warm_need``,
 ``feature`` (int64: the output feature the numbers refer to); ``value``, ``expected``,
-``lower``, ``upper``, ``score`` (float64, NaN when unknown or unscored); a predicted
+``lower``, ``upper``, ``score``, ``evidence`` (``-log10(1 - score)``, unsaturated) (float64,
+NaN when unknown or unscored); a predicted
 breach's ``breach_eta_s``, ``breach_probability``, ``breach_limit`` (float64, NaN: none),
 ``breach_side`` (int64: 0 upper, 1 lower, -1 none) and ``breach_feature`` (int64, -1:
 none); ``checks`` (the checks firing) and ``held_by`` (the data-quality check holding ML
@@ -53,7 +54,8 @@ def empty_snapshot(n: int) -> Snapshot:
         "last_ts_ns": np.full(n, -1, np.int64), "warm_have": np.zeros(n, np.int64),
         "warm_need": np.zeros(n, np.int64), "feature": np.zeros(n, np.int64),
     }
-    for k in ("value", "expected", "lower", "upper", "score", "breach_eta_s", "breach_probability", "breach_limit"):
+    for k in ("value", "expected", "lower", "upper", "score", "evidence", "breach_eta_s", "breach_probability",
+              "breach_limit"):
         out[k] = np.full(n, np.nan)
     out["breach_side"] = np.full(n, -1, np.int64)
     out["breach_feature"] = np.full(n, -1, np.int64)
@@ -82,6 +84,7 @@ def fill_snapshot(out: Snapshot, lane: Lane, idx: IntArr, rows: IntArr) -> None:
     out["value"][idx] = np.where(have > 0, value, np.nan)
     out["expected"][idx] = np.where(have > 0, expected, np.nan)
     out["score"][idx] = a.score[rows]
+    out["evidence"][idx] = a.log_evidence[rows]
     out["lower"][idx] = np.where(scored, expected - half, np.nan)
     out["upper"][idx] = np.where(scored, expected + half, np.nan)
     fill_checks(out, lane, idx, rows)

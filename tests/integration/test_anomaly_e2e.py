@@ -122,16 +122,16 @@ def test_a_sustained_excursion_fires_once_on_its_first_reading(service: ServePro
 def test_a_silent_sensor_fires_from_the_watchdog(service: ServeProcess, mosquitto: Mosquitto, pub: Publisher) -> None:
     put_rules(service, "quiet/value", {"silent_after": 2})  # 2 cadences of 1 s, configured ahead
     watch = Watcher(mosquitto.port, "sensorcast/alerts/#", client_id=f"w-{service.tag}")
-    v = sine(60)
+    v = sine(WARM)  # an established stream (warm): a topic seen once never goes silent
     pub.send("quiet", v, 0)
-    wait_until(lambda: last_ts(service, "quiet/value") == T0 + 59 * S, what="every reading stepped")
+    wait_until(lambda: last_ts(service, "quiet/value") == T0 + (WARM - 1) * S, what="every reading stepped")
     # Nothing more is published: the watchdog alone notices.
     wait_until(lambda: any(e["check"] == "silent" for e in events(watch, "quiet/value")), what="silent", timeout=15)
     fired = [e for e in events(watch, "quiet/value") if e["check"] == "silent"]
     assert [e["state"] for e in fired] == ["firing"] and fired[0]["kind"] == "silent"
     status = service.get("/v1/streams/quiet/value").json()
     assert "silent" in status["checks_firing"] and status["held_by"] == "silent"
-    pub.send("quiet", sine(61)[60:], 60)  # it speaks again
+    pub.send("quiet", sine(WARM + 1)[WARM:], WARM)  # it speaks again
     wait_until(lambda: [e["state"] for e in events(watch, "quiet/value") if e["check"] == "silent"]
                == ["firing", "resolved"], what="silent resolved", timeout=10)
 

@@ -93,7 +93,7 @@ def test_backtest_command_on_a_semicolon_file(tmp_path: Path, capsys: pytest.Cap
     rows = list(csv.DictReader(out.read_text().splitlines()))
     assert {r["stream"] for r in rows} == {"backtest/value"}
     assert [float(r["value"]) for r in rows] == vals
-    assert list(rows[0]) == ["timestamp", "stream", "value", "expected", "lower", "upper", "score", "status",
+    assert list(rows[0]) == ["timestamp", "stream", "value", "expected", "lower", "upper", "score", "evidence", "status",
                              "event", "check", "kind", "contributors"]
     # An explicit wrong delimiter is the reader's one-line refusal, exit 2.
     rc = main(["backtest", "--model", "bt", "--models-dir", str(tmp_path / "models"), "--csv", str(src),

@@ -117,7 +117,7 @@ def test_anomalies_do_not_teach_the_spread() -> None:
     rng = np.random.default_rng(3)
     for _ in range(200):
         e.step(rows, rng.normal(0, 1, (1, 1)), np.zeros((1, 1)), None, np.array([True]), np.array([4.0]))
-    before = e.abs_ewma[0].copy()
+    before = e.sq_ewma[0].copy()
     for _ in range(20):  # a run of huge readings
         e.step(rows, np.array([[50.0]]), np.zeros((1, 1)), None, np.array([True]), np.array([4.0]))
-    assert np.array_equal(e.abs_ewma[0], before)
+    assert np.array_equal(e.sq_ewma[0], before)
