@@ -13,7 +13,9 @@ under normal operation, in log units (``L = -log10 p``: 4 is a 1-in-10,000 readi
   lasting), ``T2 = dof * m' P m / typical``, where ``typical`` is the row's own learnt
   ``m' P m`` on ordinary readings (``lam / (2 - lam)`` per feature for independent
   residuals). Level shifts and drifts accumulate here.
-- ``variance``: an EWMA of ``d2 / dof`` against its normal mean 1 (upper tail only).
+- ``variance``: an EWMA ``v`` of ``d2 / dof`` against its normal mean 1 (upper tail only),
+  a chi-square whose degrees of freedom come from the row's own typical ``(v - 1)^2``
+  (heavy-tailed residuals spread ``v`` wider than independent normal ones).
 
 Each ``L`` is multiplied by a calibration factor fitted on validation data (real residuals
 are heavier-tailed and autocorrelated; 1 without calibration). The score is ``1 - 10^-E``
@@ -48,6 +50,8 @@ import numpy.typing as npt
 from service.anomaly.scoring import erf
 from service.arrays import F64, I64, Col, IntArr, RowArrays
 
+LEARN_BELOW = 4.0  # a reading whose raw evidence reaches 1 in 10^4 never teaches the spread
+SLOW_AFTER = 300  # residuals learnt before the lag, mean and variance parts have an opinion
 PRIOR = 10.0  # residuals' worth of trust in a probabilistic model's own scale
 LAGS = 4  # forecasts made 1..LAGS steps earlier are kept per row
 CLIP = 4.0  # |z| clip inside the EWMA statistics: one spike moves them by at most lam * CLIP
@@ -123,6 +127,7 @@ class EvidenceRows(RowArrays):
     mean = Col(np.float64, ("n",), 0.0)  # EWMA of clipped z
     var = Col(np.float64, fill=1.0)  # EWMA of d2 / dof
     mean_sq = Col(np.float64, fill=0.0)  # typical m' P m on ordinary readings (learnt)
+    var_sq = Col(np.float64, fill=0.0, optional=True)  # typical (v - 1)^2 on ordinary readings (learnt)
 
     def __init__(
         self, n_out: int, probabilistic: bool, spread_alpha: float = 0.01, min_residuals: int = 30,
@@ -199,8 +204,18 @@ class EvidenceRows(RowArrays):
         with np.errstate(invalid="ignore", divide="ignore"):
             v = np.where(have, (1 - VAR_LAMBDA) * v + VAR_LAMBDA * np.minimum(d2 / dof, CLIP * CLIP), v)
         self.var[rows] = v
-        nu = dof * (2 - VAR_LAMBDA) / VAR_LAMBDA
+        # v ~ chi2_nu / nu for independent normal residuals; heavier tails spread v wider, so
+        # nu comes from the row's own typical (v - 1)^2 (Var = 2 / nu), learnt like mean_sq.
+        nu0 = dof * (2 - VAR_LAMBDA) / VAR_LAMBDA
+        with np.errstate(invalid="ignore", divide="ignore"):
+            typical_v = (self.var_sq[rows] * n_q + MEAN_PRIOR * 2.0 / nu0) / (n_q + MEAN_PRIOR)
+            nu = np.clip(2.0 / typical_v, 1.0, nu0)
         parts[:, VARIANCE] = np.where(have & (v > 1.0), log10_chi2_sf(v * nu, nu), np.where(have, 0.0, np.nan))
+        # The slow parts speak once their own baselines are learnt (the typical MEWMA
+        # size, the lag spreads): young, they raised false drifts on clean streams.
+        young = self.count[rows] < SLOW_AFTER
+        parts[young, LAG:] = np.where(np.isnan(parts[young, LAG:]), np.nan, 0.0)
+        raw_max = np.fmax.reduce(np.where(np.isnan(parts), -1.0, parts), axis=1)
         parts *= self.scales
         self.last_parts = parts  # (B, 4) for diagnostics and calibration
         filled = np.where(np.isnan(parts), -1.0, parts)
@@ -211,7 +226,10 @@ class EvidenceRows(RowArrays):
         with np.errstate(invalid="ignore", divide="ignore"):
             share = pos / pos.sum(axis=1, keepdims=True)
         # Readings below the firing evidence teach the spread; anomalies stay out of it.
-        learn = warm & ~(e >= fire_log)
+        # Readings teach the spread unless their evidence is beyond the firing threshold or
+        # beyond LEARN_BELOW on its own (uncalibrated) scale: a calibration that scales the
+        # parts down, or a threshold set very high, must not let a fault teach its own spread.
+        learn = warm & ~(e >= fire_log) & ~(raw_max >= LEARN_BELOW)
         # The typical MEWMA q: a plain mean over the first 1/MEAN_ALPHA steps, then only
         # from steps whose own mean evidence is ordinary, so a shift or drift never
         # teaches it (it would learn away the very deviation it is there to see).
@@ -220,6 +238,11 @@ class EvidenceRows(RowArrays):
             lr = rows[learn_q]
             rate_q = np.maximum(MEAN_ALPHA, 1.0 / (self.count[lr] + 1.0))
             self.mean_sq[lr] += rate_q * (q[learn_q] - self.mean_sq[lr])
+        learn_v = learn & ((self.count[rows] < 1 / MEAN_ALPHA) | ~(parts[:, VARIANCE] >= MEAN_LEARN_BELOW))
+        if learn_v.any():
+            lv = rows[learn_v]
+            rate_v = np.maximum(MEAN_ALPHA, 1.0 / (self.count[lv] + 1.0))
+            self.var_sq[lv] += rate_v * ((v[learn_v] - 1.0) ** 2 - self.var_sq[lv])
         resid = actual - expected
         if scale is not None:  # learn in units of the model's own scale
             with np.errstate(invalid="ignore", divide="ignore"):
