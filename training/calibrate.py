@@ -47,12 +47,7 @@ from service.streams.table import ModelTable
 
 DEFAULT_FALSE_ALERTS_PER_DAY = 0.024  # one false alert per 1,000 stream-hours
 FACTOR_MIN, FACTOR_MAX = 0.2, 1.5
-# The evidence starts at the calibration part's first row and is measured after a lead-in
-# of its own rows (the learnt spread and EWMAs settle). Not on training rows: a model fits
-# those better than any new data (on Tennessee Eastman's 250 training rows, 4x better), so
-# a spread learnt there made every validation row look anomalous and the fit degenerate.
-LEAD_IN = 400
-LEAD_FRACTION = 3  # ... at most a third of the part
+LEAD_IN = 400  # evidence steps before the calibration part: the learnt spread and EWMAs settle
 # Every calibration residual teaches the spread (the history is taken as normal): excluding
 # hot steps, as the engine does, would let one part's early heat (a model scale that is off
 # for the stream) freeze one instance's spread and not another's.
@@ -100,11 +95,6 @@ class Result:
     tails: tuple[TailFit, ...] = ()  # (M of N, extreme)
 
 
-def lead_in(s: Segment) -> int:
-    """Rows of the calibration part that only settle the evidence."""
-    return min(LEAD_IN, (s.end - s.start) // LEAD_FRACTION)
-
-
 def open_model(folder: Path) -> LoadedModel:
     """The exported model as the service loads it (hash checked, onnxruntime)."""
     manifest, blob = read_model(folder)
@@ -121,14 +111,14 @@ def roll(model: LoadedModel, segments: Sequence[Segment]) -> Recording:
     out_in = np.array([m.features.index(f) if f in m.features else -1 for f in m.output_features])
     cadence_ns = round(m.cadence_s * NS_PER_S)
     ends = np.array([s.end for s in segments])
-    first = np.array([s.start for s in segments])
+    first = np.array([max(0, s.start - LEAD_IN) for s in segments])
     length = int(ends.max(initial=0))
     vals = np.full((n, length, len(m.features)), np.nan, np.float32)
     buckets_all = np.zeros((n, length), np.int64)
     for r, seg in enumerate(segments):
         vals[r, : seg.end] = seg.values[: seg.end]
         buckets_all[r, : seg.end] = seg.ts_ns[: seg.end] // cadence_ns
-    starts_all = np.array([s.start + lead_in(s) for s in segments])
+    starts_all = np.array([s.start for s in segments])
     rec = Recording()
     for i in range(length):
         rows = np.flatnonzero(ends > i)
@@ -163,7 +153,7 @@ def replay(
     where every output feature was scored."""
     m = model.manifest
     n_out, n = len(m.output_features), len(segments)
-    length = max((s.end - s.start - lead_in(s) for s in segments), default=0)
+    length = max((s.end - s.start for s in segments), default=0)
     evs = [EvidenceRows(n_out, m.probabilistic, anomaly.spread_alpha or 0.01, calibration=c) for c in calibrations]
     for ev in evs:
         ev.grow(n)

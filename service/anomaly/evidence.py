@@ -50,7 +50,7 @@ import numpy.typing as npt
 from service.anomaly.scoring import erf
 from service.arrays import F64, I64, Col, IntArr, RowArrays
 
-LEARN_BELOW = 4.0  # a reading whose raw evidence reaches 1 in 10^4 never teaches the spread
+LEARN_Z = 6.0  # a residual beyond this many spreads never teaches its feature's spread
 SLOW_AFTER = 300  # residuals learnt before the lag, mean and variance parts have an opinion
 PRIOR = 10.0  # residuals' worth of trust in a probabilistic model's own scale
 LAGS = 4  # forecasts made 1..LAGS steps earlier are kept per row
@@ -215,7 +215,6 @@ class EvidenceRows(RowArrays):
         # size, the lag spreads): young, they raised false drifts on clean streams.
         young = self.count[rows] < SLOW_AFTER
         parts[young, LAG:] = np.where(np.isnan(parts[young, LAG:]), np.nan, 0.0)
-        raw_max = np.fmax.reduce(np.where(np.isnan(parts), -1.0, parts), axis=1)
         parts *= self.scales
         self.last_parts = parts  # (B, 4) for diagnostics and calibration
         filled = np.where(np.isnan(parts), -1.0, parts)
@@ -225,11 +224,15 @@ class EvidenceRows(RowArrays):
         pos = np.maximum(contrib, 0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
             share = pos / pos.sum(axis=1, keepdims=True)
-        # Readings below the firing evidence teach the spread; anomalies stay out of it.
-        # Readings teach the spread unless their evidence is beyond the firing threshold or
-        # beyond LEARN_BELOW on its own (uncalibrated) scale: a calibration that scales the
-        # parts down, or a threshold set very high, must not let a fault teach its own spread.
-        learn = warm & ~(e >= fire_log) & ~(raw_max >= LEARN_BELOW)
+        # Readings teach the spread unless the row's evidence is beyond the firing threshold;
+        # and a feature's residual beyond LEARN_Z of its spread never teaches it (a
+        # calibration that scales the parts down, or a very high threshold, must not let a
+        # fault teach its own spread). Per feature, not per row: channels that hold their
+        # value between updates have a few large residuals among many zeros, and excluding
+        # whole rows on them starved those spreads until every update looked extreme.
+        learn = warm & ~(e >= fire_log)
+        with np.errstate(invalid="ignore"):
+            z_ok = ~(np.abs(z) >= LEARN_Z) | ~np.isfinite(spread)  # no spread yet: learn
         # The typical MEWMA q: a plain mean over the first 1/MEAN_ALPHA steps, then only
         # from steps whose own mean evidence is ordinary, so a shift or drift never
         # teaches it (it would learn away the very deviation it is there to see).
@@ -247,6 +250,7 @@ class EvidenceRows(RowArrays):
         if scale is not None:  # learn in units of the model's own scale
             with np.errstate(invalid="ignore", divide="ignore"):
                 resid = resid / scale
+        resid = np.where(z_ok, resid, np.nan)
         self._learn(rows[learn], resid[learn], lag_resid[learn])
         return Evidence(e, part, parts[:, INSTANT], z, spread, np.nan_to_num(share))
 

@@ -70,7 +70,7 @@ def test_white_residuals_get_unit_factors_and_the_target_false_alarm_rate(tmp_pa
     rng = np.random.default_rng(3)
     per_day = 1.0  # 1 per 1,440 steps: observable on a few dozen stream-days
     r = calibrate(open_model(folder), segments(walks(rng, 20, 2200), 200), per_day)
-    assert r.block.precision is None and r.block.steps >= 31_000  # after each part's own lead-in
+    assert r.block.precision is None and r.block.steps >= 39_000
     assert all(0.8 <= f <= 1.25 for f in r.factors), r.factors
     assert r.block.extreme_threshold >= r.block.threshold
     write_block(folder, r.block)
@@ -131,7 +131,7 @@ def test_calibrate_command_rewrites_only_the_manifest(tmp_path: Path, capsys: py
     assert "anomaly calibration: " in capsys.readouterr().out
     assert (folder / "model.onnx").read_bytes() == onnx_before
     after = load_manifest(folder)  # validates, hash included
-    assert after.anomaly is not None and after.anomaly.steps >= 790  # 1,200 rows less a third: the lead-in and before.anomaly is None
+    assert after.anomaly is not None and after.anomaly.steps > 1000 and before.anomaly is None
     assert after.model_copy(update={"anomaly": None}) == before
     assert sorted(q.name for q in folder.iterdir()) == ["manifest.json", "model.onnx"]  # no temporary left
     # A bad split is one line and exit 2, the manifest untouched.
@@ -145,5 +145,5 @@ def test_window_models_calibrate_too(tmp_path: Path) -> None:
     spec = KitSpec(name="win", kind="window", window=8, cadence_s=CADENCE, horizon=4, warmup_steps=8)
     folder, _ = write_model(tmp_path, spec)
     r = calibrate(open_model(folder), segments(walks(np.random.default_rng(9), 3, 700), 300), 1.0)
-    assert r.block.steps >= 790  # 3 x 400 rows, each less its lead-in and r.block.precision is None
+    assert r.block.steps > 1000 and r.block.precision is None
     assert 0 < r.block.threshold <= r.block.extreme_threshold < 1
