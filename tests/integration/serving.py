@@ -99,6 +99,15 @@ class ServeProcess:
         self.proc = None
         return rc
 
+    def last_step(self, stream: str) -> int | None:
+        """The stream's last fed step (ns), None while unknown or not stepped."""
+        r = self.get(f"/v1/streams/{stream}")
+        if r.status_code != 200 or r.json()["last_time"] is None:
+            return None
+        from datetime import datetime
+
+        return int(datetime.fromisoformat(r.json()["last_time"]).timestamp()) * 10**9
+
     def get(self, path: str, **kw: object) -> httpx.Response:
         return httpx.get(self.url + path, timeout=10, **kw)  # type: ignore[arg-type]
 

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import orjson
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
+from service.records import Reading, StreamKey
+from tests.integration import ingest_helpers
 from tests.integration.serving import ServeProcess
 from tests.mqttwatch import Watcher
 from tests.waiting import wait_until
@@ -42,24 +41,13 @@ def sine(n: int, seed: int = 0) -> np.ndarray:
     return 20 + 5 * np.sin(np.arange(n) / 10) + rng.normal(0, 0.1, n)
 
 
-class Publisher:
-    def __init__(self, port: int) -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:6]}")
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
+class Publisher(ingest_helpers.Publisher):
+    """Readings of one value per second from T0 on ``sensors/{device}/value``, QoS 1, acknowledged."""
 
     def send(self, device: str, values: np.ndarray, start: int) -> None:
-        infos = [
-            self.client.publish(f"sensors/{device}/value", orjson.dumps({"ts": T0 + (start + i) * S, "value": float(v)}),
-                                qos=1)
-            for i, v in enumerate(values)
-        ]
-        for info in infos:
-            info.wait_for_publish(10)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        key = StreamKey(device, "value")
+        self.publish([Reading(key, T0 + (start + i) * S, float(v)) for i, v in enumerate(values)])
+        self.wait_acked(timeout=30)
 
 
 @pytest.fixture
@@ -73,18 +61,13 @@ def service(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[ServeProcess]:
 
 @pytest.fixture
 def pub(mosquitto: Mosquitto) -> Iterator[Publisher]:
-    p = Publisher(mosquitto.port)
+    p = Publisher(mosquitto.port, client_id=f"anomaly-pub-{uuid.uuid4().hex[:6]}")
     yield p
     p.close()
 
 
 def last_ts(svc: ServeProcess, stream: str) -> int | None:
-    from datetime import datetime
-
-    r = svc.get(f"/v1/streams/{stream}")
-    if r.status_code != 200 or r.json()["last_time"] is None:
-        return None
-    return int(datetime.fromisoformat(r.json()["last_time"]).timestamp()) * S
+    return svc.last_step(stream)
 
 
 def events(watch: Watcher, stream: str) -> list[dict[str, object]]:

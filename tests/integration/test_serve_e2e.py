@@ -77,13 +77,7 @@ class Publisher:
 
 
 def last_step(svc: ServeProcess, stream: str) -> int | None:
-    r = svc.get(f"/v1/streams/{stream}")
-    if r.status_code != 200 or r.json()["last_time"] is None:
-        return None
-    s = r.json()
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(s["last_time"]).timestamp()) * 10**9
+    return svc.last_step(stream)
 
 
 @pytest.fixture
