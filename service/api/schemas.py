@@ -285,3 +285,17 @@ class ReadyOut(BaseModel):
     # not_ready (503) when a check fails; degraded (200) while a part runs on its fallback.
     status: Literal["ready", "degraded", "not_ready"] = "ready"
     checks: dict[str, CheckOut]
+
+
+def page_headers(what: str, param: str) -> dict[str, Any]:
+    """OpenAPI headers of a paged answer: ``what`` follows, fetched by passing ``param``."""
+    return {
+        "X-Next-Cursor": {
+            "description": f"Present when {what} follow: pass it as `{param}` to get the next page.",
+            "schema": {"type": "string"},
+        },
+        "Link": {
+            "description": 'The next page as a relative URL, `<...>; rel="next"` (RFC 8288); present with X-Next-Cursor.',
+            "schema": {"type": "string"},
+        },
+    }

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Literal, get_args
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import PipelineDep, ReadScope
-from service.api.schemas import AlertOut, ErrorOut
+from service.api.schemas import AlertOut, ErrorOut, page_headers
 from service.records import CHECKS, KINDS, NS_PER_S
 from service.store.alertlog import Cursor, HistoryError
 from service.store.alertlog import Query as HistoryQuery
@@ -25,16 +25,7 @@ Kind = Literal["spike", "level_shift", "drift", "variance", "multivariate", "stu
 # Spelt out for the OpenAPI document and mypy; the records' lists are the truth.
 assert get_args(Check) == CHECKS and get_args(Kind) == KINDS, "records.CHECKS/KINDS changed: update these"
 
-_PAGE_HEADERS: dict[str, Any] = {
-    "X-Next-Cursor": {
-        "description": "Present when older events follow: pass it as `before` to get the next page.",
-        "schema": {"type": "string"},
-    },
-    "Link": {
-        "description": 'The next page as a relative URL, `<...>; rel="next"` (RFC 8288); present with X-Next-Cursor.',
-        "schema": {"type": "string"},
-    },
-}
+_PAGE_HEADERS = page_headers("older events", "before")
 
 
 def _ns(t: datetime | None, name: str) -> int | None:

@@ -20,6 +20,7 @@ from service.api.schemas import (
     ForecastOut,
     StreamOut,
     forecast_body,
+    page_headers,
 )
 from service.pipeline import EngineLike
 from service.streams.status import ForecastLookup
@@ -29,16 +30,7 @@ router = APIRouter(prefix="/v1/streams", tags=["streams"])
 _404: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "Unknown stream."}}
 
 
-_PAGE_HEADERS = {
-    "X-Next-Cursor": {
-        "description": "Present when more streams follow: pass it as `cursor` to get the next page.",
-        "schema": {"type": "string"},
-    },
-    "Link": {
-        "description": 'The next page as a relative URL, `<...>; rel="next"` (RFC 8288); present with X-Next-Cursor.',
-        "schema": {"type": "string"},
-    },
-}
+_PAGE_HEADERS = page_headers("more streams", "cursor")
 
 
 @router.get(
