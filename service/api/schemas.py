@@ -75,6 +75,10 @@ class StreamOut(BaseModel):
         "rate_of_change, predicted_breach.", examples=[["predicted_breach"]],
     )
     held_by: str | None = Field(None, description="The data-quality check holding the stream's ML alerts back.")
+    kept_out: int = Field(
+        0, description="Consecutive readings kept out of the model state (fed its forecast instead): an anomaly under "
+        "way. At anomaly.accept_after_steps the new level is accepted.",
+    )
 
     @classmethod
     def from_status(cls, s: Any) -> StreamOut:
@@ -88,6 +92,7 @@ class StreamOut(BaseModel):
             last_value=finite(s.last_value), score=finite(s.score), expected=finite(s.expected),
             lower=finite(s.lower), upper=finite(s.upper), predicted_breach=breach_of(s, last_ts),
             checks_firing=list(getattr(s, "checks_firing", None) or []), held_by=getattr(s, "held_by", None),
+            kept_out=int(getattr(s, "kept_out", 0)),
         )
 
 

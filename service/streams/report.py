@@ -52,7 +52,7 @@ def empty_snapshot(n: int) -> Snapshot:
     out: Snapshot = {
         "known": np.zeros(n, bool), "warm": np.zeros(n, bool), "firing": np.zeros(n, bool), "alerting": np.zeros(n, bool),
         "last_ts_ns": np.full(n, -1, np.int64), "warm_have": np.zeros(n, np.int64),
-        "warm_need": np.zeros(n, np.int64), "feature": np.zeros(n, np.int64),
+        "warm_need": np.zeros(n, np.int64), "feature": np.zeros(n, np.int64), "kept_out": np.zeros(n, np.int64),
     }
     for k in ("value", "expected", "lower", "upper", "score", "evidence", "breach_eta_s", "breach_probability",
               "breach_limit"):
@@ -68,6 +68,7 @@ def fill_snapshot(out: Snapshot, lane: Lane, idx: IntArr, rows: IntArr) -> None:
     """Write the numbers of lane rows ``rows`` into snapshot positions ``idx``."""
     t, a = lane.table, lane.anomaly
     j = a.worst(rows)  # the output feature the numbers refer to
+    out["kept_out"][idx] = a.held[rows]
     have = t.warm_have[rows]
     expected = a.expected[rows, j]
     half = a.band_z * a.spread[rows, j]
@@ -154,6 +155,7 @@ def statuses(meta: Sequence[StreamMeta], snap: Snapshot) -> list[StreamStatus]:
             breach_limit=_num(cols["breach_limit"][i]), breach_side=SIDES[side] if side >= 0 else None,
             breach_feature=None if bf < 0 else (feats[bf] if len(feats) > 1 else quantity),
             held_by=cols["held_by"][i], checks_firing=list(cols["checks"][i] or ()),
+            kept_out=int(cols["kept_out"][i]),
         ))
     return out
 

@@ -51,6 +51,7 @@ class StreamStatus:
     breach_feature: str | None = None
     held_by: str | None = None  # the data-quality check holding the stream's ML alerts back
     checks_firing: list[str] = field(default_factory=list)  # every check firing on the stream
+    kept_out: int = 0  # consecutive readings kept out of the model state (an anomaly under way)
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,8 @@ def test_a_flagged_reading_never_moves_the_state(tmp_path_factory, a: float, b: 
         feed(eng, np.array([history[N] + sign * off]), N)
         fired = [x for x in alerts if x.state == "firing" and x.check == "anomaly"]
         assert fired and fired[-1].ts_ns == T0 + N * S  # flagged on the reading itself
+        status = eng.stream(KEY.id)
+        assert status is not None and status.kept_out == 1  # the status says so
         runs.append((before, state(eng), eng))
     (b0, s_a, ea), (_, s_b, eb) = runs
     assert not np.array_equal(b0, s_a)  # the step happened (fed the forecast, not the reading)
@@ -87,4 +89,5 @@ def test_after_accept_after_steps_of_a_shift_the_state_follows(tmp_path_factory,
     assert ended[0].ts_ns == T0 + (N + k - 1) * S  # on the k-th reading of the shift
     s = eng.stream(KEY.id)
     assert s is not None and s.expected is not None and abs(s.expected - history[N + k + 4]) < shift / 4
+    assert s.kept_out == 0  # the new level is followed
     assert [x.state for x in alerts if x.check == "anomaly"] == ["firing", "resolved"]  # no new alert at the new level
