@@ -212,12 +212,15 @@ class AnomalyStage(RowArrays):
         with np.errstate(invalid="ignore"):
             beyond = np.abs(ev.z) >= self.band_z if self.n_out > 1 else np.isfinite(ev.z)
         out_feat: npt.NDArray[np.bool_] = instant_hot[:, None] & beyond  # (B, Fo)
-        # Once a fault is under way, a reading closer to the expected value than to the
-        # last one kept out is the return to normal, not more of the fault: it is fed,
-        # so the state catches up with the process it missed meanwhile.
+        # Once a fault is under way, a reading at most half as far from the expected value
+        # as the last one kept out is the return to normal, not more of the fault: it is
+        # fed, so the state catches up with the process it missed meanwhile. (Half, not
+        # merely closer: in a variance burst the next wild reading on the other side of
+        # the expected value is closer to it than the last one, and feeding it dragged
+        # the demo's forecast from 18 to 9.)
         level = self.fault_level[rows]
         with np.errstate(invalid="ignore"):
-            back = np.asarray(np.abs(actual - pre.expected) <= np.abs(actual - level), np.bool_)
+            back = np.asarray(np.abs(actual - pre.expected) <= 0.5 * np.abs(level - pre.expected), np.bool_)
         out_feat &= ~back
         kept = np.asarray(out_feat.any(axis=1), np.bool_)
         self.fault_level[rows] = np.where(out_feat, actual, np.where(kept[:, None], level, np.nan))
