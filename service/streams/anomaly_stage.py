@@ -56,6 +56,11 @@ def log_tail(score: F64 | float) -> F64:
     return out
 
 
+def extreme_for(threshold: float) -> float:
+    """The single-step threshold that goes with an uncalibrated M-of-N ``threshold``."""
+    return float(1.0 - 10.0 ** -(float(log_tail(threshold)) + EXTREME_DECADES))
+
+
 @dataclass(frozen=True, slots=True)
 class Gate:
     """What ``gate`` measured before the step, for ``assess`` after it."""
@@ -114,7 +119,7 @@ class AnomalyStage(RowArrays):
         elif cal is not None and anomaly.scorer == "evidence" and anomaly.threshold is None:
             self.extreme = cal.extreme_threshold
         else:
-            self.extreme = 1.0 - 10.0 ** -(float(log_tail(threshold)) + EXTREME_DECADES)
+            self.extreme = extreme_for(threshold)
         self.default_accept = (
             anomaly.accept_after_steps if anomaly.accept_after_steps is not None else default_accept_after(m.cadence_s)
         )
@@ -186,7 +191,7 @@ class AnomalyStage(RowArrays):
             self.decider.set_threshold(row, r.threshold)
             self.accept_after[row] = r.accept_after_steps
             self.extreme_row[row] = (
-                _NAN if r.threshold is None else 1.0 - 10.0 ** -(float(log_tail(r.threshold)) + EXTREME_DECADES)
+                _NAN if r.threshold is None else extreme_for(r.threshold)
             )
 
     # -- before the step ----------------------------------------------------------------

@@ -81,7 +81,10 @@ def alerts(lane: Lane, verdicts: Verdicts) -> list[Alert]:
         st = owners[row]
         if st is not None:
             # Resolved by accepting a new level: say so, with the level now followed.
-            extra = {"reason": "new_level", "new_level": f"{float(lane.table.last_x[row, 0]):.6g}"} if row in accepted else None
+            extra = None
+            if row in accepted:  # the level now followed, of the feature the alert is about
+                i_in = int(lane.anomaly.out_in[int(lane.anomaly.worst(np.array([row], np.intp))[0])])
+                extra = {"reason": "new_level", "new_level": f"{float(lane.table.last_x[row, max(i_in, 0)]):.6g}"}
             out.append(alert(st, "resolved", warm=True, extra=extra))
     return out
 
