@@ -10,6 +10,7 @@ rules), the history from its file, in the same order.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +75,12 @@ def test_settings_and_alert_history_survive_sigkill(service: ServeProcess) -> No
     settings_before = service.get("/v1/streams/spiky/value/settings").json()
     assert settings_before["own"] == {**{k: None for k in settings_before["own"]}, **OWN}
 
+    # A checkpoint written after the stream's rules were set (every 0.5 s here): the
+    # restart restores the stream from it (killed sooner, it would warm from the store).
+    put_at = time.time()
+    state = service.workdir / "state"
+    wait_until(lambda: any(f.stat().st_mtime > put_at for f in state.glob("*.state.npz")) if state.exists() else False,
+               what="a checkpoint after the settings")
     assert service.kill(signal.SIGKILL) == -signal.SIGKILL  # no shutdown code runs
     service.start()
 
