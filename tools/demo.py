@@ -222,8 +222,14 @@ class Terminal:
     def alert(self, a: dict[str, Any]) -> None:
         self.alerts += 1
         state = str(a.get("state", "?")).upper()
+        kind = a.get("kind") or a.get("check") or "anomaly"
+        if a.get("check", "anomaly") != "anomaly":  # data quality and predicted breach: no score or band
+            detail = ", ".join(f"{k} {v}" for k, v in (a.get("extra") or {}).items())
+            self.say(f"ALERT {state:8s} {kind:14s} {a.get('stream_id')} at {str(a.get('time', ''))[11:19]}Z: "
+                     f"value {_num(a.get('value'))}" + (f" ({detail})" if detail else ""))
+            return
         self.say(
-            f"ALERT {state:8s} {a.get('stream_id')} at {str(a.get('time', ''))[11:19]}Z: "
+            f"ALERT {state:8s} {kind:14s} {a.get('stream_id')} at {str(a.get('time', ''))[11:19]}Z: "
             f"value {_num(a.get('value'))}, expected {_num(a.get('expected'))} "
             f"[{_num(a.get('lower'))}, {_num(a.get('upper'))}], score {_num(a.get('score'))} "
             f"(model {a.get('model')}/{a.get('model_version')})"

@@ -42,8 +42,8 @@ def test_demo_shows_forecasts_and_an_alert_for_the_injected_anomaly(
     demo.wait_for(r"^forecast dev\d\d/\w+: now [-\d.]+ -> next [-\d.]+ \[[-\d.]+, [-\d.]+\]", timeout=30)
     inject = demo.wait_for(r"^INJECT  spike on (\S+) at", timeout=40)
     stream = inject.group(1)
-    # The alert for the injected spike, on that stream, after the injection was announced.
-    demo.wait_for(rf"^ALERT FIRING\s+{re.escape(stream)} at ", timeout=20, after=demo.lines.index(inject.string))
+    # The alert for the injected spike, on that stream, naming its kind, after the injection was announced.
+    demo.wait_for(rf"^ALERT FIRING\s+\w+\s+{re.escape(stream)} at ", timeout=20, after=demo.lines.index(inject.string))
     # Ctrl-C stops everything cleanly.
     demo.proc.send_signal(signal.SIGINT)
     assert demo.proc.wait(timeout=30) == 0
