@@ -127,6 +127,20 @@ class DecoderLike(Protocol):
     def decode(self, topic: str, payload: bytes, received_ns: int) -> DecodeResult: ...
 
 
+class Addon(Protocol):
+    """An optional part around the engine (webhooks, Home Assistant discovery, store outputs...).
+
+    Started after the alert publisher, stopped after the engine (so its last alerts reach it),
+    and watched by the watchdog like the pipeline's own threads.
+    """
+
+    name: str
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def alive(self) -> bool: ...
+
+
 class Pipeline:
     """The running parts of one process, wired together; the API reads from it."""
 
@@ -163,6 +177,13 @@ class Pipeline:
         self.stream_settings = stream_settings
         self._closers = list(closers)
         self.started = False
+        # Who else sees each alert and forecast (registered in build, called in order, never
+        # raising into the engine). alert_sinks always see an alert; notify_sinks are
+        # notifications (webhooks...), which a silenced stream does not send.
+        self.alert_sinks: list[tuple[str, Callable[[Alert], object]]] = []
+        self.notify_sinks: list[tuple[str, Callable[[Alert], object]]] = []
+        self.forecast_sinks: list[tuple[str, Callable[[Forecast], object]]] = []
+        self.addons: list[Addon] = []
         # Called (from the watchdog's thread) with the names of dead threads; None: log only.
         self.on_fatal: Callable[[list[str]], object] | None = None
         self.watchdog: Watchdog | None = None
@@ -182,15 +203,31 @@ class Pipeline:
                 self.alert_log.append(alert)
             except Exception:
                 log.exception("could not queue alert for %s (%s) in the history", alert.stream_id, alert.state)
-        if self.publisher is None:
-            return
-        try:
-            self.publisher.publish_alert(alert)
-        except Exception:
-            log.exception("could not queue alert for %s (%s) in the outbox", alert.stream_id, alert.state)
+        for name, sink in self.alert_sinks:
+            try:
+                sink(alert)
+            except Exception:
+                log.exception("%s could not take the alert for %s (%s)", name, alert.stream_id, alert.state)
+        if self.publisher is not None:
+            try:
+                self.publisher.publish_alert(alert)
+            except Exception:
+                log.exception("could not queue alert for %s (%s) in the outbox", alert.stream_id, alert.state)
+        for name, sink in self.notify_sinks:
+            try:
+                sink(alert)
+            except Exception:
+                log.exception("%s could not take the alert for %s (%s)", name, alert.stream_id, alert.state)
 
     def on_forecast(self, fc: Forecast) -> None:
-        if self.publisher is None or fc.key is None:  # no key: not a stream's (POST /v1/predict)
+        if fc.key is None:  # not a stream's (POST /v1/predict)
+            return
+        for name, sink in self.forecast_sinks:
+            try:
+                sink(fc)
+            except Exception:
+                log.exception("%s could not take the forecast for %s", name, fc.stream_id)
+        if self.publisher is None:
             return
         try:
             # A multivariate (device) stream's key has quantity "*": its topic says so.
@@ -257,6 +294,8 @@ class Pipeline:
     def start(self) -> None:
         if self.publisher is not None:
             self.publisher.start()
+        for addon in self.addons:
+            addon.start()
         if self.runner is not None:
             self.runner.start()  # restores checkpoints, then ticks every streams.tick_s
         if self.ticker is not None:
@@ -291,6 +330,8 @@ class Pipeline:
             out["engine runner"] = self.runner.running
         if self.alert_log is not None:
             out["alert history writer"] = self.alert_log.alive()
+        for addon in self.addons:
+            out[addon.name] = addon.alive()
         return out
 
     def _threads_died(self, dead: list[str]) -> None:
@@ -316,6 +357,8 @@ class Pipeline:
             _safely("close engine", self.engine.close)
         if self.publisher is not None:
             _safely("stop alert publisher", self.publisher.stop)
+        for addon in reversed(self.addons):
+            _safely(f"stop {addon.name}", addon.stop)
         for close in self._closers:
             _safely("close", close)
         self.started = False
