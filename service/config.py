@@ -173,6 +173,9 @@ class StreamRules(BaseModel):
     breach_probability: float | None = Field(
         None, gt=0, lt=1, description="Announce a predicted breach at this probability of crossing a limit."
     )
+    unit: str | None = Field(
+        None, min_length=1, max_length=32, description="Unit of the values (°C, kWh...): shown in the API, alerts, dashboard."
+    )
     features: dict[str, StreamRules] | None = Field(
         None, description="Per-feature rules of a multivariate stream (by feature name); they win over these."
     )
