@@ -164,7 +164,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="checkpoint.pt written by `sensorcast train`")
     p.add_argument("--source", help="evaluate on this CSV / store URL instead of the training source")
     p.add_argument("--out", type=Path, help="report folder (default: beside the checkpoint)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads.")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--publishers", type=int, default=2, help="Publisher processes.")
     parser.add_argument("--targets", default="ceiling-stock,ceiling,influxdb,sqlite",
                         help="Comma-separated: ceiling-stock, ceiling, influxdb, sqlite.")
-    parser.add_argument("--mode", choices=("live", "backlog"), default="live")
+    parser.add_argument("--mode", choices=("live", "backlog"), default="live",
+                        help="live: measure while publishing; backlog: publish first, then drain the broker's queue.")
     parser.add_argument("--per-message", type=int, default=1,
                         help="Readings per message: 1 = one JSON object each; K > 1 = JSON arrays of K readings of one stream.")
     parser.add_argument("--mqtt-protocol", choices=("5", "3.1.1"), default="5",

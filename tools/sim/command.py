@@ -47,9 +47,9 @@ def _csv(text: str) -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mqtt-url", help="Broker URL (default: SENSORCAST_MQTT__URL or settings).")
-    p.add_argument("--client-id", default="sensorcast-sim")
+    p.add_argument("--client-id", default="sensorcast-sim", help="MQTT client id.")
     p.add_argument("--topic", default="sensors/{device}/{quantity}", help="Topic template.")
-    p.add_argument("--qos", type=int, choices=[0, 1, 2], default=1)
+    p.add_argument("--qos", type=int, choices=[0, 1, 2], default=1, help="MQTT QoS of the publishes.")
     p.add_argument("--devices", type=_devices, default=3, help="Count (dev01..) or comma-separated names.")
     p.add_argument(
         "--quantities", type=_csv, default=["temperature", "humidity", "power"],
@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--duration", type=float, default=0.0, help="Seconds to run (0: until Ctrl-C).")
     p.add_argument("--backfill", type=float, default=0.0, help="Seconds of history published at once first.")
-    p.add_argument("--seed", type=int, default=DEMO_SEED)
+    p.add_argument("--seed", type=int, default=DEMO_SEED, help="Random seed: the same seed, the same signals.")
     p.add_argument("--anomalies-per-1k", type=float, default=2.0, help="Random anomalies per 1,000 steps.")
     p.add_argument(
         "--kinds", type=_csv, default=list(CLASSIC_KINDS),
