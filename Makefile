@@ -41,8 +41,8 @@ setup-service:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -e ".[demo]"
 
-demo: $(VENV)/.installed  ## whole job on embedded defaults (no servers needed)
-	$(VENV)/bin/sensorcast demo
+demo: $(VENV)/.installed  ## whole job on embedded defaults (no servers needed); ARGS="--duration 60 ..."
+	$(VENV)/bin/sensorcast demo $(ARGS)
 
 test: setup  ## the full suite, real servers included
 	$(PY) -m pytest -q

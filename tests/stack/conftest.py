@@ -22,7 +22,7 @@ from tests.stack.podstack import BUILD, REPO, STACK_DIR, Stack, podman
 from tools.modelkit import KitSpec, write_model
 
 # Measured facts of this run (build times, sizes, start-up, memory), written to
-# reports/stack/facts.json at the end and quoted in the README.
+# reports/stack/facts.json at the end and quoted in docs/deploy.md.
 FACTS: dict[str, Any] = {}
 # A kit model for the kit-* test devices (cadence 60 s, 10 steps of warm-up): a spike on a
 # sine gives exactly one firing and one resolved alert (tests/integration/test_serve_e2e.py).
