@@ -129,6 +129,29 @@ def report_markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Below this share of the best naive baseline's MSE a model is worth its forecasts.
+NAIVE_MARGIN = 0.95
+
+
+def naive_warning(a: dict[str, Assessment]) -> str | None:
+    """A warning when the model does not beat repeat-last (or seasonal-naive) clearly.
+
+    Such a model is still exported: its residuals still drive alerts. But its forecasts are
+    no better than carrying the last value forward, which a user must hear about.
+    """
+    split = "test" if "test" in a else "val"
+    s = a[split]
+    naive = [("repeat-last", s.repeat_last.mse)]
+    if s.seasonal_naive is not None:
+        naive.append(("seasonal-naive", s.seasonal_naive.mse))
+    name, best = min(naive, key=lambda kv: kv[1])
+    if s.model.mse < NAIVE_MARGIN * best:
+        return None
+    return (f"WARNING: the model is no better than {name} on {split} (MSE {s.model.mse:.4g} vs {best:.4g}): "
+            "its forecasts add little over the last reading. It is exported (its residuals still drive "
+            "alerts), but try more history, a longer --minutes, --lags, or a smaller --horizon.")
+
+
 def write_report(t: Trained, a: dict[str, Assessment], out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     rep = report_dict(t, a)
