@@ -7,6 +7,7 @@ pins its images, gates start-up on healthchecks, and the generated files are cur
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -160,7 +161,7 @@ def test_init_script_creates_private_secrets_and_env_once(tmp_path: Path) -> Non
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
     files = sorted(p.name for p in secrets.iterdir())
     assert files == sorted(["mqtt_service_password", "mqtt_device_password", "influxdb_admin_password",
-                            "influxdb_password", "api_key", "read_key"])
+                            "influxdb_password", "api_key", "read_key", "grafana_admin_password"])
     values = {p.read_text() for p in secrets.iterdir()}
     assert len(values) == len(files) and all(re.fullmatch(r"[A-Za-z0-9]{32}", v) for v in values)
     assert (tmp_path / ".env").read_text() == (REPO / "deploy" / "env.example").read_text()
@@ -178,16 +179,16 @@ def test_docker_compose_config_validates(tmp_path: Path) -> None:
     shutil.copytree(REPO / "deploy", tmp_path / "deploy", ignore=shutil.ignore_patterns("secrets"))
     (tmp_path / "models").mkdir()
     subprocess.run(["sh", str(tmp_path / "deploy" / "init.sh")], capture_output=True, check=True, timeout=30)
-    for profiles in ([], ["--profile", "train", "--profile", "demo"]):
+    for profiles in ([], ["--profile", "train", "--profile", "demo", "--profile", "grafana"]):
         proc = subprocess.run(
             [exe, *profiles, "config", "-q"], cwd=tmp_path, capture_output=True, text=True, timeout=60
         )
         assert proc.returncode == 0, proc.stderr
     services = subprocess.run(
-        [exe, "--profile", "train", "--profile", "demo", "config", "--services"],
+        [exe, "--profile", "train", "--profile", "demo", "--profile", "grafana", "config", "--services"],
         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True,
     ).stdout.split()
-    assert sorted(services) == ["influxdb", "mosquitto", "sensorcast", "simulator", "trainer"]
+    assert sorted(services) == ["grafana", "influxdb", "mosquitto", "sensorcast", "simulator", "trainer"]
 
 
 def test_compose_commands_parse(compose: dict[str, Any]) -> None:
@@ -219,3 +220,31 @@ def test_compose_commands_parse(compose: dict[str, Any]) -> None:
             raise AssertionError(f"{name}: `{' '.join(cmd)}` does not parse") from e
         checked += 1
     assert checked >= 2  # the service and the simulator at least
+
+
+def test_grafana_profile_reads_the_stacks_influxdb(compose: dict[str, Any]) -> None:
+    """The optional Grafana: pinned, loopback only, provisioning read-only, and its datasource
+    names the database, user and password secret the influxdb service creates."""
+    yaml = pytest.importorskip("yaml")
+    svc = compose["services"]["grafana"]
+    assert svc["profiles"] == ["grafana"]
+    assert _default_image(svc["image"]).startswith("grafana/grafana-oss:")
+    assert all(p.startswith("127.0.0.1:") for p in svc["ports"])
+    mounts = {v.split(":")[0]: v for v in svc["volumes"]}
+    for src in ("./deploy/grafana/provisioning", "./deploy/grafana/dashboards"):
+        assert mounts[src].endswith(":ro") and (REPO / src).is_dir()
+    ds = yaml.safe_load((REPO / "deploy/grafana/provisioning/datasources/sensorcast.yml").read_text())["datasources"]
+    (influx,) = ds
+    env = compose["services"]["influxdb"]["environment"]
+    assert influx["url"] == "http://influxdb:8086" and influx["user"] == env["INFLUXDB_USER"]
+    assert influx["jsonData"]["dbName"] == env["INFLUXDB_DB"] and influx["jsonData"]["version"] == "InfluxQL"
+    secret = re.fullmatch(r"\$__file\{/run/secrets/(\w+)\}", influx["secureJsonData"]["password"])
+    assert secret and secret.group(1) in svc["secrets"] and secret.group(1) == "influxdb_password"
+    provider = yaml.safe_load((REPO / "deploy/grafana/provisioning/dashboards/sensorcast.yml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    assert mounts["./deploy/grafana/dashboards"].split(":")[1] == path
+    dash = json.loads((REPO / "deploy/grafana/dashboards/sensorcast.json").read_text())
+    uids = {t["datasource"]["uid"] for p in dash["panels"] for t in p["targets"]}
+    assert uids == {influx["uid"]}
+    home = svc["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{path}/sensorcast.json"
