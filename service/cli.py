@@ -22,6 +22,7 @@ from collections.abc import Sequence
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("service.ingest_command", "Run the MQTT -> store ingester."),
+    "import": ("service.import_command", "Write a CSV's history straight into the store (no broker), report what was refused."),
     "serve": ("service.serve", "Run ingest + inference + REST API in one process."),
     "backtest": ("service.backtest", "Replay history through the live forecast/alert path."),
     "simulate": ("tools.sim.command", "Publish simulated sensor streams to MQTT."),
