@@ -76,7 +76,7 @@ def test_replay_preserves_or_rebases_timestamps(mosquitto: Mosquitto, tmp_path: 
     )
     watch = Watcher(mosquitto.port, "sensors/plant/#", client_id="test-replay-watch")
     try:
-        proc = _cli("replay", str(f), "--mqtt-url", mosquitto.url, "--ts-format", "iso")
+        proc = _cli("replay", "--api", "", str(f), "--mqtt-url", mosquitto.url, "--ts-format", "iso")
         assert proc.returncode == 0, proc.stderr
         assert "skipped 1 bad rows, 1 bad cells" in proc.stderr
         msgs = watch.wait_for(lambda m: len(m) >= 5, timeout=10)
@@ -112,7 +112,7 @@ def test_replay_preserves_or_rebases_timestamps(mosquitto: Mosquitto, tmp_path: 
 def test_replay_reads_real_benchmark_files(shared_data: Path, mosquitto: Mosquitto) -> None:
     watch = Watcher(mosquitto.port, "sensors/ETTh1/#", client_id="test-replay-ett")
     try:
-        proc = _cli("replay", str(shared_data / "ett" / "ETTh1.csv"), "--mqtt-url", mosquitto.url, "--limit", "50")
+        proc = _cli("replay", "--api", "", str(shared_data / "ett" / "ETTh1.csv"), "--mqtt-url", mosquitto.url, "--limit", "50")
         assert proc.returncode == 0, proc.stderr
         msgs = watch.wait_for(lambda m: len(m) >= 350, timeout=10)
     finally:

@@ -9,7 +9,15 @@ Timing: row times are kept as they are (default), or shifted so the first row is
 (``--rebase``); ``--speed`` sets how many seconds of data pass per wall second (0: as
 fast as the broker takes them). With ``--rebase --scale-time`` the spacing is divided
 by the speed too, so timestamps follow the wall clock (a live-looking stream).
+``--backfill`` keeps the real spacing and shifts the times so the newest row lands at now:
+the whole file is recent history the service takes (nothing ``too_old`` or
+``too_far_future``) and its streams go on live from there.
 Cells that are not numbers are counted and skipped; their row's other cells still go out.
+
+The broker's acknowledgement is not the service's: with ``--api`` (default
+http://127.0.0.1:8080) replay reads the service's refusal counters (``GET /metrics``)
+before and after and reports what it accepted, refused and dropped, by reason
+(``servicecheck.py``); it says so when the service cannot be reached.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from pathlib import Path
 from service.config import Settings
 from service.records import NS_PER_S
 from tools.sim.mqttout import TS_FORMATS, MqttOut, PublishError, TsFormat, reading_payload
+from tools.sim.servicecheck import FIX, ServiceCheck, Unreachable, summary
 
 log = logging.getLogger("sensorcast.replay")
 
@@ -133,18 +142,27 @@ def read_rows(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", type=Path, help="CSV: a timestamp column and value columns.")
     p.add_argument("--mqtt-url", help="Broker URL (default: SENSORCAST_MQTT__URL or settings).")
-    p.add_argument("--client-id", default="sensorcast-replay")
+    p.add_argument("--client-id", default="sensorcast-replay", help="MQTT client id (default: sensorcast-replay).")
     p.add_argument("--topic", default="sensors/{device}/{quantity}", help="Topic template.")
-    p.add_argument("--qos", type=int, choices=[0, 1, 2], default=1)
+    p.add_argument("--qos", type=int, choices=[0, 1, 2], default=1, help="Publish QoS (default 1: acknowledged).")
     p.add_argument("--device", help="Device name (default: the file's stem).")
     p.add_argument("--timestamp-column", help="Default: the first column.")
     p.add_argument("--columns", help="Comma-separated value columns (default: all others).")
     p.add_argument("--speed", type=float, default=0.0, help="Data seconds per wall second (0: as fast as possible).")
     p.add_argument("--rebase", action="store_true", help="Shift timestamps so the first row is now.")
+    p.add_argument("--backfill", action="store_true", help="Keep the real spacing and shift timestamps so the "
+                   "newest row is now: history the service takes (old data would be too_old, --rebase puts "
+                   "it in the future).")
     p.add_argument("--scale-time", action="store_true", help="With --rebase: divide spacing by --speed too.")
     p.add_argument("--start-row", type=int, default=0, help="Skip this many data rows first.")
     p.add_argument("--limit", type=int, default=0, help="Publish at most this many rows (0: all).")
-    p.add_argument("--ts-format", choices=TS_FORMATS, default="ms")
+    p.add_argument("--ts-format", choices=TS_FORMATS, default="ms", help="How the payload's ts is written "
+                   "(default ms: epoch milliseconds).")
+    p.add_argument("--api", default="http://127.0.0.1:8080", help="The service's API, whose /metrics tell what it "
+                   "refused (default: http://127.0.0.1:8080; '' to skip the check).")
+    p.add_argument("--api-key-file", type=Path, help="File with a read-scope API key for --api.")
+    p.add_argument("--drain-s", type=float, default=10.0, help="Wait at most this long after the last publish "
+                   "for the service's counters to settle (default 10).")
 
 
 @dataclass
@@ -192,6 +210,10 @@ def run(args: argparse.Namespace) -> int:
     if args.scale_time and not (args.rebase and args.speed > 0):
         print("sensorcast replay: --scale-time needs --rebase and --speed > 0", file=sys.stderr)
         return 2
+    if args.backfill and args.rebase:
+        print("sensorcast replay: --backfill (newest row at now) and --rebase (first row at now) exclude each other",
+              file=sys.stderr)
+        return 2
     settings = Settings()  # fields come from the environment
     if args.mqtt_url:
         settings.mqtt.url = args.mqtt_url
@@ -205,6 +227,22 @@ def run(args: argparse.Namespace) -> int:
     for _ in range(args.start_row):
         if next(rows, None) is None:
             break
+    rebase_to_ns = time.time_ns() if args.rebase else None
+    if args.backfill:
+        # The newest row's time must be known before the first publish: read them all.
+        rows_list = list(itertools.islice(rows, args.limit) if args.limit > 0 else rows)
+        if rows_list:
+            first, newest = rows_list[0].ts_ns, max(r.ts_ns for r in rows_list)
+            rebase_to_ns = time.time_ns() - (newest - first)
+        rows = iter(rows_list)
+    check = ServiceCheck(args.api, args.api_key_file) if args.api else None
+    if check is not None:
+        try:
+            check.start()
+        except (Unreachable, OSError) as e:
+            log.warning("the service at %s cannot be reached (%s): replay can only report what the broker "
+                        "acknowledged, not what the service refused", args.api, e)
+            check = None
     device = args.device or args.file.stem
     out = MqttOut(settings.mqtt, args.client_id, qos=args.qos)
     try:
@@ -217,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     replayer = Replayer(
         out, device, topic=args.topic, speed=args.speed,
-        rebase_to_ns=time.time_ns() if args.rebase else None,
+        rebase_to_ns=rebase_to_ns,
         scale_time=args.scale_time, ts_format=args.ts_format,
     )
     log.info("replaying %s as %s/{%s} to %s", args.file, device, ",".join(names), settings.mqtt.url)
@@ -232,4 +270,14 @@ def run(args: argparse.Namespace) -> int:
         counts.rows, sent, dt, sent / dt if dt > 0 else 0.0, counts.bad_rows, counts.bad_cells,
         "all acknowledged" if flushed else f"{out.pending} not acknowledged",
     )
-    return 0 if flushed and out.stats.refused == 0 else 1
+    refused = 0
+    if check is not None:
+        try:
+            text, refused, by_time = summary(check.settle(args.drain_s))
+        except (Unreachable, OSError) as e:
+            log.warning("the service at %s stopped answering (%s): what it refused is unknown", args.api, e)
+        else:
+            log.info("service %s: %s", args.api, text)
+            if refused and by_time:
+                log.warning("fix: %s", FIX)
+    return 0 if flushed and out.stats.refused == 0 and refused == 0 else 1
