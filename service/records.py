@@ -199,7 +199,8 @@ class Alert:
     ``multivariate`` True); ``quantity`` is what the numbers refer to: the stream's
     quantity, or a multivariate stream's worst output feature. ``onset_*`` describe the
     first anomalous reading of the episode and the value expected before it;
-    ``contributors`` the features behind multivariate evidence with their shares.
+    ``contributors`` the features behind multivariate evidence with their shares; ``unit``
+    the unit of ``value`` (service/units.py, set by the pipeline; None: not known).
     """
 
     key: StreamKey
@@ -222,6 +223,7 @@ class Alert:
     onset_value: float = math.nan
     onset_expected: float = math.nan
     contributors: tuple[tuple[str, float], ...] = ()
+    unit: str | None = None
 
     @property
     def stream_id(self) -> str:

@@ -96,6 +96,7 @@ def alert_dict(alert: Alert) -> dict[str, Any]:
         "onset_expected": alert.onset_expected,
         "contributors": [[name, share] for name, share in alert.contributors],
         "extra": dict(alert.extra),
+        "unit": alert.unit,
     }
 
 

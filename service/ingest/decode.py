@@ -13,7 +13,12 @@ labels used as metric labels:
 JSON objects: ``{"ts": ..., "value": 1.5}`` when the topic names the quantity; otherwise
 every numeric field is a quantity (``{"ts": ..., "temperature": 21.5, "humidity": 40}``).
 ``ts`` (or ``time``/``timestamp``) is optional (receive time), ``device`` names the device
-when the topic does not, and ``tags`` may add string tags.
+when the topic does not, and ``tags`` may add string tags. ``unit`` gives the values' unit:
+a string, or for named fields an object by field (``{"temperature": "°C"}``); line protocol
+uses a ``unit`` tag; a ``{unit}`` topic level does the same for every payload shape. A unit
+is never a value, a tag or part of the stream's identity: it goes to ``on_unit`` (the unit
+book, service/units.py), only when it differs from the last one passed on for that stream,
+and a bad unit is refused there without costing the reading.
 
 The topic always wins: a device, quantity or tag that the topic sets can be repeated by
 the payload (JSON ``device``/``quantity``/``tags``, line-protocol ``device``/``quantity``
@@ -29,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -45,12 +50,14 @@ from service.store.lineproto import series_key_bytes, stream_problem
 log = logging.getLogger(__name__)
 
 TS_KEYS = ("ts", "time", "timestamp")
-_META_KEYS = frozenset((*TS_KEYS, "tags", "device"))
+_META_KEYS = frozenset((*TS_KEYS, "tags", "device", "unit"))
 _JSON_START = frozenset(b'{["')
 _CACHE_MAX = 100_000  # topics/streams remembered as valid; cleared when full
 # Only short topics and keys are cached: hostile 64 KiB topics must not multiply memory.
 _CACHE_KEY_MAX = 512
 _INTERNAL_LOG_EVERY_S = 60.0
+_UNIT_CACHE_MAX = 64  # longer units are refused downstream: remembered only as "a bad one"
+_BAD_UNIT = object()
 Problem = tuple[str, str] | None  # (reason, detail) of a stream that cannot be stored, or None
 
 
@@ -83,6 +90,9 @@ class Decoder:
         self._topic_streams: dict[str, tuple[StreamKey, Problem]] = {}
         self._streams: dict[StreamKey, Problem] = {}
         self._internal_logged = -1e9
+        # Who hears of a stream's unit (the pipeline's UnitBook.seen); None: units are ignored.
+        self.on_unit: Callable[[StreamKey, object], None] | None = None
+        self._units: dict[StreamKey, object] = {}  # the last unit passed on, per stream
 
     # --- entry point ---------------------------------------------------------------------
     def decode(self, topic: str, payload: bytes, received_ns: int) -> DecodeResult:
@@ -113,7 +123,7 @@ class Decoder:
         except ValueError:
             value = None  # decoded below, outside this handler (no chained tracebacks)
         if value is not None:
-            self._add_topic(topic, fields, value, received_ns, received_ns, out)
+            self._add_topic(topic, fields, value, received_ns, received_ns, out, fields.unit)
         elif b" " in body and b"=" in body:  # `series field=value [ts]` at least
             self._lines(fields, body, received_ns, out)
         else:
@@ -187,6 +197,9 @@ class Decoder:
         else:
             device = fields.device
             _same("device", device, dev)
+        unit = obj.get("unit")
+        if unit is None:
+            unit = fields.unit
         tags = fields.tags
         extra = obj.get("tags")
         if extra is not None:
@@ -200,19 +213,21 @@ class Decoder:
             if fields.quantity is not None:
                 _same("quantity", fields.quantity, q)
                 if extra is None and fields.device is not None:  # the topic's stream alone: cached
-                    self._add_topic(topic, fields, obj["value"], ts_ns, received_ns, out)
+                    self._add_topic(topic, fields, obj["value"], ts_ns, received_ns, out, unit)
                     return
                 q = fields.quantity
             if not isinstance(q, str):
                 raise DecodeError("bad_shape", "\"quantity\" must be a string")
-            self._add(device, q, obj["value"], ts_ns, received_ns, tags, out)
+            self._add(device, q, obj["value"], ts_ns, received_ns, tags, out, unit)
             return
         named = [(k, v) for k, v in obj.items() if k not in _META_KEYS]
         if not named:
             raise DecodeError("no_value", "object has no named value fields")
+        by_field = unit if isinstance(unit, dict) else None  # {"temperature": "°C", ...}
         for k, v in named:
             try:
-                self._add(device, k, v, ts_ns, received_ns, tags, out)
+                u = unit if by_field is None else by_field.get(k, fields.unit)
+                self._add(device, k, v, ts_ns, received_ns, tags, out, u)
             except DecodeError as e:
                 out.refusals.append(Refusal(e.reason, f"{k[:40]!r}: {e.detail}"))
 
@@ -245,6 +260,7 @@ class Decoder:
         tags = dict(p.tags)
         tag_device = tags.pop("device", None)
         tag_quantity = tags.pop("quantity", None)
+        unit = tags.pop("unit", None) or fields.unit
         # The measurement is only a fallback name, never a claim against the topic.
         if fields.device is None:
             device = tag_device or p.measurement
@@ -262,12 +278,13 @@ class Decoder:
                     if key != "value":  # a named field is a quantity: the topic's, or a mismatch
                         _same("quantity", fields.quantity, key)
                     q = fields.quantity
-                self._add(device, q, field_number(raw), ts_ns, received_ns, tag_t, out)
+                self._add(device, q, field_number(raw), ts_ns, received_ns, tag_t, out, unit)
             except DecodeError as e:
                 out.refusals.append(Refusal(e.reason, f"line {n} field {key[:40]!r}: {e.detail}"))
 
     def _add_topic(
-        self, topic: str, fields: TopicFields, value: object, ts_ns: int, received_ns: int, out: DecodeResult
+        self, topic: str, fields: TopicFields, value: object, ts_ns: int, received_ns: int, out: DecodeResult,
+        unit: object = None,
     ) -> None:
         """``_add`` for the stream named by the topic alone (the common case), cached."""
         cached = self._topic_streams.get(topic)
@@ -283,6 +300,24 @@ class Decoder:
         if problem:
             raise DecodeError(*problem)
         out.readings.append(Reading(stream, ts_ns, v))
+        if unit is not None:
+            self._unit(stream, unit)
+
+    def _unit(self, stream: StreamKey, unit: object) -> None:
+        """Pass ``unit`` on when it differs from the last one passed on for ``stream`` (units change rarely)."""
+        on_unit = self.on_unit
+        if on_unit is None:
+            return
+        key = unit if isinstance(unit, str) and len(unit) <= _UNIT_CACHE_MAX else _BAD_UNIT
+        if self._units.get(stream) == key:
+            return
+        if len(self._units) >= _CACHE_MAX:
+            self._units.clear()
+        self._units[stream] = key
+        try:
+            on_unit(stream, unit)
+        except Exception as e:  # a unit never costs the reading it came with
+            self._log_internal(e)
 
     def _problem(self, stream: StreamKey) -> Problem:
         """Why the store could not take ``stream`` (reason, detail), or None."""
@@ -324,6 +359,7 @@ class Decoder:
         received_ns: int,
         tags: tuple[tuple[str, str], ...],
         out: DecodeResult,
+        unit: object = None,
     ) -> None:
         v = self._check(value, ts_ns, received_ns)
         stream = StreamKey(device, quantity, tags)
@@ -337,6 +373,8 @@ class Decoder:
         if problem:
             raise DecodeError(*problem)
         out.readings.append(Reading(stream, ts_ns, v))
+        if unit is not None:
+            self._unit(stream, unit)
 
 
 def _same(what: str, topic_value: str, payload_value: object) -> None:

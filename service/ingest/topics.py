@@ -1,7 +1,8 @@
 """Topic templates, Telegraf-style: ``sensors/{device}/{quantity}``.
 
 Segments are literals, ``{device}``, ``{quantity}``, ``{tag_<name>}`` (an extra tag),
-``+`` (any one level, ignored) or a final ``#`` (any rest, ignored). The subscription
+``{unit}`` (the values' unit, e.g. ``°C``: not part of the stream's identity), ``+`` (any
+one level, ignored) or a final ``#`` (any rest, ignored). The subscription
 filter is the template with every placeholder replaced by ``+``. Without ``{quantity}``
 the quantities come from the payload's named fields.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from service.errors import ConfigError, DecodeError
 
-_PLACEHOLDER = re.compile(r"^\{(device|quantity|tag_[A-Za-z0-9_]+)\}$")
+_PLACEHOLDER = re.compile(r"^\{(device|quantity|unit|tag_[A-Za-z0-9_]+)\}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,7 @@ class TopicFields:
     device: str | None
     quantity: str | None
     tags: tuple[tuple[str, str], ...]
+    unit: str | None = None  # the topic's {unit} level (checked where it is recorded)
 
 
 class TopicTemplate:
@@ -43,7 +45,7 @@ class TopicTemplate:
             elif "{" in s or "}" in s or "+" in s or "#" in s:
                 raise ConfigError(
                     f"topic template {template!r}: level {s!r} is not a literal, +, # or one of "
-                    "{device}, {quantity}, {tag_<name>}"
+                    "{device}, {quantity}, {unit}, {tag_<name>}"
                 )
             else:
                 self._kinds.append(("literal", s))
@@ -67,7 +69,7 @@ class TopicTemplate:
         levels = topic.split("/")
         if len(levels) < self._fixed or (not self._rest and len(levels) != self._fixed):
             raise DecodeError("topic_mismatch", f"topic {topic[:200]!r} does not fit {self.template!r}")
-        device = quantity = None
+        device = quantity = unit = None
         tags = []
         for (kind, name), level in zip(self._kinds, levels, strict=False):
             if kind == "literal":
@@ -78,6 +80,8 @@ class TopicTemplate:
                     device = level
                 elif name == "quantity":
                     quantity = level
+                elif name == "unit":
+                    unit = level
                 else:
                     tags.append((name[4:], level))
-        return TopicFields(device, quantity, tuple(sorted(tags)))
+        return TopicFields(device, quantity, tuple(sorted(tags)), unit)
