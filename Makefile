@@ -9,8 +9,9 @@ TORCH_SPEC ?= torch==2.13.0
 DATA ?= ../shared/data
 # docker-compose validates docker-compose.yml and, with podman (runc, netavark, debootstrap
 # for the base images), runs the stack in tests/stack: no Docker engine needed.
+# prometheus: for promtool (rule checks), 19 MB download, ~7 s here; its server is not wanted (stopped below).
 SYSTEM_PACKAGES := mosquitto influxdb chromium chromium-driver docker-compose \
-	podman runc netavark aardvark-dns iptables debootstrap
+	podman runc netavark aardvark-dns iptables debootstrap prometheus
 
 .PHONY: setup setup-system setup-service demo test test-fast lint bench bench-ingest \
 	bench-inference bench-latency bench-ett bench-nab bench-faults bench-tep soak faults clean env-example check-image-deps compose-config \
@@ -20,13 +21,14 @@ setup: setup-system $(VENV)/.installed  ## venv with service, trainer and test t
 
 # Servers the integration tests start themselves (Debian packages). Only as root.
 setup-system:
-	@missing=""; for b in mosquitto influxd chromium chromedriver docker-compose podman runc debootstrap iptables; do \
+	@missing=""; for b in mosquitto influxd chromium chromedriver docker-compose podman runc debootstrap iptables promtool; do \
 	  command -v $$b >/dev/null || [ -x /usr/sbin/$$b ] || missing="$$missing $$b"; done; \
 	[ -x /usr/lib/podman/netavark ] || missing="$$missing netavark"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages (missing:$$missing)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	    (systemctl disable --now prometheus || invoke-rc.d prometheus stop) >/dev/null 2>&1 || true; \
 	  else echo "missing:$$missing — run as root or: sudo apt-get install -y $(SYSTEM_PACKAGES)"; exit 1; fi; fi
 
 $(VENV)/.installed: pyproject.toml

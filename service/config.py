@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Role = Literal["ingest", "inference", "api"]
@@ -353,6 +353,36 @@ class AlertsSettings(BaseModel):
     enabled: bool = Field(True, description="Publish alerts on MQTT (off: alerts are only listed over REST).")
 
 
+class HomeAssistantSettings(BaseModel):
+    enabled: bool = Field(
+        False,
+        description="Publish Home Assistant MQTT discovery (retained): each stream's value, forecast and alert "
+        "state as entities. Needs alerts.enabled; sets alerts.forecast_topic to sensorcast/forecasts/{stream} "
+        "when it is empty.",
+    )
+    discovery_prefix: str = Field(
+        "homeassistant", pattern=r"^[^/+#]+(/[^/+#]+)*$", description="Home Assistant's MQTT discovery prefix."
+    )
+    node_id: str = Field(
+        "sensorcast", pattern=r"^[a-zA-Z0-9_-]+$",
+        description="Node id in the discovery topics (<prefix>/sensor/<node_id>/...); distinct per sensorcast "
+        "instance on one broker.",
+    )
+    availability_topic: str = Field(
+        "sensorcast/{node_id}/availability",
+        description="Retained online/offline of this instance (offline: its MQTT last will), which the forecast "
+        "and alert entities follow. {node_id} is filled in.",
+    )
+    max_streams: int = Field(
+        200, ge=1, description="Streams discovered at most (each: value and forecast entities, one per check that alerted); "
+        "later ones are logged once."
+    )
+    refresh_s: float = Field(
+        60.0, gt=0, description="Seconds between checks for changed discovery documents (a unit set meanwhile)."
+    )
+    client_id: str = Field("sensorcast-homeassistant", description="MQTT client id of the discovery publisher.")
+
+
 class ApiSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Bind address of the REST API and dashboard.")
     port: int = Field(8080, description="Port of the REST API and dashboard.")
@@ -379,6 +409,11 @@ class ApiSettings(BaseModel):
         200_000, ge=1,
         description="POST /v1/predict: history rows x features accepted at most (the work of one request); more "
         "get 413.",
+    )
+    metrics_firing_streams: int = Field(
+        50, ge=0,
+        description="/metrics lists sensorcast_stream_alert_firing{stream,check} for at most this many firing "
+        "streams (highest score first); sensorcast_alerts_firing{check} counts them all.",
     )
 
 
@@ -435,6 +470,7 @@ class Settings(BaseSettings):
     streams: StreamsSettings = Field(default_factory=StreamsSettings)
     anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     gc: GcSettings = Field(default_factory=GcSettings)
     watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
@@ -453,3 +489,14 @@ class Settings(BaseSettings):
         if not roles:
             raise ValueError(f"roles: none given (expected some of {ROLES})")
         return roles
+
+    @model_validator(mode="after")
+    def _homeassistant_topics(self) -> Settings:
+        # Discovery points entities at what sensorcast publishes: without alerts on MQTT they would stay empty.
+        if self.homeassistant.enabled:
+            if not self.alerts.enabled:
+                raise ValueError("homeassistant.enabled needs alerts.enabled (the entities' states are the alerts' "
+                                 "MQTT messages)")
+            if not self.alerts.forecast_topic:
+                self.alerts.forecast_topic = "sensorcast/forecasts/{stream}"
+        return self

@@ -5,6 +5,10 @@ Components receive the object they report into; ``/metrics`` renders its registr
 
 from __future__ import annotations
 
+import math
+import threading
+from collections.abc import Iterable, Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Step latency buckets in seconds: one batched ONNX call is ~10 us to ~10 ms.
@@ -75,5 +79,36 @@ class Metrics:
         )
         self.gc_frozen = Gauge("sensorcast_gc_frozen_objects", "Objects exempt from collection (gc.freeze).", registry=r)
 
+        # Set when /metrics is scraped (service/api/routes/health.py), from the engine and /readyz.
+        self.alerts_firing = Gauge(
+            "sensorcast_alerts_firing", "Checks firing now over every stream, by check.", ["check"], registry=r
+        )
+        self.stream_alert_firing = Gauge(
+            "sensorcast_stream_alert_firing", "1 per firing check of a stream, for the api.metrics_firing_streams "
+            "firing streams with the highest anomaly score only (bounded cardinality; sensorcast_alerts_firing "
+            "counts them all).", ["stream", "check"], registry=r,
+        )
+        self.ready = Gauge("sensorcast_ready", "1 when /readyz answers 200 (ready or degraded), else 0.", registry=r)
+        self.check_ok = Gauge("sensorcast_check_ok", "1 per /readyz check that passes, else 0.", ["check"], registry=r)
+        self._scrape = threading.Lock()  # a render never sees the per-stream series half rebuilt
+
+    def set_firing(self, firing: Iterable[tuple[str, Sequence[str], float | None]], top: int,
+                   checks: Iterable[str] = ()) -> None:
+        """(stream, checks firing, score) of every firing stream -> the totals and the ``top`` per-stream series."""
+        totals = dict.fromkeys(checks, 0)
+        rows = [(sid, cs, score) for sid, cs, score in firing if cs]
+        for _, cs, _ in rows:
+            for c in cs:
+                totals[c] = totals.get(c, 0) + 1
+        rows.sort(key=lambda row: (-(row[2] if row[2] is not None and math.isfinite(row[2]) else -1.0), row[0]))
+        with self._scrape:
+            self.stream_alert_firing.clear()
+            for sid, cs, _ in rows[:top]:
+                for c in cs:
+                    self.stream_alert_firing.labels(stream=sid, check=c).set(1)
+            for c, n in totals.items():
+                self.alerts_firing.labels(check=c).set(n)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        with self._scrape:
+            return generate_latest(self.registry)

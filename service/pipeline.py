@@ -257,6 +257,13 @@ class Pipeline:
                 pipe.publisher = AlertPublisher(settings.mqtt, settings.alerts)
             pipe.engine, pipe.runner = _build_engine(settings, pipe.store, metrics, pipe.on_alert, pipe.on_forecast,
                                                      pipe.stream_settings)
+            if settings.homeassistant.enabled:  # each stream's value, forecast and alert state as HA entities
+                from service.alerts.homeassistant import HomeAssistantDiscovery, unit_from
+
+                ha = HomeAssistantDiscovery(settings, unit_from(pipe.engine))
+                pipe.forecast_sinks.append((ha.name, ha.see_forecast))
+                pipe.alert_sinks.append((ha.name, ha.see_alert))
+                pipe.addons.append(ha)
             from service.streams.runner import TickOnArrival
 
             pipe.ticker = TickOnArrival(pipe.engine, settings.streams.gather_s)

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service.api.deps import PipelineDep, ReadScope
 from service.api.schemas import CheckOut, HealthOut, ReadyOut
 from service.pipeline import Pipeline
+from service.records import CHECKS
 from service.watchdog import dead_threads
 
 if TYPE_CHECKING:
@@ -51,12 +52,21 @@ def readyz(pipeline: PipelineDep) -> Any:
 )
 def metrics(pipeline: PipelineDep) -> Response:
     """Prometheus metrics of this process."""
+    m = pipeline.metrics
     if pipeline.engine is not None:
         counts = {"warming": 0, "ok": 0, "firing": 0}
+        firing = []
         for s in pipeline.engine.streams():
             counts[str(s.status)] = counts.get(str(s.status), 0) + 1
+            if s.checks_firing:
+                firing.append((s.id, s.checks_firing, s.score))
         for status, n in counts.items():
-            pipeline.metrics.streams.labels(status=status).set(n)
+            m.streams.labels(status=status).set(n)
+        m.set_firing(firing, pipeline.settings.api.metrics_firing_streams, CHECKS)
+    checks = readiness(pipeline)
+    for name, check in checks.items():
+        m.check_ok.labels(check=name).set(int(check.ok))
+    m.ready.set(int(all(c.ok for c in checks.values())))
     if pipeline.publisher is not None:
         pipeline.metrics.alert_outbox.set(pipeline.publisher.pending())
     return Response(pipeline.metrics.render(), media_type=CONTENT_TYPE_LATEST)
