@@ -104,11 +104,13 @@ class AlertPublisher:
         return len(self.outbox) - queued_acks
 
     # -- what the pipeline calls -------------------------------------------------
-    def publish_alert(self, alert: Alert) -> None:
-        """Make the alert durable, then send it and the stream's retained state."""
+    def publish_alert(self, alert: Alert, event: bool = True) -> None:
+        """Make the alert durable, then send it and the stream's retained state; ``event=False``
+        (a silenced stream): the retained state only."""
         body = alert_payload(alert)
         s = self.settings
-        self.outbox.put(topic_for(s.topic, alert.device, alert.quantity, alert.stream_id, alert.check), body, 1)
+        if event:
+            self.outbox.put(topic_for(s.topic, alert.device, alert.quantity, alert.stream_id, alert.check), body, 1)
         if s.state_topic:
             state_topic = topic_for(s.state_topic, alert.device, alert.quantity, alert.stream_id, alert.check)
             self.outbox.put(state_topic, body, 1, retain=True)

@@ -14,106 +14,53 @@ Failures never reach the engine. A write that fails (locked, disk full, I/O erro
 its batch queued and retries every second; beyond ``queue_max`` waiting alerts the
 oldest are dropped, counted in ``dropped`` and logged. A file that is not a database (or
 from a newer schema) is refused at open with ``HistoryError`` naming the path.
+
+Each row is one alert event; its row id is the alert's id in ``GET /v1/alerts``. A row
+also says whether the stream was silenced when the alert was raised (it was recorded but
+not notified) and carries its acknowledgement (``ack``: when, by whom, a note; the first
+ack is kept). Schema 2 added these columns; a schema-1 file gains them at open.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import math
 import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from service.errors import SensorcastError
-from service.records import Alert, StreamKey
+from service.records import Alert
+from service.store.alertrows import Cursor, HistoryRow, Query, decode, encode
+
+__all__ = ["AlertLog", "Cursor", "HistoryError", "HistoryRow", "Query", "decode", "encode"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, ts_ns INTEGER NOT NULL, "
     "stream TEXT NOT NULL, state TEXT NOT NULL, chk TEXT NOT NULL, kind TEXT NOT NULL, logged_ns INTEGER NOT NULL, "
-    "body BLOB NOT NULL)",
+    "body BLOB NOT NULL, silenced INTEGER NOT NULL DEFAULT 0, acked_ns INTEGER, acked_by TEXT, ack_note TEXT)",
     "CREATE INDEX IF NOT EXISTS alerts_time ON alerts (ts_ns, id)",
     "CREATE INDEX IF NOT EXISTS alerts_stream ON alerts (stream, ts_ns, id)",
 )
-_INSERT = "INSERT INTO alerts (ts_ns, stream, state, chk, kind, logged_ns, body) VALUES (?, ?, ?, ?, ?, ?, ?)"
-_FLOATS = ("value", "expected", "lower", "upper", "score", "onset_value", "onset_expected")
+_INSERT = ("INSERT INTO alerts (ts_ns, stream, state, chk, kind, logged_ns, body, silenced) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+# Schema 1 -> 2: columns added in place (ALTER TABLE ADD COLUMN rewrites nothing).
+_ADDED = {"silenced": "INTEGER NOT NULL DEFAULT 0", "acked_ns": "INTEGER", "acked_by": "TEXT", "ack_note": "TEXT"}
+_ROW = "SELECT id, ts_ns, body, silenced, acked_ns, acked_by, ack_note FROM alerts"
 PRUNE_EVERY_S = 60.0
 RETRY_S = 1.0
 BATCH_MAX = 5_000  # rows per transaction: a long storm commits in pieces
+_ANY = Query()
 
 
 class HistoryError(SensorcastError):
     """The alert history file cannot be opened or read."""
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    """A position in newest-first order: the last row of a page."""
-
-    ts_ns: int
-    id: int
-
-    def token(self) -> str:
-        return base64.urlsafe_b64encode(f"{self.ts_ns}.{self.id}".encode()).decode().rstrip("=")
-
-    @classmethod
-    def parse(cls, token: str) -> Cursor:
-        """ValueError for anything ``token()`` did not produce."""
-        try:
-            text = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True).decode()
-            ts, row = (int(part) for part in text.split("."))
-            if not (-(2**63) <= ts < 2**63 and 0 < row < 2**63):
-                raise ValueError(text)
-            return cls(ts, row)
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise ValueError("cursor is not one this API gave out (pass X-Next-Cursor as it is)") from None
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """Filters of a page; None: any."""
-
-    stream: str | None = None
-    state: str | None = None
-    check: str | None = None
-    kind: str | None = None
-    since_ns: int | None = None  # at or after
-    until_ns: int | None = None  # before
-
-
-def encode(a: Alert) -> bytes:
-    """Every field of the record (NaN -> null); the key is kept whole, not as its display id."""
-    return orjson.dumps({
-        "device": a.key.device, "key_quantity": a.key.quantity, "tags": [list(t) for t in a.key.tags],
-        "multivariate": a.multivariate, "quantity": a.quantity, "state": a.state, "ts_ns": a.ts_ns,
-        "value": a.value, "expected": a.expected, "lower": a.lower, "upper": a.upper, "score": a.score,
-        "model": a.model, "model_version": a.model_version, "warm": a.warm, "extra": a.extra, "check": a.check,
-        "kind": a.kind, "onset_ns": a.onset_ns, "onset_value": a.onset_value, "onset_expected": a.onset_expected,
-        "contributors": [[n, s] for n, s in a.contributors],
-    })
-
-
-def decode(body: bytes) -> Alert:
-    d: dict[str, Any] = orjson.loads(body)
-    floats = {k: math.nan if d[k] is None else float(d[k]) for k in _FLOATS}
-    return Alert(
-        StreamKey(d["device"], d["key_quantity"], tuple((k, v) for k, v in d["tags"])), d["quantity"], d["state"],
-        int(d["ts_ns"]), floats["value"], floats["expected"], floats["lower"], floats["upper"], floats["score"],
-        d["model"], d["model_version"], bool(d["warm"]), dict(d["extra"]), bool(d["multivariate"]), d["check"],
-        d["kind"], d["onset_ns"], floats["onset_value"], floats["onset_expected"],
-        tuple((str(n), float(s)) for n, s in d["contributors"]),
-    )
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -144,6 +91,10 @@ class AlertLog:
                                    f"of sensorcast ({SCHEMA_VERSION}); point alerts.history_path elsewhere")
             for stmt in _SCHEMA:
                 self._db.execute(stmt)
+            have = {str(r[1]) for r in self._db.execute("PRAGMA table_info(alerts)")}
+            for col, decl in _ADDED.items():
+                if col not in have:
+                    self._db.execute(f"ALTER TABLE alerts ADD COLUMN {col} {decl}")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._read = _connect(self.path)
         except (sqlite3.Error, OSError) as e:
@@ -154,7 +105,7 @@ class AlertLog:
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()  # the writer thread, or prune() called from outside
         self._cond = threading.Condition()
-        self._queue: deque[Alert] = deque()
+        self._queue: deque[tuple[Alert, bool]] = deque()  # (alert, silenced)
         self._busy = 0  # alerts taken from the queue and not yet committed or given up
         self._closing = False
         self._pruned_at = 0.0
@@ -163,8 +114,9 @@ class AlertLog:
         self._thread.start()
 
     # ------------------------------------------------------------ writing
-    def append(self, alert: Alert) -> None:
-        """Queue one alert (the engine's sink: never blocks on the disk)."""
+    def append(self, alert: Alert, silenced: bool = False) -> None:
+        """Queue one alert (the engine's sink: never blocks on the disk); ``silenced``: its
+        stream was silenced, so it is recorded but was not notified."""
         with self._cond:
             if len(self._queue) >= self.queue_max:
                 self._queue.popleft()
@@ -172,7 +124,7 @@ class AlertLog:
                 if self.dropped == 1 or self.dropped % 1000 == 0:  # a storm: not one line per alert
                     log.error("alert history: %d alert(s) dropped so far, the writer cannot keep up or the "
                               "file %s cannot be written", self.dropped, self.path)
-            self._queue.append(alert)
+            self._queue.append((alert, silenced))
             self._cond.notify()
 
     def alive(self) -> bool:
@@ -232,13 +184,13 @@ class AlertLog:
             if not ok and not closing:
                 time.sleep(RETRY_S)
 
-    def _write(self, batch: Sequence[Alert]) -> bool:
+    def _write(self, batch: Sequence[tuple[Alert, bool]]) -> bool:
         """Commit ``batch``; False (retry later) when the file cannot be written right now."""
         now = time.time_ns()
         rows = []
-        for a in batch:
+        for a, silenced in batch:
             try:
-                rows.append((a.ts_ns, a.stream_id, a.state, a.check, a.kind, now, encode(a)))
+                rows.append((a.ts_ns, a.stream_id, a.state, a.check, a.kind, now, encode(a), int(silenced)))
             except (TypeError, ValueError) as e:  # orjson: a name that is not valid UTF-8
                 self._drop(1, f"cannot encode an alert of {a.stream_id[:200]!r} ({e})")
         try:
@@ -317,7 +269,12 @@ class AlertLog:
         self._db.close()
 
     # ------------------------------------------------------------ reading
-    def page(self, limit: int, q: Query = Query(), before: Cursor | None = None) -> tuple[list[Alert], Cursor | None]:
+    def page(self, limit: int, q: Query = _ANY, before: Cursor | None = None) -> tuple[list[Alert], Cursor | None]:
+        """``rows`` without the ids, silences and acks."""
+        rows, nxt = self.rows(limit, q, before)
+        return [r.alert for r in rows], nxt
+
+    def rows(self, limit: int, q: Query = _ANY, before: Cursor | None = None) -> tuple[list[HistoryRow], Cursor | None]:
         """Up to ``limit`` alerts matching ``q``, newest first (time, then write order), after
         ``before``; and the cursor of the next page (None: this was the last)."""
         where: list[str] = []
@@ -332,26 +289,52 @@ class AlertLog:
         if q.until_ns is not None:
             where.append("ts_ns < ?")
             args.append(q.until_ns)
+        if q.acked is not None:
+            where.append("acked_ns IS NOT NULL" if q.acked else "acked_ns IS NULL")
         if before is not None:
             where.append("(ts_ns < ? OR (ts_ns = ? AND id < ?))")
             args += [before.ts_ns, before.ts_ns, before.id]
-        sql = "SELECT id, ts_ns, body FROM alerts"
+        sql = _ROW
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY ts_ns DESC, id DESC LIMIT ?"
+        rows = self._select(sql, (*args, limit + 1))
+        nxt = Cursor(int(rows[limit - 1][1]), int(rows[limit - 1][0])) if len(rows) > limit else None
+        out = [r for r in map(self._row, rows[:limit]) if r is not None]
+        return out, nxt
+
+    def get(self, alert_id: int) -> HistoryRow | None:
+        """The event with this id (None: unknown, pruned or unreadable)."""
+        found = self._select(_ROW + " WHERE id = ?", (alert_id,))
+        return self._row(found[0]) if found else None
+
+    def ack(self, alert_id: int, by: str | None = None, note: str | None = None,
+            now_ns: int | None = None) -> HistoryRow | None:
+        """Acknowledge one event, durably; acking again keeps the first ack (idempotent).
+        None: no event with this id."""
+        try:
+            with self._write_lock:  # the writer's connection: one writer to the file at a time
+                self._db.execute("UPDATE alerts SET acked_ns = ?, acked_by = ?, ack_note = ? "
+                                 "WHERE id = ? AND acked_ns IS NULL",
+                                 (time.time_ns() if now_ns is None else now_ns, by, note, alert_id))
+        except (sqlite3.Error, OverflowError) as e:
+            raise HistoryError(f"cannot write an ack to the alert history {self.path}: {e}") from e
+        return self.get(alert_id)
+
+    def _select(self, sql: str, args: Sequence[object]) -> list[Any]:
         with self._read_lock:
             try:
-                rows = self._read.execute(sql, (*args, limit + 1)).fetchall()
+                return self._read.execute(sql, args).fetchall()
             except (sqlite3.Error, OverflowError) as e:
                 raise HistoryError(f"cannot read the alert history {self.path}: {e}") from e
-        nxt = Cursor(int(rows[limit - 1][1]), int(rows[limit - 1][0])) if len(rows) > limit else None
-        out = []
-        for row in rows[:limit]:
-            try:
-                out.append(decode(bytes(row[2])))
-            except (ValueError, TypeError, KeyError) as e:  # a row damaged by hand: skipped, said once
-                log.warning("alert history: row %d of %s cannot be read (%s); skipped", row[0], self.path, e)
-        return out, nxt
+
+    def _row(self, row: Any) -> HistoryRow | None:
+        try:
+            alert = decode(bytes(row[2]))
+        except (ValueError, TypeError, KeyError) as e:  # a row damaged by hand: skipped, said once
+            log.warning("alert history: row %d of %s cannot be read (%s); skipped", row[0], self.path, e)
+            return None
+        return HistoryRow(int(row[0]), alert, bool(row[3]), None if row[4] is None else int(row[4]), row[5], row[6])
 
     def count(self) -> int:
         with self._read_lock:
