@@ -277,5 +277,5 @@ def run(args: argparse.Namespace) -> int:
 
     # --from-store reads the store the settings name: the one written here unless --store-url said otherwise.
     source = f"--source {settings.store.url}" if args.store_url and "@" not in args.store_url else "--from-store"
-    print(f"next: sensorcast train {source} --streams {ids} --name {columns[0].key.device} --minutes 5")
+    print(f"next: sensorcast train {source} --streams {ids} --name {columns[0].key.device}")
     return 0

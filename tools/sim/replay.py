@@ -14,8 +14,8 @@ the whole file is recent history the service takes (nothing ``too_old`` or
 ``too_far_future``) and its streams go on live from there.
 Cells that are not numbers are counted and skipped; their row's other cells still go out.
 
-The broker's acknowledgement is not the service's: with ``--api`` (default
-http://127.0.0.1:8080) replay reads the service's refusal counters (``GET /metrics``)
+The broker's acknowledgement is not the service's: with ``--api`` (default: the
+local serve, http://127.0.0.1:<api.port>) replay reads the service's refusal counters (``GET /metrics``)
 before and after and reports what it accepted, refused and dropped, by reason
 (``servicecheck.py``); it says so when the service cannot be reached.
 """
@@ -158,8 +158,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=0, help="Publish at most this many rows (0: all).")
     p.add_argument("--ts-format", choices=TS_FORMATS, default="ms", help="How the payload's ts is written "
                    "(default ms: epoch milliseconds).")
-    p.add_argument("--api", default="http://127.0.0.1:8080", help="The service's API, whose /metrics tell what it "
-                   "refused (default: http://127.0.0.1:8080; '' to skip the check).")
+    p.add_argument("--api", help="The service's API, whose /metrics tell what it refused (default: "
+                   "http://127.0.0.1:<SENSORCAST_API__PORT, 8080>, the local serve; '' to skip the check).")
     p.add_argument("--api-key-file", type=Path, help="File with a read-scope API key for --api.")
     p.add_argument("--drain-s", type=float, default=10.0, help="Wait at most this long after the last publish "
                    "for the service's counters to settle (default 10).")
@@ -235,13 +235,14 @@ def run(args: argparse.Namespace) -> int:
             first, newest = rows_list[0].ts_ns, max(r.ts_ns for r in rows_list)
             rebase_to_ns = time.time_ns() - (newest - first)
         rows = iter(rows_list)
-    check = ServiceCheck(args.api, args.api_key_file) if args.api else None
+    api = f"http://127.0.0.1:{settings.api.port}" if args.api is None else args.api
+    check = ServiceCheck(api, args.api_key_file) if api else None
     if check is not None:
         try:
             check.start()
         except (Unreachable, OSError) as e:
             log.warning("the service at %s cannot be reached (%s): replay can only report what the broker "
-                        "acknowledged, not what the service refused", args.api, e)
+                        "acknowledged, not what the service refused", api, e)
             check = None
     device = args.device or args.file.stem
     out = MqttOut(settings.mqtt, args.client_id, qos=args.qos)
@@ -275,9 +276,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             text, refused, by_time = summary(check.settle(args.drain_s))
         except (Unreachable, OSError) as e:
-            log.warning("the service at %s stopped answering (%s): what it refused is unknown", args.api, e)
+            log.warning("the service at %s stopped answering (%s): what it refused is unknown", api, e)
         else:
-            log.info("service %s: %s", args.api, text)
+            log.info("service %s: %s", api, text)
             if refused and by_time:
                 log.warning("fix: %s", FIX)
     return 0 if flushed and out.stats.refused == 0 and refused == 0 else 1
