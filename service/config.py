@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Role = Literal["ingest", "inference", "api"]
@@ -141,6 +149,34 @@ class StoreSettings(BaseModel):
     spool_max_bytes: int = Field(
         1024 * 1024 * 1024, description="Spool size limit; when full, intake stops acknowledging."
     )
+    retention_days: float | None = Field(
+        None, ge=1 / 24,
+        description="Delete readings older than this many days (SQLite: pruned every prune_interval_s; InfluxDB: "
+        "the database's default retention policy / the bucket's retention); empty: keep forever.",
+    )
+    downsample_after_days: float | None = Field(
+        None, ge=1 / 24,
+        description="Replace readings older than this many days by hourly means (SQLite, InfluxDB 1.x); "
+        "empty: keep every reading.",
+    )
+    prune_interval_s: float = Field(
+        3600.0, gt=0, description="How often the ingest process prunes and downsamples the SQLite store."
+    )
+    write_outputs: bool | None = Field(
+        None,
+        description="Write forecasts, anomaly scores and alert events to the store as their own measurements "
+        "(for Grafana); empty: on with InfluxDB, off otherwise (InfluxDB only).",
+    )
+    outputs_interval_s: float = Field(
+        10.0, ge=0,
+        description="At most one forecast and one score point per stream per this many seconds (0: every step).",
+    )
+    outputs_queue_max: int = Field(
+        100_000, gt=0, description="Output points waiting for the store; beyond it they are dropped and counted.",
+    )
+    forecasts_measurement: str = Field("forecasts", description="Measurement of the written forecasts.")
+    scores_measurement: str = Field("scores", description="Measurement of the written anomaly scores.")
+    alerts_measurement: str = Field("alerts", description="Measurement of the written alert events.")
 
     @field_validator("url")
     @classmethod
@@ -148,6 +184,14 @@ class StoreSettings(BaseModel):
         if v.split("://", 1)[0].lower() not in STORE_SCHEMES or "://" not in v:
             raise ValueError("expected influxdb://host:8086/db, influxdb2://host:8086/bucket?org=..., "
                              "sqlite:///path or memory://")
+        return v
+
+    @field_validator("downsample_after_days")
+    @classmethod
+    def _downsample_before_retention(cls, v: float | None, info: ValidationInfo) -> float | None:
+        keep = info.data.get("retention_days")
+        if v is not None and keep is not None and v >= keep:
+            raise ValueError(f"must be less than store.retention_days ({keep:g}): older readings are deleted anyway")
         return v
 
 
@@ -179,6 +223,14 @@ class StreamRules(BaseModel):
     features: dict[str, StreamRules] | None = Field(
         None, description="Per-feature rules of a multivariate stream (by feature name); they win over these."
     )
+
+    @field_validator("unit")
+    @classmethod
+    def _printable_unit(cls, v: str | None) -> str | None:
+        # As units from payloads (service/units.py): shown in the API, alerts and dashboard.
+        if v is not None and (not v.strip() or any(ord(c) < 32 or 127 <= ord(c) <= 159 for c in v)):
+            raise ValueError(f"expected a unit such as °C or kWh (not blank, no control characters), found {v!r}")
+        return v
 
 
 class ModelBinding(BaseModel):
@@ -353,6 +405,46 @@ class AlertsSettings(BaseModel):
     enabled: bool = Field(True, description="Publish alerts on MQTT (off: alerts are only listed over REST).")
 
 
+class WebhookSettings(BaseModel):
+    urls: list[str] = Field(
+        [], description='POST every alert event (JSON) to each of these http(s) URLs, e.g. ["https://h/x"] (JSON '
+        "list in the environment). Empty: no webhooks.",
+    )
+    secret_file: Path | None = Field(
+        None, description="File with the HMAC-SHA256 key: requests carry X-Sensorcast-Signature (see docs/api.md). "
+        "Unset: unsigned.",
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Timeout of one webhook request.")
+    backoff_s: float = Field(1.0, gt=0, description="First retry delay after a failed delivery; doubles per failure.")
+    backoff_max_s: float = Field(300.0, gt=0, description="Longest retry delay.")
+    max_attempts: int = Field(
+        0, ge=0, description="Give an event up after this many failed attempts (0: no limit, see max_age_s)."
+    )
+    max_age_s: float = Field(
+        3 * 86_400.0, ge=0, description="Give an event up when undelivered this long after it was queued (0: never)."
+    )
+    outbox_path: Path = Field(
+        Path("./data/webhooks.sqlite"), description="SQLite file of the webhook events not yet delivered."
+    )
+    checks: list[str] = Field([], description="Send only alerts of these checks (empty: every check).")
+    states: list[Literal["firing", "resolved"]] = Field(
+        ["firing", "resolved"], description="Send only these alert states."
+    )
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            try:
+                parts = urlsplit(url)
+                ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and parts.port == parts.port
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"expected http(s)://host[:port]/path, found {url!r}")
+        return v
+
+
 class HomeAssistantSettings(BaseModel):
     enabled: bool = Field(
         False,
@@ -470,6 +562,7 @@ class Settings(BaseSettings):
     streams: StreamsSettings = Field(default_factory=StreamsSettings)
     anomaly: AnomalySettings = Field(default_factory=AnomalySettings)
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     gc: GcSettings = Field(default_factory=GcSettings)

@@ -54,6 +54,7 @@ def open_store(settings: StoreSettings) -> Store:
             auth = (unquote(url.username), pw)
         store = Influx1Store(base, name, settings.measurement, settings.timeout_s, auth=auth)
         store.ensure_database()
+        store.downsample_after_s = None if settings.downsample_after_days is None else settings.downsample_after_days * 86_400
         return store
     raise ConfigError(
         f"unknown store URL scheme {url.scheme!r}: expected influxdb://, influxdb2://, sqlite:/// or memory://"

@@ -7,6 +7,7 @@ escaping are shared, so what the tests prove against a real influxd 1.6.7 holds 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from service.store.rejections import error_for_status
 
 # One query string must stay well below URL/body limits; 200 streams per query is ~20 kB.
 _STREAMS_PER_QUERY = 200
+HOURLY_RP = "sensorcast_hourly"  # the retention policy of downsampled readings (hourly means)
 
 
 class InfluxQLStore:
@@ -40,6 +42,10 @@ class InfluxQLStore:
         self.measurement = measurement
         self._fmt = LineFormatter(measurement)
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s, auth=auth, headers=headers)
+        # Downsampling on (store.downsample_after_days): older ranges are read from the hourly
+        # means' retention policy (service/store/retention.py writes them).
+        self.downsample_after_s: float | None = None
+        self.hourly_rp = HOURLY_RP
 
     # --- writing -------------------------------------------------------------------------
     def write(self, readings: Sequence[Reading]) -> None:
@@ -82,8 +88,22 @@ class InfluxQLStore:
     def read_range(self, stream: StreamKey, start_ns: int, end_ns: int, limit: int | None = None) -> list[Reading]:
         if limit is not None and limit <= 0:
             return []
+        if self.downsample_after_s is None:
+            return self._range(stream, start_ns, end_ns, limit)
+        # Hourly means before the cut (an hour boundary), raw readings from it on.
+        cut = time.time_ns() - int(self.downsample_after_s * 1e9)
+        cut -= cut % 3_600_000_000_000
+        recent = self._range(stream, max(start_ns, cut), end_ns, limit) if end_ns > cut else []
+        if start_ns >= cut or (limit is not None and len(recent) >= limit):
+            return recent
+        rest = None if limit is None else limit - len(recent)
+        return self._range(stream, start_ns, min(end_ns, cut), rest, self.hourly_rp) + recent
+
+    def _range(
+        self, stream: StreamKey, start_ns: int, end_ns: int, limit: int | None, rp: str | None = None
+    ) -> list[Reading]:
         # LIMIT applies per series (GROUP BY *), so a tagged sibling never uses up this one's.
-        q = influxql.range_query(self.measurement, stream, start_ns, end_ns, limit)
+        q = influxql.range_query(self.measurement, stream, start_ns, end_ns, limit, rp)
         out: list[Reading] = []
         for s, rows in self._series(q):
             if s == stream:

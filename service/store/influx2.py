@@ -48,6 +48,10 @@ class Influx2Store(InfluxQLStore):
         except Exception as e:  # urllib3 and socket errors, timeouts: transient
             raise StoreError(f"influxdb2 write failed: {e!r}") from e
 
+    def buckets_api(self) -> Any:
+        """influxdb-client's BucketsApi (service/store/retention.py sets the bucket's retention)."""
+        return self._client.buckets_api()
+
     def close(self) -> None:
         super().close()
         self._client.close()

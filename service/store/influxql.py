@@ -51,10 +51,14 @@ def readings_from(stream: StreamKey, rows: list[list[Any]]) -> list[Reading]:
     return [Reading(stream, int(t), float(v)) for t, v in rows if v is not None]
 
 
-def range_query(measurement: str, stream: StreamKey, start_ns: int, end_ns: int, limit: int | None = None) -> str:
-    """Points in ``[start_ns, end_ns)``; with ``limit``, only the newest ``limit`` (newest first)."""
+def range_query(
+    measurement: str, stream: StreamKey, start_ns: int, end_ns: int, limit: int | None = None, rp: str | None = None
+) -> str:
+    """Points in ``[start_ns, end_ns)``; with ``limit``, only the newest ``limit`` (newest first).
+    ``rp``: from that retention policy (the hourly means), else the default one."""
+    source = quote_ident(measurement) if rp is None else f"{quote_ident(rp)}.{quote_ident(measurement)}"
     q = (
-        f'SELECT "value" FROM {quote_ident(measurement)} WHERE {stream_condition(stream)} '
+        f'SELECT "value" FROM {source} WHERE {stream_condition(stream)} '
         f"AND time >= {int(start_ns)} AND time < {int(end_ns)} GROUP BY *"
     )
     return q if limit is None else f"{q} ORDER BY time DESC LIMIT {int(limit)}"

@@ -3,6 +3,11 @@
 One table of points keyed ``(stream, ts)`` so a redelivered reading overwrites (upsert),
 and one of streams. The stream key is the JSON of ``[device, quantity, tags]``: unlike the
 display id it is injective whatever characters the names contain.
+
+Retention (service/store/retention.py drives it): ``prune_batch`` deletes old points a
+bounded batch per transaction, ``downsample_batch`` folds old points into ``<table>_hourly``
+(hourly mean and count, so a late reading merges weighted instead of skewing the mean).
+``read_range`` returns both tables merged; ``read_last`` (warm-up) only raw readings.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -19,6 +25,7 @@ from service.errors import StoreError, StoreRejected
 from service.records import Reading, StreamKey
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+HOUR_NS = 3_600_000_000_000
 
 
 def stream_key_text(s: StreamKey) -> str:
@@ -50,6 +57,11 @@ class SqliteStore:
                 "value REAL NOT NULL, PRIMARY KEY (stream, ts)) WITHOUT ROWID"
             )
             self._db.execute(f"CREATE TABLE IF NOT EXISTS {table}_streams (stream TEXT PRIMARY KEY)")
+            # Hourly means of downsampled readings (ts: the hour's start); n weights a later merge.
+            self._db.execute(
+                f"CREATE TABLE IF NOT EXISTS {table}_hourly (stream TEXT NOT NULL, ts INTEGER NOT NULL, "
+                "value REAL NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (stream, ts)) WITHOUT ROWID"
+            )
         except sqlite3.Error as e:
             raise StoreError(f"cannot open sqlite store {path}: {e}") from e
         self._known: set[StreamKey] = set()
@@ -67,8 +79,9 @@ class SqliteStore:
                 rows.append((k, r.ts_ns, r.value))
         except (TypeError, ValueError) as e:  # orjson: a lone surrogate in a name
             raise StoreRejected(0, "invalid_value", f"sqlite cannot encode a stream name: {e}") from e
-        new = [(keys[s],) for s in keys if s not in self._known]
         with self._lock:
+            # Under the lock: pruning forgets a stream whose last point it deleted (``_known`` too).
+            new = [(keys[s],) for s in keys if s not in self._known]
             try:
                 self._db.execute("BEGIN")
                 self._db.executemany(
@@ -94,7 +107,7 @@ class SqliteStore:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
-    def _select(self, sql: str, args: tuple[object, ...]) -> list[tuple[int, float]]:
+    def _select(self, sql: str, args: tuple[object, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return list(self._db.execute(sql, args))
@@ -102,14 +115,25 @@ class SqliteStore:
                 raise StoreError(f"sqlite read failed: {e}") from e
 
     def read_range(self, stream: StreamKey, start_ns: int, end_ns: int, limit: int | None = None) -> list[Reading]:
-        args = (stream_key_text(stream), start_ns, end_ns)
-        where = f"FROM {self._t} WHERE stream = ? AND ts >= ? AND ts < ?"
+        # Raw readings and hourly means (downsampled history) merged in time order; at an
+        # equal timestamp (a late raw reading not folded yet) the hourly mean comes first and wins.
+        key = stream_key_text(stream)
+        args = (key, start_ns, end_ns, key, start_ns, end_ns)
+        union = (
+            f"SELECT ts, value, 1 AS raw FROM {self._t} WHERE stream = ? AND ts >= ? AND ts < ? UNION ALL "
+            f"SELECT ts, value, 0 AS raw FROM {self._t}_hourly WHERE stream = ? AND ts >= ? AND ts < ?"
+        )
         if limit is None:
-            rows = self._select(f"SELECT ts, value {where} ORDER BY ts", args)
-            return [Reading(stream, t, v) for t, v in rows]
-        # The newest ``limit`` of the range: the primary key (stream, ts) serves it backwards.
-        rows = self._select(f"SELECT ts, value {where} ORDER BY ts DESC LIMIT ?", (*args, max(0, limit)))
-        return [Reading(stream, t, v) for t, v in reversed(rows)]
+            rows = self._select(f"{union} ORDER BY ts, raw", args)
+        else:
+            # The newest ``limit`` of the range: each primary key (stream, ts) serves it backwards.
+            rows = self._select(f"{union} ORDER BY ts DESC, raw DESC LIMIT ?", (*args, max(0, limit)))
+            rows.reverse()
+        out: list[Reading] = []
+        for t, v, _ in rows:
+            if not out or out[-1].ts_ns != t:
+                out.append(Reading(stream, t, v))
+        return out
 
     def read_last(self, stream: StreamKey, n: int) -> list[Reading]:
         rows = self._select(
@@ -134,6 +158,71 @@ class SqliteStore:
             except sqlite3.Error as e:
                 raise StoreError(f"sqlite read failed: {e}") from e
         return sorted(stream_from_text(r[0]) for r in rows)
+
+    # --- retention (driven by service/store/retention.py) ------------------------------------
+    def stream_keys(self) -> list[str]:
+        """The stored stream keys (the JSON text ``prune_batch`` and ``downsample_batch`` take)."""
+        return [r[0] for r in self._select(f"SELECT stream FROM {self._t}_streams", ())]
+
+    def prune_batch(self, stream: str, cutoff_ns: int, rows: int) -> int:
+        """Delete up to ``rows`` of ``stream``'s points older than ``cutoff_ns`` (raw, then hourly
+        means) in one transaction; a stream left without points is forgotten. Returns how many."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                n = self._delete_oldest(self._t, stream, cutoff_ns, rows)
+                if n < rows:
+                    n += self._delete_oldest(f"{self._t}_hourly", stream, cutoff_ns, rows - n)
+                if n and not self._has_points(stream):
+                    self._db.execute(f"DELETE FROM {self._t}_streams WHERE stream = ?", (stream,))
+                    self._known.discard(stream_from_text(stream))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._rollback()
+                raise StoreError(f"sqlite prune failed: {e}") from e
+        return n
+
+    def downsample_batch(self, stream: str, cutoff_ns: int, rows: int) -> int:
+        """Fold up to ``rows`` of ``stream``'s raw readings older than ``cutoff_ns`` into hourly
+        means (merged, weighted by count, with a mean already there) in one transaction."""
+        hour = f"ts - ((ts % {HOUR_NS}) + {HOUR_NS}) % {HOUR_NS}"  # floor, also before 1970
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                upto = self._batch_end(self._t, stream, cutoff_ns, rows)
+                self._db.execute(
+                    f"INSERT INTO {self._t}_hourly (stream, ts, value, n) SELECT stream, {hour} AS h, avg(value), "
+                    f"count(*) FROM {self._t} WHERE stream = ? AND ts < ? GROUP BY h ON CONFLICT (stream, ts) "
+                    "DO UPDATE SET value = (value * n + excluded.value * excluded.n) / (n + excluded.n), "
+                    "n = n + excluded.n",
+                    (stream, upto),
+                )
+                n = self._db.execute(f"DELETE FROM {self._t} WHERE stream = ? AND ts < ?", (stream, upto)).rowcount
+                self._db.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._rollback()
+                raise StoreError(f"sqlite downsampling failed: {e}") from e
+        return int(n)
+
+    def _batch_end(self, table: str, stream: str, cutoff_ns: int, rows: int) -> int:
+        # The primary key (stream, ts) finds the rows-th oldest point: the batch is a range scan.
+        row = self._db.execute(
+            f"SELECT ts FROM {table} WHERE stream = ? AND ts < ? ORDER BY ts LIMIT 1 OFFSET ?",
+            (stream, cutoff_ns, max(0, rows - 1)),
+        ).fetchone()
+        return cutoff_ns if row is None else int(row[0]) + 1
+
+    def _delete_oldest(self, table: str, stream: str, cutoff_ns: int, rows: int) -> int:
+        upto = self._batch_end(table, stream, cutoff_ns, rows)
+        return int(self._db.execute(f"DELETE FROM {table} WHERE stream = ? AND ts < ?", (stream, upto)).rowcount)
+
+    def _has_points(self, stream: str) -> bool:
+        row = self._db.execute(
+            f"SELECT EXISTS (SELECT 1 FROM {self._t} WHERE stream = ?) "
+            f"OR EXISTS (SELECT 1 FROM {self._t}_hourly WHERE stream = ?)",
+            (stream, stream),
+        ).fetchone()
+        return bool(row[0])
 
     def ping(self) -> bool:
         try:
