@@ -91,11 +91,12 @@ class Metrics:
         self.ready = Gauge("sensorcast_ready", "1 when /readyz answers 200 (ready or degraded), else 0.", registry=r)
         self.check_ok = Gauge("sensorcast_check_ok", "1 per /readyz check that passes, else 0.", ["check"], registry=r)
         self._scrape = threading.Lock()  # a render never sees the per-stream series half rebuilt
+        self._checks_listed: set[str] = set()
 
     def set_firing(self, firing: Iterable[tuple[str, Sequence[str], float | None]], top: int,
                    checks: Iterable[str] = ()) -> None:
         """(stream, checks firing, score) of every firing stream -> the totals and the ``top`` per-stream series."""
-        totals = dict.fromkeys(checks, 0)
+        totals = dict.fromkeys([*checks, *self._checks_listed], 0)  # a check listed once stays, at 0 when quiet
         rows = [(sid, cs, score) for sid, cs, score in firing if cs]
         for _, cs, _ in rows:
             for c in cs:
@@ -108,6 +109,7 @@ class Metrics:
                     self.stream_alert_firing.labels(stream=sid, check=c).set(1)
             for c, n in totals.items():
                 self.alerts_firing.labels(check=c).set(n)
+            self._checks_listed = set(totals)
 
     def render(self) -> bytes:
         with self._scrape:
