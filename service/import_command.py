@@ -264,6 +264,12 @@ def run(args: argparse.Namespace) -> int:
     for c in columns:
         unit = f" [{c.unit}]" if c.unit else ""
         print(f"  {c.key.id}{unit}: {c.stored} readings, {_iso(c.first_ns)} .. {_iso(c.last_ns)}")
+    keep = settings.store.retention_days
+    if keep is not None:
+        cut = time.time_ns() - round(keep * 86_400 * NS_PER_S)
+        if any(c.first_ns is not None and c.first_ns < cut for c in columns):
+            print(f"import: warning: readings before {_iso(cut)} are older than store.retention_days = {keep:g}: "
+                  "the next prune deletes them (train on them first, or raise the retention)")
     try:
         for line in save_units(settings.streams.settings_path, columns):
             print(f"import: {line}")

@@ -125,6 +125,16 @@ def test_refusals_are_one_line(
         assert rc == 2 and expected in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_history_older_than_the_retention_is_a_warning(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SENSORCAST_STORE__RETENTION_DAYS", "30")
+    f = tmp_path / "old.csv"
+    f.write_text("timestamp,value\n2014-01-01T00:00:00Z,1\n2014-01-01T00:01:00Z,2\n")
+    assert main(["import", str(f)]) == 0
+    assert "older than store.retention_days = 30: the next prune deletes them" in capsys.readouterr().out
+
+
 def test_a_missing_file_is_one_line(env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["import", str(tmp_path / "none.csv")]) == 2
     assert "expected a CSV file with a header row (check FILE)" in capsys.readouterr().err
