@@ -19,7 +19,6 @@ from pydantic import (
     SecretStr,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -583,13 +582,16 @@ class Settings(BaseSettings):
             raise ValueError(f"roles: none given (expected some of {ROLES})")
         return roles
 
-    @model_validator(mode="after")
-    def _homeassistant_topics(self) -> Settings:
+    @field_validator("homeassistant")
+    @classmethod
+    def _homeassistant_topics(cls, v: HomeAssistantSettings, info: ValidationInfo) -> HomeAssistantSettings:
         # Discovery points entities at what sensorcast publishes: without alerts on MQTT they would stay empty.
-        if self.homeassistant.enabled:
-            if not self.alerts.enabled:
+        # (A field validator, not a model one, so a refusal names SENSORCAST_HOMEASSISTANT__*.)
+        alerts = info.data.get("alerts")
+        if v.enabled and isinstance(alerts, AlertsSettings):
+            if not alerts.enabled:
                 raise ValueError("homeassistant.enabled needs alerts.enabled (the entities' states are the alerts' "
                                  "MQTT messages)")
-            if not self.alerts.forecast_topic:
-                self.alerts.forecast_topic = "sensorcast/forecasts/{stream}"
-        return self
+            if not alerts.forecast_topic:
+                alerts.forecast_topic = "sensorcast/forecasts/{stream}"
+        return v
