@@ -3,9 +3,9 @@
 ``Retention`` is an addon of the ingest process (``Pipeline.build``; the process that owns
 the store's writes): started with the pipeline, watched by the watchdog, stopped with it.
 
-SQLite: every ``store.prune_interval_s`` it folds raw readings older than
-``downsample_after_days`` into hourly means (``<table>_hourly``, which ``read_range``
-merges back in) and deletes points older than ``retention_days``, a bounded batch per
+SQLite: every ``store.prune_interval_s`` it deletes points older than ``retention_days``,
+then folds raw readings older than ``downsample_after_days`` into hourly means
+(``<table>_hourly``, which ``read_range`` merges back in), a bounded batch per
 transaction with a pause between batches, so the writer waits at most one batch
 (``BATCH_ROWS``). Freed pages go to SQLite's freelist and are reused by the next writes:
 the file stops growing once pruning frees as much as ingest writes. No VACUUM: it rewrites
@@ -149,11 +149,12 @@ class Retention:
             log.info("store retention: nothing to do for %s", type(self.store).__name__)
 
     def _sqlite_pass(self, store: SqliteStore, now_ns: int, rep: PassReport) -> None:
+        # Pruning first: folding readings into means that are deleted next is wasted work.
         jobs: list[tuple[Callable[[str, int, int], int], int, str]] = []
-        if self.after_s is not None:
-            jobs.append((store.downsample_batch, floor_hour(now_ns - int(self.after_s * 1e9)), "folded"))
         if self.keep_s is not None:
             jobs.append((store.prune_batch, now_ns - int(self.keep_s * 1e9), "pruned"))
+        if self.after_s is not None:
+            jobs.append((store.downsample_batch, floor_hour(now_ns - int(self.after_s * 1e9)), "folded"))
         for batch, cutoff, counter in jobs:
             for stream in store.stream_keys():
                 while not self._stop.is_set():
