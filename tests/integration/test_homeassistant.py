@@ -8,7 +8,8 @@
   sensors (each payload form the decoder takes: JSON object, JSON array, bare number) and
   ``firing``/``resolved`` for the binary sensors.
 - A unit set afterwards (PUT /v1/streams/{id}/settings) reaches the documents, and the
-  availability topic says ``online``, then ``offline`` (the last will) when the process dies.
+  availability topic says ``online``, then ``offline`` (the last will) when the process dies;
+  a clean stop (SIGTERM) publishes ``offline`` itself (a clean disconnect sends no last will).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -172,3 +174,20 @@ def _retained_on_new_subscriber(broker: Mosquitto, topics: set[str]) -> bool:
         return {m.topic for m in got if m.retain} >= topics
     finally:
         late.close()
+
+
+def test_a_clean_stop_says_offline(service: ServeProcess, broker: Mosquitto) -> None:
+    watch = Watcher(broker.port, AVAILABILITY, client_id=f"a-{service.tag}")
+    try:
+        wait_until(lambda: any(m.payload == b"online" for m in watch.messages), what="online")
+        assert service.kill(signal.SIGTERM) == -signal.SIGTERM  # uvicorn re-raises it after the orderly stop
+        assert "pipeline stopped" in service.log.read_text()
+        wait_until(lambda: watch.messages[-1].payload == b"offline", what="offline after SIGTERM")
+        late = Watcher(broker.port, AVAILABILITY, client_id=f"l-{service.tag}")  # and it stays so, retained
+        try:
+            got = late.wait_for(lambda m: bool(m), timeout=5)
+            assert [(m.payload, m.retain) for m in got] == [(b"offline", True)]
+        finally:
+            late.close()
+    finally:
+        watch.close()
