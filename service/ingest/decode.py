@@ -13,12 +13,10 @@ labels used as metric labels:
 JSON objects: ``{"ts": ..., "value": 1.5}`` when the topic names the quantity; otherwise
 every numeric field is a quantity (``{"ts": ..., "temperature": 21.5, "humidity": 40}``).
 ``ts`` (or ``time``/``timestamp``) is optional (receive time), ``device`` names the device
-when the topic does not, and ``tags`` may add string tags. ``unit`` gives the values' unit:
-a string, or for named fields an object by field (``{"temperature": "°C"}``); line protocol
-uses a ``unit`` tag; a ``{unit}`` topic level does the same for every payload shape. A unit
-is never a value, a tag or part of the stream's identity: it goes to ``on_unit`` (the unit
-book, service/units.py), only when it differs from the last one passed on for that stream,
-and a bad unit is refused there without costing the reading.
+when the topic does not, and ``tags`` may add string tags. ``unit``: the values' unit, a
+string or per named field (``{"temperature": "°C"}``); a line-protocol ``unit`` tag or a
+``{unit}`` topic level too. Never a value, a tag or part of the stream's identity: it goes to
+``on_unit`` (service/units.py) only when it changes, and a bad one never costs the reading.
 
 The topic always wins: a device, quantity or tag that the topic sets can be repeated by
 the payload (JSON ``device``/``quantity``/``tags``, line-protocol ``device``/``quantity``
@@ -92,7 +90,8 @@ class Decoder:
         self._internal_logged = -1e9
         # Who hears of a stream's unit (the pipeline's UnitBook.seen); None: units are ignored.
         self.on_unit: Callable[[StreamKey, object], None] | None = None
-        self._units: dict[StreamKey, object] = {}  # the last unit passed on, per stream
+        self._units: dict[StreamKey, object] = {}  # the last unit passed on, per stream...
+        self._topic_units: dict[str, str] = {}  # ...and per topic, for the topic's own stream
 
     # --- entry point ---------------------------------------------------------------------
     def decode(self, topic: str, payload: bytes, received_ns: int) -> DecodeResult:
@@ -300,8 +299,13 @@ class Decoder:
         if problem:
             raise DecodeError(*problem)
         out.readings.append(Reading(stream, ts_ns, v))
-        if unit is not None:
+        # Checked by topic (its hash is cached in the str): cheaper than hashing the StreamKey.
+        if unit is not None and self.on_unit is not None and self._topic_units.get(topic) != unit:
             self._unit(stream, unit)
+            if len(topic) <= _CACHE_KEY_MAX and isinstance(unit, str) and len(unit) <= _UNIT_CACHE_MAX:
+                if len(self._topic_units) >= _CACHE_MAX:
+                    self._topic_units.clear()
+                self._topic_units[topic] = unit
 
     def _unit(self, stream: StreamKey, unit: object) -> None:
         """Pass ``unit`` on when it differs from the last one passed on for ``stream`` (units change rarely)."""
