@@ -109,3 +109,22 @@ def test_downsampling_must_come_before_retention() -> None:
         settings(retention_days=30, downsample_after_days=30)
     with pytest.raises(ValidationError):
         settings(retention_days=0.01)  # under an hour: InfluxDB's shortest policy
+
+
+def test_store_that_cannot_be_reached_is_a_warning_and_the_thread_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    from service.store.influx1 import Influx1Store
+    from tools.localservers import free_port
+
+    store = Influx1Store(f"http://127.0.0.1:{free_port()}", "db", "readings", 1.0)  # nothing listens there
+    addon = Retention(store, settings(retention_days=30))
+    caplog.set_level("WARNING", "service.store.retention")
+    addon.start()
+    try:
+        deadline = time.monotonic() + 10
+        while "store retention pass failed" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "store retention pass failed (next in 3600 s): influxdb query failed" in caplog.text
+        assert addon.alive()
+    finally:
+        addon.stop()
+        store.close()
