@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,15 +117,17 @@ def availability_topic(settings: Settings) -> str:
     return settings.homeassistant.availability_topic.format(node_id=settings.homeassistant.node_id)
 
 
-def stream_documents(settings: Settings, s: StreamSeen, unit: str | None) -> dict[str, dict[str, Any]]:
+def stream_documents(settings: Settings, s: StreamSeen, units: Mapping[str, str | None]) -> dict[str, dict[str, Any]]:
     """Config topic -> discovery document for the stream's value and forecast sensors (its
-    checks: ``check_document``, at their first alert)."""
+    checks: ``check_document``, at their first alert). ``units``: quantity (a multivariate
+    stream's feature) -> its unit, when known."""
     ha = settings.homeassistant
     node = ha.node_id
     docs: dict[str, dict[str, Any]] = {}
     quantities = s.features if s.multivariate else (s.quantity,)
     for i, q in enumerate(quantities):
         base = object_id(s.stream_id if not s.multivariate else f"{s.stream_id}/*/{q}")
+        unit = units.get(q)
         where = readings_topic(settings.ingest.topic, s.device, q, s.tags, unit)
         if where is not None:
             doc = _common(settings, s, f"{base}_value", q, unit, with_availability=False)

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 _OK = (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)  # NO_CONN: paho keeps QoS 1 and sends on connect
 
-UnitOf = Callable[[str], "str | None"]
+# (stream id, feature of a multivariate stream or None) -> unit: UnitBook.unit_of (service/units.py)
+UnitOf = Callable[[str, "str | None"], "str | None"]
 
 
 class _Engine(Protocol):
@@ -47,7 +48,7 @@ class _Engine(Protocol):
 def unit_from(engine: _Engine) -> UnitOf:
     """A stream's unit: the engine's (``StreamStatus.unit``: settings, binding or payload), else its own rules'."""
 
-    def unit_of(stream_id: str) -> str | None:
+    def unit_of(stream_id: str, feature: str | None = None) -> str | None:
         unit = getattr(engine.stream(stream_id), "unit", None)
         if isinstance(unit, str) and unit:
             return unit
@@ -165,7 +166,7 @@ class HomeAssistantDiscovery:
             if sid in self._streams:
                 return
             self._streams[sid] = seen
-            docs = stream_documents(self.settings, seen, self._unit(sid))
+            docs = stream_documents(self.settings, seen, self._units(seen))
         else:
             self._checks.setdefault(sid, (self._streams.get(sid, seen), set()))[1].add(check)
             docs = check_document(self.settings, self._streams.get(sid, seen), check)
@@ -173,9 +174,9 @@ class HomeAssistantDiscovery:
 
     def _publish_all(self, force: bool) -> None:
         self._client.publish(self._avail, "online", qos=1, retain=True)
-        for sid, seen in list(self._streams.items()):
-            self._send(stream_documents(self.settings, seen, self._unit(sid)), force)
-        for _sid, (seen, checks) in list(self._checks.items()):
+        for seen in list(self._streams.values()):
+            self._send(stream_documents(self.settings, seen, self._units(seen)), force)
+        for seen, checks in list(self._checks.values()):
             for check in sorted(checks):
                 self._send(check_document(self.settings, seen, check), force)
 
@@ -190,14 +191,16 @@ class HomeAssistantDiscovery:
                 continue
             self._published[topic] = body
 
-    def _unit(self, sid: str) -> str | None:
+    def _units(self, seen: StreamSeen) -> dict[str, str | None]:
         if self._unit_of is None:
-            return None
+            return {}
         try:
-            return self._unit_of(sid)
+            if seen.multivariate:
+                return {f: self._unit_of(seen.stream_id, f) for f in seen.features}
+            return {seen.quantity: self._unit_of(seen.stream_id, None)}
         except Exception:  # a unit is a nicety: never a reason to skip the entity
-            log.debug("home assistant: no unit for %s", sid, exc_info=True)
-            return None
+            log.debug("home assistant: no unit for %s", seen.stream_id, exc_info=True)
+            return {}
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:

@@ -80,14 +80,16 @@ def test_value_template_reads_every_payload_form(key: str, payload: str, value: 
 def test_documents_of_a_multivariate_stream_cover_each_feature() -> None:
     s = ha_settings()
     seen = StreamSeen("press7", "press7", "*", (), ("temp", "pressure"), True)
-    docs = stream_documents(s, seen, "bar")
+    docs = stream_documents(s, seen, {"temp": "°C", "pressure": "bar"})
     assert len(docs) == 4  # value and forecast per feature
     fc = [d for t, d in docs.items() if t.endswith("_forecast/config")]
     assert {d["value_template"] for d in fc} == {"{{ value_json.mean[0][0] }}", "{{ value_json.mean[0][1] }}"}
     assert {d["state_topic"] for d in fc} == {"sensorcast/forecasts/press7"}
     values = sorted(d["state_topic"] for t, d in docs.items() if t.endswith("_value/config"))
     assert values == ["sensors/press7/pressure", "sensors/press7/temp"]
-    assert all(d["unit_of_measurement"] == "bar" and d["device"]["name"] == "press7" for d in docs.values())
+    assert all(d["device"]["name"] == "press7" for d in docs.values())
+    assert {d["unit_of_measurement"] for t, d in docs.items() if "pressure" in d["name"]} == {"bar"}
+    assert {d["unit_of_measurement"] for t, d in docs.items() if "temp" in d["name"]} == {"°C"}
     (topic, doc), = check_document(s, seen, "stuck").items()
     assert topic.startswith("homeassistant/binary_sensor/sensorcast/press7_") and topic.endswith("_stuck/config")
     assert doc["state_topic"] == "sensorcast/state/press7/stuck"
