@@ -63,6 +63,18 @@ class Metrics:
         self.alert_outbox = Gauge(  # set from the publisher when /metrics is scraped
             "sensorcast_alert_outbox_messages", "Alert messages not yet acknowledged by the broker.", registry=r
         )
+        self.webhooks_sent = Counter("sensorcast_webhooks_sent", "Webhook events delivered (2xx).", registry=r)
+        self.webhooks_retries = Counter(
+            "sensorcast_webhooks_retries", "Webhook attempts that failed and will be retried (connection error, "
+            "timeout, 408, 425, 429, 5xx).", registry=r,
+        )
+        self.webhooks_failed = Counter(
+            "sensorcast_webhooks_failed", "Webhook events given up: rejected (3xx/4xx), attempts (max_attempts), "
+            "expired (max_age_s), unconfigured (URL removed).", ["reason"], registry=r,
+        )
+        self.webhooks_pending = Gauge(
+            "sensorcast_webhooks_pending", "Webhook events (one per URL) queued and not yet delivered.", registry=r
+        )
         self.streams_refused = Counter(
             "sensorcast_streams_refused", "New streams refused for inference by streams.max_streams or "
             "max_streams_per_device (their readings are still stored).", ["reason"], registry=r,
@@ -78,6 +90,14 @@ class Metrics:
             ["generation"], buckets=_GC_BUCKETS, registry=r,
         )
         self.gc_frozen = Gauge("sensorcast_gc_frozen_objects", "Objects exempt from collection (gc.freeze).", registry=r)
+        self.outputs_written = Counter(
+            "sensorcast_outputs_written", "Forecast, score and alert points written to the store (store.write_outputs).",
+            ["measurement"], registry=r,
+        )
+        self.outputs_dropped = Counter(
+            "sensorcast_outputs_dropped", "Output points dropped: queue_full, store_error (an outage: never spooled), "
+            "invalid (not representable).", ["reason"], registry=r,
+        )
 
         # Set when /metrics is scraped (service/api/routes/health.py), from the engine and /readyz.
         self.alerts_firing = Gauge(
