@@ -129,10 +129,9 @@ class SqliteStore:
             # The newest ``limit`` of the range: each primary key (stream, ts) serves it backwards.
             rows = self._select(f"{union} ORDER BY ts DESC, raw DESC LIMIT ?", (*args, max(0, limit)))
             rows.reverse()
-        out: list[Reading] = []
-        for t, v, _ in rows:
-            if not out or out[-1].ts_ns != t:
-                out.append(Reading(stream, t, v))
+        out = [Reading(stream, t, v) for t, v, _ in rows]
+        if any(raw == 0 for _, _, raw in rows):  # means in the range: one point per timestamp
+            out = [r for i, r in enumerate(out) if i == 0 or out[i - 1].ts_ns != r.ts_ns]
         return out
 
     def read_last(self, stream: StreamKey, n: int) -> list[Reading]:
