@@ -7,12 +7,15 @@ that are not finite (a NaN value, a missing score) are sent as ``null``: JSON ha
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.records import Alert, Forecast
+from service.store.alertrows import HistoryRow
+from service.units import UnitBook
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 MAX_PREDICT_STEPS = 100_000  # what parsing accepts; api.predict_max_steps (<= this) is the real cap
@@ -75,9 +78,21 @@ class StreamOut(BaseModel):
         "rate_of_change, predicted_breach.", examples=[["predicted_breach"]],
     )
     held_by: str | None = Field(None, description="The data-quality check holding the stream's ML alerts back.")
+    unit: str | None = Field(
+        None, examples=["°C"], description="Unit of the values (of `feature` for a multivariate stream): the stream's "
+        "settings, else its binding's rules, else the latest its readings gave (payload `unit`, topic `{unit}`).",
+    )
+    units: dict[str, str] | None = Field(
+        None, examples=[{"temperature": "°C", "pressure": "bar"}],
+        description="A multivariate stream's unit per feature (those that have one); null for a single stream.",
+    )
     kept_out: int = Field(
         0, description="Consecutive readings kept out of the model state (fed its forecast instead): an anomaly under "
         "way. At anomaly.accept_after_steps the new level is accepted.",
+    )
+    silenced_until: datetime | None = Field(
+        None, description="The stream's alerts are recorded but not notified until then (PUT /v1/streams/{id}/silence); "
+        "null: not silenced.",
     )
 
     @classmethod
@@ -94,6 +109,16 @@ class StreamOut(BaseModel):
             checks_firing=list(getattr(s, "checks_firing", None) or []), held_by=getattr(s, "held_by", None),
             kept_out=int(getattr(s, "kept_out", 0)),
         )
+
+
+def with_units(out: StreamOut, book: UnitBook, features: Sequence[str] = ()) -> StreamOut:
+    """``out`` with its unit; a multivariate stream's per feature of ``features`` (its model's inputs)."""
+    if "/" in out.id.split(";", 1)[0]:
+        out.unit = book.unit_of(out.id)
+    else:
+        out.units = book.units_of(out.id, features)
+        out.unit = None if out.feature is None else out.units.get(out.feature)
+    return out
 
 
 def breach_of(s: Any, last_ts: int | None) -> BreachOut | None:
@@ -235,6 +260,21 @@ class AlertOut(BaseModel):
         default_factory=list, description="Multivariate evidence: (feature, share of the distance), top first."
     )
     extra: dict[str, str]
+    unit: str | None = Field(None, examples=["°C"], description="Unit of value, expected and the band; null: unknown.")
+    id: int | None = Field(None, description="The event's id in the alert history (POST /v1/alerts/{id}/ack).")
+    silenced: bool = Field(False, description="The stream was silenced: recorded, not notified (no event topic, "
+                           "no webhooks).")
+    acked_at: datetime | None = Field(None, description="When the event was acknowledged; null: not yet.")
+    acked_by: str | None = Field(None, description="Who acknowledged it, as given in the ack.")
+    ack_note: str | None = None
+
+    @classmethod
+    def from_row(cls, row: HistoryRow) -> AlertOut:
+        """A history row: the alert with its id, silence and acknowledgement."""
+        return cls.from_alert(row.alert).model_copy(update={
+            "id": row.id, "silenced": row.silenced, "acked_by": row.acked_by, "ack_note": row.ack_note,
+            "acked_at": None if row.acked_ns is None else ts_to_dt(row.acked_ns),
+        })
 
     @classmethod
     def from_alert(cls, a: Alert) -> AlertOut:
@@ -245,6 +285,7 @@ class AlertOut(BaseModel):
             model_version=a.model_version, warm=a.warm, check=a.check, kind=a.kind,
             onset_time=None if a.onset_ns is None else ts_to_dt(a.onset_ns), onset_value=finite(a.onset_value),
             onset_expected=finite(a.onset_expected), contributors=list(a.contributors), extra=dict(a.extra),
+            unit=a.unit,
         )
 
 
