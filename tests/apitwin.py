@@ -131,6 +131,12 @@ class TwinEngine:
         out = [a for a in self.alerts if (stream is None or a.stream_id == stream) and (state is None or a.state == state)]
         return out[-limit:]
 
+    def forget_stream(self, stream_id: str) -> bool:
+        return self.statuses.pop(stream_id, None) is not None
+
+    def unserved(self) -> list[str]:
+        return []
+
     def set_rules(self, stream_id: str, rules: StreamRules | None) -> None:
         if self.refuse_rules is not None:
             raise ValueError(self.refuse_rules)

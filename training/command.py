@@ -71,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=typ, default=None, help=text)
     p.add_argument("--streams", help="comma-separated: store stream ids (device/quantity) or CSV columns "
                    "(default: all, except columns named like a label: " + ", ".join(LABEL_COLUMNS) + ")")
+    p.add_argument("--serve", metavar="GLOB[,GLOB]", help="comma-separated globs on the stream ids the model "
+                   "serves without a binding ('device/quantity', or the device for a multivariate model), e.g. "
+                   "'machine*/value' (default: the store stream ids trained on; none for a CSV)")
     p.add_argument("--time-features", help="comma-separated names from service.runtime.timefeatures ('' for none)")
     p.add_argument("--split-rows", help="train_end,val_end[,test_end] row numbers; without test_end (or with "
                    "test_end = val_end) there is no test part and only validation is reported "
@@ -114,6 +117,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
                 raw[table][key] = v
     if args.streams is not None:
         raw["data"]["streams"] = [s for s in args.streams.split(",") if s]
+    if getattr(args, "serve", None) is not None:
+        raw["data"]["serve"] = [s.strip() for s in args.serve.split(",") if s.strip()]
     if args.time_features is not None:
         raw["data"]["time_features"] = [s for s in args.time_features.split(",") if s]
     if args.split_rows:
@@ -193,5 +198,11 @@ def _run(args: argparse.Namespace) -> int:
     if exported.calibration:
         print(exported.calibration)
     print(f"model: {exported.folder} (ONNX parity {exported.parity:.1e})")
+    served = exported.manifest.streams
+    if served:
+        print(f"serves: {', '.join(served[:10])}{' ...' if len(served) > 10 else ''} (Manifest.streams)")
+    else:
+        print("serves: no streams declared (a CSV training); give --serve GLOB (e.g. 'machine*/value') or "
+              "bind it with SENSORCAST_MODELS__BINDINGS; else the feature-name rule routes to it (docs/engine.md)")
     print(f"report, plots, checkpoint: {run_dir}")
     return 0

@@ -18,6 +18,9 @@ WINDOW_CELLS = ("segrnn",)
 class DataConfig:
     source: str = ""  # CSV path or store URL (influxdb://, sqlite:///, memory://)
     streams: tuple[str, ...] = ()  # store: stream ids "device/quantity"; CSV: value columns
+    # Globs on the stream ids the exported model serves (Manifest.streams); empty: the
+    # store's stream ids it was trained on, none for a CSV (service/streams/binding.py).
+    serve: tuple[str, ...] = ()
     time_column: str = ""  # CSV: empty = the one column named timestamp, time, datetime or date (service/tabular.py)
     delimiter: str = ""  # CSV: one character; empty: detected from the header (',', ';', tab or '|')
     series_column: str | None = None  # CSV: one column naming the series (long format)

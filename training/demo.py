@@ -32,6 +32,7 @@ def demo_config(version: str, steps: int, epochs: int) -> Config:
         data=DataConfig(
             source=f"tools.sim.signals demo_fleet, seed {TRAIN_SEED}, {steps} steps per stream",
             layout="univariate",
+            serve=("dev[0-9]*/*",),  # the simulator's device names (tools/sim/specs.py fleet)
             cadence_s=signals.DEMO_CADENCE_S,
             time_features=(),  # signal days are time-compressed: wall-clock phases mean nothing
             split=(0.7, 0.15),

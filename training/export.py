@@ -9,10 +9,12 @@ network is refused, so a random model never ships by accident.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,9 +24,11 @@ import numpy as np
 import torch
 
 from service.errors import ModelError
+from service.records import escape_id_part
 from service.runtime.manifest import DataRange, Manifest, load_manifest, sha256_file
 from training.calibrate import Segment, calibrate, open_model, summary, write_block
-from training.data import F32
+from training.config import DataConfig
+from training.data import F32, Series
 from training.nets import SegRNN, StepGraph, StepNet
 from training.trainer import Assessment, Trained, time_names
 
@@ -289,11 +293,25 @@ def _write(
             rows=int(sum(len(s.values) for s in t.dataset.series)),
         ),
         metrics=metrics,
+        streams=served_streams(t.cfg.data, t.dataset.series),
         sha256=sha256_file(onnx_path),
         created_at=datetime.now(UTC),
     )
     (folder / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     load_manifest(folder)  # validates before the folder is renamed into place
+
+
+def served_streams(data: DataConfig, series: Sequence[Series]) -> list[str]:
+    """The manifest's ``streams``: ``data.serve`` when given; else, for history read from the
+    store, the ids of the streams trained on (escaped: ids are matched as globs); a CSV's
+    columns name no stream, so none."""
+    if data.serve:
+        return list(data.serve)
+    if "://" not in data.source:
+        return []
+    # Univariate series are named by stream id; a multivariate series by its device.
+    ids = [s.name if data.layout == "univariate" else escape_id_part(s.name) for s in series]
+    return [glob.escape(i) for i in ids]
 
 
 def save_checkpoint(t: Trained, path: Path) -> None:

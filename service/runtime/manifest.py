@@ -13,6 +13,7 @@ A model artefact is a folder ``models/<name>/<version>/`` with ``model.onnx`` an
 
 ``forecast[:, h]`` is the value expected ``h + 1`` cadence steps after the step just fed.
 Normalisation lives inside the graph. Both halves validate against this one schema.
+``streams`` (added later, empty in older manifests) names the streams the model serves.
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ class Manifest(BaseModel):
     data: DataRange
     metrics: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="split -> metric -> value, baselines beside the model."
+    )
+    streams: list[str] = Field(
+        default_factory=list,
+        description="Globs (fnmatch) on the stream ids this model serves without a binding: 'device/quantity' "
+        "for a univariate model, the device for a multivariate one. Empty: only bindings or feature names route "
+        "streams to it (service/streams/binding.py).",
     )
     onnx_file: str = "model.onnx"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
+import numpy.typing as npt
 
 from service.arrays import IntArr
 from service.records import NS_PER_S, Alert, AlertState, Forecast
@@ -20,6 +21,7 @@ from service.streams.breach_stage import Breach
 from service.streams.lane import Lane, Stream
 from service.streams.quality_stage import CHECKS as QUALITY_CHECKS
 from service.streams.quality_stage import Flag, QualityVerdicts
+from service.streams.table import Stepped
 
 
 def alert(st: Stream, state: AlertState, warm: bool, extra: dict[str, str] | None = None) -> Alert:
@@ -214,3 +216,18 @@ def forecast_of(st: Stream) -> Forecast | None:
         mean=tuple(map(tuple, t.fc[row].astype(np.float64).tolist())), scale=scale,
         model=m.name, model_version=m.version, multivariate=st.multivariate,
     )
+
+
+def breach_step(lane: Lane, s: Stepped, spread1: npt.NDArray[np.float64], x: npt.NDArray[np.float32]) -> list[Alert]:
+    """Predicted crossings of operating limits, from the forecasts just made (only rows
+    with limits, or a breach firing, cost anything)."""
+    b = lane.breach
+    need = b.active[s.rows] | b.firing[s.rows]
+    if not need.any():
+        return []
+    i = np.flatnonzero(need)
+    rows, t = s.rows[i], lane.table
+    warm = t.warm_have[rows] >= t.warm_need
+    scale = t.sc[rows] if t.has_scale else None
+    fired, resolved = b.assess(rows, s.ts[i], t.fc[rows], scale, spread1[i], warm, x[i])
+    return breach_alerts(lane, fired, resolved) if fired or resolved else []

@@ -34,6 +34,7 @@ from service.records import Alert, Forecast, Reading
 from service.runtime.registry import ModelRegistry
 from service.store.base import Store
 from service.streams import checkpoint, emit, report
+from service.streams.binding import warn_no_models
 from service.streams.inbox import Inbox
 from service.streams.lane import Lane, Stream
 from service.streams.predict import predict as predict_history
@@ -47,7 +48,7 @@ from service.streams.warmup import Read, Warmup
 
 log = logging.getLogger(__name__)
 
-LEAVING = frozenset({"evicted", "model changed"})  # the reasons a stream leaves its row (slots.drop)
+LEAVING = frozenset({"evicted", "model changed", "deleted"})  # the reasons a stream leaves its row (slots.drop)
 SILENT_CHECK_NS = 1_000_000_000  # the silent watchdog runs about once a second (engine clock)
 
 
@@ -66,8 +67,7 @@ class Engine:
         self.registry = registry
         self.store = store
         self.metrics = metrics
-        self.on_alert = on_alert
-        self.on_forecast = on_forecast
+        self.on_alert, self.on_forecast = on_alert, on_forecast
         # Building a Forecast record per stream-step costs ~5-10 us (H tuples each, plus GC
         # pressure): only when forecasts are wanted (the pipeline also sets this for its cache).
         self.publish_forecasts = settings.alerts.forecast_topic is not None
@@ -170,7 +170,7 @@ class Engine:
                 lane.table.replay(acc, lane.anomaly.recent[acc], stepped.ts[np.isin(stepped.rows, acc)])
             if verdicts.fired.size or verdicts.resolved.size:
                 self._emit(emit.alerts(lane, verdicts))
-            self._breach(lane, stepped, gate.spread, batch.x)
+            self._emit(emit.breach_step(lane, stepped, gate.spread, batch.x))  # predicted crossings of limits
             if self.on_forecast is not None and self.publish_forecasts:
                 for f in emit.forecasts(lane, stepped.rows):
                     try:
@@ -190,21 +190,6 @@ class Engine:
             for row in firing.tolist():
                 self._emit(emit.resolutions(lane, np.array([row], np.intp), "held", {"held_by": by[row]}))
             lane.anomaly.decider.reset(firing)
-
-    def _breach(self, lane: Lane, s: Stepped, spread1: npt.NDArray[np.float64], x: npt.NDArray[np.float32]) -> None:
-        """Predicted crossings of operating limits, from the forecasts just made (only rows
-        with limits, or a breach firing, cost anything)."""
-        b = lane.breach
-        need = b.active[s.rows] | b.firing[s.rows]
-        if not need.any():
-            return
-        i = np.flatnonzero(need)
-        rows, t = s.rows[i], lane.table
-        warm = t.warm_have[rows] >= t.warm_need
-        scale = t.sc[rows] if t.has_scale else None
-        fired, resolved = b.assess(rows, s.ts[i], t.fc[rows], scale, spread1[i], warm, x[i])
-        if fired or resolved:
-            self._emit(emit.breach_alerts(lane, fired, resolved))
 
     def _step(self, batch: Batch, x: npt.NDArray[np.float32], pre: Expected) -> Stepped | None:
         lane = batch.lane
@@ -247,6 +232,30 @@ class Engine:
         if self.registry.generation != self._generation:
             self._generation = self.registry.generation
             self._slots.sync_models()
+            self.log_models()
+
+    def log_models(self) -> None:
+        """The model-to-stream summary (at start, after each reload); WARNING: no model loaded."""
+        warn_no_models(self.registry)
+        with self._lock:
+            log.info("models: %s", self._slots.summary())
+
+    def forget_stream(self, stream_id: str) -> bool:
+        """DELETE /v1/streams/{id} (``StreamSlots.forget``); False: unknown id. The checkpoint
+        is rewritten at once: a restart must not bring the stream back."""
+        with self._lock:
+            found = self._slots.forget(stream_id)
+        if found:
+            try:
+                self.checkpoint()
+            except OSError as e:  # the next periodic checkpoint tries again
+                log.error("checkpoint after deleting %s failed: %s", stream_id, e)
+        return found
+
+    def unserved(self) -> list[str]:
+        """Stream ids seen with no model to serve them (bounded, oldest first)."""
+        with self._lock:
+            return list(self._slots.unserved)
 
     def reload_models(self) -> dict[str, Any]:
         """Re-scan the models directory now; streams of changed models re-warm."""
@@ -263,12 +272,8 @@ class Engine:
     # ------------------------------------------------------------ queries
 
     def snapshot(self, stream_ids: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
-        """Vectorised ``stream()`` for many ids: arrays aligned with ``stream_ids``.
-
-        Keys: ``known``, ``warm``, ``firing`` (bool); ``last_ts_ns`` (int64, -1 when nothing
-        fed); ``value``, ``expected``, ``lower``, ``upper``, ``score`` (float64, NaN when
-        unknown or unscored). The backtest reads it after every tick.
-        """
+        """Vectorised ``stream()`` for many ids: arrays aligned with ``stream_ids`` (keys in
+        report.py). The backtest reads it after every tick."""
         out = report.empty_snapshot(len(stream_ids))
         with self._lock:
             report.gather(self._streams, stream_ids, out)
@@ -382,7 +387,9 @@ class Engine:
         """Load checkpoints whose model still matches; returns streams restored."""
         directory = self.settings.streams.checkpoint_dir
         with self._lock:
-            return checkpoint.restore(directory, self.registry, self._slots, self._warm.restored_stream)
+            n = checkpoint.restore(directory, self.registry, self._slots, self._warm.restored_stream)
+        self.log_models()  # at start: which model serves what (restored streams included)
+        return n
 
     def close(self) -> None:
         """Final checkpoint (shutdown)."""

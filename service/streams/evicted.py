@@ -91,6 +91,10 @@ class EvictedStates:
             return None
         return saved.codec.unpack(saved.row)
 
+    def discard(self, stream_id: str) -> bool:
+        """Forget ``stream_id``'s saved state (the stream was deleted); False when none."""
+        return self._saved.pop(stream_id, None) is not None
+
     def expire(self, now_ns: int) -> int:
         """Forget states that are too old to continue from; returns how many."""
         old = [sid for sid, s in self._saved.items() if s.useful_until_ns < now_ns]

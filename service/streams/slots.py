@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from service.config import Settings
 from service.metrics import Metrics
 from service.records import NS_PER_S, Reading, StreamKey
 from service.runtime.registry import LoadedModel, ModelRegistry
-from service.streams.binding import Route, route
+from service.streams.binding import NO_MODEL, BindLog, Route, route, summary
 from service.streams.evicted import EvictedStates
 from service.streams.lane import Lane, Stream, table_name
 from service.streams.quality_stage import SILENT
@@ -61,6 +62,7 @@ class WarmupHooks(Protocol):
 log = logging.getLogger(__name__)
 
 NEGATIVE_CAP = 65_536  # unrouted/refused keys remembered (about 20 MB of keys at most)
+UNSERVED_CAP = 10_000  # stream ids seen with no model, listed (oldest forgotten first)
 _LOG_EVERY_S = 10.0
 
 
@@ -121,6 +123,10 @@ class StreamSlots:
         self._next_scan_ns = 0
         self.evicted = EvictedStates(s.max_streams or 100_000)
         self.members = 0  # bumped when a stream comes or goes (the API's sorted-id cache)
+        # Stream ids whose readings came with no model to serve them ("no model matches"):
+        # listed in the model summary, and bound at once when a reload brings a model.
+        self.unserved: OrderedDict[str, StreamKey] = OrderedDict()
+        self._budget = BindLog()
         self._sorted: tuple[int, list[str]] = (-1, [])
 
     # ------------------------------------------------------------ routing
@@ -140,23 +146,47 @@ class StreamSlots:
                 vals.append(r.value)
         return Routed(hits, tss, vals)
 
-    def bind(self, key: StreamKey) -> Hit | None:
+    def bind(self, key: StreamKey, was: str | None = None) -> Hit | None:
+        """Route ``key`` and give it its stream (``was``: the model it left, for the log)."""
         rt = route(key, self.registry, self.settings.models.bindings)
         if rt is None:
             self._remember_none(key)
+            self._unserved(key, was)
             return None
+        self.unserved.pop(key.id, None)
         st = self.streams.get(rt.stream_id)
         if st is None or st.lane.model is not rt.model:
             if st is not None:  # the stream moved to another model: start it over
+                was = st.lane.model.key
                 self.drop(st, reason="model changed")
             refused = self._over_limit(key.device)
             if refused is not None:
                 self._refuse(key, rt.stream_id, refused)
                 return None
             st = self._add(key, rt)
+            if self._budget.allow():
+                rule = {"binding": "a binding in models.bindings", "streams": "its manifest's streams",
+                        "catch-all": "catch-all: a 'value' model declaring no streams"}.get(rt.why, "feature names")
+                if was is None:
+                    log.info("stream %s: served by model %s (%s)", st.id, rt.model.key, rule)
+                else:
+                    log.info("stream %s: moves from model %s to %s (%s); it re-warms from the store",
+                             st.id, was, rt.model.key, rule)
         hit = Hit(st.lane.uid, st.row, rt.feature, st)
         self.routes[key] = hit
         return hit
+
+    def _unserved(self, key: StreamKey, was: str | None) -> None:
+        sid = key.id
+        if sid in self.unserved:
+            return
+        if len(self.unserved) >= UNSERVED_CAP:
+            self.unserved.popitem(last=False)
+        self.unserved[sid] = key
+        if self._budget.allow():
+            left = f"left model {was}: " if was is not None else ""
+            log.info("stream %s: %s%s (models.bindings, the models' manifest streams, feature names); "
+                     "its readings are stored, not forecast", sid, left, NO_MODEL)
 
     def _add(self, key: StreamKey, rt: Route) -> Stream:
         lane = self.lane_for(rt.model)
@@ -247,22 +277,50 @@ class StreamSlots:
 
     def sync_models(self) -> None:
         """After a registry change: every key is routed again; streams whose model changed
-        start over on the new one (they re-warm); lanes nobody uses go."""
+        start over on the new one and re-warm from the store at once (not on their next
+        reading), and so do streams seen with no model that a new model now serves; lanes
+        nobody uses go."""
         self.routes.clear()
         self._negative = []
         for st in list(self.streams.values()):
             rt = route(st.keys[0], self.registry, self.settings.models.bindings)
             if rt is not None and rt.stream_id == st.id and rt.model is st.lane.model:
                 continue
-            keys = st.keys
+            keys, was = st.keys, st.lane.model.key
             self.drop(st, reason="model changed")
-            if rt is not None:
-                for k in keys:
-                    self.bind(k)
+            for k in keys:
+                self.bind(k, was)
+        for key in list(self.unserved.values()):
+            self.routes.pop(key, None)
+            self.bind(key)
         live = {st.lane.name for st in self.streams.values()}
         for name in list(self.lanes):
             if name not in live:
                 self.by_uid.pop(self.lanes.pop(name).uid, None)
+
+    def forget(self, stream_id: str) -> bool:
+        """DELETE /v1/streams/{id}: the stream's row, state, pending readings and saved
+        (evicted) state go (its firing alerts resolve, reason deleted); a later reading
+        creates it again, warmed from the store. False when the id is unknown."""
+        known = self.evicted.discard(stream_id)
+        key = self.unserved.pop(stream_id, None)
+        if key is not None:
+            self.routes.pop(key, None)
+            known = True
+        st = self.streams.get(stream_id)
+        if st is None:
+            return known
+        self.drop(st, reason="deleted")
+        log.info("stream %s deleted (served by %s): its history stays in the store", stream_id, st.lane.model.key)
+        return True
+
+    def summary(self) -> str:
+        """One bounded line: which model serves how many streams, and the streams with none."""
+        counts: dict[str, int] = {}
+        for lane in self.lanes.values():
+            counts[lane.model.key] = counts.get(lane.model.key, 0) + lane.used
+        single = {st.lane.model.key: st.id for st in self.streams.values() if counts.get(st.lane.model.key) == 1}
+        return summary(self.registry.all(), counts, single, list(self.unserved))
 
     def status_counts(self) -> dict[str, int]:
         """Streams by status, counted from the lanes' arrays (cheap at 100k rows)."""

@@ -53,7 +53,9 @@ class Publisher(ingest_helpers.Publisher):
 @pytest.fixture
 def service(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[ServeProcess]:
     svc = ServeProcess(tmp_path / "svc", mosquitto.url, f"sqlite:///{tmp_path / 'readings.db'}", MODELS,
-                       extra_env={"SENSORCAST_ANOMALY__COOLDOWN_S": "0"})
+                       # Bound explicitly: the demo model serves the simulator's devices only.
+                       extra_env={"SENSORCAST_ANOMALY__COOLDOWN_S": "0",
+                                  "SENSORCAST_MODELS__BINDINGS": '[{"model": "demo"}]'})
     svc.start()
     yield svc
     svc.kill()

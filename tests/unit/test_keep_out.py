@@ -23,7 +23,7 @@ from service.streams.engine import Engine
 MODELS = Path(__file__).resolve().parents[2] / "models"
 S = 10**9
 T0 = 1_700_000_000 * S
-KEY = StreamKey("dev", "value")
+KEY = StreamKey("dev01", "value")  # a demo device: the demo model serves the simulator's devices only
 N = 240  # past the demo model's 150 warm-up steps and the evidence's 30 residuals
 
 

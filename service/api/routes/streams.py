@@ -11,7 +11,7 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import EngineDep, ReadScope
+from service.api.deps import EngineDep, ReadScope, WriteScope
 from service.api.routes import stream_settings
 from service.api.schemas import (
     LIST_DEFAULT,
@@ -23,6 +23,7 @@ from service.api.schemas import (
     page_headers,
 )
 from service.pipeline import EngineLike
+from service.streams.binding import NO_MODEL
 from service.streams.status import ForecastLookup
 
 # Scopes per route: the settings routes below write.
@@ -130,5 +131,26 @@ def get_stream(stream_id: str, engine: EngineDep) -> StreamOut:
     """One stream: state, warm-up, last value and score."""
     status = engine.stream(stream_id)
     if status is None:
-        raise HTTPException(404, f"unknown stream {stream_id!r}")
+        raise HTTPException(404, _unknown(engine, stream_id))
     return StreamOut.from_status(status)
+
+
+def _unknown(engine: EngineLike, stream_id: str) -> str:
+    if stream_id in engine.unserved():
+        return (f"stream {stream_id!r}: {NO_MODEL} (its readings are stored, not forecast; bind a model with "
+                "models.bindings or train one with `sensorcast train --streams`)")
+    return f"unknown stream {stream_id!r}"
+
+
+@router.delete(
+    "/{stream_id:path}", dependencies=[WriteScope], status_code=204,
+    responses={204: {"description": "Forgotten."}, **_404},
+)
+def delete_stream(stream_id: str, engine: EngineDep) -> Response:
+    """Forget a stream (write scope): its live state, warm-up, pending readings and
+    checkpoint entry. Its history stays in the store: a later reading creates the stream
+    again, warmed from there. Its own settings and silence (``.../settings``,
+    ``.../silence``) stay too."""
+    if not engine.forget_stream(stream_id):
+        raise HTTPException(404, _unknown(engine, stream_id))
+    return Response(status_code=204)
