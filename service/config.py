@@ -244,8 +244,8 @@ class ModelsSettings(BaseModel):
     dir: Path = Field(Path("./models"), description="Models directory: <name>/<version>/{model.onnx,manifest.json}.")
     bindings: list[ModelBinding] = Field(
         default_factory=list,
-        description="Which streams each model serves (JSON list, first match wins); empty: each model serves the "
-        "quantities named in its features, and a univariate model with feature 'value' serves the rest.",
+        description="Which streams each model serves (JSON list, first match wins); they win over the streams a "
+        "model's manifest declares. Empty: the models' declared streams, then the feature-name rule (docs/engine.md).",
     )
     watch: bool = Field(True, description="Reload models when files under the directory change.")
     threads: int = Field(1, description="ONNX Runtime intra-op threads per model.")
