@@ -170,3 +170,25 @@ def test_the_models_folder_missing_or_empty_is_a_warning(tmp_path: Path, caplog:
     caplog.clear()
     eng.log_models()
     assert "holds no model" in caplog.text and "models: no model loaded" in caplog.text
+
+
+def test_training_records_the_streams_the_model_serves() -> None:
+    pytest.importorskip("torch")
+    import argparse
+
+    from training.command import add_arguments, config_from_args
+    from training.config import DataConfig
+    from training.data import Series
+    from training.export import served_streams
+
+    none = np.zeros(0, np.int64), np.zeros((0, 1), np.float32)
+    uni = [Series("machine2/value", *none), Series("odd%2Fdev/t[1]", *none)]
+    store = DataConfig(source="sqlite:///x.db", layout="univariate")
+    assert served_streams(store, uni) == ["machine2/value", "odd%2Fdev/t[[]1]"]  # escaped: matched as globs
+    assert served_streams(DataConfig(source="sqlite:///x.db"), [Series("press 7", *none)]) == ["press 7"]
+    assert served_streams(DataConfig(source="data.csv"), uni) == []  # CSV columns name no stream
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = config_from_args(p.parse_args(["--source", "data.csv", "--serve", "machine*/value, pump?/temp"]))
+    assert cfg.data.serve == ("machine*/value", "pump?/temp")
+    assert served_streams(cfg.data, uni) == ["machine*/value", "pump?/temp"]
