@@ -1,8 +1,10 @@
 """``sensorcast train``: history -> trained network -> ONNX artefact + report.
 
     sensorcast train --config train.toml [--source data.csv] [--cell lstm] [--epochs 20] ...
+    sensorcast train --from-store --streams machine2/temperature --name machine2
 
-Without a source, the service's store (SENSORCAST_STORE__URL, as the compose trainer has it).
+Without a source, the service's store (SENSORCAST_STORE__URL, as the compose trainer has it);
+``--from-store`` says so explicitly and falls back to the service's default store URL.
 
 Flags override the config file; with no config file the flags alone describe the run.
 Writes ``<models-dir>/<name>/<version>/{model.onnx, manifest.json}`` and, in
@@ -69,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for group in (_DATA, _MODEL, _TRAIN):
         for key, (typ, text) in group.items():
             p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=typ, default=None, help=text)
+    p.add_argument("--from-store", action="store_true", help="read the history from the service's store: "
+                   "SENSORCAST_STORE__URL, else the default sqlite:///./data/sensorcast.db (where sensorcast import "
+                   "and serve write); pick streams with --streams")
     p.add_argument("--streams", help="comma-separated: store stream ids (device/quantity) or CSV columns "
                    "(default: all, except columns named like a label: " + ", ".join(LABEL_COLUMNS) + ")")
     p.add_argument("--serve", metavar="GLOB[,GLOB]", help="comma-separated globs on the stream ids the model "
@@ -137,6 +142,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg = from_dict(raw)
     except ValueError as e:
         raise DataError(str(e)) from None
+    if args.from_store:
+        if cfg.data.source:
+            raise DataError(f"--from-store and a source ({cfg.data.source!r}) given; expected one of them")
+        from service.config import Settings
+
+        cfg = replace(cfg, data=replace(cfg.data, source=Settings().store.url))
     if not cfg.data.source and os.environ.get("SENSORCAST_STORE__URL"):
         # The service's store (the compose trainer): history from where the service keeps it.
         cfg = replace(cfg, data=replace(cfg.data, source=os.environ["SENSORCAST_STORE__URL"]))
@@ -163,7 +174,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from service.errors import ModelError
     from training.data import load as load_data
-    from training.evaluate import report_markdown, write_report
+    from training.evaluate import naive_warning, report_markdown, write_report
     from training.export import export, save_checkpoint
     from training.trainer import assess, calibrate_threshold, check_trainable, train
 
@@ -204,5 +215,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print("serves: no streams declared (a CSV training); give --serve GLOB (e.g. 'machine*/value') or "
               "bind it with SENSORCAST_MODELS__BINDINGS; else the feature-name rule routes to it (docs/engine.md)")
+    if (warning := naive_warning(a)) is not None:
+        print(f"sensorcast train: {warning}", file=sys.stderr)
     print(f"report, plots, checkpoint: {run_dir}")
     return 0

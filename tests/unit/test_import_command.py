@@ -146,3 +146,17 @@ def test_a_missing_file_is_one_line(env: dict[str, str], tmp_path: Path, capsys:
 ])
 def test_units_in_headers(header: str, expected: tuple[str, str | None]) -> None:
     assert split_unit(header) == expected
+
+
+def test_train_from_store_reads_the_store_import_wrote(env: dict[str, str]) -> None:
+    import argparse
+
+    from training.command import add_arguments, config_from_args
+    from training.data import DataError as TrainDataError
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = config_from_args(p.parse_args(["--from-store", "--streams", "machine2/temp", "--name", "m"]))
+    assert cfg.data.source == env["SENSORCAST_STORE__URL"] and cfg.data.streams == ("machine2/temp",)
+    with pytest.raises(TrainDataError, match="--from-store and a source"):
+        config_from_args(p.parse_args(["--from-store", "--source", "x.csv"]))
