@@ -204,6 +204,7 @@ class Replayer:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per /metrics scrape otherwise
     if args.speed < 0 or args.limit < 0 or args.start_row < 0:
         print("sensorcast replay: --speed, --limit and --start-row must be >= 0", file=sys.stderr)
         return 2
