@@ -62,7 +62,9 @@ class StreamOut(BaseModel):
     feature: str | None = Field(None, description="Output feature the numbers refer to (multivariate streams).")
     model: str | None = Field(examples=["demo"])
     model_version: str | None = Field(examples=["1"])
-    status: Literal["warming", "ok", "firing"]
+    status: Literal["warming", "ok", "firing", "no_model"] = Field(
+        description="no_model: readings come but no model serves the stream (warm_up says 'no model matches')."
+    )
     warm_up: WarmUp
     last_time: datetime | None = Field(description="Time of the last step fed to the model.")
     last_value: float | None
@@ -99,6 +101,8 @@ class StreamOut(BaseModel):
     def from_status(cls, s: Any) -> StreamOut:
         have, need = int(s.warm_have), int(s.warm_need)
         message = "ready" if have >= need else f"warming up ({have} / {need})"
+        if s.status == "no_model":
+            message = "no model matches"  # service.streams.binding.NO_MODEL
         last_ts = getattr(s, "last_ts_ns", None)
         return cls(
             id=s.id, device=s.device, quantity=s.quantity, feature=getattr(s, "feature", None), model=s.model, model_version=s.model_version,

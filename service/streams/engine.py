@@ -294,10 +294,10 @@ class Engine:
         taken per chunk of ids, only to gather their numbers.
         """
         ids, i = self._slots.ids_after(after, self._lock)
-        return report.page(self._streams, ids, i, limit, status, self._lock)
+        return report.page(self._streams, ids, i, limit, status, self._lock, self._slots.unserved)
 
     def stream(self, stream_id: str) -> StreamStatus | None:
-        return report.status_of(self._streams, stream_id, self._lock)
+        return report.status_of(self._streams, stream_id, self._lock, self._slots.unserved)
 
     def forecast(self, stream_id: str) -> Forecast | None:
         """The latest stateful forecast (None while warming or unknown)."""

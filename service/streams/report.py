@@ -18,6 +18,7 @@ alerts back): object arrays, None for the many streams with nothing to say.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping, Reversible, Sequence
 from contextlib import AbstractContextManager
@@ -28,7 +29,7 @@ import numpy.typing as npt
 
 from service.anomaly.breach import SIDES
 from service.arrays import IntArr
-from service.records import Alert
+from service.records import Alert, StreamKey
 from service.runtime.registry import LoadedModel, ModelRegistry
 from service.streams.breach_stage import CHECK, BreachStage
 from service.streams.emit import forecast_of
@@ -126,6 +127,8 @@ def fill_checks(out: Snapshot, lane: Lane, idx: IntArr, rows: IntArr) -> None:
 def status_mask(snap: Snapshot, status: str) -> npt.NDArray[np.bool_]:
     """Which snapshot positions are in ``status`` ("warming", "ok" or "firing"), as ``statuses`` says."""
     firing, warm = snap["alerting"], snap["warm"]
+    if status == "no_model":  # served streams have a model
+        return np.zeros_like(warm)
     if status == "firing":
         return firing
     return (warm if status == "ok" else ~warm) & ~firing & snap["known"]
@@ -186,11 +189,21 @@ def every_status(streams: Mapping[str, Stream], lock: AbstractContextManager[obj
     return statuses(info, snap)
 
 
-def status_of(streams: Mapping[str, Stream], stream_id: str, lock: AbstractContextManager[object]) -> StreamStatus | None:
+def no_model(stream_id: str, key: StreamKey) -> StreamStatus:
+    """The status of a stream whose readings come but that no model serves (binding.NO_MODEL)."""
+    return StreamStatus(stream_id, key.device, key.quantity, None, None, "no_model", 0, 0,
+                        None, None, None, None, None, None)
+
+
+def status_of(
+    streams: Mapping[str, Stream], stream_id: str, lock: AbstractContextManager[object],
+    unserved: Mapping[str, StreamKey] | None = None,
+) -> StreamStatus | None:
     with lock:
         st = streams.get(stream_id)
         if st is None:
-            return None
+            key = None if unserved is None else unserved.get(stream_id)
+            return None if key is None else no_model(stream_id, key)
         snap = empty_snapshot(1)
         fill_snapshot(snap, st.lane, np.zeros(1, np.intp), np.array([st.row], np.intp))
         info = meta([st])
@@ -209,10 +222,12 @@ def newest(alerts: Reversible[Alert], limit: int, stream: str | None, state: str
 
 
 def page(
-    streams: Mapping[str, Stream], ids: list[str], i: int, limit: int, status: str | None, lock: AbstractContextManager[object]
+    streams: Mapping[str, Stream], ids: list[str], i: int, limit: int, status: str | None,
+    lock: AbstractContextManager[object], unserved: Mapping[str, StreamKey] | None = None,
 ) -> tuple[list[StreamStatus], str | None]:
     """Up to ``limit`` statuses of ``ids[i:]`` (in ``status`` if given) and the id to
-    continue after; the lock is taken per chunk of ids, only to gather their numbers."""
+    continue after; the lock is taken per chunk of ids, only to gather their numbers.
+    ``unserved``: ids with no model, listed with status ``no_model``."""
     out: list[StreamStatus] = []
     while i < len(ids) and len(out) <= limit:
         chunk = ids[i : i + max(limit, 256)]
@@ -222,11 +237,14 @@ def page(
             info = meta(items)
             snap = empty_snapshot(len(items))
             gather(streams, [m[0] for m in info], snap)
+            none: list[StreamStatus] = []
+            if unserved and status in (None, "no_model"):
+                none = [no_model(sid, k) for sid, k in ((sid, unserved.get(sid)) for sid in chunk) if k is not None]
         if status is not None:
             want = status_mask(snap, status)
             info = [m for m, w in zip(info, want.tolist(), strict=True) if w]
             snap = {k: v[want] for k, v in snap.items()}
-        out += statuses(info, snap)
+        out += heapq.merge(statuses(info, snap), none, key=lambda st: st.id) if none else statuses(info, snap)
     if len(out) > limit:  # one more than asked for: there is a next page
         return out[:limit], out[limit - 1].id
     return out, None

@@ -153,7 +153,8 @@ class StreamSlots:
             self._remember_none(key)
             self._unserved(key, was)
             return None
-        self.unserved.pop(key.id, None)
+        if self.unserved.pop(key.id, None) is not None:
+            self.members += 1
         st = self.streams.get(rt.stream_id)
         if st is None or st.lane.model is not rt.model:
             if st is not None:  # the stream moved to another model: start it over
@@ -183,6 +184,7 @@ class StreamSlots:
         if len(self.unserved) >= UNSERVED_CAP:
             self.unserved.popitem(last=False)
         self.unserved[sid] = key
+        self.members += 1  # listed in GET /v1/streams (status no_model)
         if self._budget.allow():
             left = f"left model {was}: " if was is not None else ""
             log.info("stream %s: %s%s (models.bindings, the models' manifest streams, feature names); "
@@ -306,6 +308,7 @@ class StreamSlots:
         key = self.unserved.pop(stream_id, None)
         if key is not None:
             self.routes.pop(key, None)
+            self.members += 1
             known = True
         st = self.streams.get(stream_id)
         if st is None:
@@ -377,7 +380,7 @@ class StreamSlots:
     # ------------------------------------------------------------ listing
 
     def ids_after(self, after: str | None, lock: AbstractContextManager[object]) -> tuple[list[str], int]:
-        """Every stream id, sorted, and where ids greater than ``after`` begin.
+        """Every stream id (those with no model too), sorted, and where ids greater than ``after`` begin.
 
         The sorted list is cached until streams come or go, and sorted outside the
         engine's ``lock``: only the copy of the keys is made under it.
@@ -385,7 +388,7 @@ class StreamSlots:
         version, ids = self._sorted
         if version != self.members:
             with lock:
-                version, ids = self.members, list(self.streams)
+                version, ids = self.members, [*self.streams, *self.unserved]
             ids.sort()
             self._sorted = (version, ids)
         return ids, 0 if after is None else bisect.bisect_right(ids, after)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from service.records import Forecast
 
-StreamState = Literal["warming", "ok", "firing"]
+StreamState = Literal["warming", "ok", "firing", "no_model"]  # no_model: readings come, no model serves them
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +28,8 @@ class StreamStatus:
     id: str
     device: str
     quantity: str  # "*" for a multivariate (device) stream
-    model: str
-    model_version: str
+    model: str | None  # None: status "no_model"
+    model_version: str | None
     status: StreamState
     warm_have: int
     warm_need: int

@@ -87,7 +87,11 @@ def test_a_hot_loaded_model_takes_over_its_streams_and_delete_forgets_one(
     with live(pub, ["dev01", "machine2"]):
         until("dev01/value served by the sim model",
               lambda: (stream(svc, "dev01/value") or {}).get("status") == "ok", svc)
-        r = svc.get("/v1/streams/machine2/value")
+        until("machine2/value listed with no model",
+              lambda: (stream(svc, "machine2/value") or {}).get("status") == "no_model", svc)
+        s = stream(svc, "machine2/value") or {}
+        assert s["model"] is None and s["warm_up"]["message"] == "no model matches"  # type: ignore[index]
+        r = svc.get("/v1/streams/machine2/value/forecast")
         assert r.status_code == 404 and "no model matches" in r.json()["detail"]
         log = svc.log.read_text()
         assert "stream machine2/value: no model matches" in log

@@ -123,7 +123,13 @@ def test_a_hot_loaded_model_takes_over_its_streams_and_rewarms_at_once(
     eng.tick(now)
     s = eng.stream("dev01/value")
     assert s is not None and s.model == "demo" and s.status == "ok"
-    assert eng.stream("machine2/value") is None and eng.unserved() == ["machine2/value"]
+    none = eng.stream("machine2/value")  # listed, with no model
+    assert none is not None and none.status == "no_model" and none.model is None
+    assert eng.unserved() == ["machine2/value"]
+    assert [(s.id, s.status) for s in eng.streams_page(10)[0]] == [("dev01/value", "ok"), ("machine2/value", "no_model")]
+    assert [s.id for s in eng.streams_page(10, status="no_model")[0]] == ["machine2/value"]
+    assert [s.id for s in eng.streams_page(10, status="ok")[0]] == ["dev01/value"]
+    assert [s.id for s in eng.streams_page(1, after="dev01/value")[0]] == ["machine2/value"]
     assert "stream machine2/value: no model matches" in caplog.text
 
     kit(models, "machine", streams=["machine*/value", "dev01/value"], created_at=NEW)
@@ -135,7 +141,7 @@ def test_a_hot_loaded_model_takes_over_its_streams_and_rewarms_at_once(
         s = eng.stream(sid)
         assert s is not None and s.model == "machine" and s.status == "ok", s
         assert eng.forecast(sid) is not None
-    assert eng.unserved() == []
+    assert eng.unserved() == [] and eng.streams_page(10, status="no_model")[0] == []
     assert "stream dev01/value: moves from model demo/1 to machine/1" in caplog.text
     assert "models: demo/1 serves 0 streams (dev[0-9]*/*); machine/1 serves 2 streams" in caplog.text
 

@@ -44,7 +44,10 @@ def list_streams(
     engine: EngineDep,
     request: Request,
     response: Response,
-    status: Annotated[Literal["warming", "ok", "firing"] | None, Query(description="Only streams in this state.")] = None,
+    status: Annotated[
+        Literal["warming", "ok", "firing", "no_model"] | None,
+        Query(description="Only streams in this state (no_model: readings come, no model serves them)."),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=LIST_MAX, description=f"Streams per page (at most {LIST_MAX}).")] = LIST_DEFAULT,
     cursor: Annotated[
         str | None, Query(max_length=16_384, description="The X-Next-Cursor of the previous page; empty: the first page.")
@@ -100,7 +103,7 @@ async def get_forecast(
     if found is None:
         found = await run_in_threadpool(_locked_lookup, engine, stream_id)
     if not found.known:
-        raise HTTPException(404, f"unknown stream {stream_id!r}")
+        raise HTTPException(404, _unknown(engine, stream_id))
     if found.forecast is None:  # e.g. restored from a checkpoint but not stepped yet, or warming
         raise HTTPException(
             409, f"no forecast yet for {stream_id!r}: warming up ({found.warm_have} / {found.warm_need})"

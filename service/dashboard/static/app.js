@@ -96,7 +96,7 @@
       rec.expected.set(Date.parse(s.last_time) / 1000, [s.expected, s.lower, s.upper]);
       trim(rec.expected, HISTORY);
     }
-    if (s.status === "warming") { rec.forecast = null; return; }
+    if (s.status === "warming" || s.status === "no_model") { rec.forecast = null; return; }
     try {
       const fc = await api(`/v1/streams/${encodeId(s.id)}/forecast`);
       rec.cadence = fc.cadence_s;
@@ -118,6 +118,7 @@
     for (const s of streams) n[s.status] = (n[s.status] || 0) + 1;
     $("#summary").textContent =
       `${streams.length} streams: ${n.ok} ok, ${n.warming} warming, ${n.firing} firing` +
+      (n.no_model ? `, ${n.no_model} with no model` : "") +
       (more ? ` (the first ${streams.length} by id; more are not listed)` : "");
     $("#updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   }
@@ -125,7 +126,8 @@
   function badge(s) {
     const b = document.createElement("span");
     b.className = `badge ${s.status}`;
-    b.textContent = s.status === "warming" ? `warming ${s.warm_up.have}/${s.warm_up.need}` : s.status;
+    b.textContent = s.status === "warming" ? `warming ${s.warm_up.have}/${s.warm_up.need}`
+      : s.status === "no_model" ? s.warm_up.message : s.status; // "no model matches": stored, not forecast
     return b;
   }
 
