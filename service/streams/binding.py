@@ -23,14 +23,16 @@ the features of the same name. A univariate model serves *device/quantity*.
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from fnmatch import fnmatchcase
+from fnmatch import fnmatchcase, translate
 
 from service.config import ModelBinding, StreamRules
 from service.errors import ModelError
 from service.records import StreamKey
+from service.runtime.manifest import Manifest
 from service.runtime.registry import LoadedModel, ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -94,10 +96,32 @@ def _declared(key: StreamKey, models: list[LoadedModel]) -> Route | None:
         if not globs or (best is not None and _created(model) <= _created(best.model)):
             continue
         multivariate = len(model.manifest.features) > 1
-        sid = device_id(key) if multivariate else key.id
-        if any(fnmatchcase(sid, g) for g in globs):
+        if _matcher(model.manifest)(device_id(key) if multivariate else key.id):
             best = _fit(key, model, "*", "streams") or best
     return best
+
+
+_MATCHERS: dict[int, tuple[Manifest, Callable[[str], bool]]] = {}
+
+
+def _matcher(m: Manifest) -> Callable[[str], bool]:
+    """``m.streams`` as one test: a set for plain ids, one regex for the globs. A store
+    training declares every stream id it read (thousands): binding 100k streams must not
+    try each glob in turn."""
+    hit = _MATCHERS.get(id(m))
+    if hit is not None and hit[0] is m:
+        return hit[1]
+    exact = frozenset(g for g in m.streams if not any(c in g for c in "*?["))
+    globs = [translate(g) for g in m.streams if g not in exact]
+    rx = re.compile("|".join(globs)) if globs else None
+
+    def match(sid: str) -> bool:
+        return sid in exact or (rx is not None and rx.match(sid) is not None)
+
+    if len(_MATCHERS) >= 64:  # models come and go with reloads: keep the cache small
+        _MATCHERS.clear()
+    _MATCHERS[id(m)] = (m, match)
+    return match
 
 
 def _created(model: LoadedModel) -> float:

@@ -80,6 +80,16 @@ def test_feature_names_only_without_bindings(tmp_path: Path) -> None:
     assert served(reg, "machine2/value", bindings) == "machine/1:machine2/value:streams"  # ... not declared streams
 
 
+def test_many_declared_ids_and_globs_together(tmp_path: Path) -> None:
+    # A store training declares every id it read (escaped); plain ids and globs both match.
+    kit(tmp_path, "fleet", streams=[f"s{i}/v" for i in range(5000)] + ["x*/v", "odd[[]1]/v"])
+    reg = ModelRegistry(tmp_path)
+    assert served(reg, "s4999/v") == "fleet/1:s4999/v:streams"
+    assert served(reg, "x7/v") == "fleet/1:x7/v:streams"
+    assert served(reg, "odd[1]/v") == "fleet/1:odd[1]/v:streams"
+    assert served(reg, "s5000/v") is None and served(reg, "odd1/v") is None and served(reg, "s1/v2") is None
+
+
 def test_a_multivariate_model_declares_devices(tmp_path: Path) -> None:
     kit(tmp_path, "press", features=("pressure", "flow"), streams=["press7"])
     reg = ModelRegistry(tmp_path)
