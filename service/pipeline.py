@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol
 
 from service.alerts.publisher import AlertPublisher
@@ -56,6 +57,7 @@ from service.records import Alert, Forecast, Reading
 from service.store.alertlog import AlertLog, HistoryError
 from service.store.base import Store
 from service.store.streamsettings import SettingsStoreError, StreamSettings
+from service.units import UnitBook
 from service.watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -177,6 +179,8 @@ class Pipeline:
         self.alert_log = alert_log
         self.history_error: str | None = None  # why there is no alert history, when there is none
         self.stream_settings = stream_settings
+        # Each stream's unit (settings > binding rules > readings): build() feeds it from the decoder.
+        self.units = UnitBook(own=self._own_rules)
         self._closers = list(closers)
         self.started = False
         # Who else sees each alert and forecast (registered in build, called in order, never
@@ -191,18 +195,38 @@ class Pipeline:
         self.watchdog: Watchdog | None = None
         self.connwatch: ConnectionWatch | None = None  # broker/store outages at WARNING while they last
 
+    def _own_rules(self, stream_id: str) -> StreamRules | None:
+        return None if self.stream_settings is None else self.stream_settings.get(stream_id)
+
+    def _with_unit(self, alert: Alert) -> Alert:
+        """``alert`` with its stream's unit (a multivariate stream's: the alert's feature's)."""
+        try:
+            unit = self.units.unit_of(alert.stream_id, alert.quantity if alert.multivariate else None)
+        except Exception:
+            log.exception("no unit for the alert of %s", alert.stream_id)
+            return alert
+        return alert if unit is None or unit == alert.unit else replace(alert, unit=unit)
+
     # -- the callbacks the engine is given ------------------------------------------
     def on_alert(self, alert: Alert) -> None:
         """Engine -> log, history and MQTT. Never raises into the engine's loop: the alert is already listed.
 
         The history is handed the alert first, but only queued: its writer commits it within
         milliseconds, off the engine's tick (see service/store/alertlog.py).
+
+        A silenced stream (``PUT /v1/streams/{id}/silence``) still has its alert logged, in the
+        history (marked silenced), in alert_sinks and on its retained state topic, which says
+        what is true now (Home Assistant entities, dashboards); the alert event topic and the
+        notify_sinks (webhooks), which call for someone, are skipped. Every consumer gets the alert
+        with its stream's unit (``self.units``).
         """
-        log.info("alert %s %s: value %.6g, expected %.6g, score %.4g", alert.stream_id, alert.state, alert.value,
-                 alert.expected, alert.score)
+        alert = self._with_unit(alert)
+        silenced = self.stream_settings is not None and self.stream_settings.silenced_until(alert.stream_id) is not None
+        log.info("alert %s %s: value %.6g, expected %.6g, score %.4g%s", alert.stream_id, alert.state, alert.value,
+                 alert.expected, alert.score, " (silenced: not notified)" if silenced else "")
         if self.alert_log is not None:
             try:
-                self.alert_log.append(alert)
+                self.alert_log.append(alert, silenced)
             except Exception:
                 log.exception("could not queue alert for %s (%s) in the history", alert.stream_id, alert.state)
         for name, sink in self.alert_sinks:
@@ -212,9 +236,11 @@ class Pipeline:
                 log.exception("%s could not take the alert for %s (%s)", name, alert.stream_id, alert.state)
         if self.publisher is not None:
             try:
-                self.publisher.publish_alert(alert)
+                self.publisher.publish_alert(alert, event=not silenced)
             except Exception:
                 log.exception("could not queue alert for %s (%s) in the outbox", alert.stream_id, alert.state)
+        if silenced:
+            return
         for name, sink in self.notify_sinks:
             try:
                 sink(alert)
@@ -247,6 +273,8 @@ class Pipeline:
         roles = settings.roles
         decoder = Decoder(settings.ingest)  # one decoder (and its caches) for MQTT and HTTP
         pipe = cls(settings, metrics, decoder=decoder)
+        pipe.units = UnitBook(settings.streams.max_streams, metrics, pipe._own_rules, settings.models.bindings)
+        decoder.on_unit = pipe.units.seen
         if roles & {"ingest", "inference"}:
             from service.store import open_store
 
@@ -259,10 +287,24 @@ class Pipeline:
                 pipe.publisher = AlertPublisher(settings.mqtt, settings.alerts)
             pipe.engine, pipe.runner = _build_engine(settings, pipe.store, metrics, pipe.on_alert, pipe.on_forecast,
                                                      pipe.stream_settings)
-            if settings.homeassistant.enabled:  # each stream's value, forecast and alert state as HA entities
-                from service.alerts.homeassistant import HomeAssistantDiscovery, unit_from
+            from service.store import outputs
 
-                ha = HomeAssistantDiscovery(settings, unit_from(pipe.engine))
+            if outputs.enabled(settings):  # forecasts, scores and alerts as measurements (Grafana)
+                out = outputs.StoreOutputs(outputs.line_writer(pipe.store), settings, metrics, pipe.engine)
+                if out.every_step:  # else sampled by its own thread: no Forecast per stream-step
+                    pipe.forecast_sinks.append((out.name, out.on_forecast))
+                pipe.alert_sinks.append((out.name, out.on_alert))
+                pipe.addons.append(out)
+            if settings.webhooks.urls:  # each alert event POSTed, signed, through its own outbox
+                from service.alerts.webhook import Webhooks
+
+                hooks = Webhooks(settings.webhooks, metrics)
+                pipe.notify_sinks.append(("webhooks", hooks.enqueue))
+                pipe.addons.append(hooks)
+            if settings.homeassistant.enabled:  # each stream's value, forecast and alert state as HA entities
+                from service.alerts.homeassistant import HomeAssistantDiscovery
+
+                ha = HomeAssistantDiscovery(settings, pipe.units.unit_of)
                 pipe.forecast_sinks.append((ha.name, ha.see_forecast))
                 pipe.alert_sinks.append((ha.name, ha.see_alert))
                 pipe.addons.append(ha)
@@ -273,6 +315,10 @@ class Pipeline:
         if "ingest" in roles:
             assert pipe.store is not None
             pipe.ingester = build_ingester(settings, pipe.store, metrics, decoder, live=live)
+            if settings.store.retention_days is not None or settings.store.downsample_after_days is not None:
+                from service.store.retention import Retention  # the process that writes prunes
+
+                pipe.addons.append(Retention(pipe.store, settings.store))
         elif pipe.engine is not None:  # inference alone: a subscription of its own, nothing stored
             from service.ingest.mqtt import MqttSource
             from service.ingest.refusals import RefusalReporter
@@ -438,6 +484,9 @@ def _build_engine(
     engine = Engine(settings, registry, store, metrics, on_alert=on_alert, on_forecast=on_forecast,
                     stream_rules=None if stream_settings is None else stream_settings.get)
     # Building a Forecast per stream-step cost ~25% of the engine thread at 3k readings/s
-    # (py-spy): only when forecasts go to MQTT.
-    engine.publish_forecasts = settings.alerts.forecast_topic is not None
+    # (py-spy): only when forecasts go to MQTT, or every step's to the store (store.write_outputs).
+    from service.store.outputs import enabled as outputs_enabled
+
+    every_step = outputs_enabled(settings) and settings.store.outputs_interval_s == 0
+    engine.publish_forecasts = settings.alerts.forecast_topic is not None or every_step
     return engine, EngineRunner(engine, restore=True)

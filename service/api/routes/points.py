@@ -30,6 +30,7 @@ class PointsOut(BaseModel):
     stream_id: str = Field(examples=["pump-1/temperature"])
     times_ms: list[int] = Field(description="Epoch milliseconds, oldest first.")
     values: list[float] = Field(description="Stored values, same order.")
+    unit: str | None = Field(None, examples=["°C"], description="The stream's unit (as in GET /v1/streams); null: unknown.")
 
 
 @router.get(
@@ -71,4 +72,5 @@ async def get_points(
         stream_id=key.id,
         times_ms=[r.ts_ns // 1_000_000 for r in rows],
         values=[r.value for r in rows],
+        unit=pipeline.units.unit_of(key.id),
     )
