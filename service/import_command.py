@@ -235,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
     if args.store_url:
         settings.store.url = args.store_url
     try:
+        if len(args.delimiter) > 1:
+            raise DataError(f"--delimiter {args.delimiter!r}: expected one character")
         table = read_table(args.file, args.delimiter, "FILE")
         ti, columns, notes = plan(table, args, settings)
     except DataError as e:

@@ -110,6 +110,7 @@ def test_units_from_flags_merge_with_the_stream_rules(
     (["--columns", "missing"], "column 'missing' not in the header"),
     (["--tag", "site"], "--tag 'site': expected key=value"),
     (["--device", " pump"], "cannot be stored: device ' pump' has leading or trailing whitespace"),
+    (["--delimiter", ";;"], "--delimiter ';;': expected one character"),
     (["--time-column", "value"], None),  # the value column as time: every row refused, nothing stored
 ])
 def test_refusals_are_one_line(
