@@ -269,3 +269,25 @@ def test_an_outbox_that_is_not_a_database_is_a_config_error(tmp_path: Path) -> N
     bad.write_bytes(b"this is not SQLite" * 100)
     with pytest.raises(ConfigError, match=r"webhooks\.outbox_path"):
         Webhooks(WebhookSettings(urls=["http://127.0.0.1:9/x"], outbox_path=bad), Metrics())
+
+
+def test_a_silenced_stream_sends_no_webhook_through_the_pipeline(hooks_factory: Any, receiver: Receiver,
+                                                                 tmp_path: Path) -> None:
+    from service.pipeline import Pipeline
+    from service.store.streamsettings import StreamSettings
+
+    streams = StreamSettings(tmp_path / "stream_settings.sqlite")
+    try:
+        pipe = Pipeline(Settings(), Metrics(), stream_settings=streams)
+        hooks = hooks_factory([receiver.url()])
+        pipe.notify_sinks.append(("webhooks", hooks.enqueue))
+        hooks.start()
+        streams.silence(FIRING.stream_id, time.time_ns() + 3600 * 10**9)
+        pipe.on_alert(FIRING)  # silenced: recorded elsewhere, no one is called
+        other = dataclasses.replace(FIRING, key=StreamKey("pump-2", "temp"))
+        pipe.on_alert(other)
+        wait_until(lambda: receiver.requests, what="the unsilenced stream's webhook")
+        # One URL's events go in order: the silenced one, had it been queued, would have come first.
+        assert [q.json()["stream_id"] for q in receiver.requests] == ["pump-2/temp"] and hooks.pending() == 0
+    finally:
+        streams.close()
