@@ -50,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--client-id", default="sensorcast-sim", help="MQTT client id.")
     p.add_argument("--topic", default="sensors/{device}/{quantity}", help="Topic template.")
     p.add_argument("--qos", type=int, choices=[0, 1, 2], default=1, help="MQTT QoS of the publishes.")
-    p.add_argument("--devices", type=_devices, default=3, help="Count (dev01..) or comma-separated names.")
+    p.add_argument("--devices", type=_devices, default=3, help="Count (dev01..) or comma-separated names (the demo model serves dev<digits> only; "
+                   "bind it for other names: SENSORCAST_MODELS__BINDINGS).")
     p.add_argument(
         "--quantities", type=_csv, default=["temperature", "humidity", "power"],
         help=f"Comma-separated, from {', '.join(sorted(QUANTITIES))}.",
