@@ -37,6 +37,20 @@ def _until(fn: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.5)
 
 
+def _click(browser: Any, css: str) -> None:
+    """Click ``css``; the tables are redrawn every poll, so a row found may be replaced first."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    for _ in range(5):
+        try:
+            browser.find_element(By.CSS_SELECTOR, css).click()
+            return
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    raise AssertionError(f"{css} kept being redrawn")
+
+
 def test_dashboard_shows_live_charts_and_the_injected_alert(
     browser: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -94,7 +108,9 @@ def _run(browser: Any, demo: Demo) -> None:
 
 def test_dashboard_asks_for_the_read_key_and_then_shows_data(browser: Any, tmp_path: Path) -> None:
     """The compose stack sets a read key: the page must ask for it, then work. The alert
-    list shows each event's check, kind and onset from the alert history."""
+    list shows each event's check, kind and onset from the alert history, with dates (the
+    year, since these are from 2023). Ack and silence need the write key: with the read key
+    the page says so; with the write key the ack and the silence show."""
     from selenium.webdriver.common.by import By
 
     from service.api.app import create_app
@@ -103,11 +119,13 @@ def test_dashboard_asks_for_the_read_key_and_then_shows_data(browser: Any, tmp_p
     from service.records import Alert, Reading, StreamKey
     from service.store.alertlog import AlertLog
     from service.store.memory import MemoryStore
+    from service.store.streamsettings import StreamSettings
     from tests.apiharness import MIN, T0, populated_twin, settings_for
     from tools.demo import ApiServer, _listen
 
     (tmp_path / "read.key").write_text("r-secret\n")
-    settings = settings_for(tmp_path, read_key_file=tmp_path / "read.key")
+    (tmp_path / "write.key").write_text("w-secret\n")
+    settings = settings_for(tmp_path, read_key_file=tmp_path / "read.key", api_key_file=tmp_path / "write.key")
     store, metrics, engine = MemoryStore(), Metrics(), populated_twin()
     key = StreamKey("pump-1", "temperature")
     store.write([Reading(key, T0 - (50 - i) * 60 * 10**9, 20.0 + (i % 7) * 0.3) for i in range(50)])
@@ -125,8 +143,9 @@ def test_dashboard_asks_for_the_read_key_and_then_shows_data(browser: Any, tmp_p
         history.append(a)
     assert history.flush()
     ingester = build_ingester(settings, store, metrics, sinks=[engine.accept], mqtt=False)
+    silences = StreamSettings(tmp_path / "stream_settings.sqlite")
     pipeline = Pipeline(settings, metrics, store=store, engine=engine, ingester=ingester, decoder=ingester.decoder,
-                        alert_log=history, closers=[history.close])
+                        alert_log=history, stream_settings=silences, closers=[history.close, silences.close])
     pipeline.start()
     server = ApiServer(create_app(settings, pipeline=pipeline), _listen("127.0.0.1", 0))
     server.start()
@@ -147,18 +166,49 @@ def test_dashboard_asks_for_the_read_key_and_then_shows_data(browser: Any, tmp_p
         assert browser.execute_script("return localStorage.getItem('sensorcast.apiKey')") == "r-secret"
         badges = {b.text for b in browser.find_elements(By.CSS_SELECTOR, "#streams .badge")}
         assert badges == {"ok", "warming 2/5"}
-        # The alert list: state, stream, check, kind, time, onset, value, expected, score.
+        # The alert list: state, stream, check, kind, time, onset, value, expected, score, ack.
         rows = browser.find_elements(By.CSS_SELECTOR, "#alerts tbody tr")
         got = [[td.text for td in r.find_elements(By.TAG_NAME, "td")] for r in rows]
-        clock = "return new Date(Number(arguments[0]) / 1e6).toLocaleTimeString()"
-        at = {i: browser.execute_script(clock, str(T0 - i * MIN)) for i in (1, 2, 3, 4, 30)}
+        # Date and time in the browser's locale; T0 is in 2023, so with the year.
+        dated = ("return new Date(Number(arguments[0]) / 1e6).toLocaleString(undefined, {year: 'numeric', "
+                 "month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit'})")
+        at = {i: browser.execute_script(dated, str(T0 - i * MIN)) for i in (1, 2, 3, 4, 30)}
+        assert all("2023" in t and ("14" in t or "15" in t) for t in at.values()), at  # 2023-11-14 22:13 UTC
         assert got == [
-            ["resolved", "pump-1/temperature", "anomaly", "spike", at[1], "–", "21.00", "20.90", "0.2"],
-            ["firing", "pump-2/temperature;site=north", "stuck", "stuck", at[2], at[30], "7.00", "–", "–"],
-            ["firing", "pump-1/temperature", "anomaly", "spike", at[3], at[4], "90.00", "20.00", "1.0"],
+            ["resolved", "pump-1/temperature", "anomaly", "spike", at[1], "–", "21.00", "20.90", "0.2", "–"],
+            ["firing", "pump-2/temperature;site=north", "stuck", "stuck", at[2], at[30], "7.00", "–", "–", "Ack"],
+            ["firing", "pump-1/temperature", "anomaly", "spike", at[3], at[4], "90.00", "20.00", "1.0", "Ack"],
         ], got
         assert rows[0].get_attribute("title") == "reason: held (stuck)"
         assert rows[2].find_elements(By.CSS_SELECTOR, "td.firing")
+        # Ack with the read key: refused, and the page says the write key is needed.
+        ack = '#alerts tbody tr[data-id="1"] button.ack'
+        _click(browser, ack)
+        action = browser.find_element(By.ID, "action")
+        _until(lambda: "write key" in action.text and "403" in action.text, 10, "the write-key message")
+        assert history.rows(10)[0][-1].acked_ns is None
+        _until(lambda: form.is_displayed(), 10, "the API key form, for the write key")
+        browser.find_element(By.ID, "apikey").clear()
+        browser.find_element(By.ID, "apikey").send_keys("w-secret")
+        form.submit()
+        _click(browser, ack)
+        acked = '#alerts tbody tr[data-id="1"] td.ack .acked'
+        texts = "return [...document.querySelectorAll(arguments[0])].map(e => e.textContent)"
+        _until(lambda: browser.execute_script(texts, acked) == ["acked by dashboard"], 10, "the ack in the list")
+        row = history.rows(10)[0][-1]
+        assert row.id == 1 and row.acked_by == "dashboard"
+        # Silence pump-1 for an hour from its row; the marker shows, and the API has it.
+        silence = '#streams tbody tr[data-stream="pump-1/temperature"] button.silence'
+        _click(browser, silence)
+        marker = '#streams tbody tr[data-stream="pump-1/temperature"] .silenced'
+        _until(lambda: [t[:15] for t in browser.execute_script(texts, marker)] == ["silenced until "], 10,
+               "the silenced marker")
+        assert silences.silenced_until("pump-1/temperature") is not None
+        _click(browser, silence)  # now "unsilence"
+        _until(lambda: not browser.find_elements(By.CSS_SELECTOR, marker), 10, "the marker gone")
+        assert silences.silenced_until("pump-1/temperature") is None
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "40" not in e["message"]]
+        assert not errors, errors
     finally:
         server.stop()
         pipeline.stop()

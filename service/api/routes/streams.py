@@ -11,8 +11,8 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import EngineDep, ReadScope, WriteScope
-from service.api.routes import stream_settings
+from service.api.deps import EngineDep, PipelineDep, ReadScope, WriteScope
+from service.api.routes import silence, stream_settings
 from service.api.schemas import (
     LIST_DEFAULT,
     LIST_MAX,
@@ -21,8 +21,10 @@ from service.api.schemas import (
     StreamOut,
     forecast_body,
     page_headers,
+    with_units,
 )
-from service.pipeline import EngineLike
+from service.errors import ModelError
+from service.pipeline import EngineLike, Pipeline
 from service.streams.binding import NO_MODEL
 from service.streams.status import ForecastLookup
 
@@ -42,6 +44,7 @@ _PAGE_HEADERS = page_headers("more streams", "cursor")
 )
 def list_streams(
     engine: EngineDep,
+    pipeline: PipelineDep,
     request: Request,
     response: Response,
     status: Annotated[
@@ -66,7 +69,18 @@ def list_streams(
         response.headers["X-Next-Cursor"] = token
         query = urlencode({**request.query_params, "cursor": token})
         response.headers["Link"] = f'<{request.url.path}?{query}>; rel="next"'
-    return [StreamOut.from_status(s) for s in page]
+    return [silence.with_silence(_with_units(StreamOut.from_status(s), s, engine, pipeline), pipeline) for s in page]
+
+
+def _with_units(out: StreamOut, s: Any, engine: EngineLike, pipeline: Pipeline) -> StreamOut:
+    """``out`` with its unit (service/units.py); a multivariate stream's per input feature of its model."""
+    features: list[str] = []
+    if s.quantity == "*" and s.model:
+        try:
+            features = engine.registry.get(s.model, s.model_version).manifest.features
+        except ModelError:  # unloaded meanwhile: the unit of `feature` alone
+            features = [s.feature] if s.feature else []
+    return with_units(out, pipeline.units, features)
 
 
 def _after(cursor: str | None) -> str | None:
@@ -125,17 +139,18 @@ def _json(body: dict[str, Any]) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")
 
 
-# GET/PUT/DELETE .../settings: before the plain stream route, for the same reason.
+# GET/PUT/DELETE .../settings and .../silence: before the plain stream route, for the same reason.
 router.include_router(stream_settings.router)
+router.include_router(silence.router)
 
 
 @router.get("/{stream_id:path}", dependencies=[ReadScope], responses=_404)
-def get_stream(stream_id: str, engine: EngineDep) -> StreamOut:
-    """One stream: state, warm-up, last value and score."""
+def get_stream(stream_id: str, engine: EngineDep, pipeline: PipelineDep) -> StreamOut:
+    """One stream: state, warm-up, last value and score, and until when it is silenced."""
     status = engine.stream(stream_id)
     if status is None:
         raise HTTPException(404, _unknown(engine, stream_id))
-    return StreamOut.from_status(status)
+    return silence.with_silence(_with_units(StreamOut.from_status(status), status, engine, pipeline), pipeline)
 
 
 def _unknown(engine: EngineLike, stream_id: str) -> str:

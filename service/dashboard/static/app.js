@@ -18,6 +18,11 @@
 
   const $ = (sel) => document.querySelector(sel);
   const fmt = (x, d = 2) => (typeof x === "number" && isFinite(x) ? x.toFixed(d) : "–");
+  // A number with its unit (GET /v1/streams and /v1/alerts: unit; null when unknown).
+  const fmtU = (x, unit, d = 2) => { const t = fmt(x, d); return unit && t !== "–" ? `${t} ${unit}` : t; };
+  // The unit of what a chart shows: a multivariate stream's first output feature's.
+  const chartUnit = (rec) => (!rec.info ? null : rec.info.quantity !== "*" ? rec.info.unit
+    : (rec.info.units && rec.features && rec.info.units[rec.features[0]]) || null);
   const encodeId = (id) => id.split("/").map(encodeURIComponent).join("/");
   const fmtEta = (s) => (s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`);
   // A predicted breach of an operating limit (GET /v1/streams: predicted_breach), as text.
@@ -33,9 +38,10 @@
     }
   }
 
-  async function fetchOk(path) {
+  async function fetchOk(path, init = {}) {
     const headers = state.key ? { "X-API-Key": state.key } : {};
-    const r = await fetch(path, { headers, cache: "no-store" });
+    if (init.body) headers["Content-Type"] = "application/json";
+    const r = await fetch(path, { headers, cache: "no-store", ...init });
     if (r.status === 401 || r.status === 403) $("#keyform").hidden = false;
     if (!r.ok) {
       let detail = "";
@@ -53,6 +59,39 @@
   async function apiPage(path) {
     const r = await fetchOk(path);
     return { items: await r.json(), more: r.headers.get("X-Next-Cursor") !== null };
+  }
+
+  // A time with its date, in the browser's locale; the year only when it is not this one
+  // (replayed history from 2013 must not read as today). The ISO time is the tooltip.
+  function when(iso) {
+    if (!iso) return "–";
+    const d = new Date(iso);
+    const opts = { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" };
+    if (d.getFullYear() !== new Date().getFullYear()) opts.year = "numeric";
+    return d.toLocaleString(undefined, opts);
+  }
+
+  // What a click changed or why it could not (a read key cannot ack or silence).
+  function actionMessage(text, isError) {
+    const el = $("#action");
+    el.textContent = text;
+    el.className = isError ? "error" : "muted";
+    el.hidden = !text;
+  }
+
+  // POST/PUT/DELETE from a button; 401/403 say that the write key is needed.
+  async function act(path, method, body, done) {
+    try {
+      await fetchOk(path, { method, body: body === undefined ? undefined : JSON.stringify(body) });
+      actionMessage(done, false);
+      clearTimeout(state.pollTimer);
+      poll(); // show the change now
+    } catch (e) {
+      const auth = e instanceof ApiError && (e.status === 401 || e.status === 403);
+      actionMessage(auth ? `${done.split(":")[0]}: not allowed with this key (${e.status}); ` +
+        "enter the write key (API key form above) to acknowledge alerts and silence streams"
+        : `could not ${method} ${path}: ${e.message}`, true);
+    }
   }
 
   $("#keyform").addEventListener("submit", (ev) => {
@@ -131,6 +170,28 @@
     return b;
   }
 
+  // A silenced stream's alerts are recorded, not notified (PUT /v1/streams/{id}/silence):
+  // a marker until when, and a button to silence it for an hour or end the silence.
+  function silenceControl(s) {
+    const url = `/v1/streams/${encodeId(s.id)}/silence`;
+    const btn = document.createElement("button");
+    btn.type = "button";
+    btn.className = "silence";
+    if (s.silenced_until) {
+      const mark = document.createElement("span");
+      mark.className = "silenced";
+      mark.textContent = `silenced until ${when(s.silenced_until)}`;
+      mark.title = "alerts are recorded but not published or sent to webhooks";
+      btn.textContent = "unsilence";
+      btn.addEventListener("click", () => act(url, "DELETE", undefined, `unsilence ${s.id}: done`));
+      return [mark, btn];
+    }
+    btn.textContent = "silence 1 h";
+    const until = () => Math.floor(Date.now() / 1000) + 3600;
+    btn.addEventListener("click", () => act(`${url}?until=${until()}`, "PUT", undefined, `silence ${s.id}: done`));
+    return [btn];
+  }
+
   function renderTable(streams) {
     const body = $("#streams tbody");
     body.replaceChildren();
@@ -138,7 +199,7 @@
       const tr = document.createElement("tr");
       tr.dataset.stream = s.id;
       const b = s.predicted_breach;
-      const cells = [s.id, null, fmt(s.last_value), fmt(s.expected), fmt(s.score), b ? breachText(s, b) : "–",
+      const cells = [s.id, null, fmtU(s.last_value, s.unit), fmtU(s.expected, s.unit), fmt(s.score), b ? breachText(s, b) : "–",
         s.model ? `${s.model}/${s.model_version}` : "–"];
       cells.forEach((text, i) => {
         const td = document.createElement("td");
@@ -148,6 +209,7 @@
         if (i === 5 && b) td.className = "breach";
         tr.append(td);
       });
+      tr.cells[1].append(...silenceControl(s));
       body.append(tr);
     }
   }
@@ -160,31 +222,64 @@
     if (!state.alerts.length) {
       const tr = document.createElement("tr");
       const td = document.createElement("td");
-      td.colSpan = 9;
+      td.colSpan = 10;
       td.className = "muted";
       td.textContent = state.alertsError || "none yet";
       tr.append(td);
       body.append(tr);
       return;
     }
-    const clock = (iso) => (iso ? new Date(iso).toLocaleTimeString() : "–");
     for (const a of state.alerts) {
       const tr = document.createElement("tr");
       tr.dataset.stream = a.stream_id;
       tr.dataset.check = a.check;
-      const cells = [a.state, a.stream_id, a.check, a.kind || "–", clock(a.time), clock(a.onset_time),
-        fmt(a.value), fmt(a.expected), fmt(a.score, 1)];
-      const names = ["state", "stream", "check", "kind", "time", "onset", "value", "expected", "score"];
+      if (a.id !== null && a.id !== undefined) tr.dataset.id = String(a.id);
+      const cells = [a.state, a.stream_id, a.check, a.kind || "–", when(a.time), when(a.onset_time),
+        fmtU(a.value, a.unit), fmtU(a.expected, a.unit), fmt(a.score, 1), null];
+      const names = ["state", "stream", "check", "kind", "time", "onset", "value", "expected", "score", "ack"];
       cells.forEach((text, i) => {
         const td = document.createElement("td");
-        td.textContent = text;
-        td.className = i === 0 ? a.state : i >= 6 ? `${names[i]} num` : names[i];
+        if (text !== null) td.textContent = text;
+        td.className = i === 0 ? a.state : i >= 6 && i <= 8 ? `${names[i]} num` : names[i];
         tr.append(td);
       });
+      tr.cells[4].title = a.time || "";
+      if (a.onset_time) tr.cells[5].title = a.onset_time;
+      tr.cells[9].append(...ackCell(a));
       if (a.extra && a.extra.reason) tr.title = `reason: ${a.extra.reason}` + (a.extra.held_by ? ` (${a.extra.held_by})` : "");
       if (a.lower !== null || a.upper !== null) tr.cells[7].title = `band [${fmt(a.lower)}, ${fmt(a.upper)}]`;
       body.append(tr);
     }
+  }
+
+  // Acknowledged: by whom and when (the note as tooltip); a firing event not yet: a button.
+  // A silenced stream's event says so: it was recorded, not notified.
+  function ackCell(a) {
+    const out = [];
+    if (a.acked_at) {
+      const done = document.createElement("span");
+      done.className = "acked";
+      done.textContent = `acked${a.acked_by ? ` by ${a.acked_by}` : ""}`;
+      done.title = `${when(a.acked_at)}${a.ack_note ? `: ${a.ack_note}` : ""}`;
+      out.push(done);
+    } else if (a.state === "firing" && a.id !== null && a.id !== undefined) {
+      const btn = document.createElement("button");
+      btn.type = "button";
+      btn.className = "ack";
+      btn.textContent = "Ack";
+      btn.addEventListener("click", () => act(`/v1/alerts/${a.id}/ack`, "POST", { by: "dashboard" },
+        `ack alert ${a.id}: done`));
+      out.push(btn);
+    }
+    if (a.silenced) {
+      const mark = document.createElement("span");
+      mark.className = "silenced";
+      mark.textContent = "silenced";
+      mark.title = "the stream was silenced: recorded, not published or sent to webhooks";
+      out.push(mark);
+    }
+    if (!out.length) out.push("–");
+    return out;
   }
 
   // A column for the chart's x positions from a sparse series (time -> value): values
@@ -304,6 +399,8 @@
         head.unshift(w);
       }
       card.querySelector("h3 span:last-child").replaceChildren(...head);
+      const unit = chartUnit(rec);
+      card.querySelector("h3 span:first-child").textContent = unit ? `${id} (${unit})` : id;
       u.setData(chartData(id, rec));
     }
   }
@@ -340,7 +437,8 @@
     } finally {
       state.polls += 1;
       document.body.dataset.polls = String(state.polls);
-      setTimeout(poll, POLL_MS);
+      clearTimeout(state.pollTimer); // a click's poll and the timer's must not both go on
+      state.pollTimer = setTimeout(poll, POLL_MS);
     }
   }
   poll();
