@@ -70,7 +70,7 @@ class Metrics:
         )
         self.webhooks_failed = Counter(
             "sensorcast_webhooks_failed", "Webhook events given up: rejected (3xx/4xx), attempts (max_attempts), "
-            "expired (max_age_s), unconfigured (URL removed).", ["reason"], registry=r,
+            "expired (max_age_s), unconfigured (URL removed), unqueued (the outbox refused it).", ["reason"], registry=r,
         )
         self.webhooks_pending = Gauge(
             "sensorcast_webhooks_pending", "Webhook events (one per URL) queued and not yet delivered.", registry=r

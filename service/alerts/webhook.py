@@ -124,7 +124,11 @@ class Webhooks:
         if alert.state not in self._states or (self._checks and alert.check not in self._checks):
             return
         now = time.time()
-        self.outbox.put(self.urls, event_id(alert), webhook_body(alert, now), now)
+        try:
+            self.outbox.put(self.urls, event_id(alert), webhook_body(alert, now), now)
+        except sqlite3.Error:  # a full disk, an I/O error: counted here, logged by the pipeline
+            self.metrics.webhooks_failed.labels("unqueued").inc(len(self.urls))
+            raise
         self.metrics.webhooks_pending.inc(len(self.urls))
         with self._lock:
             self._dirty = True

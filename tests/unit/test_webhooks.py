@@ -291,3 +291,16 @@ def test_a_silenced_stream_sends_no_webhook_through_the_pipeline(hooks_factory: 
         assert [q.json()["stream_id"] for q in receiver.requests] == ["pump-2/temp"] and hooks.pending() == 0
     finally:
         streams.close()
+
+
+def test_an_outbox_that_refuses_the_write_is_counted_and_the_engine_goes_on(hooks_factory: Any) -> None:
+    from service.pipeline import Pipeline
+
+    m = Metrics()
+    hooks = hooks_factory(["http://127.0.0.1:9/a", "http://127.0.0.1:9/b"], m)
+    hooks.outbox._db.execute("PRAGMA query_only=1")  # SQLite refuses writes, as on a read-only or full disk
+    pipe = Pipeline(Settings(), m)
+    pipe.notify_sinks.append(("webhooks", hooks.enqueue))
+    pipe.on_alert(FIRING)  # logged by the pipeline, never raised into the engine
+    assert sample(m, "sensorcast_webhooks_failed_total", reason="unqueued") == 2
+    assert sample(m, "sensorcast_webhooks_pending") == 0
