@@ -440,7 +440,8 @@ class WebhookSettings(BaseModel):
             except ValueError:
                 ok = False
             if not ok:
-                raise ValueError(f"expected http(s)://host[:port]/path, found {url!r}")
+                # Not the URL itself: its path may be a token, and the message is printed.
+                raise ValueError(f"item {v.index(url)}: expected http(s)://host[:port]/path")
         return v
 
 

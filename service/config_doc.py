@@ -31,6 +31,8 @@ OTHER_VARIABLES = frozenset({
 })
 _SECRET_NAME = re.compile(r"password|token|secret|(^|_)key$", re.I)
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^/@\s]*@")
+# A webhook URL's path and query often are its token (Slack, Teams...): shown as host only.
+_URL_PATH = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/?#\s\"']+)[/?#][^\s\"']*")
 MAX_SHOWN = 80
 PROBE_TIMEOUT_S = 3.0
 
@@ -190,6 +192,8 @@ def redact(name: str, value: object) -> str:
         return "***"
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     text = _URL_PASSWORD.sub(r"\1***@", text)
+    if "WEBHOOKS__URLS" in name.upper():
+        text = _URL_PATH.sub(r"\1/***", text)
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
 

@@ -304,3 +304,16 @@ def test_an_outbox_that_refuses_the_write_is_counted_and_the_engine_goes_on(hook
     pipe.on_alert(FIRING)  # logged by the pipeline, never raised into the engine
     assert sample(m, "sensorcast_webhooks_failed_total", reason="unqueued") == 2
     assert sample(m, "sensorcast_webhooks_pending") == 0
+
+
+def test_config_output_shows_a_webhook_url_without_its_path_or_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.config_doc import describe_config_error, redact
+
+    good = '["https://hooks.example.com/services/T0/SECRET?token=abc"]'
+    assert redact("SENSORCAST_WEBHOOKS__URLS", good) == '["https://hooks.example.com/***"]'
+    bad = '["https://ok.example.com/a", "ftp://h.example.com/SECRET"]'
+    monkeypatch.setenv("SENSORCAST_WEBHOOKS__URLS", bad)
+    with pytest.raises(ValidationError) as exc:
+        Settings()
+    line = describe_config_error(exc.value, {"SENSORCAST_WEBHOOKS__URLS": bad})
+    assert line.startswith("SENSORCAST_WEBHOOKS__URLS=") and "item 1" in line and "SECRET" not in line, line
