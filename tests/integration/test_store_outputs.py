@@ -5,7 +5,8 @@ dashboard's queries against them, with ``sensorcast serve`` on real mosquitto an
   sampled); ``forecasts`` then holds sampled one-step forecasts at the time they are for
   (the last equal to the served forecast), ``scores`` sampled scores, and ``alerts`` the
   spike's firing and resolved events.
-- With ``outputs_interval_s=0`` the engine (real store) writes every warm step's forecast.
+- With ``outputs_interval_s=0`` the engine (real store) writes every warm step's forecast;
+  sampled, a multivariate stream writes one forecast point per output feature.
 - A store outage drops output points with a count and never blocks the sinks.
 - Every query of deploy/grafana/dashboards/sensorcast.json (panels, annotations, template
   variables), with Grafana's macros substituted as Grafana does for InfluxQL, returns the
@@ -249,6 +250,38 @@ def test_every_steps_forecast_with_interval_zero(influxd: Influxd, tmp_path: Pat
         last = [r for r in rows if r["device"] == "a"][-1]
         assert math.isclose(last["mean"], fc.mean[0][0], rel_tol=1e-6)
         assert math.isclose(last["upper"] - last["mean"], settings.api.band_z * fc.scale[0][0], rel_tol=1e-5)
+    finally:
+        eng.close()
+        store.close()
+
+
+def test_sampled_multivariate_stream_writes_a_point_per_feature(influxd: Influxd, tmp_path: Path) -> None:
+    db = f"t{uuid.uuid4().hex[:8]}"
+    influxd.create_db(db)
+    write_model(tmp_path / "models", KitSpec(name="mv", features=("t", "h"), hidden=8, warmup_steps=3))
+    settings = settings_for(tmp_path, tmp_path / "models", store={"url": f"influxdb://127.0.0.1:{influxd.port}/{db}"})
+    store = open_store(settings.store)
+    eng = Engine(settings, ModelRegistry(tmp_path / "models"), store, Metrics())
+    out = StoreOutputs(line_writer(store), settings, Metrics(), eng)  # sampled: the engine builds no Forecast
+    try:
+        for i, v in enumerate(series(False)[:20]):
+            ts = T0 + i * C
+            eng.accept([Reading(StreamKey("d", "t"), ts, float(v)), Reading(StreamKey("d", "h"), ts, float(-v))])
+            eng.tick(ts)
+        out.flush()
+        out.flush()  # nothing new since: nothing written twice
+        db_ = Db(influxd, db)
+        fcs = db_.rows('SELECT "mean", "upper" FROM "forecasts" GROUP BY *')
+        assert sorted((r["quantity"], r["stream"], r["time"]) for r in fcs) == [
+            (q, "d", T0 + 20 * C) for q in ("h", "t")]
+        fc = eng.forecast("d")
+        assert fc is not None
+        by_q = {r["quantity"]: r["mean"] for r in fcs}
+        assert by_q == pytest.approx({f: fc.mean[0][j] for j, f in enumerate(fc.features)}, rel=1e-6)
+        (score,) = db_.rows('SELECT "score" FROM "scores" GROUP BY *')
+        status = eng.stream("d")
+        assert status is not None and score["stream"] == "d" and score["quantity"] == status.feature
+        assert score["time"] == T0 + 19 * C
     finally:
         eng.close()
         store.close()
