@@ -293,7 +293,7 @@ def _write(
             rows=int(sum(len(s.values) for s in t.dataset.series)),
         ),
         metrics=metrics,
-        streams=served_streams(t.cfg.data, t.dataset.series),
+        streams=served_streams(t.cfg.data, t.dataset.series, t.dataset.features),
         sha256=sha256_file(onnx_path),
         created_at=datetime.now(UTC),
     )
@@ -301,7 +301,7 @@ def _write(
     load_manifest(folder)  # validates before the folder is renamed into place
 
 
-def served_streams(data: DataConfig, series: Sequence[Series]) -> list[str]:
+def served_streams(data: DataConfig, series: Sequence[Series], features: Sequence[str] = ()) -> list[str]:
     """The manifest's ``streams``: ``data.serve`` when given; else, for history read from the
     store, the ids of the streams trained on (escaped: ids are matched as globs); a CSV's
     columns name no stream, so none."""
@@ -309,8 +309,13 @@ def served_streams(data: DataConfig, series: Sequence[Series]) -> list[str]:
         return list(data.serve)
     if "://" not in data.source:
         return []
-    # Univariate series are named by stream id; a multivariate series by its device.
-    ids = [s.name if data.layout == "univariate" else escape_id_part(s.name) for s in series]
+    # Univariate series are named by stream id; a multivariate series by its device. A
+    # device's series of ONE feature makes a one-feature model, which the engine serves per
+    # device/quantity (binding._fit), so that is the id it must declare.
+    if data.layout != "univariate" and len(features) == 1:
+        ids = [f"{escape_id_part(s.name)}/{escape_id_part(features[0])}" for s in series]
+    else:
+        ids = [s.name if data.layout == "univariate" else escape_id_part(s.name) for s in series]
     return [glob.escape(i) for i in ids]
 
 

@@ -161,3 +161,18 @@ def test_train_from_store_reads_the_store_import_wrote(env: dict[str, str]) -> N
     assert cfg.data.source == env["SENSORCAST_STORE__URL"] and cfg.data.streams == ("machine2/temp",)
     with pytest.raises(TrainDataError, match="--from-store and a source"):
         config_from_args(p.parse_args(["--from-store", "--source", "x.csv"]))
+
+
+def test_a_one_feature_device_model_declares_device_slash_quantity() -> None:
+    """`train --from-store --streams machine2/temperature` (layout series, one feature) makes a
+    one-feature model, served per device/quantity: the manifest must name that id, not the device."""
+    import numpy as np
+
+    from training.config import DataConfig
+    from training.data import Series
+    from training.export import served_streams
+
+    none = np.zeros(0, np.int64), np.zeros((0, 1), np.float32)
+    store = DataConfig(source="sqlite:///x.db")
+    assert served_streams(store, [Series("machine2", *none)], ("temperature",)) == ["machine2/temperature"]
+    assert served_streams(store, [Series("press 7", *none)], ("a", "b")) == ["press 7"]  # multivariate: the device
