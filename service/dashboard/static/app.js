@@ -51,6 +51,11 @@
     return r;
   }
 
+  // Ack and silence controls, and dates (actions.js); a click refreshes at once.
+  const { when, silenceControl, ackCell } = window.sensorcastActions({
+    fetchOk, ApiError, encodeId, $, refresh: () => { clearTimeout(state.pollTimer); poll(); },
+  });
+
   async function api(path) {
     return (await fetchOk(path)).json();
   }
@@ -59,39 +64,6 @@
   async function apiPage(path) {
     const r = await fetchOk(path);
     return { items: await r.json(), more: r.headers.get("X-Next-Cursor") !== null };
-  }
-
-  // A time with its date, in the browser's locale; the year only when it is not this one
-  // (replayed history from 2013 must not read as today). The ISO time is the tooltip.
-  function when(iso) {
-    if (!iso) return "–";
-    const d = new Date(iso);
-    const opts = { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" };
-    if (d.getFullYear() !== new Date().getFullYear()) opts.year = "numeric";
-    return d.toLocaleString(undefined, opts);
-  }
-
-  // What a click changed or why it could not (a read key cannot ack or silence).
-  function actionMessage(text, isError) {
-    const el = $("#action");
-    el.textContent = text;
-    el.className = isError ? "error" : "muted";
-    el.hidden = !text;
-  }
-
-  // POST/PUT/DELETE from a button; 401/403 say that the write key is needed.
-  async function act(path, method, body, done) {
-    try {
-      await fetchOk(path, { method, body: body === undefined ? undefined : JSON.stringify(body) });
-      actionMessage(done, false);
-      clearTimeout(state.pollTimer);
-      poll(); // show the change now
-    } catch (e) {
-      const auth = e instanceof ApiError && (e.status === 401 || e.status === 403);
-      actionMessage(auth ? `${done.split(":")[0]}: not allowed with this key (${e.status}); ` +
-        "enter the write key (API key form above) to acknowledge alerts and silence streams"
-        : `could not ${method} ${path}: ${e.message}`, true);
-    }
   }
 
   $("#keyform").addEventListener("submit", (ev) => {
@@ -170,28 +142,6 @@
     return b;
   }
 
-  // A silenced stream's alerts are recorded, not notified (PUT /v1/streams/{id}/silence):
-  // a marker until when, and a button to silence it for an hour or end the silence.
-  function silenceControl(s) {
-    const url = `/v1/streams/${encodeId(s.id)}/silence`;
-    const btn = document.createElement("button");
-    btn.type = "button";
-    btn.className = "silence";
-    if (s.silenced_until) {
-      const mark = document.createElement("span");
-      mark.className = "silenced";
-      mark.textContent = `silenced until ${when(s.silenced_until)}`;
-      mark.title = "alerts are recorded but not published or sent to webhooks";
-      btn.textContent = "unsilence";
-      btn.addEventListener("click", () => act(url, "DELETE", undefined, `unsilence ${s.id}: done`));
-      return [mark, btn];
-    }
-    btn.textContent = "silence 1 h";
-    const until = () => Math.floor(Date.now() / 1000) + 3600;
-    btn.addEventListener("click", () => act(`${url}?until=${until()}`, "PUT", undefined, `silence ${s.id}: done`));
-    return [btn];
-  }
-
   function renderTable(streams) {
     const body = $("#streams tbody");
     body.replaceChildren();
@@ -250,36 +200,6 @@
       if (a.lower !== null || a.upper !== null) tr.cells[7].title = `band [${fmt(a.lower)}, ${fmt(a.upper)}]`;
       body.append(tr);
     }
-  }
-
-  // Acknowledged: by whom and when (the note as tooltip); a firing event not yet: a button.
-  // A silenced stream's event says so: it was recorded, not notified.
-  function ackCell(a) {
-    const out = [];
-    if (a.acked_at) {
-      const done = document.createElement("span");
-      done.className = "acked";
-      done.textContent = `acked${a.acked_by ? ` by ${a.acked_by}` : ""}`;
-      done.title = `${when(a.acked_at)}${a.ack_note ? `: ${a.ack_note}` : ""}`;
-      out.push(done);
-    } else if (a.state === "firing" && a.id !== null && a.id !== undefined) {
-      const btn = document.createElement("button");
-      btn.type = "button";
-      btn.className = "ack";
-      btn.textContent = "Ack";
-      btn.addEventListener("click", () => act(`/v1/alerts/${a.id}/ack`, "POST", { by: "dashboard" },
-        `ack alert ${a.id}: done`));
-      out.push(btn);
-    }
-    if (a.silenced) {
-      const mark = document.createElement("span");
-      mark.className = "silenced";
-      mark.textContent = "silenced";
-      mark.title = "the stream was silenced: recorded, not published or sent to webhooks";
-      out.push(mark);
-    }
-    if (!out.length) out.push("–");
-    return out;
   }
 
   // A column for the chart's x positions from a sparse series (time -> value): values
