@@ -38,6 +38,7 @@ class TwinStatus:
     expected: float | None
     lower: float | None
     upper: float | None
+    checks_firing: list[str] = field(default_factory=list)  # as StreamStatus: /metrics reads it
 
 
 def twin_manifest(name: str = "twin", version: str = "1") -> Manifest:

@@ -33,7 +33,9 @@ READS = [("GET", "/v1/streams"), ("GET", "/v1/streams/pump-1/temperature"), ("GE
 WRITES = [("POST", "/v1/models/reload"), ("POST", "/v1/readings"), ("PUT", "/v1/streams/pump-1/temperature/settings"),
           ("DELETE", "/v1/streams/pump-1/temperature/settings")]
 WRITE_ROUTES = ("PUT /v1/streams/{stream_id}/settings, DELETE /v1/streams/{stream_id}/settings, "
-                "DELETE /v1/streams/{stream_id}, POST /v1/readings, POST /v1/models/reload")
+                "PUT /v1/streams/{stream_id}/silence, DELETE /v1/streams/{stream_id}/silence, "
+                "DELETE /v1/streams/{stream_id}, POST /v1/readings, POST /v1/alerts/{alert_id}/ack, "
+                "POST /v1/models/reload")
 READING = {"messages": [{"topic": "sensors/a/b", "payload": 1.0}]}
 BODIES = {"POST": READING, "PUT": {"threshold": 0.99}}
 
