@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-STEP_CELLS = ("rnn", "lstm", "gru", "seq2seq-gru", "seq2seq-lstm")
+STEP_CELLS = ("rnn", "lstm", "gru", "seq2seq-gru", "seq2seq-lstm", "grid-rowlstm", "peephole", "jordan", "seq2seq-attn-gru", "seq2seq-attn-lstm")
 WINDOW_CELLS = ("segrnn",)
 
 
@@ -40,7 +40,7 @@ class DataConfig:
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    cell: str = "gru"  # rnn | lstm | gru | seq2seq-gru | seq2seq-lstm | segrnn
+    cell: str = "gru"  # rnn | lstm | gru | peephole | jordan | seq2seq-gru | seq2seq-lstm | segrnn
     hidden: int = 64
     layers: int = 1
     dropout: float = 0.1
@@ -56,6 +56,13 @@ class ModelConfig:
     # state. Measured both ways: detached learns the mean far better on the demo streams
     # (val MSE 0.350 vs 0.445); attached regularises the ETT lag models (test 0.38 vs 0.42).
     detach_scale: bool = True
+    # Sensor grids: (H, W) of a frame whose H*W pixels are the features in row-major order.
+    # Required by cell 'grid-rowlstm' (training/grid.py); any step model may declare it
+    # (the manifest's ``grid``: the dashboard draws the stream as a heat map).
+    grid: tuple[int, ...] = ()
+    # seq2seq-attn-*: the decoder attends over the last attn_window encoder states, kept
+    # in the state (attn_window x hidden + 1 floats more per stream; training/attention.py).
+    attn_window: int = 48
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +147,12 @@ def validate(cfg: Config) -> None:
             f"model.bidirectional needs the whole window recomputed; step model {m.cell!r} "
             "sees one reading at a time. Use cell='segrnn' or bidirectional=false."
         )
+    if m.grid and (len(m.grid) != 2 or min(m.grid) < 1 or m.cell not in STEP_CELLS):
+        raise ValueError(f"model.grid {list(m.grid)}: expected [H, W] (two sizes >= 1) on a step model")
+    if m.cell == "grid-rowlstm" and not m.grid:
+        raise ValueError("model.cell 'grid-rowlstm' needs model.grid [H, W] (--grid HxW, e.g. 8x8)")
+    if m.attn_window < 1:
+        raise ValueError(f"model.attn_window {m.attn_window}: expected >= 1 (encoder steps the decoder attends over)")
     if m.scaling not in ("fixed", "ema"):
         raise ValueError(f"model.scaling {m.scaling!r}: expected 'fixed' or 'ema'")
     if m.cell in WINDOW_CELLS and m.window % m.segment:

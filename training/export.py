@@ -83,7 +83,8 @@ def _io(net: StepNet | SegRNN) -> tuple[tuple[torch.Tensor, ...], list[str], dic
         if net.n_time:
             args += (torch.zeros(2, net.n_time),)
             names.append("tf")
-        outs = ["forecast", "scale", "state_out"]
+        # seq2seq-attn adds ``attention`` (B, H, K): the service asks only for what it uses.
+        outs = ["forecast", "scale", "state_out"] + (["attention"] if net.ring is not None else [])
     else:
         args = (torch.zeros(2, net.cfg.window, F),)
         names = ["x"]
@@ -104,7 +105,7 @@ def to_onnx(net: StepNet | SegRNN, path: Path) -> None:
     # wrapper is in train mode and would silently switch dropout back on in `net`.
     module.eval()
     args, names, axes = _io(net)
-    outs = ["forecast", "scale", "state_out"] if isinstance(net, StepNet) else ["forecast", "scale"]
+    outs = [n for n in axes if n not in names]  # _io's outputs, in order
     # dynamo=False: a lighter graph, faster at B=1 (docs/measured.md); batch axes declared explicitly.
     # The tracer warns about shape checks inside torch's own RNN code and about the
     # deprecation of this exporter; the parity check below is what proves the trace right.
@@ -148,7 +149,7 @@ def parity(net: StepNet | SegRNN, path: Path, sample: F32, tf: F32 | None, steps
             feed = {"x": x[:, i], "state": state}
             if t is not None:
                 feed["tf"] = t[:, i]
-            fc, sc, state = sess.run(None, feed)
+            fc, sc, state = sess.run(["forecast", "scale", "state_out"], feed)
             pairs += [(fc, fc_t[:, i].numpy()), (sc, sc_t[:, i].numpy())]
         result = _compare(pairs, std)
         if not np.allclose(state, st_t.numpy(), atol=1e-3, rtol=1e-3):
@@ -294,6 +295,7 @@ def _write(
         ),
         metrics=metrics,
         streams=served_streams(t.cfg.data, t.dataset.series, t.dataset.features),
+        grid=list(t.cfg.model.grid) or None,
         sha256=sha256_file(onnx_path),
         created_at=datetime.now(UTC),
     )

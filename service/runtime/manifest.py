@@ -29,7 +29,7 @@ from service.errors import ModelError
 
 SCHEMA_VERSION: Final = 1
 SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-CELLS = ("rnn", "lstm", "gru", "seq2seq-gru", "seq2seq-lstm", "segrnn", "linear")
+CELLS = ("rnn", "lstm", "gru", "seq2seq-gru", "seq2seq-lstm", "segrnn", "linear", "grid-rowlstm", "peephole", "jordan", "seq2seq-attn-gru", "seq2seq-attn-lstm")
 
 
 class DataRange(BaseModel):
@@ -92,6 +92,11 @@ class Manifest(BaseModel):
         "for a univariate model, the device for a multivariate one. Empty: only bindings or feature names route "
         "streams to it (service/streams/binding.py).",
     )
+    grid: list[int] | None = Field(
+        None, min_length=2, max_length=2,
+        description="[H, W] of a sensor grid: the features are its H*W pixels in row-major order (the dashboard "
+        "draws the stream as a heat map). None: not a grid.",
+    )
     onnx_file: str = "model.onnx"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     created_at: datetime
@@ -145,6 +150,10 @@ def read_model(folder: Path) -> tuple[Manifest, bytes]:
         raise ModelError(f"{path}: invalid manifest: {e}") from e
     if manifest.cell not in CELLS:
         raise ModelError(f"{path}: cell {manifest.cell!r} unknown (expected one of {CELLS})")
+    if manifest.grid is not None and (min(manifest.grid) < 1 or
+                                      manifest.grid[0] * manifest.grid[1] != len(manifest.features)):
+        raise ModelError(f"{path}: grid {manifest.grid} does not fold {len(manifest.features)} features "
+                         "(expected H * W == len(features))")
     onnx_path = folder / manifest.onnx_file
     if onnx_path.resolve().parent != folder.resolve():
         raise ModelError(f"{path}: onnx_file {manifest.onnx_file!r} must be a file in the model folder")
