@@ -33,6 +33,7 @@ from service.config import AnomalySettings, ModelBinding, Settings
 from service.errors import ConfigError, ModelError
 from service.metrics import Metrics
 from service.records import NS_PER_S, Alert, Reading, StreamKey
+from service.runtime.explain import AttentionReplay, top_lags
 from service.runtime.registry import ModelRegistry
 from service.streams.engine import Engine
 from service.tabular import (
@@ -65,6 +66,8 @@ class BacktestRow:
     kind: str = ""  # the events' kinds (spike, level_shift, ...), in the same order
     contributors: tuple[tuple[str, float], ...] = ()  # (feature, share), top first: multivariate evidence
     evidence: float | None = None  # -log10(1 - score): ranks readings beyond where the score reads 1.0
+    # (lag, weight), heaviest first: the steps this row's forecast attended to (--attention)
+    attention: tuple[tuple[int, float], ...] = ()
 
 
 def backtest_frame(
@@ -76,11 +79,13 @@ def backtest_frame(
     settings: Settings | None = None,
     version: str | None = None,
     as_steps: bool = False,
+    attention: bool = False,
 ) -> list[BacktestRow]:
     """Replay ``values`` (T rows x len(columns)) at ``timestamps_ns`` through a fresh engine.
 
     A univariate model makes one stream per column (``backtest/<column>``); a multivariate
     model makes one stream whose features are the columns of the same name.
+    ``attention`` (seq2seq-attn models): each row also names the lags its forecast looked at.
     """
     if len(timestamps_ns) != len(values):
         raise ValueError(f"{len(timestamps_ns)} timestamps for {len(values)} rows")
@@ -108,10 +113,12 @@ def backtest_frame(
     out: list[BacktestRow] = []
     n = len(timestamps_ns)
     grace_ns = round(s.streams.close_grace_s * NS_PER_S)
+    steps_ns: list[int] = []  # each row's bucket time (the attention replay's time features)
     for i, (ts, row) in enumerate(zip(timestamps_ns, values, strict=True)):
         t = start + i * cadence_ns if as_steps else int(ts)
         engine.accept([Reading(k, t, float(v)) for k, v in zip(keys, row, strict=True) if v == v])
         bucket_ts = -(-t // cadence_ns) * cadence_ns
+        steps_ns.append(bucket_ts)
         # The simulated clock: when the next row lies in a later bucket, time passes this
         # bucket's end before it arrives (as it would live), so the bucket is fed now.
         nxt = None if i + 1 == n else (start + (i + 1) * cadence_ns if as_steps else int(timestamps_ns[i + 1]))
@@ -146,6 +153,15 @@ def backtest_frame(
         late = pending.pop(out[k].stream, [])
         if late:
             out[k] = _with_events(out[k], late)
+    if attention:
+        picked = [columns.index(f) for f in features] if multivariate else list(range(len(columns)))
+        x = np.asarray(values, np.float32).reshape(n, len(columns))[:, picked]  # (T, F) or (T, streams)
+        # One model step per row, as the rows were fed (the engine's resampling and its
+        # anomaly masking are not replayed: see docs/engine.md, backtest).
+        w = AttentionReplay(loaded.folder).run(x[:, None, :] if multivariate else x[:, :, None],
+                                               np.asarray(steps_ns, np.int64))  # (T, B, H, K)
+        b = len(stream_ids)
+        out = [replace(r, attention=top_lags(w[i // b, i % b])) for i, r in enumerate(out)]
     return out
 
 
@@ -214,18 +230,22 @@ COLUMNS = ("timestamp", "stream", "value", "expected", "lower", "upper", "score"
            "kind", "contributors")
 
 
-def write_rows(rows: list[BacktestRow], out: Path | None) -> None:
-    """One CSV row per BacktestRow; numbers in full precision (``float(cell)`` gives the value back)."""
+def write_rows(rows: list[BacktestRow], out: Path | None, attention: bool = False) -> None:
+    """One CSV row per BacktestRow; numbers in full precision (``float(cell)`` gives the value back).
+    ``attention``: a last column ``attention``, JSON [[lag, weight], ...]."""
     f = sys.stdout if out is None else out.open("w", newline="", encoding="utf-8")
     try:
         w = csv.writer(f)
-        w.writerow(COLUMNS)
+        w.writerow((*COLUMNS, "attention") if attention else COLUMNS)
         for r in rows:
             sec, ns = divmod(r.ts_ns, NS_PER_S)
             when = datetime.fromtimestamp(sec, tz=UTC).replace(microsecond=ns // 1000).isoformat()
             contributors = json.dumps([[name, share] for name, share in r.contributors]) if r.contributors else ""
-            w.writerow([when, r.stream, _fmt(r.value), _fmt(r.expected), _fmt(r.lower), _fmt(r.upper),
-                        _fmt(r.score), _fmt(r.evidence), r.status, r.event, r.check, r.kind, contributors])
+            cells = [when, r.stream, _fmt(r.value), _fmt(r.expected), _fmt(r.lower), _fmt(r.upper),
+                     _fmt(r.score), _fmt(r.evidence), r.status, r.event, r.check, r.kind, contributors]
+            if attention:
+                cells.append(json.dumps([[lag, weight] for lag, weight in r.attention]) if r.attention else "")
+            w.writerow(cells)
     finally:
         if out is not None:
             f.close()
@@ -265,6 +285,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, help="N of the M-of-N rule (anomaly.window).")
     p.add_argument("--cooldown-s", type=float, help="anomaly.cooldown_s: seconds after a resolution before the "
                    "stream may fire again (default: settings).")
+    p.add_argument("--attention", action="store_true", help="seq2seq-attn models: add a column 'attention', "
+                   "the 3 past steps each row's forecast looked at most, JSON [[lag, weight], ...] (lag 0 = this "
+                   "row; weights averaged over the horizon)")
     p.add_argument("--out", type=Path, help="Output CSV (default stdout): timestamp, stream, value, expected, lower, "
                    "upper, score (full precision), status, event, check, kind, contributors (JSON [[feature, share]]).")
 
@@ -298,11 +321,12 @@ def run(args: argparse.Namespace) -> int:
             start = parse_time(args.start) if args.start else 0
             end = parse_time(args.end) if args.end else 2**62
             ts, vals, cols = read_store(settings, args.device, columns, start, end)
-        rows = backtest_frame(models_dir, args.model, ts, vals, cols, settings, args.version, args.as_steps)
+        rows = backtest_frame(models_dir, args.model, ts, vals, cols, settings, args.version, args.as_steps,
+                              args.attention)
     except (ValueError, ConfigError, ModelError) as e:
         print(f"sensorcast backtest: {e}", file=sys.stderr)
         return 2
-    write_rows(rows, args.out)
+    write_rows(rows, args.out, args.attention)
     n_events = sum(r.event.split(";").count("firing") for r in rows)
     print(f"backtest: {len(ts)} rows, {len(rows)} stream-rows, {n_events} alerts fired", file=sys.stderr)
     return 0
