@@ -50,6 +50,7 @@ class KitSpec:
     mean: tuple[float, ...] | None = None  # per-feature normalisation; zeros when None
     std: tuple[float, ...] | None = None  # ones when None
     weight_scale: float = 0.3
+    sequence: bool = True  # step models: ship the sequence form too (tools/seqform.py, model.seq.onnx)
 
 
 @dataclass(slots=True)
@@ -328,6 +329,10 @@ def write_model(models_dir: Path, spec: KitSpec, **manifest_overrides: Any) -> t
     }
     manifest.update(manifest_overrides)
     (folder / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    if spec.kind == "step" and spec.sequence and "sequence_file" not in manifest_overrides:
+        from tools.seqform import ship_sequence
+
+        ship_sequence(folder)
     return folder, w
 
 

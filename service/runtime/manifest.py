@@ -99,6 +99,12 @@ class Manifest(BaseModel):
     )
     onnx_file: str = "model.onnx"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sequence_file: str | None = Field(
+        None, description="Optional sequence form of a step graph (x [B, T, F], state, tf [B, T, K] -> the last "
+        "forecast, scale and state_out), e.g. 'model.seq.onnx' (tools/seqform.py). Absent: the service rolls the "
+        "step graph, a call per step.",
+    )
+    sequence_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     created_at: datetime
 
 
@@ -163,3 +169,21 @@ def read_model(folder: Path) -> tuple[Manifest, bytes]:
         raise ModelError(f"{onnx_path}: cannot read model ({e.strerror})") from e
     check_model_bytes(manifest, data, str(onnx_path))
     return manifest, data
+
+
+def read_sequence(folder: Path, manifest: Manifest) -> bytes | None:
+    """The shipped sequence graph's bytes, checked against ``sequence_sha256``; None when none is shipped."""
+    if manifest.sequence_file is None:
+        return None
+    path = folder / manifest.sequence_file
+    if manifest.kind != "step" or manifest.sequence_sha256 is None or path.resolve().parent != folder.resolve():
+        raise ModelError(f"{folder / 'manifest.json'}: sequence_file {manifest.sequence_file!r} needs a step model, "
+                         "sequence_sha256 and a file in the model folder")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read sequence graph ({e.strerror})") from e
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != manifest.sequence_sha256:
+        raise ModelError(f"{path}: SHA-256 {digest[:12]}… does not match manifest {manifest.sequence_sha256[:12]}…")
+    return data

@@ -12,16 +12,18 @@ the whole output buffer).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from service.arrays import F32
 from service.errors import ModelError
-from service.runtime.manifest import Manifest, check_model_bytes
+from service.runtime.manifest import Manifest, check_model_bytes, read_sequence
 
+log = logging.getLogger(__name__)
 StepFn = Callable[[F32, F32, F32 | None], tuple[F32, F32 | None, F32]]
 WindowFn = Callable[[F32, F32 | None], tuple[F32, F32 | None]]
 
@@ -39,6 +41,23 @@ class ModelRuntime(Protocol):
     def window(self, x: F32, tf: F32 | None) -> tuple[F32, F32 | None]:
         """x (B, L, F), tf (B, L, K) | None -> forecast (B, H, Fo), scale (B, H, Fo) | None."""
         ...
+
+    def sequence(self, x: F32, state: F32, tf: F32 | None) -> tuple[F32, F32 | None, F32]:
+        """T steps at once: x (B, T, F), state (B, S), tf (B, T, K) | None -> the forecast and
+        scale made at the last step and the state after it; equal to T calls of ``step``."""
+        ...
+
+
+def roll(rt: ModelRuntime, x: F32, state: F32, tf: F32 | None) -> tuple[F32, F32 | None, F32]:
+    """``sequence`` done as a call of ``step`` per step (models without a sequence graph)."""
+    if x.shape[1] < 1:
+        raise ValueError(f"{rt.manifest.name}: a sequence needs at least one step, got x of shape {x.shape}")
+    fc: F32 | None = None
+    sc: F32 | None = None
+    for t in range(x.shape[1]):
+        fc, sc, state = rt.step(x[:, t], state, None if tf is None else tf[:, t])
+    assert fc is not None
+    return fc, sc, state
 
 
 def _check_batch(m: Manifest, x: F32, state: F32 | None, tf: F32 | None, window: bool) -> None:
@@ -62,7 +81,10 @@ class OrtRuntime:
     never reopens the file by path, so a file swapped after the check is never loaded.
     """
 
-    def __init__(self, folder: Path, manifest: Manifest, threads: int = 1, model_bytes: bytes | None = None) -> None:
+    def __init__(
+        self, folder: Path, manifest: Manifest, threads: int = 1, model_bytes: bytes | None = None,
+        sequence_bytes: bytes | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         self.manifest = manifest
@@ -90,6 +112,30 @@ class OrtRuntime:
         self._want = ["forecast", "scale", "state_out"] if manifest.kind == "step" else ["forecast", "scale"]
         if not manifest.probabilistic or "scale" not in self._outputs:
             self._want.remove("scale")
+        self._seq: Any = None  # the sequence graph's session
+        self.sequence_source = "none"  # "shipped" | "none" (a call per step)
+        if manifest.kind == "step":
+            self._open_sequence(folder, opts, sequence_bytes)
+
+    def _open_sequence(self, folder: Path, opts: Any, shipped: bytes | None) -> None:
+        """The shipped sequence graph (hash-checked: a bad one refuses the model); without
+        one, ``sequence`` rolls the step graph. (Building it here would need the ``onnx``
+        package, which the service does not install: tools/seqform.py builds it.)"""
+        import onnxruntime as ort
+
+        shipped = shipped if shipped is not None else read_sequence(folder, self.manifest)
+        if shipped is None:
+            return
+        try:
+            sess = ort.InferenceSession(shipped, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ModelError(f"{folder}: onnxruntime cannot load the sequence graph: {e}") from e
+        names_in = {i.name for i in sess.get_inputs()}
+        names_out = [o.name for o in sess.get_outputs()]
+        if names_in != set(self._inputs) or not set(self._want) <= set(names_out):
+            raise ModelError(f"{folder}: sequence graph has inputs {sorted(names_in)}, outputs {names_out}; "
+                             f"expected {sorted(self._inputs)} -> {self._want}")
+        self._seq, self.sequence_source = sess, "shipped"
 
     def _validate(self, path: Path) -> None:
         m = self.manifest
@@ -122,6 +168,19 @@ class OrtRuntime:
         scale = out[1] if len(out) == 3 else None
         return out[0], scale, out[-1]
 
+    def sequence(self, x: F32, state: F32, tf: F32 | None) -> tuple[F32, F32 | None, F32]:
+        if self._seq is None or x.ndim != 3 or x.shape[1] < 2:
+            return roll(self, x, state, tf)  # one step: the step graph is as fast
+        _check_batch(self.manifest, x[:, 0], state, None if tf is None else tf[:, 0], window=False)
+        if tf is not None and tf.shape[:2] != x.shape[:2]:
+            raise ValueError(f"{self.manifest.name}: tf has shape {tf.shape}, x {x.shape}")
+        feed = {"x": x, "state": state}
+        if tf is not None:
+            feed["tf"] = tf
+        out = self._seq.run(self._want, feed)
+        scale = out[1] if len(out) == 3 else None
+        return out[0], scale, out[-1]
+
     def window(self, x: F32, tf: F32 | None) -> tuple[F32, F32 | None]:
         if self.manifest.kind != "window":
             raise ValueError(f"{self.manifest.name}: a step model has no window graph")
@@ -149,6 +208,9 @@ class FunctionRuntime:
             None if sc is None else np.array(sc, np.float32),
             np.array(st, np.float32),
         )
+
+    def sequence(self, x: F32, state: F32, tf: F32 | None) -> tuple[F32, F32 | None, F32]:
+        return roll(self, x, state, tf)
 
     def window(self, x: F32, tf: F32 | None) -> tuple[F32, F32 | None]:
         if self._window is None:

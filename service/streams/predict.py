@@ -1,6 +1,7 @@
 """Stateless forecasts: a fresh state rolled over a given history (``POST /v1/predict``).
 
-Rows are consecutive model steps; each row's timestamp is labelled by the end of its
+Rows are consecutive model steps, run in one call of the model's sequence form
+(``ModelRuntime.sequence``); each row's timestamp is labelled by the end of its
 cadence bucket, as on the live path, so predicting over a stream's history gives exactly
 its live forecast (tests/unit/test_engine.py).
 """
@@ -68,9 +69,8 @@ def predict(
     if m.kind == "step":
         state = np.zeros((1, m.state_size), np.float32)  # (1, S)
         tfs = time_features(ts, m.time_features) if m.time_features else None  # (T, K)
-        fc = sc = None
-        for t in range(x.shape[0]):
-            fc, sc, state = rt.step(x[t : t + 1], state, None if tfs is None else tfs[t : t + 1])
+        # One call over the whole history (the sequence graph), equal to a call per step.
+        fc, sc, state = rt.sequence(x[None], state, None if tfs is None else tfs[None])
     else:
         length = m.window or 1
         win = np.full((1, length, n_f), np.nan, np.float32)  # (1, L, F), NaN-padded on the left

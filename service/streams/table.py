@@ -211,12 +211,10 @@ class ModelTable(RowArrays):
         self.version += 1
         try:
             if self.window is None:
-                tf = time_features(ts, self.tf_names) if self.tf_names else None
-                state = self.state[rows]
-                fc = sc = None
-                for r in range(xs.shape[1]):
-                    fc, sc, state = self.runtime.step(xs[:, r], state, tf)
-                if fc is not None and np.isfinite(state).all():
+                tf = time_features(ts, self.tf_names) if self.tf_names else None  # (B, K): the latest step's
+                tfs = None if tf is None else np.repeat(tf[:, None, :], xs.shape[1], axis=1)  # (B, R, K)
+                fc, sc, state = self.runtime.sequence(xs, self.state[rows], tfs) if xs.shape[1] else (None, None, None)
+                if fc is not None and state is not None and np.isfinite(state).all():
                     self.state[rows] = state
                     self.fc[rows] = fc
                     if sc is not None:
