@@ -24,13 +24,21 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor, nn
 
+from training.attention import RingAttention, by_lag
+from training.cells import JordanGRU, PeepholeLSTM
 from training.config import STEP_CELLS, ModelConfig
 
 _CLIP = 10.0  # normalised inputs beyond +-10 sigma are clipped: a spike must not blow up the state
 _SCALE_FLOOR = 1e-4  # smallest predicted spread in normalised units (keeps NLL finite)
 
 
-def _rnn(cell: str, inp: int, hidden: int, layers: int, dropout: float, bidirectional: bool = False) -> nn.RNNBase:
+def _rnn(
+    cell: str, inp: int, hidden: int, layers: int, dropout: float, bidirectional: bool = False, n_out: int = 0
+) -> nn.Module:
+    if cell == "peephole":
+        return PeepholeLSTM(inp, hidden, layers, dropout)
+    if cell == "jordan":  # n_out: the width of the fed-back forecast (the model's F)
+        return JordanGRU(inp, hidden, layers, dropout, n_out)
     kw = dict(num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional)
     if cell == "rnn":
         return nn.RNN(inp, hidden, nonlinearity="tanh", **kw)
@@ -65,6 +73,10 @@ class StepNet(nn.Module):
         self.n_features = n_features
         self.n_time = n_time
         self.seq2seq = cfg.cell.startswith("seq2seq")
+        # seq2seq-attn-*: the decoder attends over the last attn_window encoder states,
+        # kept at the end of the state (training/attention.py); last weights in .attention.
+        self.ring = RingAttention(cfg.hidden, cfg.attn_window) if cfg.cell.startswith("seq2seq-attn") else None
+        self.attention: Tensor | None = None  # (B, P, H, K) oldest first, set by seq()
         self.base_cell = cfg.cell.split("-")[-1]
         self.ema = cfg.scaling == "ema"
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32))
@@ -72,7 +84,13 @@ class StepNet(nn.Module):
         # Per-horizon-step spread multiplier, fitted on validation after training (calibration).
         self.register_buffer("scale_mult", torch.ones(cfg.horizon, 1))  # (H, 1)
         F, Hd, H = n_features, cfg.hidden, cfg.horizon
-        self.rnn = _rnn(self.base_cell, 2 * F + n_time, Hd, cfg.layers, cfg.dropout)
+        self.rnn: nn.Module
+        if cfg.cell == "grid-rowlstm":  # a row LSTM over each frame, a GRU across frames
+            from training.grid import GridRecurrence
+
+            self.rnn = GridRecurrence(cfg, F, n_time)
+        else:
+            self.rnn = _rnn(self.base_cell, 2 * F + n_time, Hd, cfg.layers, cfg.dropout, n_out=F)
         self.drop = nn.Dropout(cfg.dropout)
         if self.seq2seq:
             # Decoder unrolled over the horizon inside the graph: its inputs are learned
@@ -96,12 +114,15 @@ class StepNet(nn.Module):
     @property
     def rnn_width(self) -> int:
         per = self.cfg.layers * self.cfg.hidden
-        return 2 * per if self.base_cell == "lstm" else per
+        if self.base_cell == "jordan":  # h, then the fed-back forecast (F)
+            return per + self.n_features
+        return 2 * per if self.base_cell in ("lstm", "peephole") else per
 
     @property
     def state_size(self) -> int:
         F = self.n_features
-        return self.rnn_width + F + self.cfg.lags * F + (3 * F if self.ema else 0)
+        tail = self.ring.width if self.ring is not None else 0
+        return self.rnn_width + F + self.cfg.lags * F + (3 * F if self.ema else 0) + tail
 
     def initial_state(self, batch: int) -> Tensor:
         return torch.zeros(batch, self.state_size)
@@ -121,9 +142,11 @@ class StepNet(nn.Module):
         # torch keeps recurrent state as (layers, B, hidden): the batch is axis 1.
         h = take(per).reshape(B, Ly, Hd).transpose(0, 1).contiguous()
         rnn_state: Tensor | tuple[Tensor, Tensor] = h
-        if self.base_cell == "lstm":
+        if self.base_cell in ("lstm", "peephole"):
             c = take(per).reshape(B, Ly, Hd).transpose(0, 1).contiguous()
             rnn_state = (h, c)
+        elif self.base_cell == "jordan":
+            rnn_state = (h, take(F))  # (B, F): the last one-step forecast, normalised
         last = take(F)  # (B, F)
         # Zero-width parts are left out altogether: the ONNX exporter cannot reshape them.
         lagbuf = take(lags * F).reshape(B, lags, F) if lags else None  # (B, lags, F), oldest first
@@ -136,8 +159,8 @@ class StepNet(nn.Module):
         B = last.shape[0]
         parts: list[Tensor] = []
         hs = list(rnn_state) if isinstance(rnn_state, tuple) else [rnn_state]
-        for t in hs:
-            parts.append(t.transpose(0, 1).reshape(B, -1))  # (layers, B, Hd) -> (B, layers*Hd)
+        for t in hs:  # (layers, B, Hd) -> (B, layers*Hd); jordan's fed-back (B, F) as is
+            parts.append(t.transpose(0, 1).reshape(B, -1) if t.dim() == 3 else t)
         parts.append(last)
         if lagbuf is not None:
             parts.append(lagbuf.reshape(B, -1))
@@ -183,6 +206,18 @@ class StepNet(nn.Module):
         rnn_in = torch.cat([xn, (~obs).float()], dim=1)
         return rnn_in, u, sigma, lagfeat, u, newbuf, new_stats, obs
 
+    def _feedback(self, h: Tensor, rnn_in: Tensor, lagfeat: Tensor | None) -> Tensor:
+        """Jordan: this step's one-step forecast in normalised units (B, F), from h (B, Hd).
+
+        The same heads as the forecast's first horizon step (dropout aside), added to the
+        normalised anchor, which is the first F columns of the rnn input.
+        """
+        F = self.n_features
+        d0 = F_.linear(h, self.head.weight[:F], self.head.bias[:F])  # head rows are (H, F), step 0 first
+        if self.lag_head is not None and lagfeat is not None:
+            d0 = d0 + (lagfeat * self.lag_head.weight[0][None, :, None]).sum(dim=1) + self.lag_head.bias[0]
+        return torch.clamp(rnn_in[:, :F] + d0, -_CLIP, _CLIP)
+
     def seq(
         self,
         x: Tensor,
@@ -197,6 +232,9 @@ class StepNet(nn.Module):
         """
         B, T, F = x.shape
         H = self.cfg.horizon
+        tail = None
+        if self.ring is not None:  # the attention's ring and count close the state
+            state, tail = state[:, : -self.ring.width], state[:, -self.ring.width :]
         rnn_state, last, lagbuf, stats = self._split(state)
         ins, anchors, sigmas, lagfeats = [], [], [], []
         for t in range(T):  # cheap elementwise work; the recurrent part runs once below
@@ -209,9 +247,15 @@ class StepNet(nn.Module):
         if self.n_time:
             assert tf is not None, "this model needs time features"
             inp = torch.cat([inp, tf], dim=2)  # (B, T, 2F+K)
-        out, new_rnn = self.rnn(inp, rnn_state)  # out (B, T, Hd)
+        if self.base_cell == "jordan":
+            out, new_rnn = self.rnn(inp, rnn_state, lambda t, h: self._feedback(h, ins[t], lagfeats[t]))
+        else:
+            out, new_rnn = self.rnn(inp, rnn_state)  # out (B, T, Hd)
         anchor = torch.stack(anchors, dim=1)  # (B, T, F)
         sigma = torch.stack(sigmas, dim=1)  # (B, T, F)
+        window = valid = None
+        if self.ring is not None and tail is not None:  # windows before ``out`` is cut to positions
+            window, valid, tail = self.ring.windows(tail, out, positions)  # (B, P, K, Hd), (B, P, K)
         if positions is not None:
             out, anchor, sigma = out[:, positions], anchor[:, positions], sigma[:, positions]
             lagfeats = [lagfeats[int(p)] for p in positions] if self.lag_head is not None else lagfeats
@@ -222,6 +266,10 @@ class StepNet(nn.Module):
             init: Tensor | tuple[Tensor, Tensor] = (h0, torch.zeros_like(h0)) if self.base_cell == "lstm" else h0
             q = self.queries[None].expand(B * P, H, self.queries.shape[1])  # (B*P, H, E)
             dec, _ = self.decoder(q, init)  # (B*P, H, Hd)
+            if self.ring is not None and window is not None and valid is not None:
+                K = self.ring.window
+                dec, att = self.ring(dec, window.reshape(B * P, K, -1), valid.reshape(B * P, K))
+                self.attention = att.reshape(B, P, H, K)
             feat = self.drop(dec)
         else:
             feat = top
@@ -238,18 +286,22 @@ class StepNet(nn.Module):
         if not self.ema:  # stored units are normalised: back to raw
             fc = fc * self.std + self.mean
             sc = sc * self.std
-        return fc, sc, self._join(new_rnn, last, lagbuf, stats)
+        state_out = self._join(new_rnn, last, lagbuf, stats)
+        return fc, sc, state_out if tail is None else torch.cat([state_out, tail], dim=1)
 
 
 class StepGraph(nn.Module):
-    """What gets exported: x (B, F), state (B, S)[, tf (B, K)] -> forecast, scale, state_out."""
+    """What gets exported: x (B, F), state (B, S)[, tf (B, K)] -> forecast, scale, state_out
+    [, attention (B, H, K): seq2seq-attn only, index k = lag k, 0 = the step just fed]."""
 
     def __init__(self, net: StepNet) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, x: Tensor, state: Tensor, tf: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor, state: Tensor, tf: Tensor | None = None) -> tuple[Tensor, ...]:
         fc, sc, st = self.net.seq(x[:, None, :], None if tf is None else tf[:, None, :], state)
+        if self.net.ring is not None and self.net.attention is not None:
+            return fc[:, 0], sc[:, 0], st, by_lag(self.net.attention[:, 0])
         return fc[:, 0], sc[:, 0], st  # (B, H, F), (B, H, F), (B, S)
 
 

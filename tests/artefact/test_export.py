@@ -53,6 +53,10 @@ def _signal(T: int, B: int = 3, seed: int = 1) -> np.ndarray:
         ("lstm", "ema", 4, 2),
         ("seq2seq-gru", "fixed", 0, 2),
         ("seq2seq-lstm", "ema", 4, 0),
+        ("peephole", "fixed", 8, 2),
+        ("peephole", "ema", 0, 0),
+        ("jordan", "fixed", 8, 2),
+        ("jordan", "ema", 4, 0),
     ],
 )
 def test_step_parity_over_long_rollout(tmp_path: Path, cell: str, scaling: str, lags: int, n_time: int) -> None:
@@ -80,7 +84,10 @@ def test_step_parity_over_long_rollout(tmp_path: Path, cell: str, scaling: str, 
         worst = max(worst, float(np.abs(fc - fc_t[:, i].numpy()).max()), float(np.abs(sc - sc_t[:, i].numpy()).max()))
     assert np.isfinite(fc).all() and (sc > 0).all()
     assert worst <= 1e-4, f"{cell}: ONNX step rollout drifts from torch by {worst}"
-    assert np.abs(state - st_t.numpy()).max() <= 1e-4
+    # Relative where the state is large: an LSTM's cell state is unbounded (a random-weight
+    # peephole LSTM reaches |c| ~ 240 in 400 steps) and float32 holds ~7 digits.
+    st_ref = st_t.numpy()
+    assert (np.abs(state - st_ref) <= 1e-4 * np.maximum(1.0, np.abs(st_ref))).all()
 
 
 def test_step_graph_batch_is_dynamic(tmp_path: Path) -> None:
