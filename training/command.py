@@ -40,7 +40,7 @@ _DATA: dict[str, tuple[type, str]] = {
                        "in files not separated by commas, decimal commas are read)"),
 }
 _MODEL: dict[str, tuple[type, str]] = {
-    "cell": (str, "network: rnn, lstm, gru, seq2seq-gru, seq2seq-lstm (step models) or segrnn (window model)"),
+    "cell": (str, "network: rnn, lstm, gru, peephole (peephole LSTM), jordan (GRU fed its own last forecast), seq2seq-gru, seq2seq-lstm, seq2seq-attn-gru, seq2seq-attn-lstm, grid-rowlstm (step models; grid-rowlstm needs --grid) or segrnn (window model)"),
     "hidden": (int, "hidden units per layer"),
     "layers": (int, "recurrent layers"),
     "dropout": (float, "dropout between layers, 0..1"),
@@ -49,6 +49,8 @@ _MODEL: dict[str, tuple[type, str]] = {
     "scaling": (str, "'fixed': train mean/std in the graph; 'ema': per-stream running statistics in the state"),
     "window": (int, "window models: input length in steps"),
     "segment": (int, "segrnn: segment length in steps (window must be a multiple)"),
+    "attn_window": (int, "seq2seq-attn-gru / seq2seq-attn-lstm: past encoder steps the decoder attends over, kept "
+                         "in the state (default 48)"),
 }
 _TRAIN: dict[str, tuple[type, str]] = {
     "epochs": (int, "maximum epochs (early stopping may end sooner)"),
@@ -83,6 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-rows", help="train_end,val_end[,test_end] row numbers; without test_end (or with "
                    "test_end = val_end) there is no test part and only validation is reported "
                    "(default: 70%% train, 10%% validation, the rest test)")
+    p.add_argument("--grid", metavar="HxW", help="sensor grid shape, e.g. 8x8: the H*W features are its pixels in "
+                   "row-major order (r0c0, r0c1, ...); needed by --cell grid-rowlstm, and declared in the manifest "
+                   "for any step model (the dashboard then draws a heat map)")
     p.add_argument("--bidirectional", action="store_true", help="window models only: read the window both ways")
     p.add_argument("--minutes", type=float, help="training time limit in minutes (default 15)")
     p.add_argument("--models-dir", type=Path, default=Path("models"), help="where the ONNX artefact is written "
@@ -102,6 +107,17 @@ def _split_rows(text: str) -> list[int]:
         raise DataError(f"--split-rows {text!r}: expected train_end,val_end[,test_end] row numbers with "
                         "0 < train_end < val_end <= test_end, e.g. 400,500 (no test part) or 400,500,600")
     return rows
+
+
+def _grid(text: str) -> list[int]:
+    parts = text.lower().split("x")
+    try:
+        shape = [int(p) for p in parts]
+    except ValueError:
+        shape = []
+    if len(shape) != 2 or min(shape) < 1:
+        raise DataError(f"--grid {text!r}: expected HxW with two sizes >= 1, e.g. 8x8")
+    return shape
 
 
 def _config_file(path: Path) -> Config:
@@ -128,6 +144,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raw["data"]["time_features"] = [s for s in args.time_features.split(",") if s]
     if args.split_rows:
         raw["data"]["split_rows"] = _split_rows(args.split_rows)
+    if getattr(args, "grid", None):
+        raw["model"]["grid"] = _grid(args.grid)
     if args.bidirectional:
         raw["model"]["bidirectional"] = True
     if args.minutes is not None:

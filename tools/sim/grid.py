@@ -130,12 +130,16 @@ def frame_payload(ts_ns: int, frame: F64, names: list[str]) -> bytes:
 
 def write_csv(path: str, spec: GridSpec, n_steps: int, seed: int, start_ns: int = 1_700_000_000 * NS_PER_S) -> None:
     """A training CSV: ``timestamp`` (ISO) and one column per pixel; the dead pixel empty once dead."""
-    import pandas as pd
+    import csv
+    from datetime import UTC, datetime
 
     ts, values = frames(spec, start_ns, n_steps, seed)
-    df = pd.DataFrame(values, columns=spec.names)
-    df.insert(0, "timestamp", pd.to_datetime(ts, unit="ns", utc=True).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    df.to_csv(path, index=False)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp", *spec.names])
+        for t, row in zip(ts.tolist(), values.tolist(), strict=True):
+            when = datetime.fromtimestamp(t // NS_PER_S, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            w.writerow([when, *("" if v != v else repr(v) for v in row)])
 
 
 def main(argv: list[str] | None = None) -> int:
