@@ -9,7 +9,9 @@ modelkit, plain-MatMul GRU, horizon 12), it prints microseconds per stream-step 
 - ``recompute``: the same model's 96-step window graph (the step graph unrolled) run for
   the same streams, i.e. what a stateless service pays for the same forecast;
 
-and the process RSS once the largest stream count is loaded. Requires ``onnx`` (the
+and the process RSS once the largest stream count is loaded; then the sequence form
+against a call per step (``tools/bench/sequence.py``: a 2,000-step predict, warm-up of
+10k streams x 150 steps). Requires ``onnx`` (the
 ``train`` extra) to build the model. One ORT thread unless ``--threads``.
 """
 
@@ -45,6 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads.")
     p.add_argument("--scorer", choices=("evidence", "spread", "surprise"), default="evidence",
                    help="anomaly.scorer of the engine (evidence: the default).")
+    p.add_argument("--sequence-models", default="models",
+                   help="Models directory whose step models are also timed in the sequence-form table (skipped when "
+                        "absent; the shipped demo model by default).")
+    p.add_argument("--no-sequence", action="store_true", help="Skip the sequence-form table (predict, warm-up).")
     p.add_argument("--one-call", action="store_true",
                    help="Also time one ORT call over all streams (<= 10k; grows ORT's arena, inflating RSS).")
 
@@ -164,4 +170,11 @@ def run(args: argparse.Namespace) -> int:
               f"recompute = {args.window}-step window graph per stream at B={args.recompute_batch}; "
               f"RSS = whole process after that stream count (VmRSS). Times are CPU time of the benchmark "
               f"thread (time.thread_time), medians over ticks.")
+        if not args.no_sequence:
+            from tools.bench import sequence
+
+            sequence.run(registry, ["gru"], MAX_CALL_BATCH)
+            shipped = sequence.demo_registry(Path(args.sequence_models))
+            if shipped is not None:
+                sequence.run(shipped[0], shipped[1], MAX_CALL_BATCH)
     return 0

@@ -1,0 +1,117 @@
+"""The sequence form against a call per step (part of ``sensorcast bench inference``).
+
+- ``predict``: ``POST /v1/predict``'s work (service/streams/predict.py, no HTTP) over a
+  2,000-step history, median of 5 calls: one call of the sequence graph vs a call of the
+  step graph per history step (the path before the sequence form).
+- ``warm-up``: 10k streams x 150 steps of history run through the model from a fresh
+  state in batches of the engine's call size: ``runtime.sequence`` vs ``runtime.step``
+  per step (the model's part of warm-up and catch-up; the engine still steps its warm-up
+  buckets one by one, see docs/engine.md).
+
+Both for the benchmark's kit model and, when given, the shipped demo model. CPU time of
+this thread, like the rest of the benchmark.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from service.arrays import F32
+from service.runtime.registry import LoadedModel, ModelRegistry
+from service.runtime.session import ModelRuntime, roll
+from service.streams.predict import predict
+
+_clock = time.thread_time
+
+
+def _median(fn: Callable[[], object], reps: int) -> float:
+    fn()  # first call: ORT allocates its buffers
+    times = []
+    for _ in range(reps):
+        t0 = _clock()
+        fn()
+        times.append(_clock() - t0)
+    return float(np.median(times))
+
+
+class _Rolled:
+    """The model with ``sequence`` done as a call per step (the path before the sequence form)."""
+
+    def __init__(self, rt: ModelRuntime) -> None:
+        self.manifest = rt.manifest
+        self._rt = rt
+
+    def step(self, x: F32, state: F32, tf: F32 | None) -> tuple[F32, F32 | None, F32]:
+        return self._rt.step(x, state, tf)
+
+    def window(self, x: F32, tf: F32 | None) -> tuple[F32, F32 | None]:
+        return self._rt.window(x, tf)
+
+    def sequence(self, x: F32, state: F32, tf: F32 | None) -> tuple[F32, F32 | None, F32]:
+        return roll(self._rt, x, state, tf)
+
+
+class _OneModel:
+    """A registry stand-in serving one model (predict() asks a registry)."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+
+    def get(self, name: str, version: str | None = None) -> LoadedModel:
+        return self.loaded
+
+
+def _predict_ms(loaded: LoadedModel, steps: int, reps: int) -> float:
+    m = loaded.manifest
+    rng = np.random.default_rng(3)
+    values = [[float(v) for v in row] for row in rng.standard_normal((steps, len(m.features)))]
+    c = round(m.cadence_s * 1e9)
+    ts = [1_700_000_000_000_000_000 // c * c + i * c for i in range(steps)]
+    reg = _OneModel(loaded)
+    return _median(lambda: predict(reg, m.name, m.version, values, ts), reps) * 1e3  # type: ignore[arg-type]
+
+
+def _warmup_s(rt: ModelRuntime | _Rolled, streams: int, steps: int, chunk: int) -> float:
+    m = rt.manifest
+    x = np.random.default_rng(4).standard_normal((chunk, steps, len(m.features))).astype(np.float32)  # (b, T, F)
+    x[:, ::7] = np.nan  # some missing values
+    k = len(m.time_features)
+    tf = np.zeros((chunk, steps, k), np.float32) if k else None
+    state = np.zeros((chunk, m.state_size), np.float32)
+    calls = -(-streams // chunk)
+
+    def run() -> None:
+        for _ in range(calls):
+            rt.sequence(x, state, tf)
+
+    return _median(run, 1) * streams / (calls * chunk)
+
+
+def run(registry: ModelRegistry, names: list[str], chunk: int, streams: int = 10_000, steps: int = 150,
+        predict_steps: int = 2_000) -> None:
+    print(f"sequence form: predict over {predict_steps:,} steps (median of 5 calls) and warm-up of "
+          f"{streams:,} streams x {steps} steps (batches of {chunk}), one call vs a call per step")
+    print(f"{'model':>10} {'graph':>9} {'predict seq ms':>15} {'predict step ms':>16} "
+          f"{'warm-up seq s':>14} {'warm-up step s':>15}")
+    for name in names:
+        loaded = registry.get(name)
+        rt = loaded.runtime
+        source = getattr(rt, "sequence_source", "?")
+        rolled = LoadedModel(loaded.name, loaded.version, loaded.folder, loaded.manifest,
+                             _Rolled(rt), loaded.fingerprint)
+        p_seq, p_step = _predict_ms(loaded, predict_steps, 5), _predict_ms(rolled, predict_steps, 5)
+        w_seq, w_step = _warmup_s(rt, streams, steps, chunk), _warmup_s(_Rolled(rt), streams, steps, chunk)
+        print(f"{name:>10} {source:>9} {p_seq:>15.1f} {p_step:>16.1f} {w_seq:>14.2f} {w_step:>15.2f}")
+
+
+def demo_registry(models: Path) -> tuple[ModelRegistry, list[str]] | None:
+    """The shipped models' registry (``--sequence-models``), or None when absent."""
+    if not models.is_dir():
+        return None
+    reg = ModelRegistry(models)
+    names = [n for n in reg.names() if reg.get(n).manifest.kind == "step"]
+    return (reg, names) if names else None
