@@ -26,6 +26,7 @@ import torch
 from service.errors import ModelError
 from service.records import escape_id_part
 from service.runtime.manifest import DataRange, Manifest, load_manifest, sha256_file
+from tools.seqform import ship_sequence
 from training.calibrate import Segment, calibrate, open_model, summary, write_block
 from training.config import DataConfig
 from training.data import F32, Series
@@ -300,6 +301,8 @@ def _write(
         created_at=datetime.now(UTC),
     )
     (folder / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    if isinstance(net, StepNet):  # the sequence form beside it: predict and replay in one call
+        ship_sequence(folder)
     load_manifest(folder)  # validates before the folder is renamed into place
 
 
