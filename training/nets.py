@@ -269,7 +269,7 @@ class StepNet(nn.Module):
             if self.ring is not None and window is not None and valid is not None:
                 K = self.ring.window
                 dec, att = self.ring(dec, window.reshape(B * P, K, -1), valid.reshape(B * P, K))
-                self.attention = att.reshape(B, P, H, K)
+                self.attention = att.detach().reshape(B, P, H, K)  # for explanation: holds no graph
             feat = self.drop(dec)
         else:
             feat = top
