@@ -85,7 +85,7 @@ def _io(net: StepNet | SegRNN) -> tuple[tuple[torch.Tensor, ...], list[str], dic
             args += (torch.zeros(2, net.n_time),)
             names.append("tf")
         # seq2seq-attn adds ``attention`` (B, H, K): the service asks only for what it uses.
-        outs = ["forecast", "scale", "state_out"] + (["attention"] if getattr(net, "ring", None) is not None else [])
+        outs = ["forecast", "scale", "state_out"] + (["attention"] if net.ring is not None else [])
     else:
         args = (torch.zeros(2, net.cfg.window, F),)
         names = ["x"]
