@@ -95,8 +95,9 @@ def test_trained_cell_exports_and_runs_in_the_engine(tmp_path: Path, cell: str) 
     ex = export(t, tmp_path / "models", a)
     m = load_manifest(ex.folder)
     assert m.cell == cell and m.kind == "step" and m.state_size == t.net.state_size and ex.parity <= 1e-4
+    assert m.sequence_file  # the sequence form (an ONNX Scan over the step) ships beside it
     # The service runs it: live readings through the engine's model table, then the
-    # stateless predict over the same history agrees with the live forecast.
+    # stateless predict (the sequence form) over the same history agrees with the live forecast.
     eng = Engine(settings_for(tmp_path, tmp_path / "models", streams={"warmup_wait_s": 30.0}),
                  ModelRegistry(tmp_path / "models"), MemoryStore(), Metrics())
     key = StreamKey("dev", "value")
