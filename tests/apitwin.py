@@ -120,6 +120,7 @@ class TwinEngine:
                 cadence_s=m.cadence_s, horizon=m.horizon, warmup_steps=m.warmup_steps,
                 probabilistic=m.probabilistic, default_threshold=m.default_threshold, sha256=m.sha256,
                 created_at=m.created_at.isoformat(), streams=0, metrics=m.metrics,
+                grid=(m.grid[0], m.grid[1]) if m.grid else None,
             )
             for m in self.manifests
         ]

@@ -313,6 +313,10 @@ class ModelOut(BaseModel):
     created_at: datetime
     streams: int = Field(description="Streams this version serves right now.")
     metrics: dict[str, dict[str, float | None]]
+    grid: list[int] | None = Field(
+        None, examples=[[8, 8]], description="[H, W] of a sensor grid model: its features are the H*W pixels in "
+        "row-major order (the dashboard draws its streams as a heat map); null: not a grid."
+    )
 
 
 class ReloadOut(BaseModel):

@@ -279,5 +279,6 @@ def model_infos(registry: ModelRegistry, counts: Mapping[str, int]) -> list[Mode
             cadence_s=mf.cadence_s, horizon=mf.horizon, warmup_steps=mf.warmup_steps,
             probabilistic=mf.probabilistic, default_threshold=mf.default_threshold, sha256=mf.sha256,
             created_at=mf.created_at.isoformat(), streams=counts.get(m.key, 0), metrics=mf.metrics,
+            grid=(mf.grid[0], mf.grid[1]) if mf.grid else None,
         ))
     return out

@@ -72,3 +72,4 @@ class ModelInfo:
     created_at: str
     streams: int  # streams this version serves right now
     metrics: dict[str, dict[str, float]]
+    grid: tuple[int, int] | None = None  # (H, W) of a sensor grid model (Manifest.grid)

@@ -20,7 +20,7 @@ def test_root_redirects_to_the_dashboard_and_assets_are_local(tmp_path: Path) ->
         assert page.status_code == 200 and "<title>sensorcast</title>" in page.text
         # Everything the page loads comes from this service: no CDN on an offline gateway.
         assert "http://" not in page.text and "https://" not in page.text
-        for asset in ("vendor/uPlot.iife.min.js", "vendor/uPlot.min.css", "app.js", "actions.js",
+        for asset in ("vendor/uPlot.iife.min.js", "vendor/uPlot.min.css", "app.js", "actions.js", "heatmap.js",
                       "style.css"):
             got = h.client.get(f"/dashboard/{asset}")
             assert got.status_code == 200 and len(got.content) > 500, asset

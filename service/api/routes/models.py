@@ -26,6 +26,7 @@ def _model_out(m: ModelInfo) -> ModelOut:
         warmup_steps=m.warmup_steps, probabilistic=m.probabilistic,
         default_threshold=m.default_threshold, sha256=m.sha256, created_at=datetime.fromisoformat(m.created_at),
         metrics={split: {k: _finite(v) for k, v in vals.items()} for split, vals in m.metrics.items()},
+        grid=list(m.grid) if m.grid else None,
     )
 
 

@@ -24,6 +24,8 @@
   const chartUnit = (rec) => (!rec.info ? null : rec.info.quantity !== "*" ? rec.info.unit
     : (rec.info.units && rec.features && rec.info.units[rec.features[0]]) || null);
   const encodeId = (id) => id.split("/").map(encodeURIComponent).join("/");
+  // A device stream's feature as its own stream id: "dev;k=v" -> "dev/feature;k=v".
+  const featureId = (id, f) => { const i = id.indexOf(";"); return i < 0 ? `${id}/${f}` : `${id.slice(0, i)}/${f}${id.slice(i)}`; };
   const fmtEta = (s) => (s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`);
   // A predicted breach of an operating limit (GET /v1/streams: predicted_breach), as text.
   // The feature is named for a multivariate (device) stream only: a single one is its quantity.
@@ -60,6 +62,10 @@
     return (await fetchOk(path)).json();
   }
 
+  // Heat maps of sensor-grid streams (heatmap.js); state.heatmaps is read by the browser test.
+  const heatmap = window.sensorcastHeatmap({ api, encodeId, featureId, $ });
+  state.heatmaps = heatmap.maps;
+
   // A paged list: its items, and whether more pages follow (X-Next-Cursor).
   async function apiPage(path) {
     const r = await fetchOk(path);
@@ -95,7 +101,10 @@
     const q = rec.lastMs === null
       ? `last=${HISTORY}`
       : `since=${encodeURIComponent(new Date(rec.lastMs).toISOString())}`;
-    const p = await api(`/v1/points/${encodeId(s.id)}?${q}`);
+    // The store keeps a device (multivariate) stream's readings per quantity: its chart
+    // shows the first output feature's, known from the first forecast.
+    const pid = s.quantity !== "*" ? s.id : rec.features ? featureId(s.id, rec.features[0]) : null;
+    const p = pid ? await api(`/v1/points/${encodeId(pid)}?${q}`) : { times_ms: [], values: [] };
     for (let i = 0; i < p.times_ms.length; i++) {
       rec.actual.set(p.times_ms[i] / 1000, p.values[i]);
       rec.lastMs = Math.max(rec.lastMs ?? 0, p.times_ms[i]);
@@ -350,6 +359,7 @@
       renderTable(streams);
       renderAlerts();
       drawCharts();
+      await heatmap.update(streams);
       $("#error").hidden = true;
     } catch (e) {
       $("#error").textContent = `cannot update: ${e.message}`;
