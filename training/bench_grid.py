@@ -34,7 +34,7 @@ def grid_dataset(steps: int, seed: int = 0) -> Dataset:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.bench_grid", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=8000, help="simulated frames (default 8000: ~5.6 days at 60 s)")
-    p.add_argument("--horizon", type=int, default=12, help="forecast steps ahead (default 12)")
+    p.add_argument("--horizon", type=int, default=30, help="forecast steps ahead (default 30: half an hour)")
     p.add_argument("--hidden", type=int, default=32, help="hidden units of every cell (default 32)")
     p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30)")
     p.add_argument("--minutes", type=float, default=3.0, help="time limit per cell (default 3)")
