@@ -64,6 +64,7 @@ bench-ingest: setup
 
 bench-inference: $(VENV)/.installed
 	$(VENV)/bin/sensorcast bench inference
+	$(VENV)/bin/python -m training.bench_cells
 
 bench-latency: setup  ## publish->alert and GET forecast latency at 10k readings/s
 	$(VENV)/bin/sensorcast bench latency

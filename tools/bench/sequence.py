@@ -75,7 +75,7 @@ def _predict_ms(loaded: LoadedModel, steps: int, reps: int) -> float:
     return _median(lambda: predict(reg, m.name, m.version, values, ts), reps) * 1e3  # type: ignore[arg-type]
 
 
-def _warmup_s(rt: ModelRuntime | _Rolled, streams: int, steps: int, chunk: int) -> float:
+def warmup_s(rt: ModelRuntime | _Rolled, streams: int, steps: int, chunk: int) -> float:
     m = rt.manifest
     x = np.random.default_rng(4).standard_normal((chunk, steps, len(m.features))).astype(np.float32)  # (b, T, F)
     x[:, ::7] = np.nan  # some missing values
@@ -91,6 +91,13 @@ def _warmup_s(rt: ModelRuntime | _Rolled, streams: int, steps: int, chunk: int) 
     return _median(run, 1) * streams / (calls * chunk)
 
 
+def predict_pair(loaded: LoadedModel, steps: int, reps: int = 5) -> tuple[float, float]:
+    """(ms with the sequence form, ms with a call per step) for a ``steps``-step predict."""
+    rolled = LoadedModel(loaded.name, loaded.version, loaded.folder, loaded.manifest,
+                         _Rolled(loaded.runtime), loaded.fingerprint)
+    return _predict_ms(loaded, steps, reps), _predict_ms(rolled, steps, reps)
+
+
 def run(registry: ModelRegistry, names: list[str], chunk: int, streams: int = 10_000, steps: int = 150,
         predict_steps: int = 2_000) -> None:
     print(f"sequence form: predict over {predict_steps:,} steps (median of 5 calls) and warm-up of "
@@ -101,10 +108,8 @@ def run(registry: ModelRegistry, names: list[str], chunk: int, streams: int = 10
         loaded = registry.get(name)
         rt = loaded.runtime
         source = getattr(rt, "sequence_source", "?")
-        rolled = LoadedModel(loaded.name, loaded.version, loaded.folder, loaded.manifest,
-                             _Rolled(rt), loaded.fingerprint)
-        p_seq, p_step = _predict_ms(loaded, predict_steps, 5), _predict_ms(rolled, predict_steps, 5)
-        w_seq, w_step = _warmup_s(rt, streams, steps, chunk), _warmup_s(_Rolled(rt), streams, steps, chunk)
+        p_seq, p_step = predict_pair(loaded, predict_steps)
+        w_seq, w_step = warmup_s(rt, streams, steps, chunk), warmup_s(_Rolled(rt), streams, steps, chunk)
         print(f"{name:>10} {source:>9} {p_seq:>15.1f} {p_step:>16.1f} {w_seq:>14.2f} {w_step:>15.2f}")
 
 
