@@ -71,3 +71,20 @@ def test_csv_reads_back_as_64_features_with_the_dead_pixel_missing(tmp_path: Pat
     assert ds.features == tuple(SPEC.names) and ds.cadence_s == 60.0
     values = ds.series[0].values
     assert values.shape == (150, 64) and np.isnan(values[100:, 21]).all() and np.isfinite(values[:100]).all()
+
+
+def test_the_publisher_sends_frames_as_they_fall_due() -> None:
+    from tools.sim.grid import GridPublisher
+
+    sent: list[tuple[str, bytes]] = []
+    spec = GridSpec(rows=2, cols=2, dead=(0, 1), dead_after_step=2)
+    pub = GridPublisher([spec], 0, seed=0, send=lambda t, p: sent.append((t, p)) is None)
+    assert pub.step(2 * 60 * 10**9) == 3  # steps 0, 1, 2 are due
+    assert [t for t, _ in sent[:4]] == ["sensors/ir01/r0c0", "sensors/ir01/r0c1", "sensors/ir01/r1c0", "sensors/ir01/r1c1"]
+    assert len(sent) == 4 + 4 + 3 and pub.published == 11  # the dead pixel sends nothing from step 2
+    _, v = frames(spec, 0, 3, seed=0)
+    assert json.loads(sent[-1][1]) == {"ts": 120_000, "value": v[2, 3]}
+    named: list[tuple[str, bytes]] = []
+    pub = GridPublisher([spec], 0, seed=0, send=lambda t, p: named.append((t, p)) is None, topic="sensors/{device}")
+    assert pub.step(60 * 10**9) == 2 and pub.step(60 * 10**9) == 0
+    assert [t for t, _ in named] == ["sensors/ir01"] * 2 and json.loads(named[1][1])["r1c1"] == v[1, 3]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from service.config import Settings
 from service.records import NS_PER_S
+from tools.sim.grid import GridPublisher, GridSpec
 from tools.sim.live import FleetClock, TruthLog
 from tools.sim.mqttout import TS_FORMATS, MqttOut, PublishError
 from tools.sim.runner import SimRunner
@@ -77,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ts-format", choices=TS_FORMATS, default="ms", help="How payloads carry the timestamp.")
     p.add_argument("--labels", type=Path, help="Write ground-truth anomalies to this CSV.")
     p.add_argument("--quiet", action="store_true", help="No progress lines.")
+    p.add_argument("--grids", type=int, default=0, help="Also simulate this many 8x8 infrared grids (ir01..) over a "
+                   "warming machine, one frame per --rate step: each pixel r{row}c{col} a quantity of the device "
+                   "(a JSON named-fields payload when --topic has no {quantity}); pixel r2c5 dies at step 2000.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,10 +127,18 @@ def run(args: argparse.Namespace) -> int:
     )
     reporter = threading.Thread(target=_report, args=(runner, stop, args.quiet), daemon=True)
     reporter.start()
+    grid_thread = None
+    if args.grids > 0:
+        grids = GridPublisher([GridSpec(device=f"ir{i + 1:02d}", cadence_s=1.0 / args.rate, compression=args.compression)
+                               for i in range(args.grids)], start_ns, args.seed, out.send, topic=args.topic)
+        grid_thread = threading.Thread(target=_grids, args=(grids, until, stop), daemon=True)
+        grid_thread.start()
     try:
         counts = runner.run(until, stop)
     finally:
         stop.set()
+        if grid_thread is not None:
+            grid_thread.join(timeout=5)  # its last frames go out before the flush
         flushed = out.stop()
         truth.close()
     log.info(
@@ -135,6 +147,16 @@ def run(args: argparse.Namespace) -> int:
         "all acknowledged" if flushed else f"{out.pending} not acknowledged",
     )
     return 0 if flushed and out.stats.refused == 0 else 1
+
+
+def _grids(grids: GridPublisher, until: int | None, stop: threading.Event) -> None:
+    while not stop.is_set():
+        now = time.time_ns()
+        grids.step(now if until is None else min(now, until))
+        if stop.wait(0.25):
+            if until is not None:  # the frames up to the end of the run
+                grids.step(min(time.time_ns(), until))
+            return
 
 
 def _report(runner: SimRunner, stop: threading.Event, quiet: bool) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,6 +127,51 @@ def frame_payload(ts_ns: int, frame: F64, names: list[str]) -> bytes:
         if v == v:  # not NaN: JSON has no NaN, the ingester refuses it
             body[name] = v
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+class GridPublisher:
+    """Publishes grid frames as they fall due (``sensorcast simulate --grids N``).
+
+    With a topic template that has ``{quantity}``, each pixel is its own message (the
+    ingester's default ``sensors/{device}/{quantity}``); without, one JSON named-fields
+    payload per frame (``sensors/{device}``). Either way the engine sees one device whose
+    quantities are the pixels: one multivariate stream for a grid model.
+    """
+
+    CHUNK = 256  # frames computed at once (the AR noise replays from step 0 per chunk)
+
+    def __init__(self, specs: list[GridSpec], start_ns: int, seed: int, send: Callable[[str, bytes], bool],
+                 topic: str = "sensors/{device}/{quantity}") -> None:
+        self.specs, self.start_ns, self.seed, self.send, self.topic = specs, start_ns, seed, send, topic
+        self.next_step = [0] * len(specs)
+        self._cache: list[tuple[int, NDArray[np.int64], F64] | None] = [None] * len(specs)
+        self.published = 0  # messages
+
+    def _frame(self, i: int, step: int) -> tuple[int, F64]:
+        c = self._cache[i]
+        if c is None or not c[0] <= step < c[0] + self.CHUNK:
+            ts, v = frames(self.specs[i], self.start_ns, self.CHUNK, self.seed, start_step=step)
+            c = self._cache[i] = (step, ts, v)
+        return int(c[1][step - c[0]]), c[2][step - c[0]]
+
+    def step(self, now_ns: int) -> int:
+        """Publish every frame due at ``now_ns``; returns how many frames went out."""
+        n = 0
+        for i, spec in enumerate(self.specs):
+            cadence_ns = round(spec.cadence_s * NS_PER_S)
+            while self.start_ns + self.next_step[i] * cadence_ns <= now_ns:
+                ts, frame = self._frame(i, self.next_step[i])
+                self.next_step[i] += 1
+                n += 1
+                if "{quantity}" in self.topic:
+                    for name, v in zip(spec.names, frame.tolist(), strict=True):
+                        if v == v:  # the dead pixel sends nothing
+                            payload = json.dumps({"ts": ts // 1_000_000, "value": v}).encode()
+                            self.published += self.send(self.topic.format(device=spec.device, quantity=name), payload)
+                else:
+                    self.published += self.send(self.topic.format(device=spec.device),
+                                                frame_payload(ts, frame, spec.names))
+        return n
 
 
 def write_csv(path: str, spec: GridSpec, n_steps: int, seed: int, start_ns: int = 1_700_000_000 * NS_PER_S) -> None:
