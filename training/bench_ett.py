@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from training.data import load_csv
 from training.trainer import assess, train
 
 ROWS = (8640, 11520, 14400)  # train / val / test ends (ETT protocol)
+FRESH_L = 96  # the standard protocol's input length, for the fresh-state score of step models
 ANCHORS = {"repeat-last": 1.295, "GRU (published)": 1.135, "DLinear (L=96)": 0.386, "SegRNN (L=96)": 0.368}
 
 # Settings chosen on the validation split (never on test); see docs/training.md.
@@ -36,6 +37,22 @@ STEP_MODEL = ModelConfig(hidden=128, layers=1, dropout=0.2, lags=96, detach_scal
 STEP_TRAIN = TrainConfig(epochs=40, batch=16, chunk=48, strand=480, lr=2e-3, weight_decay=0.05, patience=6, ema_decay=0.995)
 WINDOW_MODEL = ModelConfig(cell="segrnn", hidden=256, layers=1, dropout=0.1, window=96, segment=24)
 WINDOW_TRAIN = TrainConfig(epochs=30, batch=64, lr=1e-3, weight_decay=0.01, patience=5, ema_decay=0.995)
+
+
+def override(cfg: Config, settings: list[str]) -> Config:
+    """Apply ``table.key=value`` settings (e.g. ``train.batch=4``) to a config."""
+    for item in settings:
+        key, sep, text = item.partition("=")
+        table, _, name = key.partition(".")
+        part = getattr(cfg, table, None) if table in ("model", "train") else None
+        if not sep or part is None or name not in {f.name for f in fields(part)}:
+            raise ValueError(f"--set {item!r}: expected model.KEY=VALUE or train.KEY=VALUE with a field of "
+                             "ModelConfig / TrainConfig (training/config.py)")
+        old = getattr(part, name)
+        value: Any = text.lower() in ("1", "true", "yes") if isinstance(old, bool) else type(old)(text)
+        cfg = replace(cfg, **{table: replace(part, **{name: value})})
+    validate(cfg)
+    return cfg
 
 
 def config_for(
@@ -61,8 +78,9 @@ def run_one(cfg: Config) -> dict[str, object]:
     t0 = time.monotonic()
     t = train(cfg, ds)
     secs = time.monotonic() - t0
-    test = assess(t, "test")
-    val = assess(t, "val")
+    # Fresh state fed the L=96 rows before each forecast: what the state adds beyond the window.
+    test = assess(t, "test", fresh_length=FRESH_L)
+    val = assess(t, "val", fresh_length=FRESH_L)
     row: dict[str, object] = {
         "cell": cfg.model.cell,
         "horizon": cfg.model.horizon,
@@ -74,7 +92,10 @@ def run_one(cfg: Config) -> dict[str, object]:
         "repeat_last_test_mae": test.repeat_last.mae,
         "train_seconds": round(secs, 1),
         "best_epoch": t.history.best_epoch,
+        "best_seconds": next((e["seconds"] for e in t.history.epochs if e["epoch"] == t.history.best_epoch), None),
         "stopped": t.history.stopped,
+        "val_curve": [[e["epoch"], round(e["seconds"], 1), round(e["train_loss"], 4), round(e["val_mse"], 4)]
+                      for e in t.history.epochs],
         "config": {"model": cfg.model.__repr__(), "train": cfg.train.__repr__()},
     }
     if test.seasonal_naive is not None:
@@ -97,28 +118,33 @@ def merge(out: Path, key: str, row: dict[str, object]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=os.environ.get("SENSORCAST_ETT"), help="path to ETTh1.csv (or $SENSORCAST_ETT)")
-    p.add_argument("--cells", default="gru,lstm,rnn,segrnn")
-    p.add_argument("--horizons", default="96,336")
+    p.add_argument("--cells", default="gru,lstm,rnn,segrnn", help="comma-separated cells to train")
+    p.add_argument("--horizons", default="96,336", help="comma-separated forecast horizons")
     p.add_argument("--window", type=int, default=96, help="input length L of window models")
     p.add_argument("--minutes", type=float, default=12.0, help="training time limit per setting")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the benchmark's setting)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--lags", type=int, default=None, help="step models: lag buffer length (0: recurrent state only)")
-    p.add_argument("--out", type=Path, default=Path("docs/results/ett.json"))
+    p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="override one model/train setting, e.g. train.batch=4 (repeatable; experiments)")
+    p.add_argument("--tag", default="", help="suffix of the result key (keeps experiments apart)")
+    p.add_argument("--out", type=Path, default=Path("docs/results/ett.json"), help="JSON file the results merge into")
     a = p.parse_args(argv)
     if not a.data or not Path(a.data).is_file():
         p.error(f"ETTh1.csv not found at {a.data!r}: pass --data or set SENSORCAST_ETT")
     for h in (int(x) for x in a.horizons.split(",")):
         for cell in a.cells.split(","):
             cfg = config_for(cell, h, a.data, a.window, a.minutes, a.epochs, a.lags)
-            cfg = replace(cfg, train=replace(cfg.train, threads=a.threads))
+            cfg = override(replace(cfg, train=replace(cfg.train, threads=a.threads)), a.set)
             row = run_one(cfg)
             key = f"{cell}-L{a.window}-H{h}" if cell not in STEP_CELLS else f"{cell}-stream-lags{cfg.model.lags}-H{h}"
+            key += f"-{a.tag}" if a.tag else ""
             merge(a.out, key, row)
             print(
                 f"{key:24s} test MSE {row['test_mse']:.4f} MAE {row['test_mae']:.4f} "
                 f"(repeat-last {row['repeat_last_test_mse']:.4f}; fresh-L96 {row.get('fresh_state_L96_test_mse', float('nan')):.4f}) "
-                f"train {row['train_seconds']} s, best epoch {row['best_epoch']}",
+                f"val {row['val_mse']:.4f}, train {row['train_seconds']} s, best epoch {row['best_epoch']} "
+                f"at {row['best_seconds']} s ({row['stopped']})",
                 flush=True,
             )
     return 0

@@ -71,6 +71,13 @@ class TrainConfig:
     batch: int = 32
     chunk: int = 48  # truncated BPTT length
     strand: int = 384  # step models: contiguous run each batch row walks through per epoch
+    # Step models: strands keep their places from epoch to epoch and each starts from the
+    # state the strand before it ended with in the previous epoch (state carried across
+    # epochs, as in service, where it is never reset); no burn-in after the first epoch.
+    carry_state: bool = False
+    # Step models: each strand (inputs and targets) is shifted by a random constant per
+    # channel with this std in train-std units, so the network learns changes, not levels.
+    level_noise: float = 0.0
     lr: float = 3e-3
     weight_decay: float = 1e-2
     clip: float = 1.0
@@ -168,6 +175,8 @@ def validate(cfg: Config) -> None:
                              or not 0 < rows[0] < rows[1] <= rows[-1]):
         raise ValueError(f"data.split_rows {list(rows)}: expected train_end, val_end[, test_end] row numbers "
                          "with 0 < train_end < val_end <= test_end (e.g. [400, 500] or [400, 500, 600])")
+    if not cfg.train.level_noise >= 0:
+        raise ValueError(f"train.level_noise {cfg.train.level_noise}: expected 0 (off) or a std above 0")
     if not cfg.train.false_alerts_per_day > 0:
         raise ValueError(f"train.false_alerts_per_day {cfg.train.false_alerts_per_day}: expected a rate above 0")
     if cfg.data.layout not in ("series", "univariate"):

@@ -161,17 +161,26 @@ class _Loop:
         return self.hist
 
 
-def fit_step(net: StepNet, data: Sequence[Prepared], cfg: TrainConfig) -> History:
+def fit_step(
+    net: StepNet, data: Sequence[Prepared], cfg: TrainConfig, carried: dict[tuple[int, int], Tensor] | None = None
+) -> History:
+    """Truncated BPTT over strands; ``carried`` (filled with carry_state) maps (series, row)
+    to the state a strand ended with at that row."""
     rng = seed_all(cfg.seed, cfg.threads)
     H = net.cfg.horizon
     ys = [targets(d.values, H, d.split.train_end) for d in data]  # (N, H, F) each, masked past train
     units = [torch.from_numpy(d.std) for d in data]
     strand = max(cfg.strand, 2 * cfg.chunk)
 
+    # carry_state: strands sit at fixed places, so the state one strand ended with is where
+    # the next strand of the series starts in the next epoch (keyed by (series, row)).
+    carried = {} if carried is None else carried
+    offsets = [int(rng.integers(0, strand)) for _ in data]
+
     def strands() -> list[tuple[int, int]]:
         out = []
         for i, d in enumerate(data):
-            off = int(rng.integers(0, strand))
+            off = offsets[i] if cfg.carry_state else int(rng.integers(0, strand))
             for s in range(off, d.split.train_end - strand, strand):
                 out.append((i, s))
             if not out or out[-1][0] != i:  # a short series still gets one strand
@@ -189,20 +198,30 @@ def fit_step(net: StepNet, data: Sequence[Prepared], cfg: TrainConfig) -> Histor
             rows = order[b : b + cfg.batch]
             span = min(strand, *(data[i].split.train_end - s for i, s in rows))
             state = net.initial_state(len(rows))
+            warm = [(i, s) in carried for i, s in rows]
+            for r, (i, s) in enumerate(rows):
+                if warm[r]:
+                    state[r] = carried[(i, s)]
             unit = torch.stack([units[i] for i, _ in rows])[:, None, None, :]  # (B, 1, 1, F)
+            # Level augmentation: the whole strand (inputs and targets) moves by one random
+            # constant per channel, so the forecast of a change cannot lean on the level.
+            shift = (torch.randn(len(rows), 1, len(units[0])) * cfg.level_noise * unit[:, 0]  # (B, 1, F)
+                     if cfg.level_noise > 0 else None)
             for c0 in range(0, span, cfg.chunk):
                 c1 = min(c0 + cfg.chunk, span)
                 x = torch.from_numpy(np.stack([data[i].values[s + c0 : s + c1] for i, s in rows]))  # (B, T, F)
+                x = x if shift is None else x + shift
                 tf = (
                     torch.from_numpy(np.stack([data[i].tf[s + c0 : s + c1] for i, s in rows]))  # type: ignore[index]
                     if net.n_time
                     else None
                 )
-                if c0 == 0:  # burn-in: settle the state, no loss
+                if c0 == 0 and not all(warm):  # burn-in: settle the state, no loss
                     with torch.no_grad():
                         _, _, state = net.seq(x, tf, state, positions=torch.tensor([c1 - 1]))
                     continue
                 y = torch.from_numpy(np.stack([ys[i][s + c0 : s + c1] for i, s in rows]))  # (B, T, H, F)
+                y = y if shift is None else y + shift[:, :, None, :]
                 pos = None
                 if net.seq2seq and cfg.decoder_positions < c1 - c0:
                     pos = torch.from_numpy(np.sort(rng.choice(c1 - c0, cfg.decoder_positions, replace=False)))
@@ -213,6 +232,9 @@ def fit_step(net: StepNet, data: Sequence[Prepared], cfg: TrainConfig) -> Histor
                     loop.update(loss)
                     losses.append(float(loss.detach()))
                 state = state.detach()
+            if cfg.carry_state:
+                for r, (i, s) in enumerate(rows):
+                    carried[(i, s + span)] = state[r].clone()
         val = _val_step(loop.evaluated(), data, H)  # type: ignore[arg-type]
         if loop.end_epoch(epoch, float(np.mean(losses)) if losses else math.nan, val):
             break
