@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=3.0, help="time limit per cell (default 3)")
     p.add_argument("--cells", default="grid-rowlstm,gru", help="comma-separated step cells (default grid-rowlstm,gru)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (the simulated data stay the same; default 0)")
     args = p.parse_args(argv)
     ds = grid_dataset(args.steps)
     rows = []
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             model=ModelConfig(cell=cell, hidden=args.hidden, horizon=args.horizon, dropout=0.0,
                               grid=(8, 8) if cell == "grid-rowlstm" else ()),
             train=TrainConfig(epochs=args.epochs, batch=4, chunk=24, strand=96, lr=3e-3, patience=5,
-                              max_minutes=args.minutes, threads=args.threads, progress=False),
+                              max_minutes=args.minutes, threads=args.threads, progress=False,
+                              seed=args.seed),
         )
         t0 = time.monotonic()
         t = train(cfg, ds)
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((cell, a.model.mse, a.repeat_last.mse, secs, t.history.best_epoch + 1,
                      sum(p.numel() for p in t.net.parameters())))
     load = os.getloadavg()[0]
-    print(f"simulated 8x8 IR grid, {args.steps} frames, H={args.horizon}, hidden {args.hidden}, test MSE "
+    print(f"simulated 8x8 IR grid, {args.steps} frames, H={args.horizon}, hidden {args.hidden}, seed {args.seed}, test MSE "
           f"(train-std units; load average {load:.1f})\n")
     print("| model | test MSE | repeat-last | training s | best epoch | parameters |")
     print("|---|---|---|---|---|---|")
