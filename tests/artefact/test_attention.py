@@ -38,11 +38,12 @@ def _signal(T: int, B: int = 3, seed: int = 1) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize(("cell", "scaling", "lags", "n_time"),
-                         [("seq2seq-attn-gru", "fixed", 8, 2), ("seq2seq-attn-lstm", "ema", 0, 0)])
+@pytest.mark.parametrize(("cell", "scaling", "lags", "n_time", "horizon"),
+                         [("seq2seq-attn-gru", "fixed", 8, 2, 5), ("seq2seq-attn-lstm", "ema", 0, 0, 5),
+                          ("seq2seq-attn-gru", "ema", 0, 2, 16)])  # H >= K: keys projected, not queries
 def test_attention_step_parity_over_long_rollout(tmp_path: Path, cell: str, scaling: str, lags: int,
-                                                  n_time: int) -> None:
-    cfg = ModelConfig(cell=cell, hidden=16, layers=2, horizon=5, lags=lags, scaling=scaling, dropout=0.2,
+                                                  n_time: int, horizon: int) -> None:
+    cfg = ModelConfig(cell=cell, hidden=16, layers=2, horizon=horizon, lags=lags, scaling=scaling, dropout=0.2,
                       attn_window=K)
     net = StepNet(cfg, 2, n_time, MEAN, STD)
     _random_weights(net)
@@ -63,7 +64,7 @@ def test_attention_step_parity_over_long_rollout(tmp_path: Path, cell: str, scal
         if n_time:
             feed["tf"] = tf[:, i]
         fc, sc, state, att = sess.run(None, feed)
-        assert att.shape == (3, 5, K)
+        assert att.shape == (3, horizon, K)
         worst = max(worst, float(np.abs(fc - fc_t[:, i].numpy()).max()), float(np.abs(sc - sc_t[:, i].numpy()).max()))
         worst_att = max(worst_att, float(np.abs(att - att_t[:, i]).max()))
     assert worst <= 1e-4, f"{cell}: ONNX step rollout drifts from torch by {worst}"
@@ -191,3 +192,22 @@ def test_backtest_attention_refuses_a_model_that_does_not_attend(tmp_path: Path)
     ex = export(t, tmp_path / "models", {"val": assess(t, "val")})
     with pytest.raises(ModelError, match="no 'attention' output"):
         AttentionReplay(ex.folder)
+
+
+def test_query_and_key_projection_give_the_same_weights() -> None:
+    import math
+
+    from training.attention import RingAttention
+
+    torch.manual_seed(0)
+    att = RingAttention(hidden=8, window=5)
+    with torch.no_grad():
+        att.lag_bias.copy_(torch.randn(5))
+    dec, window = torch.randn(4, 3, 8), torch.randn(4, 5, 8)  # H=3 < K=5: queries projected
+    valid = torch.ones(4, 5, dtype=torch.bool)
+    valid[0, :2] = False
+    _, w = att(dec, window, valid)
+    scores = torch.matmul(dec, att.key(window).transpose(1, 2)) / math.sqrt(8) + att.lag_bias
+    ref = torch.softmax(torch.where(valid[:, None], scores, torch.tensor(-1e9)), dim=-1)
+    torch.testing.assert_close(w, ref, atol=1e-6, rtol=1e-5)
+    assert torch.all(w[0, :, :2] == 0)
