@@ -22,11 +22,16 @@ frame runs in one batch (frames do not depend on each other), only the GRU is se
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from training.config import ModelConfig
-from training.data import DataError
+from training.data import DataError, Dataset
 
 ROW_CHANNELS = 8  # row-LSTM state channels per pixel; 8 is plenty for an 8x8 thermal array
 GRID_CELL = "grid-rowlstm"
@@ -41,6 +46,35 @@ def grid_shape(cfg: ModelConfig, n_features: int) -> tuple[int, int]:
         raise DataError(f"grid {h}x{w} has {h * w} pixels but the data has {n_features} features; "
                         "expected one feature per pixel, in row-major order")
     return int(h), int(w)
+
+
+_PIXEL = re.compile(r"^r(\d+)c(\d+)$")
+
+
+def row_major(ds: Dataset, shape: Sequence[int]) -> Dataset:
+    """``ds`` with its features in row-major order when they are named ``r{row}c{col}``.
+
+    The store lists a device's quantities sorted by name, which is row-major only below
+    10 rows and columns ("r10c0" sorts before "r2c0"); a CSV may list them in any order.
+    Other names are taken in the order given. A pixel missing from the grid is an error.
+    """
+    h, w = shape
+    cells = [_PIXEL.match(f) for f in ds.features]
+    if not all(cells):
+        return ds
+    pos = [(int(m.group(1)), int(m.group(2))) for m in cells if m]
+    want = [(r, c) for r in range(h) for c in range(w)]
+    if sorted(pos) != want:
+        extra = sorted(set(pos) - set(want))[:3]
+        missing = sorted(set(want) - set(pos))[:3]
+        raise DataError(f"grid {h}x{w}: the pixel features do not fill it (missing {[f'r{r}c{c}' for r, c in missing]}, "
+                        f"outside {[f'r{r}c{c}' for r, c in extra]}, {len(pos)} pixels for {h * w}); "
+                        f"expected r0c0 .. r{h - 1}c{w - 1} once each")
+    order = sorted(range(len(pos)), key=lambda i: pos[i])
+    if order == list(range(len(pos))):
+        return ds
+    series = tuple(replace(s, values=np.ascontiguousarray(s.values[:, order])) for s in ds.series)
+    return replace(ds, features=tuple(ds.features[i] for i in order), series=series)
 
 
 class RowLSTM(nn.Module):

@@ -114,3 +114,20 @@ def test_manifest_refuses_a_grid_that_does_not_fold_the_features(tmp_path: Path)
     write_model(tmp_path, KitSpec(name="g", features=("a", "b", "c")), grid=[2, 2])
     with pytest.raises(ModelError, match="does not fold 3 features"):
         load_manifest(next((tmp_path / "g").iterdir()))
+
+
+def test_pixels_are_put_in_row_major_order_whatever_the_source_order() -> None:
+    from training.grid import row_major
+
+    names = [f"r{r}c{c}" for r in range(11) for c in range(2)]
+    ts = np.arange(3, dtype=np.int64)
+    v = np.arange(3 * 22, dtype=np.float32).reshape(3, 22)
+    order = sorted(range(22), key=lambda i: names[i])  # as the store lists them: "r10c0" before "r2c0"
+    ds = Dataset(tuple(names[i] for i in order), 60.0, (Series("ir", ts, v[:, order]),), "store")
+    out = row_major(ds, (11, 2))
+    assert out.features == tuple(names)
+    np.testing.assert_array_equal(out.series[0].values, v)
+    other = Dataset(("a", "b"), 60.0, (Series("x", ts, v[:, :2]),), "csv")
+    assert row_major(other, (1, 2)) is other  # other names: the order given
+    with pytest.raises(DataError, match=r"missing \['r1c1'\]"):
+        row_major(Dataset(names[:3], 60.0, (Series("ir", ts, v[:, :3]),), "csv"), (2, 2))
