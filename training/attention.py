@@ -74,7 +74,9 @@ class RingAttention(nn.Module):
         Returns features (N, H, Hd) for the heads and weights (N, H, K), oldest first.
         """
         # dec . (W slot) == (dec W) . slot: project whichever side is shorter (H queries or
-        # K slots); one step at H=12, K=48, hidden 64 costs a third less this way.
+        # K slots). Fewer multiply-adds, but measured no faster in onnxruntime (36 vs 35 us
+        # per stream-step at H=12, K=48, hidden 64): the small batched MatMuls and the
+        # ring's copies dominate.
         if dec.shape[1] < self.window:
             raw = torch.matmul(torch.matmul(dec, self.key.weight), window.transpose(1, 2))  # (N, H, K)
         else:
