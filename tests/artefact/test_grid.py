@@ -131,3 +131,29 @@ def test_pixels_are_put_in_row_major_order_whatever_the_source_order() -> None:
     assert row_major(other, (1, 2)) is other  # other names: the order given
     with pytest.raises(DataError, match=r"missing \['r1c1'\]"):
         row_major(Dataset(names[:3], 60.0, (Series("ir", ts, v[:, :3]),), "csv"), (2, 2))
+
+
+def test_a_hot_spot_on_one_pixel_fires_an_alert_naming_it(tmp_path: Path) -> None:
+    cfg = Config(
+        name="grid", version="1", data=DataConfig(source="sim", time_features=(), serve=("ir*",)),
+        model=ModelConfig(cell="grid-rowlstm", grid=(4, 5), hidden=16, horizon=3, dropout=0.0),
+        train=TrainConfig(epochs=3, batch=4, chunk=16, strand=64, progress=False),
+    )
+    t = train(cfg, _dataset(1500))
+    export(t, tmp_path / "models", {"val": assess(t, "val")}, false_alerts_per_day=0.024)  # calibrated thresholds
+    eng = Engine(settings_for(tmp_path, tmp_path / "models", streams={"close_grace_s": 1.0}),
+                 ModelRegistry(tmp_path / "models"), None, Metrics())
+    ts, v = frames(SPEC, 1_800_000_000 * NS_PER_S, 110, seed=4, start_step=300)
+    v[100:, 7] += 15.0  # r1c2 jumps 15 degC (a new hot spot) at frame 100
+    fired = []
+    for i in range(110):
+        eng.accept([Reading(StreamKey(SPEC.device, n), int(ts[i]), float(x))
+                    for n, x in zip(SPEC.names, v[i], strict=True) if x == x])
+        eng.tick(int(ts[i]) + 2 * NS_PER_S)
+        status = eng.stream(SPEC.device)
+        assert status is not None
+        if status.status == "firing":
+            fired.append((i, status.feature))
+    assert fired and fired[0] == (100, "r1c2"), fired  # no false alert before, the pixel named
+    alerts = [(a.state, a.quantity, a.check) for a in eng.recent_alerts(10)]
+    assert ("firing", "r1c2", "anomaly") in alerts and {q for _, q, _ in alerts} == {"r1c2"}, alerts
