@@ -37,7 +37,7 @@ T0 = 1_700_000_000 // 60 * C  # cadence-aligned history
 N = 200
 SPIKE = 120
 SECRETS = ("mqtt_service_password", "mqtt_device_password", "influxdb_admin_password",
-           "influxdb_password", "api_key", "read_key")
+           "influxdb_password", "api_key", "read_key", "grafana_admin_password")
 
 
 def sine(spike: bool) -> np.ndarray:
