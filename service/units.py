@@ -155,15 +155,20 @@ class UnitBook:
         unit = _layer_unit(own, feature if multivariate else None)
         if unit is not None:
             return unit
+        quantity_id = None if not multivariate or feature is None else f"{base}/{escape_id_part(feature)}{sep}{tags}"
+        if quantity_id is not None and self.own is not None:
+            # A device's quantity may have its own settings as a univariate stream (what
+            # `sensorcast import` writes): its unit holds when the device's stream says none.
+            unit = _layer_unit(self.own(quantity_id), None)
+            if unit is not None:
+                return unit
         if self._bindings_have_units:
             unit = _layer_unit(self._binding_rules(stream_id, multivariate), feature if multivariate else None)
             if unit is not None:
                 return unit
         if not multivariate:
             return self._seen.get(stream_id)
-        if feature is None:
-            return None
-        return self._seen.get(f"{base}/{escape_id_part(feature)}{sep}{tags}")
+        return None if quantity_id is None else self._seen.get(quantity_id)
 
     def units_of(self, stream_id: str, features: Iterable[str]) -> dict[str, str]:
         """``{feature: unit}`` of a multivariate stream, for the features that have one."""

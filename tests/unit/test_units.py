@@ -165,6 +165,18 @@ def test_multivariate_units_per_feature() -> None:
     assert plain.unit_of("press7;site=hq", "t") == "°C" and plain.unit_of("press7;site=hq") is None
 
 
+def test_a_device_quantitys_own_unit_serves_its_multivariate_stream() -> None:
+    # `sensorcast import` stores units per quantity (press7/Temp); a model over the device
+    # serves the stream press7, whose feature Temp must still show it.
+    own = {"press7/Temp": StreamRules(unit="°C"), "press7/Druck": StreamRules(unit="bar"),
+           "press9": StreamRules(unit="K")}
+    bindings = [ModelBinding(model="m", device="press*", rules=StreamRules(unit="?"))]
+    book = UnitBook(own=own.get, bindings=bindings)
+    assert book.units_of("press7", ["Temp", "Druck", "rpm"]) == {"Temp": "°C", "Druck": "bar", "rpm": "?"}
+    own["press9/Temp"] = StreamRules(unit="°F")
+    assert book.unit_of("press9", "Temp") == "K"  # the device's own stream-wide unit wins
+
+
 def test_alert_payload_carries_the_unit() -> None:
     a = Alert(StreamKey("p", "t"), "t", "firing", NOW, 9.0, 1.0, 0.0, 2.0, 0.99, "m", "1", True, unit="°C")
     assert alert_dict(a)["unit"] == "°C"
