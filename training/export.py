@@ -302,7 +302,13 @@ def _write(
     )
     (folder / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     if isinstance(net, StepNet):  # the sequence form beside it: predict and replay in one call
-        ship_sequence(folder)
+        try:
+            ship_sequence(folder)
+        except Exception as e:  # optional: without it the service rolls the step graph; never lose the export
+            warnings.warn(f"no sequence form for this model ({e}); the service steps through histories instead",
+                          stacklevel=1)
+            (folder / "model.seq.onnx").unlink(missing_ok=True)
+            (folder / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     load_manifest(folder)  # validates before the folder is renamed into place
 
 

@@ -72,14 +72,18 @@ def test_sequence_form_equals_rolling_the_step_graph(tmp_path: Path, cell: str, 
     assert np.isfinite(got["forecast"]).all()
 
 
-def test_export_ships_the_sequence_form(tmp_path: Path) -> None:
+def _trained():  # type: ignore[no-untyped-def]
     from tests.artefact.test_export import _sine_dataset
     from training.config import Config, DataConfig, TrainConfig
 
     cfg = Config(name="sine", version="t1", data=DataConfig(source="synthetic", time_features=("hour_sin",)),
                  model=ModelConfig(cell="gru", hidden=8, horizon=4, lags=4, dropout=0.0),
                  train=TrainConfig(epochs=1, batch=4, chunk=12, strand=48, progress=False))
-    t = train(cfg, _sine_dataset(400))
+    return train(cfg, _sine_dataset(400))
+
+
+def test_export_ships_the_sequence_form(tmp_path: Path) -> None:
+    t = _trained()
     ex = export(t, tmp_path / "models", {"val": assess(t, "val"), "test": assess(t, "test")})
     manifest, blob = read_model(ex.folder)
     assert manifest.sequence_file == "model.seq.onnx" and manifest.sequence_sha256 is not None
@@ -92,3 +96,19 @@ def test_export_ships_the_sequence_form(tmp_path: Path) -> None:
     fc, _, st = rt.sequence(x, state, tf)
     fc1, _, st1 = roll(rt, x, state, tf)
     assert np.abs(fc - fc1).max() <= 1e-4 and np.abs(st - st1).max() <= 1e-4
+
+
+def test_export_without_a_sequence_form_still_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.export as export_mod
+
+    def broken(folder: Path) -> str:
+        (folder / "model.seq.onnx").write_bytes(b"half")
+        raise ValueError("cannot wrap this graph")
+
+    monkeypatch.setattr(export_mod, "ship_sequence", broken)
+    t = _trained()
+    with pytest.warns(UserWarning, match="no sequence form"):
+        ex = export(t, tmp_path / "models", {"val": assess(t, "val"), "test": assess(t, "test")})
+    manifest, blob = read_model(ex.folder)
+    assert manifest.sequence_file is None and not (ex.folder / "model.seq.onnx").exists()
+    assert OrtRuntime(ex.folder, manifest, model_bytes=blob).sequence_source == "none"
