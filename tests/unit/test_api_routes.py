@@ -285,3 +285,14 @@ def test_forecast_answers_alike_on_both_read_paths(h: Harness, busy: bool) -> No
     r = h.client.get("/v1/streams/pump-2/temperature;site=north/forecast")
     assert r.status_code == 409 and "warming up (2 / 5)" in r.json()["detail"]
     assert h.client.get("/v1/streams/nope/none/forecast").status_code == 404
+
+
+def test_delete_forgets_the_stream_and_the_unit_its_readings_gave(h: Harness) -> None:
+    from service.records import StreamKey
+
+    h.pipeline.units.seen(StreamKey("pump-1", "temperature"), "°C")
+    assert h.client.get("/v1/streams/pump-1/temperature").json()["unit"] == "°C"
+    assert h.client.delete("/v1/streams/pump-1/temperature").status_code == 204
+    assert h.client.get("/v1/streams/pump-1/temperature").status_code == 404
+    assert h.pipeline.units.unit_of("pump-1/temperature") is None  # a new stream learns its unit again
+    assert h.client.delete("/v1/streams/pump-1/temperature").status_code == 404

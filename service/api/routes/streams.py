@@ -164,11 +164,12 @@ def _unknown(engine: EngineLike, stream_id: str) -> str:
     "/{stream_id:path}", dependencies=[WriteScope], status_code=204,
     responses={204: {"description": "Forgotten."}, **_404},
 )
-def delete_stream(stream_id: str, engine: EngineDep) -> Response:
-    """Forget a stream (write scope): its live state, warm-up, pending readings and
-    checkpoint entry. Its history stays in the store: a later reading creates the stream
-    again, warmed from there. Its own settings and silence (``.../settings``,
-    ``.../silence``) stay too."""
+def delete_stream(stream_id: str, engine: EngineDep, pipeline: PipelineDep) -> Response:
+    """Forget a stream (write scope): its live state, warm-up, pending readings, checkpoint
+    entry and the unit its readings gave. Its history stays in the store: a later reading
+    creates the stream again, warmed from there. Its own settings and silence
+    (``.../settings``, ``.../silence``) stay too."""
     if not engine.forget_stream(stream_id):
         raise HTTPException(404, _unknown(engine, stream_id))
+    pipeline.units.forget(stream_id)
     return Response(status_code=204)
