@@ -175,7 +175,7 @@ def fit_step(
     # carry_state: strands sit at fixed places, so the state one strand ended with is where
     # the next strand of the series starts in the next epoch (keyed by (series, row)).
     carried = {} if carried is None else carried
-    offsets = [int(rng.integers(0, strand)) for _ in data]
+    offsets = [int(rng.integers(0, strand)) for _ in data] if cfg.carry_state else []  # drawn once
 
     def strands() -> list[tuple[int, int]]:
         out = []
