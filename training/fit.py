@@ -205,6 +205,8 @@ def fit_step(
             unit = torch.stack([units[i] for i, _ in rows])[:, None, None, :]  # (B, 1, 1, F)
             # Level augmentation: the whole strand (inputs and targets) moves by one random
             # constant per channel, so the forecast of a change cannot lean on the level.
+            # (With carry_state the handed-on state saw another shift: a level jump the
+            # network meets like any other.)
             shift = (torch.randn(len(rows), 1, len(units[0])) * cfg.level_noise * unit[:, 0]  # (B, 1, F)
                      if cfg.level_noise > 0 else None)
             for c0 in range(0, span, cfg.chunk):
