@@ -1,10 +1,11 @@
-"""A test subscriber that collects messages from a real broker (for integration tests)."""
+"""A test subscriber that collects messages from a real broker, and a QoS 1 publisher (integration tests)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,3 +58,17 @@ class Watcher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def publish_all(port: int, msgs: Iterable[tuple[str, bytes]]) -> None:
+    """Publish ``(topic, payload)`` pairs at QoS 1 to the broker on 127.0.0.1:``port`` and
+    wait until the broker acknowledged every one."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:6]}")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        for info in [client.publish(topic, body, qos=1) for topic, body in msgs]:
+            info.wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -13,6 +13,7 @@ from fastapi.security import APIKeyHeader
 
 from service.api.auth import ApiKeys
 from service.pipeline import DecoderLike, EngineLike, IngesterLike, Pipeline
+from service.store.streamsettings import StreamSettings, check_stream_id
 
 # Two names for the one header, so the OpenAPI document can say which scope a route
 # needs (and drop the one whose key is not configured).
@@ -73,3 +74,18 @@ async def require_write(request: Request, key: Annotated[str | None, Security(_w
 
 ReadScope = Depends(require_read)
 WriteScope = Depends(require_write)
+
+
+def settings_store(pipeline: Pipeline) -> StreamSettings:
+    """The stream settings file (per-stream rules and silences), or 503 without one."""
+    if pipeline.stream_settings is None:
+        raise HTTPException(503, "this process does not run the 'inference' role: no stream settings")
+    return pipeline.stream_settings
+
+
+def checked_stream_id(stream_id: str) -> str:
+    """A stream id from a path, checked as the settings file keys it (422 when malformed)."""
+    try:
+        return check_stream_id(stream_id)
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from None

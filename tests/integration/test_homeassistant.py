@@ -26,13 +26,11 @@ from typing import Any
 
 import httpx
 import orjson
-import paho.mqtt.client as mqtt
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.integration.serving import ServeProcess
-from tests.mqttwatch import Received, Watcher
+from tests.mqttwatch import Received, Watcher, publish_all
 from tests.waiting import wait_until
 from tools.localservers import Mosquitto
 from tools.modelkit import KitSpec, write_model
@@ -46,16 +44,7 @@ ALLOWED_ID = re.compile(r"^[a-zA-Z0-9_-]+$")
 AVAILABILITY = "sensorcast/sensorcast/availability"
 
 
-def publish(port: int, msgs: list[tuple[str, bytes]]) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:6]}")
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        for info in [client.publish(topic, body, qos=1) for topic, body in msgs]:
-            info.wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+publish = publish_all
 
 
 def render(template: str, payload: bytes) -> str:

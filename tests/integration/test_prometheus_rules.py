@@ -14,18 +14,16 @@ import re
 import shutil
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.serving import REPO, ServeProcess
+from tests.mqttwatch import publish_all
 from tests.waiting import wait_until
 from tools.localservers import Mosquitto
 from tools.modelkit import KitSpec, write_model
@@ -62,17 +60,8 @@ def exported(metrics_text: str) -> set[str]:
 
 
 def publish(port: int, device: str, values: list[float], t0: int) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:6]}")
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        infos = [client.publish(f"sensors/{device}/value", orjson.dumps({"ts": t0 + i * C, "value": v}), qos=1)
-                 for i, v in enumerate(values)]
-        for info in infos:
-            info.wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    publish_all(port, [(f"sensors/{device}/value", orjson.dumps({"ts": t0 + i * C, "value": v}))
+                       for i, v in enumerate(values)])
 
 
 @pytest.fixture

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import httpx
 import orjson
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.integration.serving import ServeProcess
-from tests.mqttwatch import Watcher
+from tests.mqttwatch import Watcher, publish_all
 from tests.waiting import wait_until
 from tools.localservers import Mosquitto
 from tools.modelkit import KitSpec, write_model
@@ -32,17 +30,8 @@ STREAM = "pump-1/temperature"
 
 
 def publish(port: int, values: list[float], t0: int) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:6]}")
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        infos = [client.publish("sensors/pump-1/temperature", orjson.dumps({"ts": t0 + i * C, "value": v}), qos=1)
-                 for i, v in enumerate(values)]
-        for info in infos:
-            info.wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    publish_all(port, [("sensors/pump-1/temperature", orjson.dumps({"ts": t0 + i * C, "value": v}))
+                       for i, v in enumerate(values)])
 
 
 @pytest.fixture

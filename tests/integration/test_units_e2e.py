@@ -15,12 +15,10 @@ from pathlib import Path
 
 import httpx
 import orjson
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.integration.serving import ServeProcess
-from tests.mqttwatch import Watcher
+from tests.mqttwatch import Watcher, publish_all
 from tests.waiting import wait_until
 from tools.localservers import Mosquitto
 from tools.modelkit import KitSpec, write_model
@@ -31,17 +29,8 @@ C = 60 * 10**9
 
 
 def publish(port: int, topic: str, values: list[float], t0: int, unit: str) -> None:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:6]}")
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        infos = [client.publish(topic, orjson.dumps({"ts": t0 + i * C, "value": v, "unit": unit}), qos=1)
-                 for i, v in enumerate(values)]
-        for info in infos:
-            info.wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
+    publish_all(port, [(topic, orjson.dumps({"ts": t0 + i * C, "value": v, "unit": unit}))
+                       for i, v in enumerate(values)])
 
 
 @pytest.fixture

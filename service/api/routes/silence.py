@@ -18,15 +18,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel, Field
 
-from service.api.deps import PipelineDep, ReadScope, WriteScope
+from service.api.deps import PipelineDep, ReadScope, WriteScope, checked_stream_id, settings_store
 from service.api.schemas import ErrorOut, StreamOut, ts_to_dt
 from service.pipeline import Pipeline
 from service.records import NS_PER_S
 from service.store.streamsettings import (
     SettingsStoreError,
     Silence,
-    StreamSettings,
-    check_stream_id,
 )
 
 log = logging.getLogger(__name__)
@@ -75,19 +73,6 @@ def parse_until(text: str, now_ns: int | None = None) -> int:
     return ns
 
 
-def _store(pipeline: Pipeline) -> StreamSettings:
-    if pipeline.stream_settings is None:
-        raise HTTPException(503, "this process does not run the 'inference' role: no stream settings")
-    return pipeline.stream_settings
-
-
-def _checked_id(stream_id: str) -> str:
-    try:
-        return check_stream_id(stream_id)
-    except ValueError as e:
-        raise HTTPException(422, str(e)) from None
-
-
 def _out(s: Silence) -> SilenceOut:
     return SilenceOut(stream_id=s.stream, until=ts_to_dt(s.until_ns), reason=s.reason, set_at=ts_to_dt(s.set_ns))
 
@@ -112,8 +97,8 @@ def put_silence(
     recorded (history, marked ``silenced``) and its retained state topic still updates, but no
     alert event is published and no webhook is called. Replaces a previous silence; stored
     durably; ends by itself. A stream not served yet may be silenced ahead."""
-    store = _store(pipeline)
-    sid = _checked_id(stream_id)
+    store = settings_store(pipeline)
+    sid = checked_stream_id(stream_id)
     try:
         until_ns = parse_until(until)
     except ValueError as e:
@@ -130,8 +115,8 @@ def put_silence(
 @router.get("/{stream_id:path}/silence", dependencies=[ReadScope], responses=_ERRORS)
 def get_silence(stream_id: str, pipeline: PipelineDep) -> SilenceOut:
     """The stream's silence while it applies (404 when it has none, or it has run out)."""
-    sid = _checked_id(stream_id)
-    s = _store(pipeline).silence_of(sid)
+    sid = checked_stream_id(stream_id)
+    s = settings_store(pipeline).silence_of(sid)
     if s is None:
         raise HTTPException(404, f"stream {sid!r} is not silenced")
     return _out(s)
@@ -141,9 +126,9 @@ def get_silence(stream_id: str, pipeline: PipelineDep) -> SilenceOut:
                responses={204: {"description": "Not silenced (any more)."}, **_ERRORS})
 def delete_silence(stream_id: str, pipeline: PipelineDep) -> Response:
     """End the stream's silence now (write scope); 204 whether or not it was silenced."""
-    sid = _checked_id(stream_id)
+    sid = checked_stream_id(stream_id)
     try:
-        before = _store(pipeline).unsilence(sid)
+        before = settings_store(pipeline).unsilence(sid)
     except SettingsStoreError as e:
         log.warning("silence of %r: %s", sid[:200], e)
         raise HTTPException(503, "the stream settings cannot be written right now (details in the service log)") from None

@@ -15,11 +15,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException
 from pydantic import BaseModel, Field
 
-from service.api.deps import EngineDep, PipelineDep, ReadScope, WriteScope
+from service.api.deps import (
+    EngineDep,
+    PipelineDep,
+    ReadScope,
+    WriteScope,
+    checked_stream_id,
+    settings_store,
+)
 from service.api.schemas import ErrorOut
 from service.config import StreamRules
-from service.pipeline import EngineLike, Pipeline
-from service.store.streamsettings import SettingsStoreError, StreamSettings, check_stream_id
+from service.pipeline import EngineLike
+from service.store.streamsettings import SettingsStoreError, StreamSettings
 from service.streams.rules import ResolvedRules
 
 log = logging.getLogger(__name__)
@@ -59,19 +66,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorOut, "description": "No settings store in this process, or it cannot be written."},
 }
 _EXAMPLE = {"threshold": 0.999, "min": -40.0, "max": 125.0, "upper": 90.0, "stuck_steps": 60}
-
-
-def _store(pipeline: Pipeline) -> StreamSettings:
-    if pipeline.stream_settings is None:
-        raise HTTPException(503, "this process does not run the 'inference' role: no stream settings")
-    return pipeline.stream_settings
-
-
-def _checked_id(stream_id: str) -> str:
-    try:
-        return check_stream_id(stream_id)
-    except ValueError as e:
-        raise HTTPException(422, str(e)) from None
 
 
 def _num(x: float) -> float | None:
@@ -133,8 +127,8 @@ def _check_rules(rules: StreamRules, features: list[str] | None, where: str = ""
 @router.get("/{stream_id:path}/settings", dependencies=[ReadScope], responses=_ERRORS)
 def get_settings(stream_id: str, engine: EngineDep, pipeline: PipelineDep) -> StreamSettingsOut:
     """The stream's own alert rules and the effective ones."""
-    store = _store(pipeline)
-    out = _out(engine, store, _checked_id(stream_id))
+    store = settings_store(pipeline)
+    out = _out(engine, store, checked_stream_id(stream_id))
     if not out.known and out.own is None:
         raise HTTPException(404, f"stream {stream_id!r} is not served and has no own settings")
     return out
@@ -147,8 +141,8 @@ def put_settings(
 ) -> StreamSettingsOut:
     """Set the stream's own alert rules (every field optional: empty inherits); they replace
     its previous own rules, are stored durably and apply at once (or when the stream appears)."""
-    store = _store(pipeline)
-    sid = _checked_id(stream_id)
+    store = settings_store(pipeline)
+    sid = checked_stream_id(stream_id)
     _check_rules(rules, _input_features(engine, sid))
     _apply(engine, store, sid, rules)
     return _out(engine, store, sid)
@@ -157,8 +151,8 @@ def put_settings(
 @router.delete("/{stream_id:path}/settings", dependencies=[WriteScope], responses=_ERRORS)
 def delete_settings(stream_id: str, engine: EngineDep, pipeline: PipelineDep) -> StreamSettingsOut:
     """Forget the stream's own rules: it inherits the binding's and the settings' again."""
-    store = _store(pipeline)
-    sid = _checked_id(stream_id)
+    store = settings_store(pipeline)
+    sid = checked_stream_id(stream_id)
     _apply(engine, store, sid, None)
     return _out(engine, store, sid)
 
