@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,3 +43,31 @@ def chromium(profile_dir: Path, extra_flags: Sequence[str] = ()) -> Iterator[Any
         yield driver
     finally:
         driver.quit()
+
+
+@contextmanager
+def twin_dashboard(
+    profile_dir: Path, settings: Any, store: Any, metrics: Any, engine: Any,
+    prepare: Callable[[Any], object] | None = None,
+) -> Iterator[Any]:
+    """A browser on the dashboard of the real API app and pipeline around an engine twin
+    (tests/apitwin.py), served on a free port; ``prepare(pipeline)`` runs before the start.
+    Browser, server and pipeline are stopped afterwards."""
+    from service.api.app import create_app
+    from service.pipeline import Pipeline, build_ingester
+    from tools.demo import ApiServer, _listen
+
+    ingester = build_ingester(settings, store, metrics, sinks=[engine.accept], mqtt=False)
+    pipeline = Pipeline(settings, metrics, store=store, engine=engine, ingester=ingester, decoder=ingester.decoder)
+    if prepare is not None:
+        prepare(pipeline)
+    pipeline.start()
+    server = ApiServer(create_app(settings, pipeline=pipeline), _listen("127.0.0.1", 0))
+    server.start()
+    try:
+        with chromium(profile_dir) as browser:
+            browser.get(f"http://127.0.0.1:{server.port}/")
+            yield browser
+    finally:
+        server.stop()
+        pipeline.stop()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.apitwin import TwinStatus
-from tests.integration.chromium import chromium
+from tests.integration.chromium import twin_dashboard
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -32,13 +32,10 @@ class BreachStatus(TwinStatus):
 def test_the_dashboard_shows_the_eta_of_a_predicted_breach(tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    from service.api.app import create_app
     from service.metrics import Metrics
-    from service.pipeline import Pipeline, build_ingester
     from service.records import Reading, StreamKey
     from service.store.memory import MemoryStore
     from tests.apiharness import T0, populated_twin, settings_for
-    from tools.demo import ApiServer, _listen
 
     settings = settings_for(tmp_path)
     store, metrics, engine = MemoryStore(), Metrics(), populated_twin()
@@ -49,35 +46,25 @@ def test_the_dashboard_shows_the_eta_of_a_predicted_breach(tmp_path: Path) -> No
     )
     key = StreamKey("pump-1", "temperature")
     store.write([Reading(key, T0 - (50 - i) * 60 * 10**9, 20.0 + (i % 7) * 0.3) for i in range(50)])
-    ingester = build_ingester(settings, store, metrics, sinks=[engine.accept], mqtt=False)
-    pipeline = Pipeline(settings, metrics, store=store, engine=engine, ingester=ingester, decoder=ingester.decoder)
-    pipeline.start()
-    server = ApiServer(create_app(settings, pipeline=pipeline), _listen("127.0.0.1", 0))
-    server.start()
-    try:
-        with chromium(tmp_path / "profile") as browser:
-            browser.get(f"http://127.0.0.1:{server.port}/")
-            rows = '#streams tbody tr[data-stream="pump-1/temperature"] td.breach'
-            wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, rows), 15, what="the breach cell")
-            assert browser.find_element(By.CSS_SELECTOR, rows).text == "above 23.00 in 3 min (93%)"
-            # This pipeline keeps no alert history (GET /v1/alerts: 503): the streams still
-            # update, and the alert list says why it is empty.
-            empty = browser.find_element(By.CSS_SELECTOR, "#alerts tbody td").text
-            assert empty.startswith("no alert history"), empty
-            assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
-            # The other stream has none.
-            other = browser.find_elements(By.CSS_SELECTOR, '#streams tbody tr[data-stream^="pump-2"] td')
-            assert other[5].text == "–"
-            # The chart: a note in its header and the limit drawn as a line (series 9).
-            head = '.chart[data-stream="pump-1/temperature"] h3 .breach'
-            wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, head), 15, what="the chart's breach note")
-            assert browser.find_element(By.CSS_SELECTOR, head).text.startswith("breach above 23.00 in 3 min")
-            limit: Any = "const u = window.sensorcast.charts[arguments[0]]; return u ? u.data[9].filter(v => v === 23).length : 0"
-            wait_until(lambda: browser.execute_script(limit, "pump-1/temperature") > 50, 15, what="the limit line")
-            # No script errors; the browser logs the expected 503 of /v1/alerts as a network one.
-            errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
-                      and not (e["source"] == "network" and "/v1/alerts?" in e["message"] and " 503 " in e["message"])]
-            assert not errors, errors
-    finally:
-        server.stop()
-        pipeline.stop()
+    with twin_dashboard(tmp_path / "profile", settings, store, metrics, engine) as browser:
+        rows = '#streams tbody tr[data-stream="pump-1/temperature"] td.breach'
+        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, rows), 15, what="the breach cell")
+        assert browser.find_element(By.CSS_SELECTOR, rows).text == "above 23.00 in 3 min (93%)"
+        # This pipeline keeps no alert history (GET /v1/alerts: 503): the streams still
+        # update, and the alert list says why it is empty.
+        empty = browser.find_element(By.CSS_SELECTOR, "#alerts tbody td").text
+        assert empty.startswith("no alert history"), empty
+        assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
+        # The other stream has none.
+        other = browser.find_elements(By.CSS_SELECTOR, '#streams tbody tr[data-stream^="pump-2"] td')
+        assert other[5].text == "–"
+        # The chart: a note in its header and the limit drawn as a line (series 9).
+        head = '.chart[data-stream="pump-1/temperature"] h3 .breach'
+        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, head), 15, what="the chart's breach note")
+        assert browser.find_element(By.CSS_SELECTOR, head).text.startswith("breach above 23.00 in 3 min")
+        limit: Any = "const u = window.sensorcast.charts[arguments[0]]; return u ? u.data[9].filter(v => v === 23).length : 0"
+        wait_until(lambda: browser.execute_script(limit, "pump-1/temperature") > 50, 15, what="the limit line")
+        # No script errors; the browser logs the expected 503 of /v1/alerts as a network one.
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"
+                  and not (e["source"] == "network" and "/v1/alerts?" in e["message"] and " 503 " in e["message"])]
+        assert not errors, errors

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.integration.chromium import chromium
+from tests.integration.chromium import twin_dashboard
 from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -21,14 +21,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.integration]
 def test_the_dashboard_draws_a_grid_stream_as_a_heat_map(tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
-    from service.api.app import create_app
     from service.metrics import Metrics
-    from service.pipeline import Pipeline, build_ingester
     from service.records import Reading, StreamKey
     from service.store.memory import MemoryStore
     from tests.apiharness import T0, populated_twin, settings_for
     from tests.apitwin import TwinStatus, twin_manifest
-    from tools.demo import ApiServer, _listen
 
     pixels = ["r0c0", "r0c1", "r0c2", "r1c0", "r1c1", "r1c2"]  # 2 rows x 3 columns, row-major
     settings = settings_for(tmp_path)
@@ -43,35 +40,25 @@ def test_the_dashboard_draws_a_grid_stream_as_a_heat_map(tmp_path: Path) -> None
     for k, name in enumerate(pixels):
         last = T0 - 20 * minute if name == "r1c2" else T0  # r1c2 died 20 cadences ago
         store.write([Reading(StreamKey("ir01", name), last - i * minute, 20.0 + 2 * k + 0.1 * i) for i in range(3)])
-    ingester = build_ingester(settings, store, metrics, sinks=[engine.accept], mqtt=False)
-    pipeline = Pipeline(settings, metrics, store=store, engine=engine, ingester=ingester, decoder=ingester.decoder)
-    pipeline.start()
-    server = ApiServer(create_app(settings, pipeline=pipeline), _listen("127.0.0.1", 0))
-    server.start()
-    try:
-        with chromium(tmp_path / "profile") as browser:
-            browser.get(f"http://127.0.0.1:{server.port}/")
-            card = '.heatmap[data-stream="ir01"]'
-            wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, card), 15, what="the grid's heat map")
-            hm = browser.execute_script("return window.sensorcast.heatmaps['ir01']")
-            assert hm["grid"] == [2, 3] and hm["features"] == pixels
-            assert hm["values"] == [20.0, 22.0, 24.0, 26.0, 28.0, 30.0]
-            assert hm["stale"] == [False] * 5 + [True] and (hm["min"], hm["max"]) == (20.0, 28.0)
-            size = browser.execute_script(f"const c = document.querySelector('{card} canvas'); return [c.width, c.height]")
-            assert size[0] > size[1] > 0  # 3 columns wide, 2 rows high
-            text = browser.find_element(By.CSS_SELECTOR, f"{card} p").text
-            assert "1 pixel without recent readings" in text, text
-            # The hot corner is red, the cold one blue; the dead pixel grey.
-            rgb = browser.execute_script(
-                f"const x = document.querySelector('{card} canvas').getContext('2d');"
-                "return [[14, 14], [14 + 28, 28 + 14], [14 + 56, 28 + 14]].map(([a, b]) => "
-                "Array.from(x.getImageData(a, b, 1, 1).data.slice(0, 3)))"
-            )
-            cold, hot, dead = rgb
-            assert cold[2] > cold[0] and hot[0] > hot[2] and dead[0] == dead[1] == dead[2], rgb
-            assert not browser.find_element(By.CSS_SELECTOR, "#error").is_displayed()
-            # Streams of models without a grid get no heat map.
-            assert not browser.find_elements(By.CSS_SELECTOR, '.heatmap[data-stream^="pump"]')
-    finally:
-        server.stop()
-        pipeline.stop()
+    with twin_dashboard(tmp_path / "profile", settings, store, metrics, engine) as browser:
+        card = '.heatmap[data-stream="ir01"]'
+        wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, card), 15, what="the grid's heat map")
+        hm = browser.execute_script("return window.sensorcast.heatmaps['ir01']")
+        assert hm["grid"] == [2, 3] and hm["features"] == pixels
+        assert hm["values"] == [20.0, 22.0, 24.0, 26.0, 28.0, 30.0]
+        assert hm["stale"] == [False] * 5 + [True] and (hm["min"], hm["max"]) == (20.0, 28.0)
+        size = browser.execute_script(f"const c = document.querySelector('{card} canvas'); return [c.width, c.height]")
+        assert size[0] > size[1] > 0  # 3 columns wide, 2 rows high
+        text = browser.find_element(By.CSS_SELECTOR, f"{card} p").text
+        assert "1 pixel without recent readings" in text, text
+        # The hot corner is red, the cold one blue; the dead pixel grey.
+        rgb = browser.execute_script(
+            f"const x = document.querySelector('{card} canvas').getContext('2d');"
+            "return [[14, 14], [14 + 28, 28 + 14], [14 + 56, 28 + 14]].map(([a, b]) => "
+            "Array.from(x.getImageData(a, b, 1, 1).data.slice(0, 3)))"
+        )
+        cold, hot, dead = rgb
+        assert cold[2] > cold[0] and hot[0] > hot[2] and dead[0] == dead[1] == dead[2], rgb
+        assert not browser.find_element(By.CSS_SELECTOR, "#error").is_displayed()
+        # Streams of models without a grid get no heat map.
+        assert not browser.find_elements(By.CSS_SELECTOR, '.heatmap[data-stream^="pump"]')
