@@ -10,32 +10,13 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
+from tests.artefact.test_export import MEAN, STD, _random_weights, _signal  # noqa: E402  (the parity fixtures)
 from training.config import ModelConfig  # noqa: E402
 from training.export import to_onnx  # noqa: E402
 from training.nets import StepNet  # noqa: E402
 
 pytestmark = pytest.mark.artefact
-MEAN, STD = [20.0, -1.0], [3.0, 0.5]
 K = 12  # small, so a 400-step rollout wraps the ring many times
-
-
-def _random_weights(net: torch.nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    net.trained = True
-    net.eval()
-
-
-def _signal(T: int, B: int = 3, seed: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(T)[None, :, None]
-    x = np.array(MEAN) + np.array(STD) * (np.sin(t / 7.0 + rng.uniform(0, 6, (B, 1, 2))) + 0.3 * rng.normal(size=(B, T, 2)))
-    x = x.astype(np.float32)
-    x[rng.random(x.shape) < 0.05] = np.nan
-    x[:, 50:53, 0] = np.nan
-    return x
 
 
 @pytest.mark.parametrize(("cell", "scaling", "lags", "n_time", "horizon"),
