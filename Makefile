@@ -11,17 +11,17 @@ DATA ?= ../shared/data
 # for the base images), runs the stack in tests/stack: no Docker engine needed.
 # prometheus: for promtool (rule checks), 19 MB download, ~7 s here; its server is not wanted (stopped below).
 SYSTEM_PACKAGES := mosquitto influxdb chromium chromium-driver docker-compose \
-	podman runc netavark aardvark-dns iptables debootstrap prometheus
+	podman runc netavark aardvark-dns iptables debootstrap prometheus nats-server
 
 .PHONY: setup setup-system setup-service demo test test-fast lint bench bench-ingest \
-	bench-inference bench-latency bench-ett bench-nab bench-faults bench-tep soak faults clean env-example check-image-deps compose-config \
+	bench-inference bench-latency bench-ett bench-ett-table bench-nab bench-faults bench-tep soak faults clean env-example check-image-deps compose-config \
 	stack-images test-stack
 
 setup: setup-system $(VENV)/.installed  ## venv with service, trainer and test tools
 
 # Servers the integration tests start themselves (Debian packages). Only as root.
 setup-system:
-	@missing=""; for b in mosquitto influxd chromium chromedriver docker-compose podman runc debootstrap iptables promtool; do \
+	@missing=""; for b in mosquitto influxd nats-server chromium chromedriver docker-compose podman runc debootstrap iptables promtool; do \
 	  command -v $$b >/dev/null || [ -x /usr/sbin/$$b ] || missing="$$missing $$b"; done; \
 	[ -x /usr/lib/podman/netavark ] || missing="$$missing netavark"; \
 	if [ -n "$$missing" ]; then \
@@ -69,8 +69,20 @@ bench-inference: $(VENV)/.installed
 bench-latency: setup  ## publish->alert and GET forecast latency at 10k readings/s
 	$(VENV)/bin/sensorcast bench latency
 
-bench-ett: $(VENV)/.installed
-	$(PY) -m training.bench_ett --data $(DATA)/ett/ETTh1.csv
+# ETTh1: trains what CELLS / HORIZONS / LAGS ask for (nothing by default: every cell x
+# horizon x lag setting is hours on 2 cores), e.g. CELLS=gru,lstm (HORIZONS=96,336 LAGS=96,0 by default),
+# merging each run into docs/results/ett.json; then prints the table of every recorded run.
+CELLS ?=
+HORIZONS ?= 96,336
+LAGS ?= 96,0
+ETT_ARGS ?=
+bench-ett: $(VENV)/.installed  ## ETTh1 table; CELLS=gru [HORIZONS=96 LAGS=0] trains those first
+	$(if $(CELLS),nice -n 10 $(PY) -m training.bench_ett --data $(DATA)/ett/ETTh1.csv --cells $(CELLS) \
+	  --horizons $(HORIZONS) --lags $(LAGS) --threads 1 $(ETT_ARGS))
+	$(PY) -m training.ett_table --data $(DATA)/ett/ETTh1.csv
+
+bench-ett-table: $(VENV)/.installed  ## the ETTh1 table from docs/results/ett.json (no training)
+	$(PY) -m training.ett_table
 
 # NAB (data: $(DATA)/nab). The headline GRU is trained once on the probationary rows and
 # cached under NAB_WORK (default: <tmp>/sensorcast-nab, outside the repository).

@@ -539,6 +539,52 @@ class WatchdogSettings(BaseModel):
     )
 
 
+class NatsSettings(BaseModel):
+    """Scale-out on NATS JetStream (docs/scale.md). Off unless ``url`` is set: the single-gateway
+    path (mosquitto, one process) is the default."""
+
+    url: str | None = Field(
+        None,
+        description="NATS servers, comma-separated (nats://host:4222,...). Set: readings come from JetStream "
+        "(ingest role: a writer in the writers' consumer group; inference role: a replica owning partitions).",
+    )
+    partitions: int = Field(
+        16, ge=1, le=1024,
+        description="Partitions of the readings stream; must equal N in the servers' mapping "
+        "p.{{partition(N,1)}}.<topic> (deploy/nats/). Fixed once readings flow: see docs/scale.md to grow it.",
+    )
+    stream: str = Field(
+        "SENSORCAST", pattern=r"^[A-Za-z0-9_-]+$",
+        description="JetStream stream of the readings (subjects p.>); the other buckets are named after it.",
+    )
+    replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the streams and buckets (3 on a cluster).")
+    retention_h: float = Field(
+        168.0, gt=0,
+        description="Hours the readings stream keeps messages: how far back a new partition owner can catch up.",
+    )
+    lease_ttl_s: float = Field(
+        6.0, ge=1,
+        description="Partition lease lifetime; renewed every third of it. A dead replica's partitions move "
+        "after at most this long.",
+    )
+    replica_id: str = Field("", description="This process's name in leases and logs (empty: hostname-pid).")
+    writer_durable: str = Field(
+        "sensorcast-writers", pattern=r"^[A-Za-z0-9_-]+$",
+        description="Durable pull consumer shared by every writer process (one consumer group over all partitions).",
+    )
+    checkpoint_interval_s: float = Field(
+        10.0, gt=0,
+        description="Seconds between a replica's checkpoints of each owned partition (to the JetStream object "
+        "store); a new owner replays the stream from the checkpoint on.",
+    )
+    fetch_batch: int = Field(1000, ge=1, le=100_000, description="Messages fetched per pull request.")
+    creds_file: Path | None = Field(None, description="NATS credentials file (user JWT and seed); unset: none.")
+
+    @property
+    def servers(self) -> list[str]:
+        return [u.strip() for u in (self.url or "").split(",") if u.strip()]
+
+
 class Settings(BaseSettings):
     """Everything sensorcast can be told, grouped by component."""
 
@@ -567,6 +613,7 @@ class Settings(BaseSettings):
     api: ApiSettings = Field(default_factory=ApiSettings)
     gc: GcSettings = Field(default_factory=GcSettings)
     watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
+    nats: NatsSettings = Field(default_factory=NatsSettings)
 
     @field_validator("roles", mode="before")
     @classmethod

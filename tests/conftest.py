@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from tools.localservers import Influxd, Mosquitto, start_influxd, start_mosquitto
+from tools.localservers import (
+    Influxd,
+    Mosquitto,
+    NatsCluster,
+    start_influxd,
+    start_mosquitto,
+    start_nats,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("SENSORCAST_BENCH_DATA", REPO.parent / "shared" / "data"))
@@ -38,6 +45,8 @@ FIXTURE_MARKS: dict[str, str] = {
     "influxd": "integration",
     "fresh_mosquitto": "integration",
     "fresh_influxd": "integration",
+    "nats_cluster": "integration",
+    "fresh_nats": "integration",
     "shared_data": "bench_data",
 }
 
@@ -59,6 +68,31 @@ def _need(binary: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{binary} is not installed: `make setup` installs it")
     pytest.skip(f"{binary} not installed (make setup installs it)")
+
+
+@pytest.fixture(scope="session")
+def nats_cluster() -> Iterator[NatsCluster]:
+    """Three nats-server nodes (JetStream, MQTT listeners, partition mapping: 4 partitions on
+    sensors/{device}/{quantity}); shared, so tests use their own stream names."""
+    _need("nats-server")
+    with start_nats(3, partitions=4) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def fresh_nats() -> Iterator[Callable[..., NatsCluster]]:
+    """Factory for NATS servers this test may kill (``start_nats``'s keywords)."""
+    _need("nats-server")
+    made: list[NatsCluster] = []
+
+    def make(**kw: Any) -> NatsCluster:
+        cluster = start_nats(**kw)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for c in made:
+        c.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Throwaway local servers for tests and benchmarks: mosquitto and influxd.
+"""Throwaway local servers for tests and benchmarks: mosquitto, influxd and nats-server.
 
 Each runs on a free 127.0.0.1 port with its own temporary data directory and is
 stopped (and its directory removed) on ``stop()``. Nothing here is used in production;
@@ -193,3 +193,122 @@ def start_influxd(db: str | None = "sensorcast") -> Influxd:
     if db:
         server.create_db(db)
     return server
+
+
+NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+NATS_CONF = """\
+server_name: {name}
+listen: 127.0.0.1:{port}
+http: 127.0.0.1:{monitor}
+jetstream {{ store_dir: "{dir}/js" }}
+{mqtt}
+{cluster}
+{mapping}
+"""
+
+
+@dataclass
+class NatsNode(LocalServer):
+    """One nats-server with JetStream (and its MQTT listener when ``mqtt_port``)."""
+
+    mqtt_port: int = 0
+    monitor_port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+        if self.mqtt_port:  # MQTT opens once JetStream is up: wait for it too
+            assert self.proc is not None
+            _wait_port(self.mqtt_port, self.proc, self.log, timeout=30.0)
+
+
+@dataclass
+class NatsCluster:
+    """One or three nats-server nodes on loopback, each with JetStream, an MQTT listener and the
+    readings' partition mapping for ``topic`` (the ingest topic template)."""
+
+    nodes: list[NatsNode]
+    workdir: Path
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """The ``nats.url`` setting: every node, comma-separated."""
+        return ",".join(self.urls)
+
+    def mqtt_url(self, i: int = 0) -> str:
+        return f"mqtt://127.0.0.1:{self.nodes[i].mqtt_port}"
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        self.nodes[i].kill(sig)
+
+    def restart(self, i: int) -> None:
+        self.nodes[i].kill(signal.SIGTERM)
+        self.nodes[i].start()
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.kill(signal.SIGTERM)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_nats(nodes: int = 1, partitions: int = 4, topic: str = "sensors/{device}/{quantity}",
+               mqtt: bool = True) -> NatsCluster:
+    """``nodes`` nats-servers (1, or 3 as a cluster) with JetStream, MQTT and the partition mapping."""
+    from service.nats.subjects import server_mapping_conf
+
+    workdir = Path(tempfile.mkdtemp(prefix="sc-nats-"))
+    names = [f"n{i + 1}" for i in range(nodes)]
+    ports = {n: (free_port(), free_port(), free_port(), free_port() if mqtt else 0) for n in names}
+    routes = ", ".join(f"nats-route://127.0.0.1:{ports[n][2]}" for n in names)
+    mapping = server_mapping_conf(topic, partitions)
+    cluster = NatsCluster([], workdir)
+    try:
+        for name in names:
+            port, monitor, route, mqtt_port = ports[name]
+            d = workdir / name
+            d.mkdir()
+            conf = d / "nats.conf"
+            conf.write_text(NATS_CONF.format(
+                name=name, port=port, monitor=monitor, dir=d, mapping=mapping,
+                mqtt=f"mqtt {{ listen: 127.0.0.1:{mqtt_port} }}" if mqtt else "",
+                cluster=(f"cluster {{ name: sc, listen: 127.0.0.1:{route}, routes: [{routes}] }}"
+                         if nodes > 1 else ""),
+            ))
+            node = NatsNode(argv=[NATS_SERVER, "-c", str(conf)], port=port, workdir=d,
+                            extra_ports=[monitor, route], mqtt_port=mqtt_port, monitor_port=monitor)
+            cluster.nodes.append(node)
+        # A clustered node's MQTT listener waits for JetStream, which waits for the others:
+        # start every process first, then wait for them.
+        for node in cluster.nodes:
+            LocalServer.start(node) if nodes == 1 else _spawn(node)
+        for node in cluster.nodes:
+            assert node.proc is not None
+            _wait_port(node.port, node.proc, node.log, timeout=30.0)
+            if node.mqtt_port:
+                _wait_port(node.mqtt_port, node.proc, node.log, timeout=60.0)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+def _spawn(server: LocalServer) -> None:
+    logf = server.log.open("ab")
+    server.proc = subprocess.Popen(
+        server.argv, stdout=logf, stderr=subprocess.STDOUT, cwd=server.workdir, start_new_session=True
+    )
+    logf.close()
