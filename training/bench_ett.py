@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=12.0, help="training time limit per setting")
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: the benchmark's setting)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--lags", type=int, default=None, help="step models: lag buffer length (0: recurrent state only)")
+    p.add_argument("--lags", default=None,
+                   help="step models: lag buffer lengths, comma-separated (0: recurrent state only; default 96)")
     p.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="override one model/train setting, e.g. train.batch=4 (repeatable; experiments)")
     p.add_argument("--tag", default="", help="suffix of the result key (keeps experiments apart)")
@@ -140,21 +141,29 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not a.data or not Path(a.data).is_file():
         p.error(f"ETTh1.csv not found at {a.data!r}: pass --data or set SENSORCAST_ETT")
-    for h in (int(x) for x in a.horizons.split(",")):
-        for cell in a.cells.split(","):
-            cfg = config_for(cell, h, a.data, a.window, a.minutes, a.epochs, a.lags)
-            cfg = override(replace(cfg, train=replace(cfg.train, threads=a.threads)), a.set)
-            row = run_one(cfg)
-            key = f"{cell}-L{a.window}-H{h}" if cell not in STEP_CELLS else f"{cell}-stream-lags{cfg.model.lags}-H{h}"
-            key += f"-{a.tag}" if a.tag else ""
-            merge(a.out, key, row)
-            print(
-                f"{key:24s} test MSE {row['test_mse']:.4f} MAE {row['test_mae']:.4f} "
-                f"(repeat-last {row['repeat_last_test_mse']:.4f}; fresh-L96 {row.get('fresh_state_L96_test_mse', float('nan')):.4f}) "
-                f"val {row['val_mse']:.4f}, train {row['train_seconds']} s, best epoch {row['best_epoch']} "
-                f"at {row['best_seconds']} s ({row['stopped']})",
-                flush=True,
-            )
+    try:
+        lag_list: list[int | None] = [int(x) for x in a.lags.split(",")] if a.lags else [None]
+        # A window model has no lag buffer: it trains once whatever --lags lists.
+        runs = [(h, c, lg) for h in (int(x) for x in a.horizons.split(",")) for c in a.cells.split(",")
+                for i, lg in enumerate(lag_list) if c in STEP_CELLS or i == 0]
+        # Every setting checked before the first one trains (hours in, a typo would be costly).
+        cfgs = [override(replace(cfg, train=replace(cfg.train, threads=a.threads)), a.set)
+                for cfg in (config_for(c, h, a.data, a.window, a.minutes, a.epochs, lg) for h, c, lg in runs)]
+    except ValueError as e:
+        p.error(str(e))
+    for cfg in cfgs:
+        cell, h = cfg.model.cell, cfg.model.horizon
+        row = run_one(cfg)
+        key = f"{cell}-L{a.window}-H{h}" if cell not in STEP_CELLS else f"{cell}-stream-lags{cfg.model.lags}-H{h}"
+        key += f"-{a.tag}" if a.tag else ""
+        merge(a.out, key, row)
+        print(
+            f"{key:24s} test MSE {row['test_mse']:.4f} MAE {row['test_mae']:.4f} "
+            f"(repeat-last {row['repeat_last_test_mse']:.4f}; fresh-L96 {row.get('fresh_state_L96_test_mse', float('nan')):.4f}) "
+            f"val {row['val_mse']:.4f}, train {row['train_seconds']} s, best epoch {row['best_epoch']} "
+            f"at {row['best_seconds']} s ({row['stopped']})",
+            flush=True,
+        )
     return 0
 
 
