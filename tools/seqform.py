@@ -55,9 +55,38 @@ def _subgraph_names(node: Any) -> set[str]:
     return names
 
 
-def build_sequence(step_bytes: bytes) -> bytes:
-    """The sequence graph (serialised) for the step graph ``step_bytes``; ValueError when
-    the step graph does not follow the step contract or its opset is older than 13."""
+def build_sequence(step_bytes: bytes, native: bool = True) -> bytes:
+    """The sequence graph (serialised) for the step graph ``step_bytes``: the native form
+    (tools/seqnative.py: the recurrence in one RNN op) when the graph allows it and it
+    matches rolling the step graph (``seqnative.check``), else the Scan form. ValueError
+    when the step graph does not follow the step contract or its opset is older than 13."""
+    if native:
+        import onnx
+
+        from tools.seqnative import NotNative, build_native, check
+
+        try:
+            blob = bytes(build_native(onnx.load_from_string(step_bytes)).SerializeToString())
+        except NotNative:
+            pass
+        else:
+            if check(step_bytes, blob) <= 1.0:
+                return blob
+    return build_scan(step_bytes)
+
+
+def sequence_kind(seq_bytes: bytes) -> str:
+    """"native" | "scan": which form ``build_sequence`` made."""
+    import onnx
+
+    from tools.seqnative import KIND_KEY
+
+    props = {p.key: p.value for p in onnx.load_from_string(seq_bytes).metadata_props}
+    return str(props.get(KIND_KEY, "scan"))
+
+
+def build_scan(step_bytes: bytes) -> bytes:
+    """The Scan form: the step graph's nodes as the body of an ONNX Scan over T."""
     import onnx
     from onnx import TensorProto, helper
 

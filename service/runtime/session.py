@@ -114,6 +114,7 @@ class OrtRuntime:
             self._want.remove("scale")
         self._seq: Any = None  # the sequence graph's session
         self.sequence_source = "none"  # "shipped" | "none" (a call per step)
+        self.sequence_form = "none"  # "native" | "scan" | "none"
         if manifest.kind == "step":
             self._open_sequence(folder, opts, sequence_bytes)
 
@@ -136,6 +137,9 @@ class OrtRuntime:
             raise ModelError(f"{folder}: sequence graph has inputs {sorted(names_in)}, outputs {names_out}; "
                              f"expected {sorted(self._inputs)} -> {self._want}")
         self._seq, self.sequence_source = sess, "shipped"
+        # "native" (the recurrence in one RNN op) or "scan" (a Scan over the step graph):
+        # tools/seqform.py writes it into the graph's metadata (KIND_KEY in tools/seqnative.py).
+        self.sequence_form = sess.get_modelmeta().custom_metadata_map.get("sensorcast.sequence", "scan")
 
     def _validate(self, path: Path) -> None:
         m = self.manifest

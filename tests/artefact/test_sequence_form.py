@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from service.runtime.manifest import read_model  # noqa: E402
 from service.runtime.session import OrtRuntime, roll  # noqa: E402
-from tools.seqform import build_sequence  # noqa: E402
+from tools.seqform import build_scan, build_sequence, sequence_kind  # noqa: E402
 from training.config import ModelConfig  # noqa: E402
 from training.export import export, to_onnx  # noqa: E402
 from training.nets import StepNet  # noqa: E402
@@ -49,7 +49,11 @@ def test_sequence_form_equals_rolling_the_step_graph(tmp_path: Path, cell: str, 
     path = tmp_path / "model.onnx"
     to_onnx(net, path)
     step = _session(path.read_bytes())
-    seq = _session(build_sequence(path.read_bytes()))
+    blob = build_sequence(path.read_bytes())
+    # The recurrence in one native RNN op where the cell allows it (tools/seqnative.py);
+    # jordan feeds its output back, so it keeps the Scan over the step graph.
+    assert sequence_kind(blob) == ("scan" if cell == "jordan" else "native")
+    seq = _session(blob)
     rng = np.random.default_rng(1)
     B, T = 3, 1500
     x = (np.array(MEAN) + np.array(STD) * rng.standard_normal((B, T, 2))).astype(np.float32)
@@ -72,6 +76,41 @@ def test_sequence_form_equals_rolling_the_step_graph(tmp_path: Path, cell: str, 
     assert np.isfinite(got["forecast"]).all()
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_native_form_over_one_two_and_three_steps(tmp_path: Path, cell: str) -> None:
+    """Short histories (T = 1 skips the recurrence) and a long NaN run at the start, from
+    a non-zero state, with running statistics, lags and time features; equal to the Scan form."""
+    net = StepNet(ModelConfig(cell=cell, hidden=8, layers=2, horizon=3, lags=4, scaling="ema", dropout=0.0),
+                  2, 1, MEAN, STD)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
+    net.trained = True
+    path = tmp_path / "model.onnx"
+    to_onnx(net, path)
+    native, scan = _session(build_sequence(path.read_bytes())), _session(build_scan(path.read_bytes()))
+    rng = np.random.default_rng(2)
+    state = rng.uniform(0, 2, (2, net.state_size)).astype(np.float32)
+    for t in (1, 2, 3, 40):
+        x = (np.array(MEAN) + np.array(STD) * rng.standard_normal((2, t, 2))).astype(np.float32)
+        x[1, : t // 2 + 1] = np.nan
+        feed = {"x": x, "state": state, "tf": rng.uniform(-1, 1, (2, t, 1)).astype(np.float32)}
+        for a, b in zip(native.run(None, feed), scan.run(None, feed), strict=True):
+            assert np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(b).max()))
+
+
+def test_a_native_form_that_disagrees_falls_back_to_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tools.seqnative
+
+    net = StepNet(ModelConfig(cell="gru", hidden=4, horizon=2, dropout=0.0), 1, 0, [0.0], [1.0])
+    net.trained = True
+    path = tmp_path / "model.onnx"
+    to_onnx(net, path)
+    assert sequence_kind(build_sequence(path.read_bytes())) == "native"
+    monkeypatch.setattr(tools.seqnative, "check", lambda step, seq: 1.5)  # 1.5x what is allowed
+    assert sequence_kind(build_sequence(path.read_bytes())) == "scan"
+
+
 def _trained():  # type: ignore[no-untyped-def]
     from tests.artefact.test_export import _sine_dataset
     from training.config import Config, DataConfig, TrainConfig
@@ -88,7 +127,7 @@ def test_export_ships_the_sequence_form(tmp_path: Path) -> None:
     manifest, blob = read_model(ex.folder)
     assert manifest.sequence_file == "model.seq.onnx" and manifest.sequence_sha256 is not None
     rt = OrtRuntime(ex.folder, manifest, model_bytes=blob)
-    assert rt.sequence_source == "shipped"
+    assert rt.sequence_source == "shipped" and rt.sequence_form == "native"
     x = np.full((2, 30, 2), 20.0, np.float32)
     x[:, ::3, 1] = np.nan
     tf = np.zeros((2, 30, 1), np.float32)

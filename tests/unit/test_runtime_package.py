@@ -49,8 +49,9 @@ def test_tools_and_evaluation_need_no_torch_and_only_the_model_builders_need_onn
         if name.split(".")[0] in ("torch", "training", "onnx")
     }
     # onnx (the train extra) only to build models, imported inside the builder functions
-    # (tools/seqform.py: the sequence form of a step graph).
-    assert found == {("tools/modelkit.py", "onnx"), ("tools/seqform.py", "onnx"), ("evaluation/nab/persistence.py", "onnx")}
+    # (tools/seqform.py and seqnative.py: the sequence form of a step graph).
+    assert found == {("tools/modelkit.py", "onnx"), ("tools/seqform.py", "onnx"), ("tools/seqnative.py", "onnx"),
+                     ("evaluation/nab/persistence.py", "onnx")}
 
 
 def test_dashboard_does_not_import_the_api() -> None:

@@ -54,6 +54,7 @@ def test_sequence_equals_rolling_the_step_graph(tmp_path: Path, name: str, t: in
     manifest, blob = read_model(folder)
     rt = OrtRuntime(folder, manifest, model_bytes=blob)
     assert rt.sequence_source == "shipped"
+    assert rt.sequence_form == "scan"  # the kit's cells are MatMuls, not RNN ops: tools/seqnative.py declines
     x, tf = _history(spec, 3, max(t, 1))
     x, tf = x[:, :t], None if tf is None else tf[:, :t]
     state = np.zeros((3, manifest.state_size), np.float32)
