@@ -10,7 +10,8 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 DIR="$HERE/secrets"
 mkdir -p "$DIR"
 chmod 700 "$DIR"
-for name in mqtt_service_password mqtt_device_password influxdb_admin_password influxdb_password api_key read_key grafana_admin_password; do
+for name in mqtt_service_password mqtt_device_password influxdb_admin_password influxdb_password api_key read_key grafana_admin_password \
+    nats_route_password nats_leaf_password; do
     f="$DIR/$name"
     if [ -s "$f" ]; then
         echo "kept    $f"

@@ -161,7 +161,8 @@ def test_init_script_creates_private_secrets_and_env_once(tmp_path: Path) -> Non
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
     files = sorted(p.name for p in secrets.iterdir())
     assert files == sorted(["mqtt_service_password", "mqtt_device_password", "influxdb_admin_password",
-                            "influxdb_password", "api_key", "read_key", "grafana_admin_password"])
+                            "influxdb_password", "api_key", "read_key", "grafana_admin_password",
+                            "nats_route_password", "nats_leaf_password"])  # the last two: deploy/compose.scale.yml
     values = {p.read_text() for p in secrets.iterdir()}
     assert len(values) == len(files) and all(re.fullmatch(r"[A-Za-z0-9]{32}", v) for v in values)
     assert (tmp_path / ".env").read_text() == (REPO / "deploy" / "env.example").read_text()

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,100 @@ def test_start_sh_refuses_without_what_it_needs(tmp_path: Path, env: dict[str, s
                                                 message: str) -> None:
     proc = _start_sh(tmp_path, env, {k: v for k, v in SECRET_FILES.items() if k != drop})
     assert proc.returncode == 1 and message in proc.stderr and "args:" not in proc.stdout, proc.stderr
+
+
+# --- deploy/compose.scale.yml: the scale-out deployment -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def scale() -> dict[str, Any]:
+    yaml = pytest.importorskip("yaml")
+    data: dict[str, Any] = yaml.safe_load((REPO / "deploy" / "compose.scale.yml").read_text())
+    return data
+
+
+def test_scale_compose_validates(tmp_path: Path) -> None:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+    shutil.copy(REPO / "docker-compose.yml", tmp_path)  # influxdb extends its service
+    shutil.copytree(REPO / "deploy", tmp_path / "deploy", ignore=shutil.ignore_patterns("secrets"))
+    (tmp_path / "models").mkdir()
+    subprocess.run(["sh", str(tmp_path / "deploy" / "init.sh")], capture_output=True, check=True, timeout=30)
+    args = [exe, "-f", "deploy/compose.scale.yml", "--env-file", ".env", "config"]
+    proc = subprocess.run([*args, "-q"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    services = subprocess.run([*args, "--services"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                              check=True).stdout.split()
+    assert sorted(services) == ["inference", "influxdb", "nats1", "nats2", "nats3", "writer1", "writer2"]
+
+
+def test_scale_compose_structure(scale: dict[str, Any]) -> None:
+    services = scale["services"]
+    for name, svc in services.items():
+        if name != "influxdb":  # extends docker-compose.yml's, checked there
+            assert svc["healthcheck"]["test"] and svc["healthcheck"]["retries"] >= 3, name
+            image = svc["image"]
+            m = re.fullmatch(r"\$\{[A-Z_]+:-([^}]+)\}", image)
+            assert re.search(r":[\w.${}-]+$", m.group(1) if m else image), name  # pinned
+            assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"], name
+        for dep, cond in svc.get("depends_on", {}).items():
+            assert cond == {"condition": "service_healthy"}, f"{name} -> {dep}"
+    for i in (1, 2, 3):
+        node = services[f"nats{i}"]
+        conf = node["environment"]["NATS_CONF"]
+        assert conf == f"/etc/nats/nats{i}.conf" and "./nats:/etc/nats:ro" in node["volumes"]
+        assert node["entrypoint"] == ["/bin/sh", "/etc/nats/start.sh"]
+        # Monitoring (8222) and clients (4222) stay inside the compose network.
+        assert {p.rsplit(":", 1)[1] for p in node["ports"]} == {"1883", "7422"}
+    assert services["inference"]["environment"]["SENSORCAST_ROLES"] == "inference,api"
+    assert all(p.startswith("127.0.0.1:") for p in services["inference"]["ports"])
+    for w in ("writer1", "writer2"):
+        assert services[w]["environment"]["SENSORCAST_ROLES"] == "ingest,api" and "ports" not in services[w]
+    spools = {v for w in ("writer1", "writer2") for v in services[w]["volumes"]}
+    assert len(spools) == 2  # a spool volume each
+    init = (REPO / "deploy" / "init.sh").read_text()
+    for name, spec in scale["secrets"].items():
+        assert spec["file"] == f"./secrets/{name}" and name in init, name
+    used = {s for svc in services.values() for s in svc.get("secrets", [])}
+    assert used == set(scale["secrets"])
+    # The default single-gateway stack knows nothing of NATS.
+    assert not [s for s in (REPO / "docker-compose.yml").read_text().splitlines() if "nats" in s.lower()]
+
+
+def test_scale_compose_settings_exist_and_match_the_mapping(scale: dict[str, Any]) -> None:
+    from service.config_doc import settings_rows
+
+    settings = {var for var, _, _ in settings_rows()}
+    if "SENSORCAST_NATS__URL" not in settings:
+        pytest.skip("the nats settings are not in service/config.py yet")
+    for name, svc in scale["services"].items():
+        env = {k for k in svc.get("environment", {}) if k.startswith("SENSORCAST_")}
+        assert not env - settings, f"{name}: {sorted(env - settings)} are not settings"
+    parts = {svc["environment"]["SENSORCAST_NATS__PARTITIONS"] for n, svc in scale["services"].items()
+             if n.startswith(("inference", "writer"))}
+    mapped = set(re.findall(r"partition\((\d+),", (DEPLOY / "cluster.conf").read_text()))
+    mapped |= set(re.findall(r"partition\((\d+),", (DEPLOY / "leaf.conf").read_text()))
+    assert parts == mapped and len(parts) == 1
+
+
+def test_scale_entrypoint_builds_the_url_from_the_secret(scale: dict[str, Any], tmp_path: Path) -> None:
+    """The service's entrypoint as compose runs it, with the secret path moved and `sensorcast`
+    replaced by a script that prints what it got; the URL parses as three servers."""
+    from service.config import Settings
+
+    entry = scale["services"]["inference"]["entrypoint"]
+    assert entry[:2] == ["/bin/sh", "-c"]
+    script = entry[2].replace("$$", "$").replace("/run/secrets/", f"{tmp_path}/")
+    (tmp_path / "mqtt_service_password").write_text("s3cret")
+    fake = tmp_path / "bin" / "sensorcast"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "$*"\necho "$SENSORCAST_NATS__URL"\n')
+    fake.chmod(0o755)
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30, check=True,
+                         env={"PATH": f"{fake.parent}:/usr/bin:/bin"}).stdout.splitlines()
+    assert out[0] == "serve"
+    if not hasattr(Settings(), "nats"):
+        pytest.skip("the nats settings are not in service/config.py yet")
+    servers = Settings(nats={"url": out[1]}).nats.servers  # type: ignore[attr-defined]
+    assert servers == [f"nats://sensorcast:s3cret@nats{i}:4222" for i in (1, 2, 3)]
