@@ -14,7 +14,7 @@ SYSTEM_PACKAGES := mosquitto influxdb chromium chromium-driver docker-compose \
 	podman runc netavark aardvark-dns iptables debootstrap prometheus nats-server
 
 .PHONY: setup setup-system setup-service demo test test-fast lint bench bench-ingest \
-	bench-inference bench-latency bench-ett bench-ett-table bench-nab bench-faults bench-tep soak faults clean env-example check-image-deps compose-config \
+	bench-inference bench-latency bench-scale bench-ett bench-ett-table bench-nab bench-faults bench-tep soak faults clean env-example check-image-deps compose-config \
 	stack-images test-stack
 
 setup: setup-system $(VENV)/.installed  ## venv with service, trainer and test tools
@@ -68,6 +68,11 @@ bench-inference: $(VENV)/.installed
 
 bench-latency: setup  ## publish->alert and GET forecast latency at 10k readings/s
 	$(VENV)/bin/sensorcast bench latency
+
+# NATS scale-out (issue #15): its own nats-server, a 100k-stream backlog over 16 partitions,
+# 1-3 real inference replicas, catch-up after a restore, kill -9 failover; several minutes.
+bench-scale: setup  ## CPU per reading of 1-3 NATS inference replicas, failover time, catch-up speed
+	$(VENV)/bin/sensorcast bench scale $(SCALE_ARGS)
 
 # ETTh1: trains what CELLS / HORIZONS / LAGS ask for (nothing by default: every cell x
 # horizon x lag setting is hours on 2 cores), e.g. CELLS=gru,lstm (HORIZONS=96,336 LAGS=96,0 by default),

@@ -17,6 +17,8 @@ BENCHES = {
     "inference": "Engine cost per stream-step at 1k-100k streams beside the bare ONNX call (make bench-inference).",
     "soak": "The whole stack under steady load for minutes: nothing lost, memory and latency (make soak).",
     "latency": "Publish -> alert and GET forecast latency at 10k readings/s (make bench-latency).",
+    "scale": "Inference replicas on NATS JetStream: CPU per reading for 1-3 replicas, failover, catch-up "
+             "(make bench-scale).",
     "faults": "Simulated faults of every kind: recall, delay, false alerts per 1,000 stream-hours (make bench-faults).",
 }
 ACCURACY = ("Accuracy benchmarks on data (make targets, not subcommands): bench-ett (ETTh1 forecasting), "
