@@ -257,6 +257,39 @@ def test_devices_may_only_publish_readings(cluster: list[Node]) -> None:
         mqtt_publish(n2.ports["mqtt"], "device", "wrong", [("sensors/a/b", b"{}")])
 
 
+def test_alerts_published_on_nats_reach_mqtt_subscribers_on_another_node(cluster: list[Node]) -> None:
+    """What the replicas publish on sensorcast.alerts.<stream> reaches an MQTT subscriber
+    (the service user, as Home Assistant or a dashboard would log in) on another node."""
+    n1, _, n3 = cluster
+    got: list[tuple[str, bytes]] = []
+    subscribed = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="alert-reader", protocol=mqtt.MQTTv311)
+    client.username_pw_set("sensorcast", SECRETS["mqtt_service_password"])
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("sensorcast/alerts/#", qos=1)
+    client.on_subscribe = lambda c, u, mid, rc, p: subscribed.set()
+    client.on_message = lambda c, u, m: got.append((m.topic, m.payload))
+    client.connect("127.0.0.1", n1.ports["mqtt"])
+    client.loop_start()
+    try:
+        assert subscribed.wait(10)
+
+        async def publish() -> None:
+            nc = await nats.connect(n3.url, connect_timeout=5)
+            await asyncio.sleep(0.5)  # the MQTT subscription's interest reaches node 3
+            await nc.publish("sensorcast.alerts.dev1%2Ftemp", b'{"state": "firing"}')
+            await nc.flush()
+            await nc.close()
+
+        run(publish())
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got == [("sensorcast/alerts/dev1%2Ftemp", b'{"state": "firing"}')]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 def test_replicated_stream_stores_mqtt_readings(cluster: list[Node]) -> None:
     """The production flow: an R3 stream over p.> keeps what devices publish to any node."""
     n1, n2, n3 = cluster
