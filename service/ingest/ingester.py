@@ -19,10 +19,10 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from service.errors import StoreError
 from service.ingest.decode import Decoder
-from service.ingest.mqtt import MqttSource
 from service.ingest.refusals import RefusalReporter
 from service.ingest.writer import BatchWriter, Item, Sink
 from service.metrics import Metrics
@@ -46,6 +46,28 @@ class IngestStatus:
     last_session_lost: float | None = None  # time.time() of the last one
 
 
+class Flag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class Source(Protocol):
+    """What the ingester uses of its subscription: ``service.ingest.mqtt.MqttSource``, or
+    ``service.nats.writer_source.NatsReadingsSource`` when readings come from NATS."""
+
+    @property
+    def connected(self) -> Flag: ...
+    @property
+    def subscribed(self) -> threading.Event: ...
+    @property
+    def sessions_lost(self) -> int: ...
+    @property
+    def last_session_lost(self) -> float | None: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def close_intake(self) -> None: ...
+    def loop_alive(self) -> bool: ...
+
+
 class Ingester:
     def __init__(
         self,
@@ -53,7 +75,7 @@ class Ingester:
         writer: BatchWriter,
         reporter: RefusalReporter,
         metrics: Metrics,
-        source: MqttSource | None = None,
+        source: Source | None = None,
         live: Sequence[Sink] = (),
     ) -> None:
         self.decoder = decoder  # the HTTP path decodes with the same one (and its caches)
