@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def redacted(url: str) -> str:
+    """``nats://user:secret@host:4222,...`` without the credentials, for logs and errors."""
+    return ",".join(u.rsplit("@", 1)[0].split("//", 1)[0] + "//" + u.rsplit("@", 1)[1] if "@" in u else u
+                    for u in url.split(","))
+
+
 def replica_name(settings: NatsSettings) -> str:
     return settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
 
@@ -56,7 +62,8 @@ class NatsLink:
                 log.warning("NATS %s: disconnected; reconnecting", self.name)
 
         async def reconnected() -> None:
-            log.info("NATS %s: reconnected to %s", self.name, self.nc.connected_url.netloc if self.nc.connected_url else "?")
+            url = self.nc.connected_url
+            log.info("NATS %s: reconnected to %s", self.name, f"{url.hostname}:{url.port}" if url else "?")
 
         async def error(e: Exception) -> None:
             log.warning("NATS %s: %s", self.name, e)
@@ -79,7 +86,7 @@ class NatsLink:
                 )
             except Exception as e:  # nats-py raises its own and OSError subclasses
                 if self.loop.time() >= deadline:
-                    raise ConnectionError(f"NATS {self.settings.url}: cannot connect: {e}") from e
+                    raise ConnectionError(f"NATS {redacted(self.settings.url or '')}: cannot connect: {e}") from e
                 await asyncio.sleep(0.5)
 
     def close(self, timeout_s: float = 5.0) -> None:
