@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from service.ingest.mqtt import MqttSource
     from service.ingest.refusals import RefusalReporter
     from service.ingest.writer import Sink
+    from service.nats.writer_source import NatsReadingsSource
     from service.runtime.registry import ModelRegistry
     from service.streams.rules import ResolvedRules
     from service.streams.runner import TickOnArrival
@@ -446,7 +447,7 @@ def build_ingester(
     decoder = decoder or Decoder(ing)
     spool = Spool(settings.store.spool_dir, settings.store.spool_max_bytes)
     writer = BatchWriter(store, spool, metrics, ing.batch_size, ing.batch_interval_s, ing.queue_max, sinks=sinks)
-    source: MqttSource | None = None
+    source: MqttSource | NatsReadingsSource | None = None
     topic = ing.dead_letter_topic
 
     def dead_letter(body: bytes) -> None:  # looks the source up when called: it is built after the reporter
@@ -454,7 +455,13 @@ def build_ingester(
             source.publish_dead_letter(topic, body)
 
     reporter = RefusalReporter(metrics, dead_letter if topic else None)
-    if mqtt:
+    if mqtt and settings.nats.url:  # a writer in the consumer group over the NATS readings stream
+        from service.nats.outputs import names_for
+        from service.nats.writer_source import NatsReadingsSource
+
+        source = NatsReadingsSource(settings.nats, decoder, writer, reporter, live=live, names=names_for(settings))
+        writer.acker = source.ack
+    elif mqtt:
         source = MqttSource(settings.mqtt, decoder, writer, reporter, ing.qos, live=live, metrics=metrics)
         writer.acker = source.ack  # a message is acknowledged once the writer made it durable
     return Ingester(decoder, writer, reporter, metrics, source, live=live)

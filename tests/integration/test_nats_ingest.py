@@ -1,0 +1,239 @@
+"""NATS in and out on a real 3-node nats-server cluster: two writers in the consumer group store
+every reading once in a real influxd; refused messages are counted and never redelivered;
+alerts reach the alerts stream once per event (replays deduplicated) and MQTT subscribers."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import paho.mqtt.client as paho
+import pytest
+from nats.js.errors import NotFoundError
+from paho.mqtt.enums import CallbackAPIVersion
+
+from service.alerts.payload import alert_payload, forecast_payload
+from service.config import NatsSettings, Settings
+from service.ingest.ingester import Ingester
+from service.metrics import Metrics
+from service.nats import outputs, provision
+from service.nats.link import NatsLink
+from service.nats.outputs import NatsAlertPublisher
+from service.nats.writer_source import NatsReadingsSource
+from service.pipeline import build_ingester
+from service.records import Alert, Forecast, StreamKey
+from service.store import open_store
+from tests.integration.ingest_helpers import (
+    Publisher,
+    make_settings,
+    payload,
+    readings,
+    wait_stored,
+)
+from tools.localservers import NATS_SERVER, Influxd, NatsCluster, start_nats
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[NatsCluster]:
+    """A 3-node cluster of this module's own: a cluster takes one readings stream (subjects p.>),
+    and the session's shared one may hold another test's."""
+    if not Path(NATS_SERVER).exists():
+        pytest.skip("nats-server not installed (make setup installs it)")
+    with start_nats(3, partitions=4) as c:
+        yield c
+
+
+def _settings(cluster: NatsCluster, stream: str, store_url: str, spool: Path) -> Settings:
+    s = make_settings(1, store_url, spool)  # the MQTT settings are not used with nats.url set
+    s.nats.url = cluster.url
+    s.nats.stream = stream
+    s.nats.replicas = 3
+    s.nats.partitions = 4
+    s.nats.fetch_batch = 50  # small pulls: both writers get a share of 2,000 readings
+    return s
+
+
+def _drop(cluster: NatsCluster, names: provision.Names) -> None:
+    """Delete what provisioning created: the session's shared cluster takes one readings stream
+    (subjects p.>) at a time, so the next test can create its own."""
+    link = NatsLink(NatsSettings(url=cluster.url), "test-drop")
+    link.start()
+
+    async def drop() -> None:
+        for stream in (names.readings, names.alerts, f"KV_{names.leases}", f"KV_{names.ckpt}",
+                       f"KV_{names.alert_state}", f"OBJ_{names.state}"):
+            with contextlib.suppress(NotFoundError):
+                await link.js.delete_stream(stream)
+
+    try:
+        link.run(drop(), 60)
+    finally:
+        link.close()
+
+
+def _refused(m: Metrics) -> float:
+    return sum(s.value for metric in m.readings_refused.collect() for s in metric.samples
+               if s.name.endswith("_total"))
+
+
+def test_two_writers_store_every_reading_once(cluster: NatsCluster, influxd: Influxd, tmp_path: Path) -> None:
+    url = f"influxdb://127.0.0.1:{influxd.port}/natsingest"
+    metrics = [Metrics(), Metrics()]
+    ings: list[Ingester] = []
+    for i in range(2):
+        s = _settings(cluster, "WRITERS", url, tmp_path / f"spool{i}")
+        ing = build_ingester(s, open_store(s.store), metrics[i])
+        assert isinstance(ing.source, NatsReadingsSource)
+        ing.start()
+        ings.append(ing)
+    for ing in ings:
+        assert ing.source is not None and ing.source.subscribed.wait(60)
+        assert ing.status().broker_connected
+    expected = readings(2_000, 40)
+    via_mqtt, via_js = expected[:1_000], expected[1_000:]
+    link = NatsLink(_settings(cluster, "WRITERS", url, tmp_path / "x").nats, "test-pub")
+    link.start()
+    pub = Publisher(cluster.nodes[1].mqtt_port, client_id="nats-ingest-pub")
+    store = open_store(make_settings(1, url, tmp_path / "unused").store)
+    try:
+        # Devices speak MQTT to NATS's listener; other clients publish to JetStream directly
+        # (the servers' mapping puts both on the device's partition).
+        pub.publish(via_mqtt)
+        pub.publish([via_mqtt[0]], body=lambda r: b"not a reading")  # refused
+        pub.wait_acked()
+
+        async def js_publish() -> None:
+            for r in via_js:
+                await link.js.publish(f"sensors.{r.stream.device}.{r.stream.quantity}", payload(r))
+
+        link.run(js_publish(), 60)
+        got = wait_stored(store, expected)
+        deadline = time.monotonic() + 30
+        while sum(_source(i).acked + _source(i).terminated for i in ings) < 2_001 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # a redelivery would show up here
+
+        async def consumer() -> tuple[int, int, int]:
+            info = await link.js.consumer_info("WRITERS", "sensorcast-writers")
+            return info.num_ack_pending, info.num_redelivered, info.num_pending
+
+        ack_pending, redelivered, left = link.run(consumer())
+    finally:
+        pub.close()
+        link.close()
+        for ing in ings:
+            ing.stop()
+            ing.store.close()
+        store.close()
+        _drop(cluster, outputs.names_for(_settings(cluster, "WRITERS", url, tmp_path / "x")))
+    assert got == sorted(expected, key=lambda r: (r.stream, r.ts_ns))
+    shares = [ing.status().stored for ing in ings]
+    assert sum(shares) == 2_000, shares  # each reading written once: no message went to both writers
+    assert min(shares) > 0, shares  # and both did part of the work
+    assert sum(_source(i).acked for i in ings) == 2_000
+    assert sum(_source(i).terminated for i in ings) == 1  # the bad payload, ended for good
+    assert sum(_refused(m) for m in metrics) == 1
+    assert (ack_pending, redelivered, left) == (0, 0, 0)
+
+
+def _source(ing: Ingester) -> NatsReadingsSource:
+    assert isinstance(ing.source, NatsReadingsSource)
+    return ing.source
+
+
+def _alert(state: str = "firing") -> Alert:
+    return Alert(key=StreamKey("pump 1", "temp"), quantity="temp", state=state, ts_ns=1_700_000_000_000_000_000,  # type: ignore[arg-type]
+                 value=9.5, expected=1.0, lower=0.0, upper=2.0, score=7.0, model="m", model_version="1",
+                 warm=True)
+
+
+class _MqttWatch:
+    def __init__(self, port: int, client_id: str, topic: str) -> None:
+        self.got: list[tuple[str, bytes, bool]] = []
+        self.subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
+        self.client.on_message = lambda c, u, m: self.got.append((m.topic, m.payload, m.retain))
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        # A fresh cluster's first MQTT client waits for the MQTT streams to be created (replicated).
+        assert self.subscribed.wait(90)
+
+    def wait(self, n: int, timeout: float = 20) -> list[tuple[str, bytes, bool]]:
+        deadline = time.monotonic() + timeout
+        while len(self.got) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.got
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def test_alerts_are_stored_once_and_reach_mqtt_subscribers(cluster: NatsCluster) -> None:
+    s = Settings()  # type: ignore[call-arg]
+    s.nats.url = cluster.url
+    s.nats.stream = "ALERTOUT"
+    s.nats.replicas = 3
+    s.alerts.forecast_topic = "sensorcast/forecast/{stream}"
+    mqtt_port = cluster.nodes[2].mqtt_port
+    alerts = _MqttWatch(mqtt_port, "alert-watch", "sensorcast/alerts/#")
+    states = _MqttWatch(mqtt_port, "state-watch", "sensorcast/state/#")
+    forecasts = _MqttWatch(mqtt_port, "fc-watch", "sensorcast/forecast/#")
+    names = outputs.names_for(s)
+    first = NatsAlertPublisher(s.nats, s.alerts, names=names)
+    first.start()
+    late: _MqttWatch | None = None
+    try:
+        alert = _alert()
+        first.publish_alert(alert)
+        fc = Forecast(StreamKey("pump 1", "temp"), alert.ts_ns, 60.0, ("temp",), ((1.0,), (2.0,)), None, "m", "1")
+        first.publish_forecast(fc, "pump 1", "temp")
+        assert first.flush(30)
+        # A new partition owner replaying the same readings fires the same alert again.
+        second = NatsAlertPublisher(s.nats, s.alerts, names=names)
+        second.start()
+        try:
+            second.publish_alert(alert)
+            second.publish_alert(_alert("resolved"))
+            assert second.flush(30)
+        finally:
+            second.stop()
+        assert (first.published, second.published, second.duplicates) == (1, 2, 1)
+        link = NatsLink(s.nats, "test-read")
+        link.start()
+        try:
+            async def read() -> tuple[int, bytes]:
+                info = await link.js.stream_info(names.alerts)
+                kv = await link.js.key_value(names.alert_state)
+                entry = await kv.get(outputs.state_key(alert))
+                return info.state.messages, entry.value or b""
+
+            messages, state = link.run(read())
+        finally:
+            link.close()
+        assert messages == 2  # firing once (the replay dropped by its message id), then resolved
+        assert orjson.loads(state)["state"] == "resolved"  # the KV holds the check's current state
+        got = alerts.wait(3, timeout=3)  # a third (the replayed firing) would be a double
+        # The device name's space is escaped for NATS subjects ("pump%201"); the payload is the MQTT path's.
+        assert [(t, p) for t, p, _ in got] == [
+            ("sensorcast/alerts/pump%201/temp", alert_payload(alert)),
+            ("sensorcast/alerts/pump%201/temp", alert_payload(_alert("resolved"))),
+        ]
+        assert [t for t, _, _ in states.wait(3)] == ["sensorcast/state/pump%201/temp/anomaly"] * 3
+        assert forecasts.wait(1) == [("sensorcast/forecast/pump%201/temp", forecast_payload(fc), False)]
+        # What nats-server 2.9 does for an MQTT client subscribing later: a core-NATS publish is
+        # not an MQTT retained message, so it gets nothing (docs/scale.md: read the KV bucket).
+        late = _MqttWatch(mqtt_port, "late-watch", "sensorcast/state/#")
+        assert late.wait(1, timeout=2) == []
+    finally:
+        first.stop()
+        for w in (alerts, states, forecasts, late):
+            if w is not None:
+                w.close()
+        _drop(cluster, names)
