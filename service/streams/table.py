@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from service.arrays import F32, F64, I64, Col, IntArr, RowArrays
+from service.arrays import F32, F64, I64, Arrays, Col, IntArr, RowArrays
 from service.records import NS_PER_S
 from service.runtime.registry import LoadedModel
 from service.runtime.timefeatures import time_features
@@ -93,31 +93,86 @@ class ModelTable(RowArrays):
         self.window_every = 1 if self.window is None else max(1, min(window_every, self.horizon))
         dims = {"state": m.state_size, "horizon": self.horizon, "n_out": self.n_out, "n_in": self.n_in,
                 "window": self.window or 0}
+        # Warm-up in one call: steps of a row that stays warming for more than AHEAD more
+        # steps wait here (no forecast of theirs is ever read) and run through the model's
+        # sequence form at once when the row is next stepped for real or exported
+        # (``_flush``). Only with a shipped sequence graph: rolling the step graph gains nothing.
+        self.defers = self.window is None and getattr(self.runtime, "sequence_form", "none") != "none"
+        self._held_n = np.zeros(0, np.int64)  # (N,) steps waiting per row
+        self._held_x: F32 | None = None  # (N, warm_need, F) their inputs, allocated while any wait
+        self._held_ts: I64 | None = None  # (N, warm_need) their timestamps
         super().__init__(dims)
 
     # -- rows: writes bump the seqlock ---------------------------------------------------
     def grow(self, capacity: int) -> None:
         self.version += 1
         super().grow(capacity)
+        self._held_n = np.concatenate([self._held_n, np.zeros(self.capacity - len(self._held_n), np.int64)])
+        if self._held_x is not None and self._held_ts is not None:
+            extra = self.capacity - len(self._held_x)
+            self._held_x = np.concatenate([self._held_x, np.zeros((extra, *self._held_x.shape[1:]), np.float32)])
+            self._held_ts = np.concatenate([self._held_ts, np.zeros((extra, self._held_ts.shape[1]), np.int64)])
         self.version += 1
 
     def reset(self, rows: IntArr) -> None:
         """Zero the recurrent state and forget forecasts and warm-up."""
         self.version += 1
         super().reset(rows)
+        self._held_n[rows] = 0
         self.version += 1
 
     def clear(self, rows: IntArr) -> None:
         self.version += 1
         super().clear(rows)
+        self._held_n[rows] = 0
         self.version += 1
 
     def load(self, rows: IntArr, arrays: Mapping[str, npt.NDArray[np.generic]], prefix: str | None = None) -> None:
         self.version += 1
         try:
             super().load(rows, arrays, prefix)
+            self._held_n[rows] = 0
         finally:
             self.version += 1
+
+    def export(self, rows: IntArr, prefix: str | None = None) -> Arrays:
+        """As ``RowArrays.export``, with the rows' waiting warm-up steps run first."""
+        poisoned = self._flush(rows)
+        if poisoned.size:
+            self.reset(poisoned)
+        return super().export(rows, prefix)
+
+    # -- warm-up steps that wait for one sequence call --------------------------------------
+    def _hold(self, rows: IntArr, x: F32, ts: I64) -> None:
+        if self._held_x is None or self._held_ts is None:
+            self._held_x = np.zeros((self.capacity, self.warm_need, self.n_in), np.float32)
+            self._held_ts = np.zeros((self.capacity, self.warm_need), np.int64)
+        k = self._held_n[rows]
+        self._held_x[rows, k] = x
+        self._held_ts[rows, k] = ts
+        self._held_n[rows] = k + 1
+
+    def _flush(self, rows: IntArr) -> IntArr:
+        """Run the waiting steps of ``rows`` (one sequence call per count of steps and 512
+        rows); returns the rows whose state turned non-finite (the caller resets them)."""
+        if self._held_x is None or self._held_ts is None:
+            return np.zeros(0, np.intp)
+        rows = rows[self._held_n[rows] > 0]
+        bad = []
+        for n in np.unique(self._held_n[rows]).tolist():
+            group = rows[self._held_n[rows] == n]
+            for lo in range(0, len(group), MAX_CALL_BATCH):
+                r = group[lo : lo + MAX_CALL_BATCH]
+                tfs = time_features(self._held_ts[r, :n], self.tf_names) if self.tf_names else None  # (b, n, K)
+                _, _, state = self.runtime.sequence(self._held_x[r, :n], self.state[r], tfs)
+                self.state[r] = state
+                self._held_n[r] = 0
+                bad.append(r[~np.isfinite(state).all(axis=1)])
+        if not self._held_n.any():  # nothing waits: give the buffers back
+            self._held_x = self._held_ts = None
+        poisoned = np.concatenate(bad) if bad else np.zeros(0, np.intp)
+        self.poisoned += poisoned.size
+        return poisoned
 
     # -- stepping -------------------------------------------------------------------------
     def expect(self, rows: IntArr) -> Expected:
@@ -139,6 +194,18 @@ class ModelTable(RowArrays):
         was_warm, expected, prev_scale = pre.was_warm, pre.expected, pre.scale
         age = self.fc_age[rows] if self.window_every > 1 else 0
         due = rows
+        at = np.arange(len(rows))  # positions in rows/x/ts of the rows stepped now
+        restart = []
+        if self.defers:
+            wait = self.warm_have[rows] + 1 + AHEAD < self.warm_need  # the last AHEAD+1 steps make forecasts
+            if wait.any():
+                self._hold(rows[wait], x[wait], ts[wait])
+                at = np.flatnonzero(~wait)
+                due = rows[at]
+            flushed_bad = self._flush(due)
+            if flushed_bad.size:  # re-warm after this step (as a state poisoned by it would); step on from zero
+                self.state[flushed_bad] = 0.0
+                restart.append(flushed_bad)
         if self.window is not None:
             # Shift each ring left by one and append x: (B, L, F).
             self.ring[rows, :-1] = self.ring[rows, 1:]
@@ -151,12 +218,12 @@ class ModelTable(RowArrays):
                 have = self.warm_have[rows] + 1
                 due = rows[(have == self.warm_need) | ((have > self.warm_need) & (age + 1 >= self.window_every))]
         outputs = []  # the model calls first (they release the GIL), then one short write
-        restart = []
         for lo in range(0, len(due), MAX_CALL_BATCH):
             r = due[lo : lo + MAX_CALL_BATCH]
             if self.window is None:
-                tf = time_features(ts[lo : lo + MAX_CALL_BATCH], self.tf_names) if self.tf_names else None  # (b, K)
-                fc, sc, state_out = self.runtime.step(x[lo : lo + MAX_CALL_BATCH], self.state[r], tf)
+                i = at[lo : lo + MAX_CALL_BATCH]
+                tf = time_features(ts[i], self.tf_names) if self.tf_names else None  # (b, K)
+                fc, sc, state_out = self.runtime.step(x[i], self.state[r], tf)
                 self.state[r] = state_out
                 poisoned = ~np.isfinite(state_out).all(axis=1)
                 if poisoned.any():  # a NaN/inf state would stay so forever: start those rows over
@@ -211,6 +278,9 @@ class ModelTable(RowArrays):
         self.version += 1
         try:
             if self.window is None:
+                poisoned = self._flush(rows)  # (warm rows wait for nothing; kept safe all the same)
+                if poisoned.size:
+                    self.reset(poisoned)
                 tf = time_features(ts, self.tf_names) if self.tf_names else None  # (B, K): the latest step's
                 tfs = None if tf is None else np.repeat(tf[:, None, :], xs.shape[1], axis=1)  # (B, R, K)
                 fc, sc, state = self.runtime.sequence(xs, self.state[rows], tfs) if xs.shape[1] else (None, None, None)

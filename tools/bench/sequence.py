@@ -98,6 +98,66 @@ def predict_pair(loaded: LoadedModel, steps: int, reps: int = 5) -> tuple[float,
     return _predict_ms(loaded, steps, reps), _predict_ms(rolled, steps, reps)
 
 
+def engine_warmup(registry: ModelRegistry, name: str, streams: int, sequence: bool) -> tuple[float, float, int] | None:
+    """Warm-up through the whole engine: ``streams`` new streams whose history (the model's
+    warm-up + 2 steps, one reading per bucket) is in a memory store; one live reading each,
+    then the tick that reads and steps the history through every stage. Returns (CPU s of
+    the tick, CPU s inside the model calls, stream-steps), or None when the streams do not
+    bind to ``name``. ``sequence=False``: the runtime's sequence form is hidden, so every
+    bucket is a step call (the path before warm-up used it)."""
+    import tempfile
+
+    from service.config import Settings
+    from service.metrics import Metrics
+    from service.records import NS_PER_S, Reading, StreamKey
+    from service.store.memory import MemoryStore
+    from service.streams.engine import Engine
+
+    loaded = registry.get(name)
+    m, rt = loaded.manifest, loaded.runtime
+    n = m.warmup_steps + 2
+    c = round(m.cadence_s * NS_PER_S)
+    t0 = 1_700_000_000 * NS_PER_S // c * c
+    keys = [StreamKey(f"dev{i:06d}", m.features[0]) for i in range(streams)]
+    vals = np.random.default_rng(5).standard_normal((streams, n))
+    store = MemoryStore()
+    for i, k in enumerate(keys):
+        store.points[k] = {t0 + j * c: float(v) for j, v in enumerate(vals[i])}
+    spent = [0.0]
+    step, seq, form = rt.step, rt.sequence, getattr(rt, "sequence_form", "none")
+
+    def timed(fn: Callable[..., tuple[F32, F32 | None, F32]]) -> Callable[..., tuple[F32, F32 | None, F32]]:
+        def call(*a: object) -> tuple[F32, F32 | None, F32]:
+            t = _clock()
+            try:
+                return fn(*a)
+            finally:
+                spent[0] += _clock() - t
+        return call
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.model_validate({"models": {"dir": str(registry.dir), "watch": False},
+                                            "streams": {"checkpoint_dir": tmp, "warmup_wait_s": 600.0}})
+        eng = Engine(settings, registry, store, Metrics())
+        # Instance attributes over the runtime's methods, taken off again below.
+        rt.__dict__.update(step=timed(step), sequence=timed(seq), sequence_form=form if sequence else "none")
+        try:
+            now = t0 + n * c
+            eng.accept([Reading(k, now, 0.0) for k in keys])
+            t = _clock()
+            done = eng.tick(now + 1)
+            cpu = _clock() - t
+            st = eng.stream(keys[0].id)
+        finally:
+            del rt.__dict__["step"], rt.__dict__["sequence"]
+            if form != "none":
+                rt.__dict__["sequence_form"] = form
+            eng.close()
+    if st is None or st.model != name:
+        return None
+    return cpu, spent[0], done
+
+
 def run(registry: ModelRegistry, names: list[str], chunk: int, streams: int = 10_000, steps: int = 150,
         predict_steps: int = 2_000) -> None:
     print(f"sequence form: predict over {predict_steps:,} steps (median of 5 calls) and warm-up of "
@@ -111,6 +171,18 @@ def run(registry: ModelRegistry, names: list[str], chunk: int, streams: int = 10
         p_seq, p_step = predict_pair(loaded, predict_steps)
         w_seq, w_step = warmup_s(rt, streams, steps, chunk), warmup_s(_Rolled(rt), streams, steps, chunk)
         print(f"{name:>10} {source:>9} {p_seq:>15.1f} {p_step:>16.1f} {w_seq:>14.2f} {w_step:>15.2f}")
+    for name in names:  # the whole engine, for models whose warm-up is long enough to wait
+        if registry.get(name).manifest.warmup_steps < 20:
+            continue
+        for sequence in (True, False):
+            got = engine_warmup(registry, name, streams, sequence)
+            if got is None:
+                print(f"{name:>10}: engine warm-up skipped (its streams bind to another model)")
+                break
+            cpu, model, done = got
+            how = "waiting steps in one sequence call" if sequence else "a step call per bucket"
+            print(f"{name:>10} engine warm-up of {streams:,} streams ({done:,} stream-steps, every stage), {how}: "
+                  f"{cpu:.2f} s CPU, of which model calls {model:.2f} s")
 
 
 def demo_registry(models: Path) -> tuple[ModelRegistry, list[str]] | None:
