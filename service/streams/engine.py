@@ -98,6 +98,21 @@ class Engine:
     def pending(self) -> int:
         return len(self._inbox)
 
+    def unfed(self) -> dict[str, int]:
+        """Device -> its oldest reading in an open bucket (not in a checkpoint: NATS replicas replay it)."""
+        with self._lock:
+            return report.unfed(self._lanes)
+
+    def use_event_time(self, clock_ns: int) -> None:
+        """``tick(now_ns)`` gets event time (service/nats/partition.py): activity is a reading's own time,
+        and the silent watchdog looks at whole seconds after ``clock_ns``, like the checkpoint's engine."""
+        self._resampler.event_time = True
+        with self._lock:
+            for lane in self._lanes.values():
+                restored = lane.occupied & (lane.seen < 0)
+                lane.seen[restored] = lane.pos.last_fed_ts[restored]
+        self._silent_at = (clock_ns // SILENT_CHECK_NS + 1) * SILENT_CHECK_NS if clock_ns else 0
+
     # ------------------------------------------------------------ the tick
 
     def tick(self, now_ns: int | None = None) -> int:
@@ -127,7 +142,7 @@ class Engine:
         done = self._advance(now)  # step, score, decide, emit
         self._slots.evict_idle(now)  # after intake: this tick's readings count as activity
         if now >= self._silent_at:  # the silent watchdog: no reading needed to notice silence
-            self._silent_at = now + SILENT_CHECK_NS
+            self._silent_at = (now // SILENT_CHECK_NS + 1) * SILENT_CHECK_NS  # whole seconds: replays check alike
             for lane in self._lanes.values():
                 # Only established streams (warm) can go silent: a topic seen once, or a
                 # flood of one-off topics, must not leave a silent alert per topic.

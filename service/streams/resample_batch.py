@@ -60,6 +60,7 @@ class BatchResampler:
         self._fast: dict[int, tuple[IntArr, I64, F32]] = {}
         self._slow: dict[str, Stream] = {}
         self._waiting: dict[int, list[Stream]] = {}  # due time (ns) -> streams with pending buckets
+        self.event_time = False  # Engine.use_event_time
 
     @property
     def slow(self) -> dict[str, Stream]:
@@ -117,7 +118,10 @@ class BatchResampler:
             lane = lanes[u]
             pos = lane.pos
             rows, ts, v = rows_all[idx], ts_all[idx], v_all[idx]
-            lane.seen[rows] = now  # for idle eviction (one vector write per lane and tick)
+            if self.event_time:  # the readings' own time: the same however ticks group them
+                np.maximum.at(lane.seen, rows, np.minimum(ts, now))
+            else:
+                lane.seen[rows] = now  # for idle eviction (one vector write per lane and tick)
             # float32 is what the model sees: 1e39 is finite here but inf there.
             finite = np.abs(v) < _F32_MAX  # NaN compares False
             future = ts > now + self.future_ns
