@@ -1,12 +1,13 @@
 """ETTh1 benchmark, standard protocol: multivariate 7 -> 7, normalised test MSE / MAE.
 
     python -m training.bench_ett --data ../shared/data/ett/ETTh1.csv \
-        [--cells gru,lstm,rnn,segrnn] [--horizons 96,336] [--out docs/results/ett.json]
+        [--cells gru,lstm,rnn,segrnn] [--horizons 96,336] [--lags 96,0] [--out docs/results/ett.json]
 
 Step models stream through the whole series with state carried (what the service does)
 and are also scored from a fresh state fed only the L=96 rows before each forecast
 (the value of carried state). Results merge into the JSON file keyed by cell and
-horizon, so runs can be split across processes.
+horizon, so runs can be split across processes; ``python -m training.ett_table`` renders
+the table of every recorded run (``make bench-ett CELLS=...`` does both).
 """
 
 from __future__ import annotations

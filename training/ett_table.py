@@ -60,9 +60,9 @@ def key(cell: str, lags: int, horizon: int, window: int = 96) -> str:
     return f"{cell}-L{window}-H{horizon}" if cell not in STEP_CELLS else f"{cell}-stream-lags{lags}-H{horizon}"
 
 
-def command(cell: str, lags: int, horizon: int, extra: str = "") -> str:
+def command(cell: str, lags: int, horizon: int) -> str:
     lag = f" LAGS={lags}" if cell in STEP_CELLS else ""
-    return f"{MAKE} CELLS={cell} HORIZONS={horizon}{lag}{extra}"
+    return f"{MAKE} CELLS={cell} HORIZONS={horizon}{lag}"
 
 
 def find(results: dict[str, Any], cell: str, lags: int, horizon: int) -> tuple[str, dict[str, Any]] | None:
