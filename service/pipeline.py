@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from service.ingest.mqtt import MqttSource
     from service.ingest.refusals import RefusalReporter
     from service.ingest.writer import Sink
+    from service.nats.outputs import NatsAlertPublisher
     from service.nats.writer_source import NatsReadingsSource
     from service.runtime.registry import ModelRegistry
     from service.streams.rules import ResolvedRules
@@ -158,7 +159,7 @@ class Pipeline:
         engine: EngineLike | None = None,
         ingester: IngesterLike | None = None,
         decoder: DecoderLike | None = None,
-        publisher: AlertPublisher | None = None,
+        publisher: AlertPublisher | NatsAlertPublisher | None = None,
         runner: RunnerLike | None = None,
         ticker: TickOnArrival | None = None,
         closers: Sequence[Callable[[], object]] = (),
@@ -284,10 +285,22 @@ class Pipeline:
         live: list[Sink] = []  # who sees each reading as soon as it is decoded
         if "inference" in roles:
             pipe._open_alert_stores()
-            if settings.alerts.enabled:
-                pipe.publisher = AlertPublisher(settings.mqtt, settings.alerts)
-            pipe.engine, pipe.runner = _build_engine(settings, pipe.store, metrics, pipe.on_alert, pipe.on_forecast,
-                                                     pipe.stream_settings)
+            if settings.nats.url:  # a replica owning a share of the partitions (service/nats/replica.py)
+                from service.nats.outputs import NatsAlertPublisher, names_for
+                from service.nats.replica import build_replica
+
+                out_nats = (NatsAlertPublisher(settings.nats, settings.alerts, names=names_for(settings))
+                            if settings.alerts.enabled else None)
+                pipe.publisher = out_nats  # flushed by each partition before it checkpoints
+                replica = build_replica(settings, metrics, pipe.on_alert, pipe.on_forecast,
+                                        None if pipe.stream_settings is None else pipe.stream_settings.get,
+                                        out_nats, decoder)
+                pipe.engine, pipe.runner = replica, replica
+            else:
+                if settings.alerts.enabled:
+                    pipe.publisher = AlertPublisher(settings.mqtt, settings.alerts)
+                pipe.engine, pipe.runner = _build_engine(settings, pipe.store, metrics, pipe.on_alert,
+                                                         pipe.on_forecast, pipe.stream_settings)
             from service.store import outputs
 
             if outputs.enabled(settings):  # forecasts, scores and alerts as measurements (Grafana)
@@ -309,10 +322,11 @@ class Pipeline:
                 pipe.forecast_sinks.append((ha.name, ha.see_forecast))
                 pipe.alert_sinks.append((ha.name, ha.see_alert))
                 pipe.addons.append(ha)
-            from service.streams.runner import TickOnArrival
+            if not settings.nats.url:  # a replica reads its partitions from JetStream, ticking in event time
+                from service.streams.runner import TickOnArrival
 
-            pipe.ticker = TickOnArrival(pipe.engine, settings.streams.gather_s)
-            live.append(pipe.ticker.feed)
+                pipe.ticker = TickOnArrival(pipe.engine, settings.streams.gather_s)
+                live.append(pipe.ticker.feed)
         if "ingest" in roles:
             assert pipe.store is not None
             pipe.ingester = build_ingester(settings, pipe.store, metrics, decoder, live=live)
@@ -320,7 +334,7 @@ class Pipeline:
                 from service.store.retention import Retention  # the process that writes prunes
 
                 pipe.addons.append(Retention(pipe.store, settings.store))
-        elif pipe.engine is not None:  # inference alone: a subscription of its own, nothing stored
+        elif pipe.engine is not None and not settings.nats.url:  # inference alone: its own subscription
             from service.ingest.mqtt import MqttSource
             from service.ingest.refusals import RefusalReporter
 
