@@ -8,7 +8,8 @@ feature, fixed scaling, no lags) with random weights is exported as the trainer 
 - ``full``: the engine's ``accept`` + ``tick`` per stream-step (tools/bench/inference.py);
 - ``onnx``: the bare step graph on the same rows in calls of 512 (the floor);
 - ``seq``: warm-up of the streams over 150 steps with the sequence form (per stream-step),
-  and a 2,000-step ``predict`` with it and with a call per step.
+  and a 2,000-step ``predict`` with it and with a call per step; ``form``: native (the
+  recurrence in one ONNX RNN op, tools/seqnative.py) or scan (an ONNX Scan over the step).
 
 CPU time of this thread (one ORT thread). Lives in training/ because building the cells
 needs torch, which tools/ may not import.
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.streams
     print(f"per-cell cost at {n:,} streams: StepNet {args.layers}x{args.hidden}, horizon 12, one feature, random "
           f"weights; us per stream-step (CPU time, 1 ORT thread, calls of {MAX_CALL_BATCH} rows)")
-    print(f"{'cell':>18} {'state':>6} {'full us':>8} {'onnx us':>8} {'seq warm-up us':>15} "
+    print(f"{'cell':>18} {'state':>6} {'form':>6} {'full us':>8} {'onnx us':>8} {'seq warm-up us':>15} "
           f"{'predict 2k seq ms':>18} {'predict 2k step ms':>19}")
     for cell in [c for c in args.cells.split(",") if c]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             full_us, _, _ = bench_full(settings, reg, n, args.ticks)
             warm_s = sequence.warmup_s(loaded.runtime, n, 150, MAX_CALL_BATCH)
             p_seq, p_step = sequence.predict_pair(loaded, 2_000)
-            print(f"{cell:>18} {loaded.manifest.state_size:>6} {full_us:>8.2f} {onnx_us:>8.2f} "
+            form = getattr(loaded.runtime, "sequence_form", "?")  # native (one RNN op) | scan
+            print(f"{cell:>18} {loaded.manifest.state_size:>6} {form:>6} {full_us:>8.2f} {onnx_us:>8.2f} "
                   f"{warm_s / (n * 150) * 1e6:>15.2f} {p_seq:>18.1f} {p_step:>19.1f}")
     return 0
 

@@ -5,8 +5,11 @@
   step graph per history step (the path before the sequence form).
 - ``warm-up``: 10k streams x 150 steps of history run through the model from a fresh
   state in batches of the engine's call size: ``runtime.sequence`` vs ``runtime.step``
-  per step (the model's part of warm-up and catch-up; the engine still steps its warm-up
-  buckets one by one, see docs/engine.md).
+  per step (the model's part of warm-up).
+- ``engine warm-up`` (models with a warm-up of 20+ steps): the same streams warmed from a
+  memory store through the whole engine, every stage, in one tick: with the steps of
+  warming rows run through the sequence form (service/streams/table.py) and with a step
+  call per bucket; CPU of the tick and of the model calls in it.
 
 Both for the benchmark's kit model and, when given, the shipped demo model. CPU time of
 this thread, like the rest of the benchmark.
@@ -162,12 +165,12 @@ def run(registry: ModelRegistry, names: list[str], chunk: int, streams: int = 10
         predict_steps: int = 2_000) -> None:
     print(f"sequence form: predict over {predict_steps:,} steps (median of 5 calls) and warm-up of "
           f"{streams:,} streams x {steps} steps (batches of {chunk}), one call vs a call per step")
-    print(f"{'model':>10} {'graph':>9} {'predict seq ms':>15} {'predict step ms':>16} "
+    print(f"{'model':>10} {'form':>9} {'predict seq ms':>15} {'predict step ms':>16} "
           f"{'warm-up seq s':>14} {'warm-up step s':>15}")
     for name in names:
         loaded = registry.get(name)
         rt = loaded.runtime
-        source = getattr(rt, "sequence_source", "?")
+        source = getattr(rt, "sequence_form", "?")  # native (one RNN op) | scan | none
         p_seq, p_step = predict_pair(loaded, predict_steps)
         w_seq, w_step = warmup_s(rt, streams, steps, chunk), warmup_s(_Rolled(rt), streams, steps, chunk)
         print(f"{name:>10} {source:>9} {p_seq:>15.1f} {p_step:>16.1f} {w_seq:>14.2f} {w_step:>15.2f}")
