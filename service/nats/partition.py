@@ -87,7 +87,6 @@ class PartitionWorker:
         stream_rules: Callable[[str], StreamRules | None] | None = None,
         publish_forecasts: bool = False,
         valid_until: Callable[[], float] = lambda: float("inf"),
-        on_exit: Callable[[PartitionWorker], None] | None = None,
     ) -> None:
         self.link = link
         self.partition = partition
@@ -98,7 +97,6 @@ class PartitionWorker:
         self.decoder = decoder or Decoder(settings.ingest)
         self._on_alert, self._on_forecast = on_alert, on_forecast
         self._valid_until = valid_until  # monotonic deadline of the replica's lease renewals
-        self._on_exit = on_exit
         self.nats = settings.nats
         self.dir = Path(tempfile.mkdtemp(prefix=f"sc-p{partition}-"))
         streams = settings.streams.model_copy(update={"checkpoint_dir": self.dir / "state"})
@@ -115,6 +113,7 @@ class PartitionWorker:
         self._stop = threading.Event()
         self._final = False
         self._live = True  # False once stopped: nothing more leaves this engine
+        self._mute = False  # the partition is lost: drop its output at once
         self._thread: threading.Thread | None = None
         self._sub: Any = None
 
@@ -126,6 +125,8 @@ class PartitionWorker:
     def stop(self, final_checkpoint: bool = False, timeout_s: float = 30.0) -> None:
         """Stop consuming; with ``final_checkpoint`` (a clean hand-over) save one last checkpoint."""
         self._final = final_checkpoint
+        if not final_checkpoint:  # lost: nothing more leaves it, even from a tick under way
+            self._mute = True
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
@@ -136,6 +137,9 @@ class PartitionWorker:
     @property
     def active(self) -> bool:
         return self._live and not self._stop.is_set()
+
+    def _speaks(self) -> bool:
+        return self._live and not self._mute and self._valid()
 
     def _valid(self) -> bool:
         return time.monotonic() < self._valid_until()
@@ -157,8 +161,6 @@ class PartitionWorker:
             self._live = False
             self._unsubscribe()
             shutil.rmtree(self.dir, ignore_errors=True)
-            if self._on_exit is not None:
-                self._on_exit(self)
 
     def _loop(self) -> None:
         next_ckpt = time.monotonic() + self.nats.checkpoint_interval_s
@@ -183,14 +185,14 @@ class PartitionWorker:
 
     # -- output, only while the worker owns the partition ---------------------------------------
     def _alert(self, alert: Alert) -> None:
-        if self._live and not self._stop.is_set() and self._on_alert is not None:
+        if self._on_alert is not None and self._speaks():
             self._on_alert(alert)
 
     def _forecast(self, fc: Forecast) -> None:
         if self.first_forecast_at is None:
             self.first_forecast_at = time.time()
             log.info("partition %d: first forecast (%s)", self.partition, fc.stream_id)
-        if self._live and not self._stop.is_set() and self._on_forecast is not None:
+        if self._on_forecast is not None and self._speaks():
             self._on_forecast(fc)
 
     # -- intake -------------------------------------------------------------------------------

@@ -193,7 +193,10 @@ class Replica:
             w = self.workers.pop(p, None)
         if w is None:
             return
-        w.stop(final_checkpoint=False)  # lost: a newer owner restores from the last checkpoint
+        # Lost: a newer owner restores from the last checkpoint. Not waited for: a worker inside
+        # a checkpoint must not hold up the heartbeat (the other leases); from now on it emits
+        # nothing, and a save it still makes is refused by the new owner's claim.
+        w.stop(final_checkpoint=False, timeout_s=0.0)
         if self.ckpts is not None:
             self.ckpts.forget(p)
         log.info("replica %s: gave up partition %d", self.id, p)
