@@ -1,11 +1,14 @@
 """Alerts and forecasts out to NATS: the same payloads as the MQTT path (service/alerts/payload.py).
 
-* An alert event goes to JetStream (the alerts stream, ``<stream>_ALERTS``) with the header
-  ``Nats-Msg-Id`` made from (stream id, check, state, reading time): a partition's new owner
-  that replays readings after a failover fires the same alert again with the same id, and the
-  stream's duplicate window drops it. The stream republishes what it stored on the subject of
-  the MQTT alert topic (``sensorcast/alerts/{stream}`` -> ``sensorcast.alerts.dev1.temp``), so
-  subscribers, MQTT ones on NATS's MQTT port too, get each alert once.
+* An alert event goes to JetStream (the alerts stream, ``<stream>_ALERTS``, capturing
+  ``sc.<stream>.`` + the alert subject) with the header ``Nats-Msg-Id`` made from (stream id,
+  check, state, reading time): a partition's new owner that replays readings after a failover
+  fires the same alert again with the same id, and the stream's duplicate window drops it.
+  When the stream took it as new, it is also published (core NATS) on the subject of the MQTT
+  alert topic (``sensorcast/alerts/{stream}`` -> ``sensorcast.alerts.dev1.temp``): subscribers,
+  MQTT ones on NATS's MQTT port too, get each alert once. Not the stream's own republish:
+  nats-server 2.9.10 does not hand a republished message to MQTT subscribers of the stream
+  leader's node (measured: 0 of 1 whenever the leader was the subscriber's node).
 * The retained state of a stream's check: the KV bucket ``<stream>_alert_state`` (key
   ``<check>.<base64url(stream id)>``, value the JSON payload) for NATS clients that come later,
   and a core-NATS publish on the state topic's subject for those subscribed now (MQTT
@@ -232,22 +235,29 @@ class NatsAlertPublisher:
         s = self.settings
         ok = True
         if event:
-            # The stream republishes it to the topic's own subject once stored (provision.Names.of).
-            subject = self.names.alert_prefix + nats_subject(
-                topic_for(s.topic, alert.device, alert.quantity, alert.stream_id, alert.check))
+            subject = nats_subject(topic_for(s.topic, alert.device, alert.quantity, alert.stream_id, alert.check))
             headers = {"Nats-Msg-Id": message_id(alert)}
+            tries = 0
 
             async def once() -> Any:
-                return await self.link.js.publish(subject, body, stream=self.names.alerts, headers=headers)
+                nonlocal tries
+                tries += 1
+                return await self.link.js.publish(self.names.alert_prefix + subject, body, stream=self.names.alerts,
+                                                  headers=headers)
 
             try:
                 ack = await provision.retrying(f"alert to {subject}", once, _PUBLISH_TIMEOUT_S)
-                self.published += 1
-                if ack.duplicate:
-                    self.duplicates += 1
             except Exception as e:
                 ok = False
                 self._warn(f"alert of {alert.stream_id} ({alert.state}) not published to {subject}: {e}")
+            else:
+                self.published += 1
+                if ack.duplicate:
+                    self.duplicates += 1
+                # Subscribers get it once: not when the stream had it already (a replay). An
+                # earlier try of ours may have been stored unanswered: then it goes out anyway.
+                if not ack.duplicate or tries > 1:
+                    await self._core(subject, body)
         if s.state_topic:
             try:
                 kv = self._kv

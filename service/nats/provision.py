@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, RePublish, StreamConfig
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from service.config import NatsSettings
@@ -35,20 +35,18 @@ class Names:
     ckpt: str  # KV: each partition's checkpoint record (sequence, epoch, object)
     alert_state: str  # KV: the retained state of each stream's checks
     state: str  # object store: the checkpoints' engine state
-    alert_republish: str = "sensorcast.alerts.>"  # where the stream republishes each alert it stored
     alert_prefix: str = ""  # publishers send an alert to alert_prefix + its topic's subject
 
     @classmethod
     def of(cls, settings: NatsSettings, alert_subjects: str = "sensorcast.alerts.>") -> Names:
-        """``alert_subjects``: the subjects subscribers see (the alert topic's). Publishers send to
-        them under a prefix the stream captures; the stream republishes what it stored (after its
-        duplicate window dropped replays) to the plain subjects, so a subscriber (MQTT ones on
-        NATS's MQTT port too) gets each alert once. The prefix holds the stream name: two
-        deployments on one cluster never capture the same subjects (JetStream refuses that)."""
+        """``alert_subjects``: the subjects subscribers see (the alert topic's). The stream captures
+        them under a prefix holding the stream name: two deployments on one cluster never capture
+        the same subjects (JetStream refuses that), and what subscribers see is published apart,
+        once the stream took an alert as new (service/nats/outputs.py)."""
         s = settings.stream
         prefix = f"sc.{s}."
         return cls(s, f"{s}_ALERTS", prefix + alert_subjects, f"{s}_leases", f"{s}_ckpt", f"{s}_alert_state",
-                   f"{s}_state", alert_subjects, prefix)
+                   f"{s}_state", prefix)
 
 
 async def retrying(what: str, call: Callable[[], Awaitable[T]], timeout_s: float = 60.0) -> T:
@@ -91,7 +89,6 @@ async def ensure_all(js: JetStreamContext, settings: NatsSettings, names: Names 
     alerts = StreamConfig(
         name=n.alerts, subjects=[n.alert_subjects], num_replicas=r,
         max_age=settings.retention_h * 3600.0, duplicate_window=ALERT_DUPLICATE_WINDOW_S,
-        republish=RePublish(src=n.alert_subjects, dest=n.alert_republish) if n.alert_republish else None,
     )
     await retrying(f"stream {n.readings}", lambda: _stream(js, readings), timeout_s)
     await retrying(f"stream {n.alerts}", lambda: _stream(js, alerts), timeout_s)

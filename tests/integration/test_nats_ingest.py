@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 import paho.mqtt.client as paho
 import pytest
+from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -25,7 +26,7 @@ from service.nats.link import NatsLink
 from service.nats.outputs import NatsAlertPublisher
 from service.nats.writer_source import NatsReadingsSource
 from service.pipeline import build_ingester
-from service.records import Alert, Forecast, StreamKey
+from service.records import Alert, Forecast, Reading, StreamKey
 from service.store import open_store
 from tests.integration.ingest_helpers import (
     Publisher,
@@ -54,6 +55,7 @@ def _settings(cluster: NatsCluster, stream: str, store_url: str, spool: Path) ->
     s.nats.replicas = 3
     s.nats.partitions = 4
     s.nats.fetch_batch = 50  # small pulls: both writers get a share of 2,000 readings
+    s.ingest.dead_letter_topic = "sensorcast/deadletter"
     return s
 
 
@@ -95,8 +97,21 @@ def test_two_writers_store_every_reading_once(cluster: NatsCluster, influxd: Inf
         assert ing.status().broker_connected
     expected = readings(2_000, 40)
     via_mqtt, via_js = expected[:1_000], expected[1_000:]
+    # One message with a good and a bad line: the good reading is stored, the message acked.
+    partial = Reading(StreamKey("partial", "temp"), expected[0].ts_ns, 1.5)
+    expected.append(partial)
     link = NatsLink(_settings(cluster, "WRITERS", url, tmp_path / "x").nats, "test-pub")
     link.start()
+    dead: list[bytes] = []
+
+    async def watch_dead_letters() -> None:
+        async def got_one(msg: Msg) -> None:
+            dead.append(msg.data)
+
+        await link.nc.subscribe("sensorcast.deadletter", cb=got_one)
+        await link.nc.flush()
+
+    link.run(watch_dead_letters())
     pub = Publisher(cluster.nodes[1].mqtt_port, client_id="nats-ingest-pub")
     store = open_store(make_settings(1, url, tmp_path / "unused").store)
     try:
@@ -109,11 +124,13 @@ def test_two_writers_store_every_reading_once(cluster: NatsCluster, influxd: Inf
         async def js_publish() -> None:
             for r in via_js:
                 await link.js.publish(f"sensors.{r.stream.device}.{r.stream.quantity}", payload(r))
+            await link.js.publish("sensors.partial.temp",
+                                  f"m value=1.5 {partial.ts_ns}\nm value=\"abc\" {partial.ts_ns + 1}".encode())
 
         link.run(js_publish(), 60)
         got = wait_stored(store, expected)
         deadline = time.monotonic() + 30
-        while sum(_source(i).acked + _source(i).terminated for i in ings) < 2_001 and time.monotonic() < deadline:
+        while sum(_source(i).acked + _source(i).terminated for i in ings) < 2_002 and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(1.0)  # a redelivery would show up here
 
@@ -132,11 +149,13 @@ def test_two_writers_store_every_reading_once(cluster: NatsCluster, influxd: Inf
         _drop(cluster, outputs.names_for(_settings(cluster, "WRITERS", url, tmp_path / "x")))
     assert got == sorted(expected, key=lambda r: (r.stream, r.ts_ns))
     shares = [ing.status().stored for ing in ings]
-    assert sum(shares) == 2_000, shares  # each reading written once: no message went to both writers
+    assert sum(shares) == 2_001, shares  # each reading written once: no message went to both writers
     assert min(shares) > 0, shares  # and both did part of the work
-    assert sum(_source(i).acked for i in ings) == 2_000
+    assert sum(_source(i).acked for i in ings) == 2_001
     assert sum(_source(i).terminated for i in ings) == 1  # the bad payload, ended for good
-    assert sum(_refused(m) for m in metrics) == 1
+    assert sum(_refused(m) for m in metrics) == 2  # it and the partial message's bad line
+    # Each refused message reported on the dead-letter topic's subject, once.
+    assert sorted(orjson.loads(d)["topic"] for d in dead) == ["sensors/dev0000/temp", "sensors/partial/temp"], dead
     assert (ack_pending, redelivered, left) == (0, 0, 0)
 
 
@@ -181,15 +200,22 @@ def test_alerts_are_stored_once_and_reach_mqtt_subscribers(cluster: NatsCluster)
     s.nats.stream = "ALERTOUT"
     s.nats.replicas = 3
     s.alerts.forecast_topic = "sensorcast/forecast/{stream}"
-    mqtt_port = cluster.nodes[2].mqtt_port
-    alerts = _MqttWatch(mqtt_port, "alert-watch", "sensorcast/alerts/#")
-    states = _MqttWatch(mqtt_port, "state-watch", "sensorcast/state/#")
-    forecasts = _MqttWatch(mqtt_port, "fc-watch", "sensorcast/forecast/#")
     names = outputs.names_for(s)
     first = NatsAlertPublisher(s.nats, s.alerts, names=names)
     first.start()
-    late: _MqttWatch | None = None
+    watchers: list[_MqttWatch] = []
     try:
+        # MQTT subscribers on the alerts stream leader's node and on another one (a message the
+        # leader's JetStream sends itself is delivered differently from a routed one).
+        leader = first.link.run(first.link.js.stream_info(names.alerts)).cluster.leader
+        here = next(i for i, n in enumerate(cluster.nodes) if n.workdir.name == leader)
+        mqtt_port = cluster.nodes[here].mqtt_port
+        other_port = cluster.nodes[(here + 1) % 3].mqtt_port
+        alerts = _MqttWatch(mqtt_port, "alert-watch", "sensorcast/alerts/#")
+        alerts_other = _MqttWatch(other_port, "alert-watch-2", "sensorcast/alerts/#")
+        states = _MqttWatch(mqtt_port, "state-watch", "sensorcast/state/#")
+        forecasts = _MqttWatch(other_port, "fc-watch", "sensorcast/forecast/#")
+        watchers += [alerts, alerts_other, states, forecasts]
         alert = _alert()
         first.publish_alert(alert)
         fc = Forecast(StreamKey("pump 1", "temp"), alert.ts_ns, 60.0, ("temp",), ((1.0,), (2.0,)), None, "m", "1")
@@ -219,21 +245,22 @@ def test_alerts_are_stored_once_and_reach_mqtt_subscribers(cluster: NatsCluster)
             link.close()
         assert messages == 2  # firing once (the replay dropped by its message id), then resolved
         assert orjson.loads(state)["state"] == "resolved"  # the KV holds the check's current state
-        got = alerts.wait(3, timeout=3)  # a third (the replayed firing) would be a double
-        # The device name's space is escaped for NATS subjects ("pump%201"); the payload is the MQTT path's.
-        assert [(t, p) for t, p, _ in got] == [
-            ("sensorcast/alerts/pump%201/temp", alert_payload(alert)),
-            ("sensorcast/alerts/pump%201/temp", alert_payload(_alert("resolved"))),
-        ]
+        for watch in (alerts, alerts_other):
+            got = watch.wait(3, timeout=3)  # a third (the replayed firing) would be a double
+            # The device name's space is escaped for NATS subjects ("pump%201"); the payload is the MQTT path's.
+            assert [(t, p) for t, p, _ in got] == [
+                ("sensorcast/alerts/pump%201/temp", alert_payload(alert)),
+                ("sensorcast/alerts/pump%201/temp", alert_payload(_alert("resolved"))),
+            ]
         assert [t for t, _, _ in states.wait(3)] == ["sensorcast/state/pump%201/temp/anomaly"] * 3
         assert forecasts.wait(1) == [("sensorcast/forecast/pump%201/temp", forecast_payload(fc), False)]
         # What nats-server 2.9 does for an MQTT client subscribing later: a core-NATS publish is
         # not an MQTT retained message, so it gets nothing (docs/scale.md: read the KV bucket).
         late = _MqttWatch(mqtt_port, "late-watch", "sensorcast/state/#")
+        watchers.append(late)
         assert late.wait(1, timeout=2) == []
     finally:
         first.stop()
-        for w in (alerts, states, forecasts, late):
-            if w is not None:
-                w.close()
+        for w in watchers:
+            w.close()
         _drop(cluster, names)

@@ -25,8 +25,7 @@ def test_alerts_stream_captures_the_topics_fixed_levels_under_its_own_prefix() -
     s = Settings()  # type: ignore[call-arg]
     s.nats.stream = "X1"
     names = outputs.names_for(s)
-    assert (names.alert_subjects, names.alert_republish, names.alert_prefix) == (
-        "sc.X1.sensorcast.alerts.>", "sensorcast.alerts.>", "sc.X1.")
+    assert (names.alert_subjects, names.alert_prefix) == ("sc.X1.sensorcast.alerts.>", "sc.X1.")
 
 
 @pytest.mark.parametrize(("topic", "subject"), [
