@@ -252,6 +252,27 @@ def test_every_stream_is_served_by_one_replica_with_single_process_forecasts(
             assert_same_forecasts(svc, sorted(ids), engine)
         wait_until(lambda: len(feed.alerts()) >= len(ref_alerts), timeout=20, what="the alerts in the alerts stream")
         assert_alerts_once(feed, ref_alerts)
+
+        # A clean stop (SIGTERM): final checkpoints, leases released: the others take over at
+        # their next heartbeat, not after the TTL, and carry on from the final state.
+        leaving = next(svc for svc, ids in zip(reps, lists, strict=True) if ids)
+        stayed = [svc for svc in reps if svc is not leaving]
+        assert leaving.kill(signal.SIGTERM) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean stop
+        stopped = time.monotonic()
+        wait_until(lambda: set(feed.owners().values()) <= {s.env()["SENSORCAST_NATS__REPLICA_ID"] for s in stayed}
+                   and len(feed.owners()) == PARTITIONS, timeout=LEASE_TTL_S * 2, what="the partitions handed over")
+
+        def rest() -> dict[str, int | None]:
+            seen: dict[str, int | None] = {}
+            for svc in stayed:
+                seen.update(served(svc))
+            return seen
+
+        wait_until(lambda: rest() == want, timeout=30, what="every stream on the remaining replicas")
+        print(f"clean hand-over (SIGTERM to every stream served again): {time.monotonic() - stopped:.2f} s")
+        for svc in stayed:
+            assert_same_forecasts(svc, sorted(served(svc)), engine)
+        assert_alerts_once(feed, ref_alerts)
     finally:
         for svc in reps:
             svc.kill(signal.SIGTERM)
