@@ -254,13 +254,10 @@ def _history(b: _Builder, nodes: list[Any], t1: str, x_last: str, tf_last: str |
     # ``last``: the step graph's own value of each observation, held over NaNs.
     name, off = lay.last
     g = b.slice(batch("A_", name, xf, flat(zeros(S))), off, off + F, 1)
-    g = b.op("Reshape", [g, shp])
+    g = b.op("Where", [obs, b.op("Reshape", [g, shp]), zf])
     last0 = state_col(rw, F)
-    last_seq, last_mid = b.carry(hold, b.op("Where", [obs, g, zf]), last0, F)
-    parts = [zeros(rw), prev(last_seq, last0)]
-    if L:
-        parts.append(zeros(L * F))
     stats_mid: list[str] = []
+    stats: list[str] = []
     if lay.ema and lay.m is not None:
         n0, m0, v0 = (state_col(S - (3 - i) * F, F) for i in range(3))
         n_after = b.op("Add", [n0, b.op("CumSum", [obsf, b.const(0)])])
@@ -272,13 +269,20 @@ def _history(b: _Builder, nodes: list[Any], t1: str, x_last: str, tf_last: str |
                                                                    value=_one()), st), off, off + F, 1), shp])
         z = b.op("Where", [obs, b.op("Sub", [onef, alpha]), onef])
         x0 = b.op("Where", [obs, xt, zf])
-        m_seq, m_mid = b.carry(z, x0, m0, F)
+        # One carry op for the held value and the running mean (the variance needs the mean).
+        both, both_mid = b.carry(b.op("Concat", [hold, z], axis=2), b.op("Concat", [g, x0], axis=2),
+                                 b.op("Concat", [last0, m0], axis=1), 2 * F)
+        last_seq, m_seq = b.slice(both, 0, F, 2), b.slice(both, F, 2 * F, 2)
+        last_mid, m_mid = b.slice(both_mid, 0, F, 1), b.slice(both_mid, F, 2 * F, 1)
         m_prev = prev(m_seq, m0)
         d = b.op("Sub", [x0, m_prev])
         dv = b.op("Where", [obs, b.op("Mul", [b.op("Sub", [onef, alpha]), b.op("Mul", [d, d])]), zf])
         v_seq, v_mid = b.carry(z, dv, v0, F)
-        parts += [n_prev, m_prev, prev(v_seq, v0)]
+        stats = [n_prev, m_prev, prev(v_seq, v0)]
         stats_mid = [b.op("Squeeze", [b.slice(n_after, -1, _BIG, 0), b.const([0])]), m_mid, v_mid]
+    else:
+        last_seq, last_mid = b.carry(hold, g, last0, F)
+    parts = [zeros(rw), prev(last_seq, last0)] + ([zeros(L * F)] if L else []) + stats
     # The recurrent input of every step, by the step graph's own nodes, then the RNN ops.
     x0_name = lay.enc[0].input[0]
     xin = batch("B_", x0_name, xf, flat(b.op("Concat", parts, axis=2)))
