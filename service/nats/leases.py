@@ -108,9 +108,11 @@ class Leases:
         # the beat with the TTL as its limit, and the next renewal must not be held up.
         self._deadline = time.monotonic() + self.ttl_s * 0.7
         budget = self.ttl_s / 3
-        _, refused = await asyncio.gather(self._join(budget), self._renew(budget))
+        joined, refused = await asyncio.gather(self._join(budget), self._renew(budget))
         lost += refused
         try:
+            if not joined:  # the servers did not answer: end the beat now, the next one retries
+                raise TimeoutError("membership not renewed")
             members, owners = await self._snapshot(budget)
         except Exception as e:
             log.warning("leases %s: cannot read the bucket: %s", self.replica, e or type(e).__name__)
@@ -125,6 +127,16 @@ class Leases:
             self._seen_before = members
         lost += self.check()
         return Changes({p: lease for p, lease in gained.items() if p in self.held}, sorted(set(lost)))
+
+    def valid(self, partition: int, epoch: int | None = None) -> bool:
+        """Whether ``partition`` is still held (under ``epoch``) and renewed recently enough to be
+        trusted, on the local clock: workers ask this between heartbeats to stop in time even
+        when a heartbeat is slow. Reads only; safe from another thread."""
+        lease = self.held.get(partition)
+        renewed = self._renewed.get(partition)
+        if lease is None or renewed is None or (epoch is not None and lease.epoch != epoch):
+            return False
+        return time.monotonic() - renewed <= self.safe_s
 
     def check(self) -> list[int]:
         """Drop and return the leases whose last renewal is too old to be trusted (no network)."""
@@ -160,11 +172,13 @@ class Leases:
         await asyncio.gather(leave(), *(release(lease) for lease in held))
 
     # --- steps -----------------------------------------------------------------------------
-    async def _join(self, budget: float) -> None:
+    async def _join(self, budget: float) -> bool:
         try:
             await self._call("membership", lambda: self.kv.put(MEMBER + self.me, self.me.encode()), budget)
         except Exception as e:  # the next beat retries
             log.warning("leases %s: membership renewal failed: %s", self.replica, e or type(e).__name__)
+            return False
+        return True
 
     async def _renew(self, budget: float) -> list[int]:
         async def one(lease: Lease) -> int | None:

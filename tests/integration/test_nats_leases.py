@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 from nats.js.api import KeyValueConfig, ObjectStoreConfig
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from service.config import NatsSettings
@@ -44,8 +44,17 @@ class Bench:
 
     async def buckets(self) -> KeyValue:
         js, n = self.link.js, self.names
-        kv = await provision.retrying("leases", lambda: js.create_key_value(KeyValueConfig(
-            bucket=n.leases, history=1, ttl=self.settings.lease_ttl_s, replicas=3)))
+        for _ in range(60):  # a cluster just started may not know all its peers yet
+            try:
+                kv = await provision.retrying("leases", lambda: js.create_key_value(KeyValueConfig(
+                    bucket=n.leases, history=1, ttl=self.settings.lease_ttl_s, replicas=3)))
+                break
+            except BadRequestError as e:
+                if e.err_code != 10005:  # "no suitable peers for placement"
+                    raise
+                await asyncio.sleep(0.5)
+        else:
+            pytest.fail("the cluster never placed the leases bucket")
         await provision.retrying("ckpt", lambda: js.create_key_value(KeyValueConfig(bucket=n.ckpt, history=1, replicas=3)))
         await provision.retrying("state", lambda: js.create_object_store(n.state, ObjectStoreConfig(bucket=n.state,
                                                                                                   replicas=3)))
@@ -59,9 +68,10 @@ class Bench:
 
     def store(self, name: str) -> CheckpointStore:
         async def make() -> CheckpointStore:
-            js = self.link.js
-            return CheckpointStore(await js.key_value(self.names.ckpt), await js.object_store(self.names.state),
-                                   replica=name, timeout_s=30)
+            js = self.link.js  # the lookups ask for the stream's info: retried through an election
+            kv = await provision.retrying("ckpt", lambda: js.key_value(self.names.ckpt))
+            objects = await provision.retrying("state", lambda: js.object_store(self.names.state))
+            return CheckpointStore(kv, objects, replica=name, timeout_s=30)
         return self.run(make())
 
     def beat(self, replicas: list[Leases], times: int = 1) -> list[list[Changes]]:
@@ -82,7 +92,8 @@ class Bench:
             got: dict[int, str] = {}
             for p in range(P):
                 with contextlib.suppress(KeyNotFoundError):
-                    got[p] = (await self.kv.get(f"p{p}")).value.decode()  # type: ignore[union-attr]
+                    entry = await provision.retrying("get", lambda p=p: self.kv.get(f"p{p}"))  # type: ignore[misc]
+                    got[p] = (entry.value or b"").decode()
             return got
         return self.run(read())
 
@@ -149,6 +160,8 @@ def test_a_stalled_replica_loses_its_partitions_and_knows_it(bench: Bench) -> No
     a, b, c = bench.leases("a"), bench.leases("b"), bench.leases("c")
     until(bench, [a, b, c], lambda: balanced([a, b, c]))
     stalled = dict(c.held)
+    assert all(c.valid(p, lease.epoch) for p, lease in stalled.items())
+    assert not any(c.valid(p, lease.epoch + 1) for p, lease in stalled.items())  # another ownership
     store_c = bench.store("c")
     for p, lease in stalled.items():
         assert bench.run(store_c.claim(p, lease.epoch)) is None
@@ -158,7 +171,9 @@ def test_a_stalled_replica_loses_its_partitions_and_knows_it(bench: Bench) -> No
     until(bench, [a, b], lambda: len(a.held) + len(b.held) == P, beats=20)
     assert time.monotonic() - t0 >= TTL * 0.5  # they waited for the expiry, not a guess
     assert sorted(len(r.held) for r in (a, b)) == [4, 4]
-    # ... and c, without a word from the server, reports all of its own as lost.
+    # ... and c, without a word from the server, knows its own are not to be trusted, and
+    # reports them lost.
+    assert not any(c.valid(p) for p in stalled) and all(r.valid(p) for r in (a, b) for p in r.held)
     assert sorted(c.check()) == sorted(stalled) and c.held == {}
     # The new owners' claims fence c's checkpoints off; they restore what c saved.
     for p in stalled:
@@ -243,9 +258,12 @@ def test_heartbeats_continue_through_a_node_loss(fresh_nats: Any) -> None:
         # Kill the leases bucket's leader: an election (longer than this TTL: leases may expire
         # meanwhile), and a cluster that fails to create consumers for a while afterwards.
         info = bench.run(bench.link.js.stream_info(f"KV_{bench.names.leases}"))
+        before = info.state.last_seq
         cluster.kill(int(info.cluster.leader.removeprefix("n")) - 1)  # type: ignore[union-attr]
-        # Heartbeats go on through it (never sharing a partition: beat() checks) and end balanced.
-        until(bench, [a, b], lambda: balanced([a, b]), beats=60)
+        # Heartbeats go on through it (never sharing a partition: beat() checks) and end balanced,
+        # every lease renewed by the new leader.
+        until(bench, [a, b], lambda: balanced([a, b]) and all(
+            lease.revision > before for r in (a, b) for lease in r.held.values()), beats=60)
         assert bench.owners() == {q: r.me for r in (a, b) for q in r.held}
         owner = a if p in a.held else b
         if owner.held[p].epoch == lease.epoch:  # kept it through the election
