@@ -128,15 +128,19 @@ class Leases:
         lost += self.check()
         return Changes({p: lease for p, lease in gained.items() if p in self.held}, sorted(set(lost)))
 
-    def valid(self, partition: int, epoch: int | None = None) -> bool:
-        """Whether ``partition`` is still held (under ``epoch``) and renewed recently enough to be
-        trusted, on the local clock: workers ask this between heartbeats to stop in time even
-        when a heartbeat is slow. Reads only; safe from another thread."""
+    def deadline(self, partition: int, epoch: int | None = None) -> float:
+        """Monotonic time up to which ``partition`` (under ``epoch``) may be trusted as held: its
+        last good renewal plus the TTL less a margin; 0.0 if not held. Workers check it between
+        heartbeats, to stop in time even when a heartbeat is slow. Reads only; safe from another thread."""
         lease = self.held.get(partition)
         renewed = self._renewed.get(partition)
         if lease is None or renewed is None or (epoch is not None and lease.epoch != epoch):
-            return False
-        return time.monotonic() - renewed <= self.safe_s
+            return 0.0
+        return renewed + self.safe_s
+
+    def valid(self, partition: int, epoch: int | None = None) -> bool:
+        """Whether ``partition`` is held (under ``epoch``) and its ``deadline`` has not passed."""
+        return time.monotonic() <= self.deadline(partition, epoch)
 
     def check(self) -> list[int]:
         """Drop and return the leases whose last renewal is too old to be trusted (no network)."""

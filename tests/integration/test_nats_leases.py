@@ -162,6 +162,7 @@ def test_a_stalled_replica_loses_its_partitions_and_knows_it(bench: Bench) -> No
     stalled = dict(c.held)
     assert all(c.valid(p, lease.epoch) for p, lease in stalled.items())
     assert not any(c.valid(p, lease.epoch + 1) for p, lease in stalled.items())  # another ownership
+    assert all(c.deadline(p) > time.monotonic() for p in stalled) and c.deadline(P + 1) == 0.0
     store_c = bench.store("c")
     for p, lease in stalled.items():
         assert bench.run(store_c.claim(p, lease.epoch)) is None
