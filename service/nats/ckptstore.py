@@ -19,6 +19,7 @@ A new owner deletes the previous epoch's objects after its first save.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -84,7 +85,7 @@ class _Claim:
 
 
 class CheckpointStore:
-    def __init__(self, kv: KeyValue, objects: ObjectStore, replica: str = "", timeout_s: float = 30.0) -> None:
+    def __init__(self, kv: KeyValue, objects: ObjectStore, replica: str = "", timeout_s: float = 45.0) -> None:
         self.kv = kv
         self.objects = objects
         self.replica = replica
@@ -185,7 +186,13 @@ class CheckpointStore:
             log.warning("checkpoint: cannot delete %s: %s", name, e or type(e).__name__)
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        return await retrying(f"checkpoint {what}", call, self.timeout_s)
+        # Each attempt bounded too: an object read is a consumer, which may be created and then
+        # deliver nothing while the cluster recovers from a node loss (retrying only waits between tries).
+        attempt_s = max(10.0, self.timeout_s / 3)
+
+        async def attempt() -> T:
+            return await asyncio.wait_for(call(), attempt_s)
+        return await retrying(f"checkpoint {what}", attempt, self.timeout_s)
 
 
 def _key(partition: int) -> str:
