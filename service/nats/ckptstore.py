@@ -130,7 +130,10 @@ class CheckpointStore:
             written = await self._read(partition)
             if written is None or written[0] != record:
                 self._claims.pop(partition, None)
-                await self._delete(name)  # nobody points at it
+                if written is None or written[0].object != name:
+                    # Nobody points at it. (A save that went through unanswered and was then
+                    # claimed over is the new owner's starting point: kept.)
+                    await self._delete(name)
                 newer = f"epoch {written[0].epoch}" if written else "nobody"
                 raise Fenced(f"p{partition}: save under epoch {epoch} refused; the record is {newer}'s") from None
             revision = written[1]
