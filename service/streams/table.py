@@ -100,7 +100,7 @@ class ModelTable(RowArrays):
         self.defers = self.window is None and getattr(self.runtime, "sequence_form", "none") != "none"
         self._held_n = np.zeros(0, np.int64)  # (N,) steps waiting per row
         self._held_x: F32 | None = None  # (N, warm_need, F) their inputs, allocated while any wait
-        self._held_ts: I64 | None = None  # (N, warm_need) their timestamps
+        self._held_ts: I64 | None = None  # (N, warm_need) their timestamps (time features only)
         super().__init__(dims)
 
     # -- rows: writes bump the seqlock ---------------------------------------------------
@@ -146,10 +146,12 @@ class ModelTable(RowArrays):
     def _hold(self, rows: IntArr, x: F32, ts: I64) -> None:
         if self._held_x is None or self._held_ts is None:
             self._held_x = np.zeros((self.capacity, self.warm_need, self.n_in), np.float32)
-            self._held_ts = np.zeros((self.capacity, self.warm_need), np.int64)
+            # Timestamps only for time features (int64: twice the inputs' bytes at F = 1).
+            self._held_ts = np.zeros((self.capacity, self.warm_need if self.tf_names else 0), np.int64)
         k = self._held_n[rows]
         self._held_x[rows, k] = x
-        self._held_ts[rows, k] = ts
+        if self.tf_names:
+            self._held_ts[rows, k] = ts
         self._held_n[rows] = k + 1
 
     def _flush(self, rows: IntArr) -> IntArr:
