@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,13 @@ QUANTITIES = ("temp", "hum", "press", "volt")
 CADENCE_S = 60.0  # the kit model's cadence (tools/bench/inference.py builds the same model)
 CADENCE_NS = round(CADENCE_S * 1e9)
 T0_NS = 1_700_000_000 // 60 * CADENCE_NS  # cadence-aligned: each reading fills its bucket exactly
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process (Linux /proc), in seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fnv1a32(text: str) -> int:
@@ -51,6 +59,7 @@ class Fleet:
 
     devices: int
     quantities: int = 4
+    order: str = "device"  # see messages()
 
     @property
     def streams(self) -> int:
@@ -67,17 +76,23 @@ class Fleet:
         return out
 
     def messages(self, rounds: Iterable[int]) -> Iterator[tuple[str, bytes]]:
-        """(subject, payload) of each reading, round after round; timestamps one cadence apart."""
+        """(subject, payload) of each reading, round after round; timestamps one cadence apart.
+        ``order`` "device": a device's quantities one after another (a device publishing them
+        together); "quantity": every device's first quantity, then every device's second, ..."""
         qs = QUANTITIES[: self.quantities]
+        nq = len(qs)
         for k in rounds:
             ts = T0_NS + k * CADENCE_NS
             vals = self.values(k).tolist()
-            j = 0
-            for i in range(self.devices):
-                dev = self.device(i)
-                for q in qs:
-                    yield f"sensors.{dev}.{q}", b'{"ts":%d,"value":%.4f}' % (ts, vals[j])
-                    j += 1
+            if self.order == "device":
+                for i in range(self.devices):
+                    dev = self.device(i)
+                    for j, q in enumerate(qs):
+                        yield f"sensors.{dev}.{q}", b'{"ts":%d,"value":%.4f}' % (ts, vals[i * nq + j])
+            else:
+                for j, q in enumerate(qs):
+                    for i in range(self.devices):
+                        yield f"sensors.{self.device(i)}.{q}", b'{"ts":%d,"value":%.4f}' % (ts, vals[i * nq + j])
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +191,29 @@ async def partition_counts(js: JetStreamContext, stream: str, partitions: int) -
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(stream, info.name or "")
     return counts
+
+
+async def fetch_floor(js: JetStreamContext, stream: str, counts: Sequence[int], batch: int) -> Published:
+    """Every partition read once, as a replica reads it (an ephemeral pull consumer per partition,
+    no acks, fetches of ``batch``), all at once on this loop and nothing done with the messages:
+    the client's and the servers' cost per message before any decoding or inference."""
+    cfg = ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE, inactive_threshold=60.0,
+                         mem_storage=True, num_replicas=1)
+
+    async def drain(p: int) -> int:
+        sub = await js.pull_subscribe(subjects.partition_filter(p), durable=None, stream=stream, config=cfg)
+        n = 0
+        try:
+            while n < counts[p]:
+                with contextlib.suppress(TimeoutError):
+                    n += len(await sub.fetch(batch, timeout=5))
+        finally:
+            await sub.unsubscribe()
+        return n
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    got = await asyncio.gather(*(drain(p) for p in range(len(counts))))
+    return Published(sum(got), time.perf_counter() - t0, time.process_time() - c0, 0)
 
 
 async def reset_ownership(js: JetStreamContext, settings: NatsSettings) -> None:

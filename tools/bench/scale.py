@@ -48,6 +48,8 @@ from tools.localservers import start_nats
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=25_000, help="Devices of the backlog (x 4 quantities = streams).")
     p.add_argument("--quantities", type=int, default=4, choices=range(1, 5), help="Quantities per device.")
+    p.add_argument("--order", choices=("device", "quantity"), default="device",
+                   help="Publishing order in a round: a device's quantities together (device) or quantity by quantity.")
     p.add_argument("--partitions", type=int, default=16, help="Partitions of the readings stream.")
     p.add_argument("--rounds", type=int, default=10, help="Readings per stream in the backlog.")
     p.add_argument("--replicas", default="1,2,3", help="Replica counts to measure, comma-separated.")
@@ -70,14 +72,14 @@ def run(args: argparse.Namespace) -> int:
     from service.nats.link import NatsLink
 
     counts = [int(c) for c in args.replicas.split(",") if c.strip()]
-    fleet = nl.Fleet(args.devices, args.quantities)
+    fleet = nl.Fleet(args.devices, args.quantities, args.order)
     total = fleet.streams * args.rounds
     out: dict[str, Any] = {"command": "sensorcast bench scale " + " ".join(sys.argv[3:] if sys.argv[1:3] == [
         "bench", "scale"] else sys.argv[1:]), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-        "streams": fleet.streams, "partitions": args.partitions, "rounds": args.rounds, "nodes": args.nodes,
+        "streams": fleet.streams, "partitions": args.partitions, "order": args.order, "rounds": args.rounds, "nodes": args.nodes,
         "load_before": _loadavg()}
     print(f"scale-out on NATS: {fleet.streams:,} streams ({fleet.devices:,} devices x {fleet.quantities}), "
-          f"{args.partitions} partitions, {args.rounds} rounds = {total:,} readings; {args.nodes} nats-server "
+          f"{args.partitions} partitions, {args.rounds} rounds = {total:,} readings, {args.order} order; {args.nodes} nats-server "
           f"node(s); load average {out['load_before']}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="sc-bench-scale-"))
     cluster = start_nats(nodes=args.nodes, partitions=args.partitions, mqtt=False)
@@ -104,6 +106,16 @@ def run(args: argparse.Namespace) -> int:
               f"{pub.rate:,.0f}/s (publisher {pub.cpu_s / pub.seconds:.2f} cores); per partition "
               f"{min(per_part):,}-{max(per_part):,}", flush=True)
 
+        server_pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
+        s0 = sum(nl.proc_cpu_s(pid) for pid in server_pids)
+        floor = link.run(nl.fetch_floor(link.js, settings.stream, per_part, settings.fetch_batch), None)
+        s1 = sum(nl.proc_cpu_s(pid) for pid in server_pids)
+        out["transport"] = {"client_us": round(floor.cpu_s / floor.messages * 1e6, 2),
+                            "server_us": round((s1 - s0) / floor.messages * 1e6, 2), "rate": round(floor.rate)}
+        print(f"transport floor, every partition fetched once in this process (nats-py, batches of "
+              f"{settings.fetch_batch}, nothing decoded): client {out['transport']['client_us']:.2f} us/reading, "
+              f"nats-server {out['transport']['server_us']:.2f} us/reading, {floor.rate:,.0f} readings/s", flush=True)
+
         models = work / "models"
         base = baseline(fleet, args.rounds, models, work / "baseline")
         out["baseline"] = base
@@ -111,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
               f"decode + engine {base['full_us']:.2f} us/reading (without round 0, which creates the {base['streams']:,} "
               f"streams: engine {base['steady_engine_us']:.2f}, decode + engine {base['steady_us']:.2f})", flush=True)
 
-        reps = Replicas(work, cluster.url, models, settings)
+        reps = Replicas(work, cluster.url, models, settings, server_pids)
         out["replicas"] = []
         for n in counts:
             link.run(nl.reset_ownership(link.js, settings))
@@ -135,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.failover_devices:
             reps.stop_all()
-            small = nl.Fleet(args.failover_devices, args.quantities)
+            small = nl.Fleet(args.failover_devices, args.quantities, args.order)
             f = reps.failover(small, args.failover_rate, link, settings, timeout_s=min(args.timeout_s, 120))
             out["failover"] = f
             print(f"failover ({small.streams:,} live streams at {args.failover_rate:,.0f} readings/s, lease "
@@ -163,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
 def _print_replicas(r: dict[str, Any]) -> None:
     print(f"{r['replicas']} replica(s): {r['steps_per_s']:,.0f} stream-steps/s over {r['window_s']:.1f} s "
           f"(backlog caught up {r['total_s']:.1f} s after spawn: {r['backlog_rate']:,.0f} readings/s); "
-          f"CPU {r['cpu_us']:.2f} us/step = {r['ratio_to_baseline']:.2f}x the baseline; replayed "
+          f"CPU {r['cpu_us']:.2f} us/step = {r['ratio_to_baseline']:.2f}x the baseline (nats-server "
+          f"{r['server_cpu_us']:.2f} us/step besides); replayed "
           f"{r['replayed']:,}", flush=True)
     print(f"  {'replica':>8} {'partitions':>10} {'steps':>10} {'share':>6} {'CPU s':>7} {'us/step':>8} {'RSS MB':>7}")
     for p in r["per_replica"]:

@@ -4,7 +4,8 @@ and the real ``sensorcast serve --roles inference,api`` replicas on NATS.
 A replica's CPU is read from ``/proc/<pid>/stat`` (utime + stime) and its progress from
 its own ``/metrics`` (``sensorcast_steps_total``: one stream-step per reading here, each
 reading filling its own bucket), both sampled at the same moments, so CPU per step is a
-ratio of two deltas over one window and start-up costs stay out of it.
+ratio of two deltas over one window and start-up costs stay out of it. The end of a catch-up
+is found in ``/proc`` (the replicas go idle) and confirmed by ``/metrics``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from nats.aio.msg import Msg
 
 from service.config import NatsSettings
@@ -26,7 +28,9 @@ from tools.bench.serveproc import ServeProcess
 from tools.localservers import free_port
 
 STEPS = "sensorcast_steps_total"
-SETTLE_S = 2.0  # no new step for this long (with every reading stepped): caught up
+IDLE_WINDOW_S = 1.0  # CPU rate measured over this long
+IDLE_CORES = 0.15  # below this a replica is idle (heartbeats, empty fetches: a few per cent of a core)
+SCRAPE_EVERY_S = 5.0  # /metrics at most this often while confirming
 FORECAST_TOPIC = "sensorcast/forecasts/{stream}"
 _DEVICE = re.compile(r"dev\d+")
 
@@ -74,11 +78,19 @@ def baseline(fleet: nl.Fleet, rounds: int, models: Path, work: Path) -> dict[str
             "streams": fleet.streams, "readings": n}
 
 
+def _steps(p: ServeProcess) -> float | None:
+    try:
+        return p.metric(STEPS)
+    except httpx.HTTPError:
+        return None
+
+
 class Replicas:
     """``sensorcast serve --roles inference,api`` processes on the benchmark's NATS servers."""
 
-    def __init__(self, work: Path, url: str, models: Path, settings: NatsSettings) -> None:
+    def __init__(self, work: Path, url: str, models: Path, settings: NatsSettings, server_pids: list[int]) -> None:
         self.work, self.url, self.models, self.settings = work, url, models, settings
+        self.server_pids = server_pids
         self.procs: dict[str, ServeProcess] = {}
         self._run = 0
 
@@ -136,25 +148,48 @@ class Replicas:
             raise errors[0]
         return procs
 
+    def _server_cpu(self) -> float:
+        return sum(nl.proc_cpu_s(pid) for pid in self.server_pids)
+
     def _sample(self, procs: list[ServeProcess]) -> tuple[float, list[float], list[float]]:
-        return time.monotonic(), [p.cpu_seconds() for p in procs], [p.metric(STEPS) for p in procs]
+        while True:  # CPU and steps read together: a replica too busy to answer is asked again
+            t, cpu = time.monotonic(), [p.cpu_seconds() for p in procs]
+            steps = [_steps(p) for p in procs]
+            if all(s is not None for s in steps):
+                return t, cpu, [s for s in steps if s is not None]
 
     def _wait_stepped(self, procs: list[ServeProcess], expected: int, deadline: float) -> float:
-        """Poll until the steps reach ``expected`` and stop growing; returns when they last grew."""
-        last, t_last = -1.0, time.monotonic()
+        """Wait until every replica is idle with ``expected`` steps done; returns when they were last busy.
+
+        Progress is watched in /proc (CPU), not by polling /metrics: a scrape walks every stream
+        (sensorcast_streams{status}), which at 100k streams would cost the replicas more than a
+        little. /metrics is read only to confirm, when all of them look idle.
+        """
+        hist: list[tuple[float, list[float]]] = []
+        t_busy, next_scrape = time.monotonic(), 0.0
         while True:
             now = time.monotonic()
             for p in procs:
                 if p.proc is not None and p.proc.poll() is not None:
                     raise RuntimeError(f"replica exited with {p.proc.returncode}: {p.tail()}")
-            total = sum(p.metric(STEPS) for p in procs)
-            if total != last:
-                last, t_last = total, now
-            if total >= expected and now - t_last >= SETTLE_S:
-                return t_last
+            hist.append((now, [p.cpu_seconds() for p in procs]))
+            while len(hist) > 2 and now - hist[1][0] >= IDLE_WINDOW_S:
+                hist.pop(0)
+            t_old, cpu_old = hist[0]
+            if now - t_old >= IDLE_WINDOW_S:
+                rates = [(c - o) / (now - t_old) for c, o in zip(hist[-1][1], cpu_old, strict=True)]
+                if max(rates) > IDLE_CORES:
+                    t_busy = now
+                elif now >= next_scrape:
+                    got = [_steps(p) for p in procs]
+                    if all(s is not None for s in got) and sum(s for s in got if s is not None) >= expected:
+                        return t_busy
+                    next_scrape = time.monotonic() + SCRAPE_EVERY_S
             if now > deadline:
-                raise TimeoutError(f"{total:.0f} of {expected} readings stepped when the phase timed out")
-            time.sleep(0.25)
+                got = [_steps(p) for p in procs]
+                raise TimeoutError(f"{sum(s or 0 for s in got):.0f} of {expected} readings stepped when the phase "
+                                   "timed out")
+            time.sleep(0.2)
 
     def catch_up(self, n: int, expected: int, link: Any, timeout_s: float, stop_after: bool = True) -> dict[str, Any]:
         """``n`` fresh replicas work through the backlog; CPU and steps over ready -> caught up."""
@@ -162,8 +197,10 @@ class Replicas:
         names = [f"r{i + 1}" for i in range(n)]
         procs = self.spawn(names)
         t0, cpu0, steps0 = self._sample(procs)
+        srv0 = self._server_cpu()
         t_done = self._wait_stepped(procs, expected, t_spawn + timeout_s)
         _, cpu1, steps1 = self._sample(procs)
+        srv1 = self._server_cpu()
         owners = link.run(nl.lease_owners(link.js, self.settings))
         per = []
         d_steps = [b - a for a, b in zip(steps0, steps1, strict=True)]
@@ -177,6 +214,7 @@ class Replicas:
         return {"replicas": n, "window_s": round(window, 2), "total_s": round(t_done - t_spawn, 2),
                 "steps_per_s": round(sum(d_steps) / window), "backlog_rate": round(expected / (t_done - t_spawn)),
                 "cpu_us": round((sum(cpu1) - sum(cpu0)) / max(1.0, sum(d_steps)) * 1e6, 2),
+                "server_cpu_us": round((srv1 - srv0) / max(1.0, sum(d_steps)) * 1e6, 2),
                 "replayed": int(sum(steps1) - expected), "per_replica": per}
 
     def restore(self, expected: int, link: Any, timeout_s: float) -> dict[str, Any]:
