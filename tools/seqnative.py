@@ -252,9 +252,12 @@ def _history(b: _Builder, nodes: list[Any], t1: str, x_last: str, tf_last: str |
     def state_col(a: int, w: int) -> str:
         return b.slice("state", a, a + w, 1)
     # ``last``: the step graph's own value of each observation, held over NaNs.
-    name, off = lay.last
-    g = b.slice(batch("A_", name, xf, flat(zeros(S))), off, off + F, 1)
-    g = b.op("Where", [obs, b.op("Reshape", [g, shp]), zf])
+    if lay.ema:  # running scaling holds the raw value (the probe checked): no batch of the graph needed
+        g = b.op("Where", [obs, xt, zf])
+    else:
+        name, off = lay.last
+        g = b.slice(batch("A_", name, xf, flat(zeros(S))), off, off + F, 1)
+        g = b.op("Where", [obs, b.op("Reshape", [g, shp]), zf])
     last0 = state_col(rw, F)
     stats_mid: list[str] = []
     stats: list[str] = []
@@ -268,7 +271,7 @@ def _history(b: _Builder, nodes: list[Any], t1: str, x_last: str, tf_last: str |
         alpha = b.op("Reshape", [b.slice(batch("M_", name, b.op("ConstantOfShape", [b.op("Shape", [xf])],
                                                                    value=_one()), st), off, off + F, 1), shp])
         z = b.op("Where", [obs, b.op("Sub", [onef, alpha]), onef])
-        x0 = b.op("Where", [obs, xt, zf])
+        x0 = g
         # One carry op for the held value and the running mean (the variance needs the mean).
         both, both_mid = b.carry(b.op("Concat", [hold, z], axis=2), b.op("Concat", [g, x0], axis=2),
                                  b.op("Concat", [last0, m0], axis=1), 2 * F)
@@ -291,13 +294,16 @@ def _history(b: _Builder, nodes: list[Any], t1: str, x_last: str, tf_last: str |
     bind = {"x": x_last, "state": "state"} | ({"tf": tf_last} if tf_last else {})
     init = b.copy(_prune(nodes, want), "C_", bind)
     hs, cs = [], []
-    for n in lay.enc:
+    for k, n in enumerate(lay.enc):
         outs = b.op(n.op_type, [xin] + [init.get(i, i) if i else "" for i in n.input[1:]], n_out=len(n.output),
                     **{a.name: _attr(a) for a in n.attribute})
         hs.append(b.op("Squeeze", [outs[1], b.const([0])]))
         if n.op_type == "LSTM":
             cs.append(b.op("Squeeze", [outs[2], b.const([0])]))
-        xin = b.op("Squeeze", [outs[0], b.const([1])])
+        if k + 1 < len(lay.enc):
+            xin = b.op("Squeeze", [outs[0], b.const([1])])
+        else:  # the top layer's outputs over T are not needed: ORT then does not write them (~10% at B=512)
+            b.nodes[-1 - (2 if n.op_type == "LSTM" else 1)].output[0] = ""
     mid = [*hs, *cs, last_mid]
     if L:
         lag0 = b.op("Reshape", [state_col(rw + F, L * F), b.const([0, L, F])])
