@@ -23,6 +23,7 @@ from service.nats import subjects
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+JS_NO_PLACEMENT = 10005  # JetStream's error code for "no suitable peers for placement"
 ALERT_DUPLICATE_WINDOW_S = 3600.0  # a replayed alert (failover) is dropped by its message id within this
 
 
@@ -57,7 +58,16 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], timeout_s: float
     while True:
         try:
             return await call()
-        except (BadRequestError, NotFoundError):
+        except BadRequestError as e:
+            # "no suitable peers for placement": a cluster that just started does not know all its
+            # peers yet (seen here right after start_nats(3)); any other refusal is real.
+            # (getattr: nats-py's KeyWrongLastSequenceError is a BadRequestError without err_code.)
+            if getattr(e, "err_code", None) != JS_NO_PLACEMENT or loop.time() + delay >= deadline:
+                raise
+            log.info("NATS: %s: no placement yet; retrying in %.1f s", what, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+        except NotFoundError:
             raise  # a real refusal, not an election
         except Exception as e:  # timeouts, "no responders", connection blips
             if loop.time() + delay >= deadline:

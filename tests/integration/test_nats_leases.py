@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 from nats.js.api import KeyValueConfig, ObjectStoreConfig
-from nats.js.errors import BadRequestError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from service.config import NatsSettings
@@ -44,17 +44,8 @@ class Bench:
 
     async def buckets(self) -> KeyValue:
         js, n = self.link.js, self.names
-        for _ in range(60):  # a cluster just started may not know all its peers yet
-            try:
-                kv = await provision.retrying("leases", lambda: js.create_key_value(KeyValueConfig(
-                    bucket=n.leases, history=1, ttl=self.settings.lease_ttl_s, replicas=3)))
-                break
-            except BadRequestError as e:
-                if e.err_code != 10005:  # "no suitable peers for placement"
-                    raise
-                await asyncio.sleep(0.5)
-        else:
-            pytest.fail("the cluster never placed the leases bucket")
+        kv = await provision.retrying("leases", lambda: js.create_key_value(KeyValueConfig(
+            bucket=n.leases, history=1, ttl=self.settings.lease_ttl_s, replicas=3)))
         await provision.retrying("ckpt", lambda: js.create_key_value(KeyValueConfig(bucket=n.ckpt, history=1, replicas=3)))
         await provision.retrying("state", lambda: js.create_object_store(n.state, ObjectStoreConfig(bucket=n.state,
                                                                                                   replicas=3)))
