@@ -58,8 +58,15 @@ _RETRY_MAX_S = 2.0
 def js_time_ns(msg: Msg) -> int:
     """When the stream stored ``msg``, in ns (exact, from the ack subject; the same on every
     redelivery and replay)."""
+    return _meta(msg)[0]
+
+
+def _meta(msg: Msg) -> tuple[int, int]:
+    """(stored time ns, deliveries so far) from the ack subject, without nats-py's datetime."""
     tokens = Msg.Metadata._get_metadata_fields(msg.reply)
-    return int(tokens[7] if len(tokens) == 9 else tokens[Msg.Ack.Timestamp])
+    if len(tokens) == 9:  # the old form without domain and account
+        return int(tokens[7]), int(tokens[4])
+    return int(tokens[Msg.Ack.Timestamp]), int(tokens[Msg.Ack.NumDelivered])
 
 
 class _Connected:
@@ -105,6 +112,7 @@ class NatsReadingsSource:
         self.acked = 0  # messages acknowledged after the durable hand-off
         self.terminated = 0  # refused messages ended with AckTerm
         self.fetched = 0
+        self.redelivered = 0  # messages this writer got that were delivered before
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -148,7 +156,7 @@ class NatsReadingsSource:
                              self.names.readings)
                 try:
                     msgs = await psub.fetch(self.settings.fetch_batch, timeout=1.0)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py's own, or asyncio's from inside fetch
                     continue  # nothing to do for a second
                 self.fetched += len(msgs)
                 await asyncio.to_thread(self._take, msgs)
@@ -158,7 +166,7 @@ class NatsReadingsSource:
             except Exception as e:  # elections, reconnects: JetStream answers nothing for a few seconds
                 if self._closing:
                     break
-                log.warning("NATS: fetching readings failed (%s); retrying in %.1f s", e or type(e).__name__, delay)
+                log.warning("NATS: fetching readings failed (%s: %s); retrying in %.1f s", type(e).__name__, e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
         if psub is not None:
@@ -198,7 +206,10 @@ class NatsReadingsSource:
             self.reporter.report("nats", msg.subject[:200], msg.data, [Refusal("bad_topic", str(e))])
             self._settle(msg, "term")
             return
-        result = self.decoder.decode(topic, msg.data, js_time_ns(msg))
+        stored_ns, deliveries = _meta(msg)
+        if deliveries > 1:
+            self.redelivered += 1  # another writer died or stalled holding it, or our ack was lost
+        result = self.decoder.decode(topic, msg.data, stored_ns)
         if result.refusals:
             self.reporter.report("nats", topic, msg.data, result.refusals)
         if not result.readings:

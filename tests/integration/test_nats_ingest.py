@@ -5,6 +5,7 @@ alerts reach the alerts stream once per event (replays deduplicated) and MQTT su
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import orjson
 import paho.mqtt.client as paho
 import pytest
 from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -24,18 +26,19 @@ from service.metrics import Metrics
 from service.nats import outputs, provision
 from service.nats.link import NatsLink
 from service.nats.outputs import NatsAlertPublisher
-from service.nats.writer_source import NatsReadingsSource
+from service.nats.writer_source import MAX_ACK_PENDING, NatsReadingsSource
 from service.pipeline import build_ingester
 from service.records import Alert, Forecast, Reading, StreamKey
 from service.store import open_store
 from tests.integration.ingest_helpers import (
+    IngestProcess,
     Publisher,
     make_settings,
     payload,
     readings,
     wait_stored,
 )
-from tools.localservers import NATS_SERVER, Influxd, NatsCluster, start_nats
+from tools.localservers import NATS_SERVER, Influxd, NatsCluster, free_port, start_nats
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +156,78 @@ def test_two_writers_store_every_reading_once(cluster: NatsCluster, influxd: Inf
     assert min(shares) > 0, shares  # and both did part of the work
     assert sum(_source(i).acked for i in ings) == 2_001
     assert sum(_source(i).terminated for i in ings) == 1  # the bad payload, ended for good
+    assert sum(_source(i).redelivered for i in ings) == 0  # and no message was delivered twice
     assert sum(_refused(m) for m in metrics) == 2  # it and the partial message's bad line
     # Each refused message reported on the dead-letter topic's subject, once.
     assert sorted(orjson.loads(d)["topic"] for d in dead) == ["sensors/dev0000/temp", "sensors/partial/temp"], dead
     assert (ack_pending, redelivered, left) == (0, 0, 0)
+
+
+def test_a_killed_writers_messages_go_to_another_writer(cluster: NatsCluster, influxd: Influxd,
+                                                         tmp_path: Path) -> None:
+    """Writer A (a `sensorcast ingest` process) holds messages it cannot make durable (store
+    down, spool full: nothing acknowledged) and is killed -9; writer B gets them all after the
+    consumer's ack wait and stores each once."""
+    url = f"influxdb://127.0.0.1:{influxd.port}/natskill"
+    s = _settings(cluster, "KILLW", url, tmp_path / "spool-b")
+    names = outputs.names_for(s)
+    link = NatsLink(s.nats, "test-kill")
+    link.start()
+    a = IngestProcess({
+        "SENSORCAST_NATS__URL": cluster.url, "SENSORCAST_NATS__STREAM": "KILLW", "SENSORCAST_NATS__REPLICAS": "3",
+        "SENSORCAST_NATS__FETCH_BATCH": "50", "SENSORCAST_STORE__URL": f"influxdb://127.0.0.1:{free_port()}/x",
+        "SENSORCAST_STORE__SPOOL_DIR": str(tmp_path / "spool-a"), "SENSORCAST_STORE__SPOOL_MAX_BYTES": "1",
+    }, tmp_path / "writer-a.log")
+    b: Ingester | None = None
+    store = open_store(s.store)
+    expected = readings(500, 10)
+    try:
+        link.run(provision.ensure_all(link.js, s.nats, names), 90)
+        async def publish() -> None:
+            for r in expected:
+                await link.js.publish(f"sensors.{r.stream.device}.{r.stream.quantity}", payload(r))
+
+        link.run(publish(), 60)
+
+        async def consumer() -> tuple[int, int, int]:
+            try:
+                info = await link.js.consumer_info(names.readings, "sensorcast-writers")
+            except NotFoundError:  # no writer has created it yet
+                return 0, 0, 0
+            return info.num_ack_pending, info.num_redelivered, info.ack_floor.stream_seq if info.ack_floor else 0
+
+        a.start(wait_subscribed=False)
+        deadline = time.monotonic() + 60
+        while link.run(consumer())[0] == 0:  # A has taken messages it cannot acknowledge
+            assert a.proc is not None and a.proc.poll() is None, a.logpath.read_text()[-3000:]
+            assert time.monotonic() < deadline, a.logpath.read_text()[-3000:]
+            time.sleep(0.2)
+        a.kill(signal.SIGKILL)
+        b = build_ingester(s, open_store(s.store), Metrics())
+        b.start()
+        assert _source(b).subscribed.wait(60)
+        # The writers' ack wait is 120 s; shortened here (a consumer update: every writer's
+        # start sets it back) so A's messages come back within seconds.
+        link.run(link.js.add_consumer(names.readings, ConsumerConfig(
+            durable_name="sensorcast-writers", name="sensorcast-writers", ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL, filter_subject="p.>", ack_wait=3.0, max_ack_pending=MAX_ACK_PENDING)))
+        got = wait_stored(store, expected)
+        deadline = time.monotonic() + 30
+        while _source(b).acked < 500 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pending, redelivered, floor = link.run(consumer())
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+            b.store.close()
+        store.close()
+        link.close()
+        _drop(cluster, names)
+    assert got == sorted(expected, key=lambda r: (r.stream, r.ts_ns))
+    assert _source(b).acked == 500 and b.status().stored == 500  # B stored each once, A acknowledged none
+    assert _source(b).redelivered > 0  # A's share came back to B
+    assert (pending, redelivered, floor) == (0, 0, 500)  # all acknowledged, none outstanding
 
 
 def _source(ing: Ingester) -> NatsReadingsSource:
