@@ -40,7 +40,11 @@ class Bench:
         self.names = provision.Names.of(self.settings)
         # The buckets as provision.ensure_all makes them, without the readings stream: on the
         # shared cluster another test's stream holds its subjects already.
-        self.kv: KeyValue = self.run(self.buckets(), 90)
+        try:
+            self.kv: KeyValue = self.run(self.buckets(), 90)
+        except BaseException:
+            self.link.close()
+            raise
 
     async def buckets(self) -> KeyValue:
         js, n = self.link.js, self.names
