@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats.errors
@@ -56,17 +57,14 @@ _RETRY_MAX_S = 2.0
 
 
 def js_time_ns(msg: Msg) -> int:
-    """When the stream stored ``msg``, in ns (exact, from the ack subject; the same on every
-    redelivery and replay)."""
-    return _meta(msg)[0]
+    """When the stream stored ``msg``, in ns at microsecond precision: the same value on every
+    redelivery and replay, and the same the inference replicas decode with
+    (service/nats/partition.py), so a reading without its own time gets one time everywhere."""
+    return (msg.metadata.timestamp - _EPOCH) // _US * 1000
 
 
-def _meta(msg: Msg) -> tuple[int, int]:
-    """(stored time ns, deliveries so far) from the ack subject, without nats-py's datetime."""
-    tokens = Msg.Metadata._get_metadata_fields(msg.reply)
-    if len(tokens) == 9:  # the old form without domain and account
-        return int(tokens[7]), int(tokens[4])
-    return int(tokens[Msg.Ack.Timestamp]), int(tokens[Msg.Ack.NumDelivered])
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
 
 
 class _Connected:
@@ -206,10 +204,9 @@ class NatsReadingsSource:
             self.reporter.report("nats", msg.subject[:200], msg.data, [Refusal("bad_topic", str(e))])
             self._settle(msg, "term")
             return
-        stored_ns, deliveries = _meta(msg)
-        if deliveries > 1:
+        if msg.metadata.num_delivered > 1:
             self.redelivered += 1  # another writer died or stalled holding it, or our ack was lost
-        result = self.decoder.decode(topic, msg.data, stored_ns)
+        result = self.decoder.decode(topic, msg.data, js_time_ns(msg))
         if result.refusals:
             self.reporter.report("nats", topic, msg.data, result.refusals)
         if not result.readings:

@@ -131,7 +131,7 @@ def test_two_writers_store_every_reading_once(cluster: NatsCluster, influxd: Inf
                                   f"m value=1.5 {partial.ts_ns}\nm value=\"abc\" {partial.ts_ns + 1}".encode())
 
         link.run(js_publish(), 60)
-        got = wait_stored(store, expected)
+        got = wait_stored(store, expected, timeout=120)
         deadline = time.monotonic() + 30
         while sum(_source(i).acked + _source(i).terminated for i in ings) < 2_002 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -197,7 +197,7 @@ def test_a_killed_writers_messages_go_to_another_writer(cluster: NatsCluster, in
             return info.num_ack_pending, info.num_redelivered, info.ack_floor.stream_seq if info.ack_floor else 0
 
         a.start(wait_subscribed=False)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a process start under load
         while link.run(consumer())[0] == 0:  # A has taken messages it cannot acknowledge
             assert a.proc is not None and a.proc.poll() is None, a.logpath.read_text()[-3000:]
             assert time.monotonic() < deadline, a.logpath.read_text()[-3000:]
@@ -211,7 +211,7 @@ def test_a_killed_writers_messages_go_to_another_writer(cluster: NatsCluster, in
         link.run(link.js.add_consumer(names.readings, ConsumerConfig(
             durable_name="sensorcast-writers", name="sensorcast-writers", ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL, filter_subject="p.>", ack_wait=3.0, max_ack_pending=MAX_ACK_PENDING)))
-        got = wait_stored(store, expected)
+        got = wait_stored(store, expected, timeout=120)
         deadline = time.monotonic() + 30
         while _source(b).acked < 500 and time.monotonic() < deadline:
             time.sleep(0.1)
