@@ -76,12 +76,14 @@ class ConnectionWatch:
             self.poll()
 
 
-def pipeline_checks(broker: str, ingester: Any, intake: Any, publisher: Any) -> dict[str, Check]:
+def pipeline_checks(broker: str, ingester: Any, intake: Any, publisher: Any, what: str = "the MQTT broker",
+                    queued: str = "alerts wait in the outbox") -> dict[str, Check]:
     """The checks for the parts a pipeline runs (each may be None): the ingester's broker
     subscription and store, an inference process's own subscription, the alert publisher.
+    ``what``/``queued``: the broker's kind and where alerts wait (NATS: "NATS", in memory).
     Typed loosely: this module sits below the parts it watches (pyproject layers)."""
     checks: dict[str, Check] = {}
-    down = f"cannot reach the MQTT broker {broker}"
+    down = f"cannot reach {what} {broker}"
     if ingester is not None:
         if ingester.subscribes:
             checks["broker (ingest)"] = lambda: (ingester.status().broker_connected, down)
@@ -94,5 +96,5 @@ def pipeline_checks(broker: str, ingester: Any, intake: Any, publisher: Any) -> 
     if intake is not None:
         checks["broker (inference)"] = lambda: (intake.subscribed.is_set(), down)
     if publisher is not None:
-        checks["broker (alerts)"] = lambda: (publisher.connected, down + "; alerts wait in the outbox")
+        checks["broker (alerts)"] = lambda: (publisher.connected, f"{down}; {queued}")
     return checks

@@ -377,9 +377,15 @@ class Pipeline:
         self.started = True
         self.watchdog = Watchdog(self.liveness, self.settings.watchdog.interval_s, self._threads_died)
         self.watchdog.start()
-        addr = parse_broker_url(self.settings.mqtt)  # host:port only: no credentials in the log
-        self.connwatch = ConnectionWatch(pipeline_checks(f"{addr.host}:{addr.port}", self.ingester, self.intake,
-                                                         self.publisher))
+        if self.settings.nats.url:  # readings (and alerts) over NATS: name it, not the unused MQTT broker
+            from service.nats.link import redacted
+
+            checks = pipeline_checks(redacted(self.settings.nats.url), self.ingester, self.intake, self.publisher,
+                                     "NATS", "alerts wait in a bounded in-memory queue")
+        else:
+            addr = parse_broker_url(self.settings.mqtt)  # host:port only: no credentials in the log
+            checks = pipeline_checks(f"{addr.host}:{addr.port}", self.ingester, self.intake, self.publisher)
+        self.connwatch = ConnectionWatch(checks)
         self.connwatch.start()
         log.info("pipeline started (roles: %s)", ",".join(sorted(self.roles)))
         log.info("watchdog: checking every %.1f s that these threads are alive: %s",
