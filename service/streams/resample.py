@@ -22,6 +22,12 @@ Policy (stated once, here):
   buckets past it.
 - **Gaps.** Up to ``max_gap_steps`` empty buckets are bridged by feeding NaN steps; a longer
   gap resets the stream (state zeroed, warm-up starts again at the next reading).
+
+History from the store (warm-up, catch-up) comes in bulk (``add_many``): its readings are
+kept as arrays and bucketed with numpy (``take_ready``), with the same policy and the same
+result as adding them one by one (tests/unit/test_resample_bulk.py). Only the buckets that
+nothing still pending can change are settled so; the newest few go through the per-reading
+path above.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from service.arrays import Col, RowArrays
+from service.arrays import F64, I64, Col, RowArrays
 
 NAN = math.nan
 
@@ -43,6 +50,15 @@ class Positions(RowArrays):
     next_bucket = Col(np.int64, fill=-1)  # the next bucket to feed; -1: nothing fed yet
     last_fed_ts = Col(np.int64, fill=0)  # newest reading time in the buckets fed
     has_pending = Col(np.bool_, fill=False, saved=False)  # readings wait in the stream's Resampler
+
+
+@dataclass(frozen=True, slots=True)
+class StepBlock:
+    """Consecutive model steps of one stream, as arrays (``Resampler.take_ready``)."""
+
+    buckets: I64  # (n,)
+    x: F64  # (n, F) values per feature, NaN = missing
+    reset: npt.NDArray[np.bool_]  # (n,) zero the state before this step
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +79,7 @@ class Resampler:
     """Pending readings of one stream and the next bucket to feed."""
 
     __slots__ = (
-        "_pending", "cadence_ns", "grace_ns", "last_fed_ts", "live_ns", "max_gap", "n_features", "next_bucket",
+        "_bulk", "_pending", "cadence_ns", "grace_ns", "last_fed_ts", "live_ns", "max_gap", "n_features", "next_bucket",
         "tolerance",
     )
 
@@ -77,6 +93,9 @@ class Resampler:
         self.next_bucket: int | None = None  # None: nothing fed yet
         self.last_fed_ts = -(2**62)
         self._pending: dict[int, dict[tuple[int, int], float]] = {}
+        # History added in bulk: (ts, feature, value, bucket) arrays, deduplicated, in the
+        # order added; its buckets are older than every bucket in _pending when added.
+        self._bulk: tuple[I64, I64, F64, I64] | None = None
 
     def bucket_of(self, ts_ns: int) -> int:
         return -(-ts_ns // self.cadence_ns)
@@ -86,6 +105,8 @@ class Resampler:
         b = -(-ts_ns // self.cadence_ns)
         if self.next_bucket is not None and b < self.next_bucket:
             return "duplicate" if ts_ns == self.last_fed_ts else "late"
+        if self._bulk is not None and self._in_bulk(ts_ns, feature):
+            return "duplicate"
         bucket = self._pending.get(b)
         if bucket is None:
             self._pending[b] = {(feature, ts_ns): value}
@@ -98,12 +119,16 @@ class Resampler:
 
     @property
     def pending(self) -> int:
+        if self._bulk is not None:
+            return len(set(self._pending) | set(np.unique(self._bulk[3]).tolist()))
         return len(self._pending)
 
     def first_pending_ts(self) -> int | None:
-        if not self._pending:
-            return None
-        return min(ts for b in self._pending.values() for _, ts in b)
+        first = min((ts for b in self._pending.values() for _, ts in b), default=None)
+        if self._bulk is not None:
+            lo = int(self._bulk[0].min())
+            first = lo if first is None else min(first, lo)
+        return first
 
     def _mean(self, bucket: dict[tuple[int, int], float]) -> tuple[float, ...]:
         if self.n_features == 1 and len(bucket) == 1:
@@ -123,13 +148,27 @@ class Resampler:
         clock says nothing about whether more are coming, the next reading does.
         """
         newest = max(self.last_fed_ts, max((ts for b in self._pending.values() for _, ts in b), default=self.last_fed_ts))
+        if self._bulk is not None:
+            newest = max(newest, int(self._bulk[0].max()))
         return now_ns if newest >= now_ns - self.live_ns else newest
 
     def ready(self, now_ns: int) -> list[Step]:
         """The steps that can be fed now, oldest first (and forget them)."""
+        if self._bulk is not None:  # not settled by the caller: every bulk reading goes the per-reading way
+            self._spill(np.ones(len(self._bulk[0]), np.bool_))
         if not self._pending:
             return []
-        now_ns = self.stream_clock(now_ns)
+        return self._ready(self.stream_clock(now_ns))
+
+    def take_ready(self, now_ns: int) -> tuple[StepBlock | None, list[Step]]:
+        """``ready``, with the bulk history's settled steps as arrays first (``_settle``)."""
+        if self._bulk is None:
+            return None, self.ready(now_ns)
+        clock = self.stream_clock(now_ns)  # before settling: the fed position moves, the clock must not
+        block = self._settle()
+        return block, self._ready(clock) if self._pending else []
+
+    def _ready(self, now_ns: int) -> list[Step]:
         clock = now_ns // self.cadence_ns  # buckets <= clock have ended
         grace_clock = (now_ns - self.grace_ns) // self.cadence_ns  # ... and their grace is over
         if len(self._pending) == 1:  # the common case: one bucket, in order
@@ -160,8 +199,11 @@ class Resampler:
     def due_after(self, now_ns: int) -> int:
         """The next time the clock alone could make a pending bucket ready."""
         nxt = (now_ns // self.cadence_ns + 1) * self.cadence_ns  # the next bucket end
-        if self.grace_ns and self._pending:
-            g = max(self._pending) * self.cadence_ns + self.grace_ns  # the newest bucket's grace runs out
+        if self.grace_ns and (self._pending or self._bulk is not None):
+            newest = max(self._pending, default=-(2**62))
+            if self._bulk is not None:
+                newest = max(newest, int(self._bulk[3].max()))
+            g = newest * self.cadence_ns + self.grace_ns  # the newest bucket's grace runs out
             if now_ns < g < nxt:
                 return g
         return nxt
@@ -181,8 +223,107 @@ class Resampler:
     def restore(self, next_bucket: int | None, last_fed_ts: int) -> None:
         self.seek(next_bucket, last_fed_ts)
         self._pending.clear()
+        self._bulk = None
 
     def seek(self, next_bucket: int | None, last_fed_ts: int) -> None:
         """Set the position (pending readings stay)."""
         self.next_bucket = next_bucket
         self.last_fed_ts = last_fed_ts
+
+    # -- history in bulk ---------------------------------------------------------------
+    def add_many(self, ts: I64, features: I64, values: F64) -> int:
+        """``add`` for each reading in order (history from the store); returns how many
+        were added (the others are late or duplicates). Readings for buckets already
+        pending go through ``add``; older ones are kept as arrays until ``take_ready``."""
+        if self._bulk is not None:  # a second batch: the first one goes the per-reading way
+            self._spill(np.ones(len(self._bulk[0]), np.bool_))
+        b = -(-ts // self.cadence_ns)
+        if self.next_bucket is not None:  # older buckets are fed: late (or duplicate), never added
+            fresh = b >= self.next_bucket
+            ts, features, values, b = ts[fresh], features[fresh], values[fresh], b[fresh]
+        added = 0
+        if self._pending:  # buckets with readings already: merged one by one, after them
+            one = b >= min(self._pending)
+            for t, f, v in zip(ts[one].tolist(), features[one].tolist(), values[one].tolist(), strict=True):
+                added += self.add(t, f, v) is None
+            ts, features, values, b = ts[~one], features[~one], values[~one], b[~one]
+        if len(ts) > 1 and not (self.n_features == 1 and bool((ts[1:] > ts[:-1]).all())):
+            # A second (feature, ts) is a duplicate: keep the first of each.
+            order = np.lexsort((features, ts))  # stable: equal keys keep the order added
+            st, sf = ts[order], features[order]
+            first = np.ones(len(ts), np.bool_)
+            first[1:] = (st[1:] != st[:-1]) | (sf[1:] != sf[:-1])
+            keep = np.sort(order[first])
+            ts, features, values, b = ts[keep], features[keep], values[keep], b[keep]
+        if len(ts):
+            self._bulk = (ts, features, values, b)
+        return added + len(ts)
+
+    def _in_bulk(self, ts_ns: int, feature: int) -> bool:
+        assert self._bulk is not None
+        bt, bf = self._bulk[0], self._bulk[1]
+        return bool(((bt == ts_ns) & (bf == feature)).any())
+
+    def _spill(self, which: npt.NDArray[np.bool_]) -> None:
+        """Move the ``which`` bulk readings into the per-reading buckets, before the readings
+        added there since (the order ``add`` would have kept)."""
+        assert self._bulk is not None
+        bt, bf, bv, bb = self._bulk
+        out: dict[int, dict[tuple[int, int], float]] = {}
+        for t, f, v, b in zip(bt[which].tolist(), bf[which].tolist(), bv[which].tolist(), bb[which].tolist(), strict=True):
+            out.setdefault(b, {})[(f, t)] = v
+        for b, bucket in out.items():
+            bucket.update(self._pending.get(b, {}))  # no key in both: add() refused those
+            self._pending[b] = bucket
+        rest = ~which
+        self._bulk = (bt[rest], bf[rest], bv[rest], bb[rest]) if rest.any() else None
+
+    def _settle(self) -> StepBlock | None:
+        """The steps of the bulk history's buckets that nothing pending can change any more,
+        as arrays, oldest first (and forget them); the rest join the per-reading buckets.
+        ``take_ready`` calls it, with the stream's clock taken before.
+
+        ``ready`` feeds every pending bucket older than ``newest - tolerance`` (``newest``:
+        the newest bucket with readings), bridging or resetting the gaps before it, whatever
+        the clock says; so do these, with the same means (sums in the order added)."""
+        if self._bulk is None:
+            return None
+        bt, bf, bv, bb = self._bulk
+        newest = max(int(bb.max()), max(self._pending, default=-(2**62)))
+        cut = newest - max(self.tolerance, 1)
+        if self._pending:
+            cut = min(cut, min(self._pending) - 1)  # a live reading merged into an old bucket: from there, one by one
+        early = bb <= cut
+        if self.next_bucket is not None and early.any() and int(bb[early].min()) < self.next_bucket:
+            early[:] = False  # (cannot happen: add_many drops them) the per-reading path decides
+        if not early.all():
+            self._spill(~early)
+        self._bulk = None
+        if not early.any():
+            return None
+        ts, f, v = bt[early], bf[early], bv[early]
+        buckets, inv = np.unique(bb[early], return_inverse=True)  # (k,) sorted
+        k, nf = len(buckets), self.n_features
+        at = inv * nf + f
+        count = np.bincount(at, minlength=k * nf)
+        with np.errstate(invalid="ignore"):
+            mean = np.bincount(at, weights=v, minlength=k * nf) / count  # 0/0: NaN, a missing feature
+        if nf == 1:  # one reading: its value as it is (as _mean; 0.0 + -0.0 would lose the sign)
+            one = np.empty(k)
+            one[inv] = v
+            mean = np.where(count == 1, one, mean)
+        start = buckets[0] if self.next_bucket is None else self.next_bucket
+        prev = np.concatenate([[start], buckets[:-1] + 1])  # the bucket each would follow on from
+        gap = buckets - prev
+        reset = gap > self.max_gap
+        first = np.where((gap > 0) & ~reset, prev, buckets)  # bridged: NaN steps from prev on
+        n = buckets - first + 1
+        ends = np.cumsum(n) - 1
+        steps = np.arange(int(n.sum())) - np.repeat(ends - n + 1, n) + np.repeat(first, n)
+        x = np.full((len(steps), nf), np.nan)
+        x[ends] = mean.reshape(k, nf)
+        resets = np.zeros(len(steps), np.bool_)
+        resets[ends] = reset
+        self.next_bucket = int(buckets[-1]) + 1
+        self.last_fed_ts = int(ts[inv == k - 1].max())
+        return StepBlock(steps.astype(np.int64), x, resets)

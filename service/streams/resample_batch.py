@@ -31,7 +31,7 @@ from service.config import Settings
 from service.metrics import Metrics
 from service.records import NS_PER_S
 from service.streams.lane import Lane, Stream
-from service.streams.resample import Resampler, Step, live_window_ns
+from service.streams.resample import Resampler, Step, StepBlock, live_window_ns
 from service.streams.slots import Routed
 
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -190,6 +190,7 @@ class BatchResampler:
         fast, slow = self._fast, self._slow
         self._fast, self._slow = {}, {}
         queues: dict[int, list[tuple[Stream, list[Step]]]] = {}
+        blocks: dict[int, dict[int, StepBlock]] = {}  # lane uid -> position in its queue -> bulk steps
         for st in slow.values():
             res = st.res
             assert res is not None  # streams on the slow path have one
@@ -198,7 +199,7 @@ class BatchResampler:
             if st.ticket:  # history read in flight: its readings wait in res (warmup.py)
                 pos.has_pending[row] = True
                 continue
-            steps = res.ready(now)
+            block, steps = res.take_ready(now)  # history from the store: its older steps as arrays
             nb = res.next_bucket
             pos.next_bucket[row] = -1 if nb is None else nb
             pos.last_fed_ts[row] = res.last_fed_ts
@@ -208,18 +209,59 @@ class BatchResampler:
             else:
                 pos.has_pending[row] = False
                 st.res = None  # nothing pending: the arrays are all there is
-            if steps:
+            if block is not None:
+                queue = queues.setdefault(lane.uid, [])
+                blocks.setdefault(lane.uid, {})[len(queue)] = block
+                queue.append((st, steps))
+            elif steps:
                 queues.setdefault(lane.uid, []).append((st, steps))
         for u in set(fast) | set(queues):
             lane = lanes[u]
             queue = queues.get(u, [])
             first = fast.get(u)
+            if u in blocks:
+                yield from _rounds(lane, queue, blocks[u], first)
+                continue
             rnd = 0
             while queue or first is not None:
                 yield _batch(lane, [(st, steps[rnd]) for st, steps in queue], first)
                 first = None
                 rnd += 1
                 queue = [(st, steps) for st, steps in queue if len(steps) > rnd]
+
+
+def _rounds(
+    lane: Lane, queue: list[tuple[Stream, list[Step]]], blocks: dict[int, StepBlock],
+    first: tuple[IntArr, I64, F32] | None,
+) -> Iterator[Batch]:
+    """The rounds of a lane whose queue has bulk steps (warm-up): every stream's steps in
+    flat arrays, its block's then its list's; round r takes step r of each stream that has
+    one, in queue order (as ``take``'s per-round lists do)."""
+    m, nf = len(queue), lane.n_in
+    listed = [s for _, steps in queue for s in steps]
+    n_list = np.fromiter((len(steps) for _, steps in queue), np.int64, m)
+    n_block = np.zeros(m, np.int64)
+    for i, blk in blocks.items():
+        n_block[i] = len(blk.buckets)
+    parts = [blocks[i] for i in sorted(blocks)]
+    x = np.concatenate([*(b.x for b in parts), np.array([s.values for s in listed], np.float64).reshape(-1, nf)])
+    x32 = x.astype(np.float32)  # (T, F)
+    buckets = np.concatenate([*(b.buckets for b in parts), np.fromiter((s.bucket for s in listed), np.int64, len(listed))])
+    reset = np.concatenate([*(b.reset for b in parts), np.fromiter((s.reset for s in listed), np.bool_, len(listed))])
+    in_blocks = int(n_block.sum())
+    at_block = np.cumsum(n_block) - n_block  # where each stream's block starts in the flat arrays
+    at_list = in_blocks + np.cumsum(n_list) - n_list  # ... and its list
+    total = n_block + n_list
+    rows_q = np.fromiter((st.row for st, _ in queue), np.intp, m)
+    for rnd in range(max(int(total.max()) if m else 0, 1 if first is not None else 0)):
+        sel = np.flatnonzero(total > rnd)
+        nb = n_block[sel]
+        at = np.where(rnd < nb, at_block[sel] + rnd, at_list[sel] + rnd - nb)  # step rnd of each, in the flat arrays
+        rows, bk, xs = rows_q[sel], buckets[at], x32[at]
+        restarts = [queue[j][0] for j in sel[reset[at]].tolist()]
+        if rnd == 0 and first is not None:
+            rows, bk, xs = np.concatenate([first[0], rows]), np.concatenate([first[1], bk]), np.concatenate([first[2], xs])
+        yield Batch(lane, rows, bk, xs, restarts)
 
 
 def _batch(lane: Lane, steps: list[tuple[Stream, Step]], first: tuple[IntArr, I64, F32] | None) -> Batch:

@@ -261,9 +261,20 @@ class Warmup:
                 if first is None:
                     continue
                 lo, hi = res.last_fed_ts, first
-            for f, key in enumerate(st.keys):
-                for r in history.get(key, ()):
-                    if lo < r.ts_ns < hi and abs(r.value) < _F32_MAX and res.add(r.ts_ns, f, r.value) is None:
-                        added += 1
+            # In bulk (arrays, in the order read): the resampler buckets them with numpy.
+            got = [history.get(key, []) for key in st.keys]
+            n = sum(len(rs) for rs in got)
+            if not n:
+                continue
+            try:
+                ts = np.fromiter((r.ts_ns for rs in got for r in rs), np.int64, n)
+            except OverflowError:  # a stored time beyond int64: the readings one by one
+                added += sum(res.add(r.ts_ns, f, r.value) is None for f, rs in enumerate(got) for r in rs
+                             if lo < r.ts_ns < hi and abs(r.value) < _F32_MAX)
+                continue
+            values = np.fromiter((r.value for rs in got for r in rs), np.float64, n)
+            features = np.repeat(np.arange(len(got), dtype=np.int64), [len(rs) for rs in got])
+            keep = (ts > lo) & (ts < hi) & (np.abs(values) < _F32_MAX)  # NaN compares False
+            added += res.add_many(ts[keep], features[keep], values[keep])
         if read.kind == "catch_up":
             log.info("caught up %d restored streams with %d stored readings", len(live), added)
