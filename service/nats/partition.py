@@ -251,12 +251,20 @@ class PartitionWorker:
         if sub is None:
             return
         try:
-            self.link.run(sub.consumer_info(), 5)
+            info = self.link.run(sub.consumer_info(), 5)
         except NotFoundError:
             log.info("partition %d: consumer gone; a new one from sequence %d", self.partition, self.applied + 1)
             self._sub = None
+            return
         except Exception as e:  # no answer (an election): try again at the next check
             log.info("partition %d: consumer lookup failed (%s)", self.partition, e or type(e).__name__)
+            return
+        if info.num_pending:
+            # Messages wait but fetches bring none: seen after the stream's leader node died (the
+            # consumer made during the election never delivers). A new one from the position reached.
+            log.info("partition %d: consumer stalled with %d pending; a new one from sequence %d",
+                     self.partition, info.num_pending, self.applied + 1)
+            self._unsubscribe()
 
     def _apply(self, msgs: list[Any]) -> None:
         """Feed ``msgs`` in ticks that give what one tick per message would (see ``_Ticks``)."""

@@ -337,3 +337,68 @@ def test_sigkill_moves_partitions_with_the_same_forecasts_and_alerts_once(
     finally:
         a.kill(signal.SIGTERM)
         b.kill(signal.SIGTERM)
+
+
+def test_a_replica_carries_on_through_the_loss_of_the_streams_leader_node(
+    tmp_path: Path, fresh_nats: Any, models: Path
+) -> None:
+    """In-process replica (the same code serve runs), a fresh 3-node cluster, kill -9 of the node
+    leading the readings stream mid-stream: the replica's leases lapse during the election (it
+    stops its partitions on its own clock), it takes them back, restores its checkpoints,
+    re-creates its consumers and ends with the single engine's forecasts."""
+    from service.nats import provision
+    from service.nats.outputs import NatsAlertPublisher, names_for
+    from service.nats.replica import build_replica
+
+    cluster = fresh_nats(nodes=3, partitions=PARTITIONS, mqtt=False)
+    settings = Settings(models={"dir": models, "watch": False},
+                        nats={"url": cluster.url, "partitions": PARTITIONS, "stream": "NODEKILL", "replicas": 3,
+                              "checkpoint_interval_s": 2.0, "replica_id": "solo"})
+    feed = Feed(cluster, "NODEKILL")
+    out = NatsAlertPublisher(settings.nats, settings.alerts, names=names_for(settings))
+    rep = build_replica(settings, Metrics(), out.publish_alert, lambda f: None, None, out)
+    rs = readings()
+    engine, _ = reference(models, rs)
+    want = {s.id: s.last_ts_ns for s in engine.streams()}
+    try:
+        out.start()
+        rep.start()
+        half = len(rs) // 2
+
+        def send(part: list[Reading]) -> None:
+            async def go() -> None:
+                for r in part:
+                    body = orjson.dumps({"ts": r.ts_ns, "value": r.value})
+
+                    async def once(r: Reading = r, body: bytes = body) -> Any:
+                        return await feed.link.js.publish(f"sensors.{r.stream.device}.value", body, stream="NODEKILL")
+
+                    await provision.retrying("publish", once, 90)
+
+            feed.link.run(go(), 300)
+
+        send(rs[:half])
+        wait_until(lambda: len(rep.streams()) == len(DEVICES), timeout=60, what="the first half")
+        time.sleep(3)  # a checkpoint
+        leader = feed.link.run(feed.link.js.stream_info("NODEKILL")).cluster.leader
+        cluster.kill(next(i for i, n in enumerate(cluster.nodes) if n.workdir.name == leader))
+        send(rs[half:])
+
+        def done() -> bool:
+            return {s.id: s.last_ts_ns for s in rep.streams()} == want
+
+        try:
+            wait_until(done, timeout=120, every=0.2, what="the replica caught up after the node loss")
+        except AssertionError:
+            print("DIAG", {s.id: s.last_ts_ns for s in rep.streams()}, want,
+                  {p: (w.applied, w.alive(), w.active) for p, w in rep.partitions().items()},
+                  feed.link.run(feed.link.js.stream_info("NODEKILL")).state)
+            raise
+        for sid in want:
+            got, ref = rep.forecast(sid), engine.forecast(sid)
+            assert got is not None and ref is not None
+            assert np.abs(np.array(got.mean) - np.array(ref.mean)).max() <= 1e-4, sid
+    finally:
+        rep.stop()
+        out.stop()
+        feed.link.close()
