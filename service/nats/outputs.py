@@ -126,6 +126,7 @@ class NatsAlertPublisher:
             self.link.start()
         self.link.run(self._setup(), None)
         self._task = self.link.spawn(self._run())
+        self._poke()  # what was handed over before start
 
     async def _setup(self) -> None:
         self._wake = asyncio.Event()

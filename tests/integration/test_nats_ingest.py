@@ -294,9 +294,10 @@ def test_alerts_are_stored_once_and_reach_mqtt_subscribers(cluster: NatsCluster)
         assert first.flush(30)
         # A new partition owner replaying the same readings fires the same alert again.
         second = NatsAlertPublisher(s.nats, s.alerts, names=names)
+        second.publish_alert(alert)  # handed over before start: sent once started
         second.start()
         try:
-            second.publish_alert(alert)
+            assert second.flush(30)
             second.publish_alert(_alert("resolved"))
             assert second.flush(30)
         finally:
