@@ -104,6 +104,7 @@ class PartitionWorker:
         self.engine = Engine(self.settings, registry, None, metrics, on_alert=self._alert,
                              on_forecast=self._forecast, stream_rules=stream_rules)
         self.engine.publish_forecasts = publish_forecasts
+        self.engine.status_gauges = False  # the replica sets them, summed over its partitions
         self.clock_ns = 0  # event time: the newest reading seen (capped by its receive time)
         self.applied = 0  # stream sequence of the last message fed to the engine
         self.saved_seq: int | None = None

@@ -144,6 +144,7 @@ class Replica:
                 log.warning("replica %s: heartbeat failed: %s", self.id, e or type(e).__name__)
                 changes = Changes()
             self._apply(changes)
+            self._gauges()
             if self.settings.models.watch and time.monotonic() >= next_watch:
                 next_watch = time.monotonic() + WATCH_EVERY_S
                 self._watch_models()
@@ -200,6 +201,15 @@ class Replica:
         if self.ckpts is not None:
             self.ckpts.forget(p)
         log.info("replica %s: gave up partition %d", self.id, p)
+
+    def _gauges(self) -> None:
+        """sensorcast_streams{status} of this replica: every partition's streams."""
+        total = {"warming": 0, "ok": 0, "firing": 0}
+        for e in self.engines():
+            for status, n in e.status_counts().items():
+                total[status] = total.get(status, 0) + n
+        for status, n in total.items():
+            self.metrics.streams.labels(status).set(n)
 
     def _watch_models(self) -> None:
         try:

@@ -87,6 +87,7 @@ class Engine:
         self._alerts: deque[Alert] = deque(maxlen=1000)
         self._generation = registry.generation
         self._gauges_at = 0.0
+        self.status_gauges = True  # False: the owner sets sensorcast_streams (a replica sums its partitions')
         self._silent_at = 0  # engine clock of the next silent check
 
     # ------------------------------------------------------------ intake
@@ -97,6 +98,10 @@ class Engine:
 
     def pending(self) -> int:
         return len(self._inbox)
+
+    def status_counts(self) -> dict[str, int]:
+        with self._lock:
+            return self._slots.status_counts()
 
     def unfed(self) -> dict[str, int]:
         """Device -> its oldest reading in an open bucket (not in a checkpoint: NATS replicas replay it)."""
@@ -151,7 +156,7 @@ class Engine:
                     found = lane.quality.silent(rows, lane.seen[rows], now)
                     if found.fired:
                         self._emit(emit.quality_alerts(lane, found))
-        if time.monotonic() - self._gauges_at > 1.0:  # sensorcast_streams{status}, from the lanes' arrays
+        if self.status_gauges and time.monotonic() - self._gauges_at > 1.0:  # sensorcast_streams{status}
             self._gauges_at = time.monotonic()
             for status, n in self._slots.status_counts().items():
                 self.metrics.streams.labels(status).set(n)

@@ -179,6 +179,15 @@ def served(svc: ServeProcess) -> dict[str, int | None]:
             return out
 
 
+def gauged(svc: ServeProcess) -> int:
+    """The streams a replica's /metrics counts (sensorcast_streams over every status)."""
+    total = 0.0
+    for line in svc.get("/metrics").text.splitlines():
+        if line.startswith("sensorcast_streams{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
 def _ts(text: str) -> float:
     from datetime import datetime
 
@@ -250,6 +259,9 @@ def test_every_stream_is_served_by_one_replica_with_single_process_forecasts(
         assert sum(1 for ids in lists if ids) >= 2  # and the work is spread
         for svc, ids in zip(reps, lists, strict=True):
             assert_same_forecasts(svc, sorted(ids), engine)
+        # sensorcast_streams{status} of a replica counts all its partitions' streams
+        wait_until(lambda: [gauged(svc) for svc in reps] == [len(ids) for ids in lists], timeout=10,
+                   what="each replica's sensorcast_streams")
         wait_until(lambda: len(feed.alerts()) >= len(ref_alerts), timeout=20, what="the alerts in the alerts stream")
         assert_alerts_once(feed, ref_alerts)
 
