@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
 
         link.run(provision.ensure_all(link.js, settings))
         pub = link.run(nl.publish(link.nc, fleet.messages(range(args.rounds))), None)
-        per_part = link.run(nl.partition_counts(link.js, settings.stream, args.partitions))
+        admin = link.nc.jetstream(timeout=120)  # consumers on a big stream take nats-server 2.9 seconds to make
+        per_part = link.run(nl.partition_counts(admin, settings.stream, args.partitions), None)
         if pub.refused or sum(per_part) != total:
             raise RuntimeError(f"backlog: {pub.refused} refused, {sum(per_part)} stored of {total}")
         out["publish"] = {"readings": pub.messages, "seconds": round(pub.seconds, 2), "rate": round(pub.rate),
@@ -108,13 +109,15 @@ def run(args: argparse.Namespace) -> int:
 
         server_pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
         s0 = sum(nl.proc_cpu_s(pid) for pid in server_pids)
-        floor = link.run(nl.fetch_floor(link.js, settings.stream, per_part, settings.fetch_batch), None)
+        floor, made_s = link.run(nl.fetch_floor(admin, settings.stream, per_part, settings.fetch_batch), None)
         s1 = sum(nl.proc_cpu_s(pid) for pid in server_pids)
         out["transport"] = {"client_us": round(floor.cpu_s / floor.messages * 1e6, 2),
-                            "server_us": round((s1 - s0) / floor.messages * 1e6, 2), "rate": round(floor.rate)}
+                            "server_us": round((s1 - s0) / floor.messages * 1e6, 2), "rate": round(floor.rate),
+                            "consumers_made_s": round(made_s, 2)}
         print(f"transport floor, every partition fetched once in this process (nats-py, batches of "
               f"{settings.fetch_batch}, nothing decoded): client {out['transport']['client_us']:.2f} us/reading, "
-              f"nats-server {out['transport']['server_us']:.2f} us/reading, {floor.rate:,.0f} readings/s", flush=True)
+              f"nats-server {out['transport']['server_us']:.2f} us/reading, {floor.rate:,.0f} readings/s; making the "
+              f"{args.partitions} consumers took {made_s:.1f} s", flush=True)
 
         models = work / "models"
         base = baseline(fleet, args.rounds, models, work / "baseline")
@@ -133,12 +136,21 @@ def run(args: argparse.Namespace) -> int:
             out["replicas"].append(r)
             _print_replicas(r)
 
+        c: dict[str, Any] = {}
+        f: dict[str, Any] = {}
+        pub2 = None
         if args.catchup_rounds and counts:
             reps.stop_all()  # SIGTERM: each partition's final checkpoint
             more = fleet.messages(range(args.rounds, args.rounds + args.catchup_rounds))
             pub2 = link.run(nl.publish(link.nc, more), None)
-            c = reps.restore(expected=pub2.messages, link=link, timeout_s=args.timeout_s)
+            try:
+                c = reps.restore(expected=pub2.messages, link=link, timeout_s=args.timeout_s)
+            except TimeoutError as e:
+                reps.stop_all()
+                c = {"error": str(e)}
+                print(f"catch-up: NOT CAUGHT UP: {e}", flush=True)
             out["catchup"] = c
+        if c and pub2 is not None and not c.get("error"):
             rate = f"{c['rate']:,.0f}/s" if c["rate"] else "not timed (replayed before the API answered)"
             print(f"catch-up: 1 new replica restored {args.partitions} partitions' checkpoints and replayed "
                   f"{c['steps']:,} stream-steps ({pub2.messages:,} readings published while none ran): {rate} "
@@ -148,8 +160,14 @@ def run(args: argparse.Namespace) -> int:
         if args.failover_devices:
             reps.stop_all()
             small = nl.Fleet(args.failover_devices, args.quantities, args.order)
-            f = reps.failover(small, args.failover_rate, link, settings, timeout_s=min(args.timeout_s, 120))
+            try:
+                f = reps.failover(small, args.failover_rate, link, settings, timeout_s=min(args.timeout_s, 120))
+            except TimeoutError as e:
+                reps.stop_all()
+                f = {"error": str(e)}
+                print(f"failover: NOT MEASURED: {e}", flush=True)
             out["failover"] = f
+        if f and not f.get("error"):
             print(f"failover ({small.streams:,} live streams at {args.failover_rate:,.0f} readings/s, lease "
                   f"{args.lease_ttl_s:g} s): kill -9 of a replica owning {len(f['moved'])} partitions; leases moved "
                   f"after {f['lease_moved_s']:.1f} s; first forecast from the new owner after "
@@ -173,11 +191,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_replicas(r: dict[str, Any]) -> None:
-    print(f"{r['replicas']} replica(s): {r['steps_per_s']:,.0f} stream-steps/s over {r['window_s']:.1f} s "
-          f"(backlog caught up {r['total_s']:.1f} s after spawn: {r['backlog_rate']:,.0f} readings/s); "
-          f"CPU {r['cpu_us']:.2f} us/step = {r['ratio_to_baseline']:.2f}x the baseline (nats-server "
-          f"{r['server_cpu_us']:.2f} us/step besides); replayed "
-          f"{r['replayed']:,}", flush=True)
+    if r["error"]:
+        print(f"{r['replicas']} replica(s): NOT CAUGHT UP: {r['error']} ({r['window_s']:.0f} s from ready); "
+              f"CPU {r['cpu_us']:.2f} us/step; {r['leases_lost']} leases lost (replica logs)", flush=True)
+    else:
+        print(f"{r['replicas']} replica(s): {r['steps_per_s']:,.0f} stream-steps/s over {r['window_s']:.1f} s "
+              f"(backlog caught up {r['total_s']:.1f} s after spawn: {r['backlog_rate']:,.0f} readings/s); "
+              f"CPU {r['cpu_us']:.2f} us/step = {r['ratio_to_baseline']:.2f}x the baseline (nats-server "
+              f"{r['server_cpu_us']:.2f} us/step besides); replayed {r['replayed']:,}; {r['leases_lost']} leases "
+              "lost (replica logs)", flush=True)
     print(f"  {'replica':>8} {'partitions':>10} {'steps':>10} {'share':>6} {'CPU s':>7} {'us/step':>8} {'RSS MB':>7}")
     for p in r["per_replica"]:
         print(f"  {p['name']:>8} {p['partitions']:>10} {p['steps']:>10,} {p['share']:>6.2f} {p['cpu_s']:>7.1f} "

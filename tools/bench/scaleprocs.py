@@ -198,15 +198,20 @@ class Replicas:
         procs = self.spawn(names)
         t0, cpu0, steps0 = self._sample(procs)
         srv0 = self._server_cpu()
-        t_done = self._wait_stepped(procs, expected, t_spawn + timeout_s)
+        error = None
+        try:
+            t_done = self._wait_stepped(procs, expected, t_spawn + timeout_s)
+        except TimeoutError as e:  # reported with what was measured, and the next phase runs
+            error, t_done = str(e), time.monotonic()
         _, cpu1, steps1 = self._sample(procs)
         srv1 = self._server_cpu()
         owners = link.run(nl.lease_owners(link.js, self.settings))
+        lost = sum(p.tail(10**9).count("not renewed") for p in procs)
         per = []
         d_steps = [b - a for a, b in zip(steps0, steps1, strict=True)]
-        for name, p, c0, c1, ds in zip(names, procs, cpu0, cpu1, d_steps, strict=True):
+        for name, p, c0, c1, ds, s1 in zip(names, procs, cpu0, cpu1, d_steps, steps1, strict=True):
             per.append({"name": name, "partitions": sum(1 for o in owners.values() if o == name),
-                        "steps": int(ds), "share": round(ds / max(1.0, sum(d_steps)), 3), "cpu_s": round(c1 - c0, 2),
+                        "steps": int(ds), "steps_total": int(s1), "share": round(ds / max(1.0, sum(d_steps)), 3), "cpu_s": round(c1 - c0, 2),
                         "cpu_us": round((c1 - c0) / max(1.0, ds) * 1e6, 2), "rss_mb": p.rss_bytes() / 2**20})
         if stop_after:
             self.stop_all()
@@ -215,7 +220,7 @@ class Replicas:
                 "steps_per_s": round(sum(d_steps) / window), "backlog_rate": round(expected / (t_done - t_spawn)),
                 "cpu_us": round((sum(cpu1) - sum(cpu0)) / max(1.0, sum(d_steps)) * 1e6, 2),
                 "server_cpu_us": round((srv1 - srv0) / max(1.0, sum(d_steps)) * 1e6, 2),
-                "replayed": int(sum(steps1) - expected), "per_replica": per}
+                "replayed": int(sum(steps1) - expected), "per_replica": per, "leases_lost": lost, "error": error}
 
     def restore(self, expected: int, link: Any, timeout_s: float) -> dict[str, Any]:
         """One new replica takes every partition from the checkpoints and replays what came after."""
