@@ -91,6 +91,8 @@ class NatsLink:
 
     def close(self, timeout_s: float = 5.0) -> None:
         if not self._thread.is_alive():
+            if self._thread.ident is None and not self.loop.is_closed():
+                self.loop.close()  # never started: the loop made in __init__ never ran
             return
         self._closing = True
         if self._nc is not None:

@@ -8,7 +8,7 @@ import pytest
 
 from service.config import Settings
 from service.nats import outputs
-from service.records import Alert, StreamKey
+from service.records import Alert, Forecast, StreamKey
 
 
 def _alert(device: str, quantity: str = "temp", state: str = "firing", ts_ns: int = 5, **tags: str) -> Alert:
@@ -51,3 +51,20 @@ def test_state_keys_are_valid_kv_keys_and_distinct() -> None:
     keys = [outputs.state_key(a) for a in alerts]
     assert len(set(keys)) == len(keys)
     assert all(re.fullmatch(r"[-/_=.a-zA-Z0-9]+", k) for k in keys), keys
+
+
+def test_a_full_queue_drops_and_counts_without_blocking(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outputs, "ALERT_QUEUE_MAX", 2)
+    monkeypatch.setattr(outputs, "FORECAST_QUEUE_MAX", 1)
+    s = Settings()  # type: ignore[call-arg]
+    s.nats.url = "nats://127.0.0.1:9"  # never connected: start() is not called
+    s.alerts.forecast_topic = "f/{stream}"
+    pub = outputs.NatsAlertPublisher(s.nats, s.alerts)
+    for ts in (1, 2, 3):
+        pub.publish_alert(_alert("dev1", ts_ns=ts))
+    fc = Forecast(StreamKey("dev1", "temp"), 1, 60.0, ("temp",), ((1.0,),), None, "m", "1")
+    pub.publish_forecast(fc, "dev1", "temp")
+    pub.publish_forecast(fc, "dev1", "temp")
+    assert (pub.dropped_alerts, pub.pending(), pub.dropped_forecasts) == (1, 2, 1)
+    assert pub.flush(0.01) is False  # two still queued (and one lost)
+    pub.stop(0)  # never started: releases the link's loop
