@@ -32,6 +32,7 @@ from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from service.nats.link import why
 from service.nats.provision import retrying
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,7 @@ class CheckpointStore:
         except NotFoundError:
             pass
         except Exception as e:  # a leftover object costs space, not correctness
-            log.warning("checkpoint: cannot delete %s: %s", name, e or type(e).__name__)
+            log.warning("checkpoint: cannot delete %s: %s", name, why(e))
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         # Each attempt bounded too: an object read is a consumer, which may be created and then

@@ -36,6 +36,7 @@ from typing import TypeVar
 from nats.js.errors import BadRequestError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from service.nats.link import why
 from service.nats.provision import retrying
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class Leases:
                 raise TimeoutError("membership not renewed")
             members, owners = await self._snapshot(budget)
         except Exception as e:
-            log.warning("leases %s: cannot read the bucket: %s", self.replica, e or type(e).__name__)
+            log.warning("leases %s: cannot read the bucket: %s", self.replica, why(e))
         else:
             # The first beat only announces this replica: replicas started together then see
             # each other before taking partitions, instead of one taking all and handing back.
@@ -163,7 +164,7 @@ class Leases:
                 await self._call(f"release p{lease.partition}", lambda: self.kv.delete(
                     _key(lease.partition), last=lease.revision), self.ttl_s / 2)
             except Exception as e:  # somebody else's already, or the server is away: it expires
-                log.info("leases %s: release p%d: %s", self.replica, lease.partition, e or type(e).__name__)
+                log.info("leases %s: release p%d: %s", self.replica, lease.partition, why(e))
 
         async def leave() -> None:
             try:
@@ -171,7 +172,7 @@ class Leases:
                 await self._call("leave", lambda: self.kv._js.purge_stream(
                     self.kv._stream, subject=self.kv._pre + MEMBER + self.me), self.ttl_s / 2)
             except Exception as e:
-                log.info("leases %s: leaving: %s", self.replica, e or type(e).__name__)
+                log.info("leases %s: leaving: %s", self.replica, why(e))
 
         await asyncio.gather(leave(), *(release(lease) for lease in held))
 
@@ -180,7 +181,7 @@ class Leases:
         try:
             await self._call("membership", lambda: self.kv.put(MEMBER + self.me, self.me.encode()), budget)
         except Exception as e:  # the next beat retries
-            log.warning("leases %s: membership renewal failed: %s", self.replica, e or type(e).__name__)
+            log.warning("leases %s: membership renewal failed: %s", self.replica, why(e))
             return False
         return True
 
@@ -196,7 +197,7 @@ class Leases:
                 log.warning("leases %s: p%d renewal refused: %s", self.replica, lease.partition, e)
                 return lease.partition
             except Exception as e:  # no answer: keep it until check() says it is too old
-                log.warning("leases %s: p%d renewal failed: %s", self.replica, lease.partition, e or type(e).__name__)
+                log.warning("leases %s: p%d renewal failed: %s", self.replica, lease.partition, why(e))
                 return None
             if lease.partition in self.held:
                 self.held[lease.partition] = Lease(lease.partition, rev, lease.epoch)
@@ -326,7 +327,7 @@ class Leases:
         except BadRequestError:
             return None  # held by another, or changed since the snapshot: not ours
         except Exception as e:
-            log.warning("leases %s: %s failed: %s", self.replica, what, e or type(e).__name__)
+            log.warning("leases %s: %s failed: %s", self.replica, what, why(e))
             return None
 
 

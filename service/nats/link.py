@@ -34,6 +34,11 @@ def redacted(url: str) -> str:
                     for u in url.split(","))
 
 
+def why(e: BaseException) -> str:
+    """An exception for a log line: nats-py's timeouts have an empty message."""
+    return str(e) or type(e).__name__
+
+
 def replica_name(settings: NatsSettings) -> str:
     return settings.replica_id or f"{socket.gethostname()}-{os.getpid()}"
 

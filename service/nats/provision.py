@@ -19,6 +19,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from service.config import NatsSettings
 from service.nats import subjects
+from service.nats.link import why
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,7 +73,7 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], timeout_s: float
         except Exception as e:  # timeouts, "no responders", connection blips
             if loop.time() + delay >= deadline:
                 raise
-            log.info("NATS: %s failed (%s); retrying in %.1f s", what, e or type(e).__name__, delay)
+            log.info("NATS: %s failed (%s); retrying in %.1f s", what, why(e), delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
@@ -112,3 +113,20 @@ async def ensure_all(js: JetStreamContext, settings: NatsSettings, names: Names 
     await retrying(f"object store {n.state}", lambda: js.create_object_store(n.state, ObjectStoreConfig(
         bucket=n.state, replicas=r)), timeout_s)
     return n
+
+
+async def remove_all(js: JetStreamContext, names: Names) -> list[str]:
+    """Delete every stream and bucket ``ensure_all`` made (a reset; tests). Returns what existed.
+
+    One cluster holds one readings stream at a time (its subjects ``p.>`` may not overlap
+    another's), so a deployment's set must go before another can be created.
+    """
+    gone = []
+    for stream in (names.readings, names.alerts, f"KV_{names.leases}", f"KV_{names.ckpt}",
+                   f"KV_{names.alert_state}", f"OBJ_{names.state}"):
+        try:
+            await js.delete_stream(stream)
+            gone.append(stream)
+        except NotFoundError:
+            pass
+    return gone

@@ -30,6 +30,9 @@ def test_provisioning_is_idempotent_and_replicated(nats_cluster: NatsCluster) ->
         assert info.config.subjects == ["p.>"] and info.config.num_replicas == 3
         kv = link.run(link.js.key_value(names.leases))
         assert link.run(kv.status()).ttl == settings.lease_ttl_s
+        # the shared cluster takes one readings stream (p.>) at a time: leave none behind
+        assert len(link.run(provision.remove_all(link.js, names), 60)) == 6
+        assert link.run(provision.remove_all(link.js, names), 60) == []
     finally:
         link.close()
 

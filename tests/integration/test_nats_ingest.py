@@ -4,7 +4,6 @@ alerts reach the alerts stream once per event (replays deduplicated) and MQTT su
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import threading
 import time
@@ -67,15 +66,8 @@ def _drop(cluster: NatsCluster, names: provision.Names) -> None:
     (subjects p.>) at a time, so the next test can create its own."""
     link = NatsLink(NatsSettings(url=cluster.url), "test-drop")
     link.start()
-
-    async def drop() -> None:
-        for stream in (names.readings, names.alerts, f"KV_{names.leases}", f"KV_{names.ckpt}",
-                       f"KV_{names.alert_state}", f"OBJ_{names.state}"):
-            with contextlib.suppress(NotFoundError):
-                await link.js.delete_stream(stream)
-
     try:
-        link.run(drop(), 60)
+        link.run(provision.remove_all(link.js, names), 60)
     finally:
         link.close()
 
