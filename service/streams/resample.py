@@ -168,6 +168,10 @@ class Resampler:
         block = self._settle()
         return block, self._ready(clock) if self._pending else []
 
+    def ready_after(self, clock_ns: int) -> list[Step]:
+        """``ready`` with the stream clock taken already (``take_ready_many``)."""
+        return self._ready(clock_ns) if self._pending else []
+
     def _ready(self, now_ns: int) -> list[Step]:
         clock = now_ns // self.cadence_ns  # buckets <= clock have ended
         grace_clock = (now_ns - self.grace_ns) // self.cadence_ns  # ... and their grace is over
@@ -279,51 +283,108 @@ class Resampler:
         self._bulk = (bt[rest], bf[rest], bv[rest], bb[rest]) if rest.any() else None
 
     def _settle(self) -> StepBlock | None:
-        """The steps of the bulk history's buckets that nothing pending can change any more,
-        as arrays, oldest first (and forget them); the rest join the per-reading buckets.
-        ``take_ready`` calls it, with the stream's clock taken before.
+        return settle_many([self])[0]
 
-        ``ready`` feeds every pending bucket older than ``newest - tolerance`` (``newest``:
-        the newest bucket with readings), bridging or resetting the gaps before it, whatever
-        the clock says; so do these, with the same means (sums in the order added)."""
-        if self._bulk is None:
-            return None
-        bt, bf, bv, bb = self._bulk
-        newest = max(int(bb.max()), max(self._pending, default=-(2**62)))
-        cut = newest - max(self.tolerance, 1)
-        if self._pending:
-            cut = min(cut, min(self._pending) - 1)  # a live reading merged into an old bucket: from there, one by one
-        early = bb <= cut
-        if self.next_bucket is not None and early.any() and int(bb[early].min()) < self.next_bucket:
-            early[:] = False  # (cannot happen: add_many drops them) the per-reading path decides
-        if not early.all():
-            self._spill(~early)
-        self._bulk = None
-        if not early.any():
-            return None
-        ts, f, v = bt[early], bf[early], bv[early]
-        buckets, inv = np.unique(bb[early], return_inverse=True)  # (k,) sorted
-        k, nf = len(buckets), self.n_features
-        at = inv * nf + f
-        count = np.bincount(at, minlength=k * nf)
-        with np.errstate(invalid="ignore"):
-            mean = np.bincount(at, weights=v, minlength=k * nf) / count  # 0/0: NaN, a missing feature
-        if nf == 1:  # one reading: its value as it is (as _mean; 0.0 + -0.0 would lose the sign)
-            one = np.empty(k)
-            one[inv] = v
-            mean = np.where(count == 1, one, mean)
-        start = buckets[0] if self.next_bucket is None else self.next_bucket
-        prev = np.concatenate([[start], buckets[:-1] + 1])  # the bucket each would follow on from
-        gap = buckets - prev
-        reset = gap > self.max_gap
-        first = np.where((gap > 0) & ~reset, prev, buckets)  # bridged: NaN steps from prev on
-        n = buckets - first + 1
-        ends = np.cumsum(n) - 1
-        steps = np.arange(int(n.sum())) - np.repeat(ends - n + 1, n) + np.repeat(first, n)
-        x = np.full((len(steps), nf), np.nan)
-        x[ends] = mean.reshape(k, nf)
-        resets = np.zeros(len(steps), np.bool_)
-        resets[ends] = reset
-        self.next_bucket = int(buckets[-1]) + 1
-        self.last_fed_ts = int(ts[inv == k - 1].max())
-        return StepBlock(steps.astype(np.int64), x, resets)
+    @property
+    def has_bulk(self) -> bool:
+        return self._bulk is not None
+
+
+_NONE = -(2**62)
+
+
+def take_ready_many(rs: list[Resampler], now_ns: int) -> list[tuple[StepBlock | None, list[Step]]]:
+    """``take_ready`` for many streams of one lane with bulk history, settled at once."""
+    clocks = [r.stream_clock(now_ns) for r in rs]  # before settling (see take_ready)
+    some = [i for i, r in enumerate(rs) if r.has_bulk]
+    blocks: list[StepBlock | None] = [None] * len(rs)
+    for i, b in zip(some, settle_many([rs[i] for i in some]) if some else [], strict=True):
+        blocks[i] = b
+    return [(b, r.ready_after(c)) for r, b, c in zip(rs, blocks, clocks, strict=True)]
+
+
+def settle_many(rs: list[Resampler]) -> list[StepBlock | None]:
+    """``Resampler._settle`` of streams of one lane (the same cadence, features, tolerance
+    and gap limit), each with bulk history: one set of numpy calls over all of it.
+
+    ``ready`` feeds every pending bucket older than ``newest - tolerance`` (``newest``: the
+    newest bucket with readings), bridging or resetting the gaps before it, whatever the
+    clock says: so are these, with the same means (sums in the order added). Buckets from
+    there on, or from the first bucket with readings added one by one, join those (before
+    them: the order ``add`` would have kept) and go the per-reading way.
+    """
+    m, nf, tol, max_gap = len(rs), rs[0].n_features, rs[0].tolerance, rs[0].max_gap
+    bulks = [r._bulk for r in rs]
+    assert all(b is not None for b in bulks)
+    ts, fs, vs, bk = (np.concatenate([b[i] for b in bulks if b is not None]) for i in range(4))
+    lens = np.fromiter((len(b[0]) for b in bulks if b is not None), np.int64, m)
+    starts = np.cumsum(lens) - lens
+    sid = np.repeat(np.arange(m), lens)
+    for r in rs:
+        r._bulk = None
+    d_max = np.fromiter((max(r._pending, default=_NONE) for r in rs), np.int64, m)
+    d_min = np.fromiter((min(r._pending, default=-_NONE) for r in rs), np.int64, m)
+    nb = np.fromiter((_NONE if r.next_bucket is None else r.next_bucket for r in rs), np.int64, m)
+    cut = np.minimum(np.maximum(np.maximum.reduceat(bk, starts), d_max) - max(tol, 1), d_min - 1)
+    early = bk <= cut[sid]
+    below = np.minimum.reduceat(np.where(early, bk, -_NONE), starts) < nb  # (cannot happen: add_many drops them)
+    if below.any():
+        early &= ~below[sid]
+    tail = np.flatnonzero(~early)
+    if tail.size:  # into the per-reading buckets, before what was added there since
+        outs: dict[int, dict[int, dict[tuple[int, int], float]]] = {}
+        for i, t, f, v, b in zip(sid[tail].tolist(), ts[tail].tolist(), fs[tail].tolist(), vs[tail].tolist(),
+                                 bk[tail].tolist(), strict=True):
+            outs.setdefault(i, {}).setdefault(b, {})[(f, t)] = v
+        for i, out in outs.items():
+            pending = rs[i]._pending
+            for b, bucket in out.items():
+                bucket.update(pending.get(b, {}))  # no key in both: add() refused those
+                pending[b] = bucket
+    blocks: list[StepBlock | None] = [None] * m
+    e = np.flatnonzero(early)
+    if not e.size:
+        return blocks
+    ts, fs, vs, bk, sid = ts[e], fs[e], vs[e], bk[e], sid[e]
+    if not bool(((sid[1:] > sid[:-1]) | (bk[1:] >= bk[:-1])).all()):  # not in bucket order within a stream
+        order = np.lexsort((bk, sid))  # stable: a bucket's readings keep the order added
+        ts, fs, vs, bk, sid = ts[order], fs[order], vs[order], bk[order], sid[order]
+    new = np.ones(len(bk), np.bool_)
+    new[1:] = (sid[1:] != sid[:-1]) | (bk[1:] != bk[:-1])
+    g_at = np.flatnonzero(new)  # each (stream, bucket) group's first reading
+    g = np.cumsum(new) - 1
+    k = len(g_at)
+    gb, gs = bk[g_at], sid[g_at]
+    at = g * nf + fs
+    count = np.bincount(at, minlength=k * nf)
+    with np.errstate(invalid="ignore"):
+        mean = np.bincount(at, weights=vs, minlength=k * nf) / count  # 0/0: NaN, a missing feature
+    if nf == 1:  # one reading: its value as it is (as _mean; 0.0 + -0.0 would lose the sign)
+        one = np.empty(k)
+        one[g] = vs
+        mean = np.where(count == 1, one, mean)
+    s_first = np.ones(k, np.bool_)
+    s_first[1:] = gs[1:] != gs[:-1]
+    s_last = np.ones(k, np.bool_)
+    s_last[:-1] = s_first[1:]
+    prev = np.empty(k, np.int64)  # the bucket each group would follow on from
+    prev[1:] = gb[:-1] + 1
+    nb_first = nb[gs[s_first]]
+    prev[s_first] = np.where(nb_first == _NONE, gb[s_first], nb_first)
+    gap = gb - prev
+    reset = gap > max_gap
+    first = np.where((gap > 0) & ~reset, prev, gb)  # bridged: NaN steps from prev on
+    n = gb - first + 1
+    ends = np.cumsum(n) - 1
+    steps = (np.arange(int(n.sum())) - np.repeat(ends - n + 1, n) + np.repeat(first, n)).astype(np.int64)
+    x = np.full((len(steps), nf), np.nan)
+    x[ends] = mean.reshape(k, nf)
+    resets = np.zeros(len(steps), np.bool_)
+    resets[ends] = reset
+    last_ts = np.maximum.reduceat(ts, g_at)[s_last]
+    for i, lo, hi, lb, lt in zip(gs[s_first].tolist(), (ends - n + 1)[s_first].tolist(), (ends[s_last] + 1).tolist(),
+                                 gb[s_last].tolist(), last_ts.tolist(), strict=True):
+        r = rs[i]
+        r.next_bucket, r.last_fed_ts = lb + 1, lt
+        blocks[i] = StepBlock(steps[lo:hi], x[lo:hi], resets[lo:hi])
+    return blocks

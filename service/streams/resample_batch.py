@@ -31,7 +31,7 @@ from service.config import Settings
 from service.metrics import Metrics
 from service.records import NS_PER_S
 from service.streams.lane import Lane, Stream
-from service.streams.resample import Resampler, Step, StepBlock, live_window_ns
+from service.streams.resample import Resampler, Step, StepBlock, live_window_ns, take_ready_many
 from service.streams.slots import Routed
 
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -191,6 +191,13 @@ class BatchResampler:
         self._fast, self._slow = {}, {}
         queues: dict[int, list[tuple[Stream, list[Step]]]] = {}
         blocks: dict[int, dict[int, StepBlock]] = {}  # lane uid -> position in its queue -> bulk steps
+        with_history: dict[int, list[Stream]] = {}  # lane uid -> streams with history in bulk, settled at once
+        for st in slow.values():
+            if st.res is not None and st.res.has_bulk and not st.ticket:
+                with_history.setdefault(st.lane.uid, []).append(st)
+        settled = {st.id: got for group in with_history.values()
+                   for st, got in zip(group, take_ready_many([st.res for st in group if st.res is not None], now),
+                                      strict=True)}
         for st in slow.values():
             res = st.res
             assert res is not None  # streams on the slow path have one
@@ -199,7 +206,7 @@ class BatchResampler:
             if st.ticket:  # history read in flight: its readings wait in res (warmup.py)
                 pos.has_pending[row] = True
                 continue
-            block, steps = res.take_ready(now)  # history from the store: its older steps as arrays
+            block, steps = settled[st.id] if st.id in settled else res.take_ready(now)  # history's older steps as arrays
             nb = res.next_bucket
             pos.next_bucket[row] = -1 if nb is None else nb
             pos.last_fed_ts[row] = res.last_fed_ts

@@ -19,8 +19,9 @@ from service.metrics import Metrics
 from service.records import Reading, StreamKey
 from service.runtime.registry import ModelRegistry
 from service.store.memory import MemoryStore
+from service.streams import resample_batch
 from service.streams.engine import Engine
-from service.streams.resample import Resampler, Step
+from service.streams.resample import Resampler, Step, take_ready_many
 from tests.modelkit import KitSpec, settings_for, write_model
 
 C = 10  # cadence in ns (resampler level)
@@ -99,7 +100,19 @@ def test_bulk_history_feeds_what_reading_by_reading_feeds(
     assert bulk.due_after(now * C) == ref.due_after(now * C)
 
     want = ref.ready(now * C)
-    block, steps = bulk.take_ready(now * C)
+    if seed % 2:  # on its own
+        block, steps = bulk.take_ready(now * C)
+    else:  # settled at once with a neighbour (another history, its own reference), as the engine does
+        other, other_ref = (Resampler(C, n_feat, tol, max_gap, grace) for _ in range(2))
+        hist2 = [(ts + 70, (f + 1) % n_feat, v * 3) for ts, f, v in reversed(hist)]
+        other.add(700, 0, 1.0)
+        other_ref.add(700, 0, 1.0)
+        other.add_many(np.array([h[0] for h in hist2], np.int64), np.array([h[1] for h in hist2], np.int64),
+                       np.array([h[2] for h in hist2], np.float64))
+        for ts, f, v in hist2:
+            other_ref.add(ts, f, v)
+        (block, steps), (block2, steps2) = take_ready_many([bulk, other], now * C)
+        assert _same(_flat(block2, steps2), other_ref.ready(now * C))
     assert _same(_flat(block, steps), want)
     assert (bulk.next_bucket, bulk.last_fed_ts, bulk.pending) == (ref.next_bucket, ref.last_fed_ts, ref.pending)
     assert bulk.first_pending_ts() == ref.first_pending_ts()
@@ -174,14 +187,14 @@ def _run(tmp: Path, bulk: bool, monkeypatch: pytest.MonkeyPatch) -> dict[str, li
         monkeypatch.setattr(Resampler, "take_ready", no_block)
     blocks = [0]
     if bulk:  # count the streams whose history came out as a block (the bulk path is taken)
-        take_ready = Resampler.take_ready
+        many = resample_batch.take_ready_many
 
-        def counting(self: Resampler, now: int) -> Any:
-            block, steps = take_ready(self, now)
-            blocks[0] += block is not None
-            return block, steps
+        def counting(rs: list[Resampler], now: int) -> Any:
+            got = many(rs, now)
+            blocks[0] += sum(b is not None for b, _ in got)
+            return got
 
-        monkeypatch.setattr(Resampler, "take_ready", counting)
+        monkeypatch.setattr(resample_batch, "take_ready_many", counting)
     root = tmp / ("bulk" if bulk else "ref")
     models = root / "models"
     for name, feats in (("uni", ("value",)), ("dev", ("a", "b", "c"))):
