@@ -70,7 +70,7 @@ class Replica:
         self.decoder = decoder
         self.id = replica_name(settings.nats)
         self._own_link = link is None
-        self.link = link or NatsLink(settings.nats, f"sensorcast-replica-{self.id}")
+        self._link = link  # made at start when not given: building a replica opens nothing
         self.workers: dict[int, PartitionWorker] = {}
         self._lock = threading.Lock()  # the workers dict: the beat thread writes, API threads read
         self._stop = threading.Event()
@@ -78,6 +78,12 @@ class Replica:
         self.leases: Leases | None = None
         self.ckpts: CheckpointStore | None = None
         self.last_error: str | None = None
+
+    @property
+    def link(self) -> NatsLink:
+        if self._link is None:
+            self._link = NatsLink(self.settings.nats, f"sensorcast-replica-{self.id}")
+        return self._link
 
     # -- RunnerLike --------------------------------------------------------------------------
     @property

@@ -42,7 +42,7 @@ SPIKES = {("dev2", 70), ("dev5", 95), ("dev6", 40)}  # (device, step): one firin
 SPEC = KitSpec(name="m", mean=(20.0,), std=(3.0,), warmup_steps=10)
 PARTITIONS = 4
 LEASE_TTL_S = 6.0  # the default
-CHECKPOINT_S = 4.0
+CHECKPOINT_S = 8.0  # long enough that the second part is taken before the next checkpoint
 
 
 def readings() -> list[Reading]:
@@ -313,9 +313,11 @@ def test_sigkill_moves_partitions_with_the_same_forecasts_and_alerts_once(
         victim, survivor = (a, b) if "dev2/value" in served(a) else (b, a)
         victim_id = victim.env()["SENSORCAST_NATS__REPLICA_ID"]
         mine = [p for p, owner in feed.owners().items() if owner == victim_id]
-        before = feed.checkpoints()
-        wait_until(lambda: all(feed.checkpoints().get(p, (0, 0))[1] > before.get(p, (0, 0))[1] for p in mine),
-                   timeout=2 * CHECKPOINT_S + 10, every=0.02, what="a checkpoint of the first part")
+        # Sequences are the readings' places in rs + 1 (the stream holds nothing else); a
+        # checkpoint stops before the oldest reading still in an open bucket (the odd devices'
+        # last), so one of the whole first part is at most two steps short of its end.
+        wait_until(lambda: all(feed.checkpoints().get(p, (0, 0))[0] >= cut1 - 2 * len(DEVICES) for p in mine),
+                   timeout=2 * CHECKPOINT_S + 20, every=0.02, what="a checkpoint of the first part")
         feed.send(rs[cut1:cut2])
         moved = sorted(served(victim))
         step2 = {f"{r.stream.device}/value": last_step(r) for r in rs[cut1:cut2 - len(DEVICES) * 2]}
