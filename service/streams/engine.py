@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from service.config import Settings, StreamRules
 from service.metrics import Metrics
-from service.records import Alert, Forecast, Reading
+from service.records import Alert, Forecast, Reading, StreamKey
 from service.runtime.registry import ModelRegistry
 from service.store.base import Store
 from service.streams import checkpoint, emit, report
@@ -103,8 +103,9 @@ class Engine:
         with self._lock:
             return self._slots.status_counts()
 
-    def unfed(self) -> dict[str, int]:
-        """Device -> its oldest reading in an open bucket (not in a checkpoint: NATS replicas replay it)."""
+    def unfed(self) -> dict[StreamKey, int]:
+        """Reading key -> its stream's oldest reading in an open bucket (not in a checkpoint: NATS
+        replicas replay it)."""
         with self._lock:
             return report.unfed(self._lanes)
 

@@ -284,13 +284,15 @@ def model_infos(registry: ModelRegistry, counts: Mapping[str, int]) -> list[Mode
     return out
 
 
-def unfed(lanes: Mapping[str, Lane]) -> dict[str, int]:
-    """Device -> its oldest reading still in a stream's open bucket (under the engine's lock)."""
-    out: dict[str, int] = {}
+def unfed(lanes: Mapping[str, Lane]) -> dict[StreamKey, int]:
+    """Reading key -> its stream's oldest reading still in an open bucket (every feature's key of
+    a multivariate stream; under the engine's lock)."""
+    out: dict[StreamKey, int] = {}
     for lane in lanes.values():
         for row in np.flatnonzero(lane.pos.has_pending & lane.occupied).tolist():
             st = lane.owners[row]
             t = None if st is None or st.res is None else st.res.first_pending_ts()
             if st is not None and t is not None:
-                out[st.device] = min(t, out.get(st.device, t))
+                for key in st.keys:
+                    out[key] = t
     return out

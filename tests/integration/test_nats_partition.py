@@ -103,6 +103,7 @@ def test_ticks_group_messages_without_changing_the_output(tmp_path: Path, fetch:
     assert want[1] == got[1] and {s for s, _, _ in want[1]} == {d for d, _ in SPIKES}
 
 
+SPEC_ONE = KitSpec(name="one", mean=(20.0,), std=(3.0,), warmup_steps=5)
 HALF = KitSpec(name="half", cadence_s=0.5, mean=(20.0,), std=(3.0,), warmup_steps=5)
 
 
@@ -136,6 +137,36 @@ def test_ticks_split_where_a_bucket_closes_between_whole_seconds(tmp_path: Path,
     for sid in want[0]:
         assert np.array_equal(want[0][sid], got[0][sid]), sid
     assert want[1] == got[1] and want[1]  # a spike fired (and resolved) in both
+
+
+def test_a_devices_quantities_sent_one_by_one_stay_in_one_tick(tmp_path: Path) -> None:
+    """Devices publishing each quantity as its own message, all with the step's time (what the
+    scale benchmark's device order does): one tick per step, not per message, and the output of
+    one tick per message."""
+    write_model(tmp_path / "m", SPEC_ONE)
+    rs = [Reading(StreamKey(f"d{d}", q), T0 + i * C, 20.0 + np.sin(i / 5 + d) + (0.5 if q == "b" else 0.0))
+          for i in range(30) for d in range(20) for q in ("a", "b", "c", "d")]
+    want = outputs(*per_message(tmp_path / "m", rs))
+    e, alerts = engine_for(tmp_path / "m")
+    flushes = 0
+
+    class Counting(_Ticks):
+        def flush(self) -> None:
+            nonlocal flushes
+            flushes += bool(self.group)
+            super().flush()
+
+    ticks = Counting(e, 0)
+    for r in rs:
+        ticks.add([r], 2**62)
+    ticks.flush()
+    got = outputs(e, alerts)
+    assert len(got[0]) == 80
+    for sid in want[0]:
+        assert np.array_equal(want[0][sid], got[0][sid]), sid
+    # One per step: the message whose time crosses into a new second ends a tick (so a step's
+    # first reading closes the tick of the one before), plus the last.
+    assert flushes == 31
 
 
 def test_pack_unpack_keeps_files_and_meta(tmp_path: Path) -> None:
