@@ -48,18 +48,20 @@ from tools.localservers import start_nats
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=25_000, help="Devices of the backlog (x 4 quantities = streams).")
     p.add_argument("--quantities", type=int, default=4, choices=range(1, 5), help="Quantities per device.")
-    p.add_argument("--order", choices=("device", "quantity"), default="device",
-                   help="Publishing order in a round: a device's quantities together (device) or quantity by quantity.")
+    p.add_argument("--order", choices=("device", "quantity"), default="quantity",
+                   help="Publishing order in a round: quantity by quantity, or a device's quantities together (device: "
+                   "measured 15x dearer per reading in the replicas, docs/benchmarks.md).")
     p.add_argument("--partitions", type=int, default=16, help="Partitions of the readings stream.")
-    p.add_argument("--rounds", type=int, default=10, help="Readings per stream in the backlog.")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="Readings per stream in the backlog (10 = 1M readings: the replicas do not catch up yet).")
     p.add_argument("--replicas", default="1,2,3", help="Replica counts to measure, comma-separated.")
     p.add_argument("--nodes", type=int, choices=(1, 3), default=1, help="nats-server nodes (3: a cluster, R3 streams).")
-    p.add_argument("--catchup-rounds", type=int, default=3, help="Rounds published while no replica runs (0: skip).")
+    p.add_argument("--catchup-rounds", type=int, default=1, help="Rounds published while no replica runs (0: skip).")
     p.add_argument("--failover-devices", type=int, default=1_000, help="Devices of the live failover fleet (0: skip).")
     p.add_argument("--failover-rate", type=float, default=4_000, help="Live readings/s during the failover test.")
     p.add_argument("--lease-ttl-s", type=float, default=6.0, help="nats.lease_ttl_s of the replicas.")
     p.add_argument("--checkpoint-interval-s", type=float, default=10.0, help="nats.checkpoint_interval_s.")
-    p.add_argument("--timeout-s", type=float, default=900.0, help="Give up on a phase after this long.")
+    p.add_argument("--timeout-s", type=float, default=400.0, help="Give up on a phase after this long.")
     p.add_argument("--json", type=Path, help="Also write the numbers to this JSON file.")
     p.add_argument("--keep", action="store_true", help="Keep the work directory (replica logs) afterwards.")
 
