@@ -71,6 +71,7 @@ class Replica:
         self.id = replica_name(settings.nats)
         self._own_link = link is None
         self._link = link  # made at start when not given: building a replica opens nothing
+        self._beat: NatsLink | None = None  # the lease heartbeat's own connection
         self.workers: dict[int, PartitionWorker] = {}
         self._lock = threading.Lock()  # the workers dict: the beat thread writes, API threads read
         self._stop = threading.Event()
@@ -78,6 +79,10 @@ class Replica:
         self.leases: Leases | None = None
         self.ckpts: CheckpointStore | None = None
         self.last_error: str | None = None
+
+    def _beats(self) -> NatsLink:
+        assert self._beat is not None, "Replica.start() first"
+        return self._beat
 
     @property
     def link(self) -> NatsLink:
@@ -107,8 +112,19 @@ class Replica:
             return (await js.key_value(self.names.leases), await js.key_value(self.names.ckpt),
                     await js.object_store(self.names.state))
 
-        leases_kv, ckpt_kv, objects = self.link.run(
+        _, ckpt_kv, objects = self.link.run(
             provision.retrying("open the lease and checkpoint buckets", open_buckets), 90)
+        # The heartbeat has a connection and loop of its own: on the readings' one, its few
+        # requests waited behind every partition's fetches of up to fetch_batch messages, and a
+        # replica catching up lost its leases (the scale benchmark at 1M readings).
+        self._beat = NatsLink(nats, f"sensorcast-leases-{self.id}")
+        self._beat.start()
+        beat = self._beat
+
+        async def leases_bucket() -> Any:
+            return await beat.js.key_value(self.names.leases)
+
+        leases_kv = beat.run(provision.retrying("open the lease bucket", leases_bucket), 90)
         self.leases = Leases(leases_kv, self.id, nats.partitions, nats.lease_ttl_s)
         self.ckpts = CheckpointStore(ckpt_kv, objects, self.id)
         self._stop.clear()
@@ -130,9 +146,12 @@ class Replica:
             w.stop(final_checkpoint=True, timeout_s=60)
         if self.leases is not None:
             try:
-                self.link.run(self.leases.release_all(), 30)
+                self._beats().run(self.leases.release_all(), 30)
             except Exception as e:  # the leases expire after their TTL instead
                 log.warning("replica %s: releasing leases: %s", self.id, e)
+        if self._beat is not None:
+            self._beat.close()
+            self._beat = None
         if self._own_link:
             self.link.close()
         log.info("replica %s: stopped", self.id)
@@ -144,7 +163,7 @@ class Replica:
         while True:
             started = time.monotonic()
             try:
-                changes = self.link.run(self.leases.heartbeat(), self.settings.nats.lease_ttl_s)
+                changes = self._beats().run(self.leases.heartbeat(), self.settings.nats.lease_ttl_s)
             except Exception as e:  # the heartbeat reports refusals itself; this is the link or the loop
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.warning("replica %s: heartbeat failed: %s", self.id, e or type(e).__name__)
