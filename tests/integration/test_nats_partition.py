@@ -20,7 +20,8 @@ from service.nats.ckptstore import CheckpointStore, Fenced
 from service.nats.leases import Lease
 from service.nats.link import NatsLink
 from service.nats.outputs import names_for
-from service.nats.partition import PartitionWorker, _Ticks, pack, unpack
+from service.nats.partition import PartitionWorker, pack, unpack
+from service.nats.ticks import Ticks
 from service.records import Alert, Reading, StreamKey
 from service.runtime.registry import ModelRegistry
 from service.streams.engine import Engine
@@ -92,7 +93,7 @@ def test_ticks_group_messages_without_changing_the_output(tmp_path: Path, fetch:
     e, alerts = engine_for(tmp_path / "m")
     far = 2**62  # received long after the readings' times: the cap does not bind
     for i in range(0, len(rs), fetch):
-        ticks = _Ticks(e, max((r.ts_ns for r in rs[:i]), default=0))
+        ticks = Ticks(e, max((r.ts_ns for r in rs[:i]), default=0))
         for r in rs[i:i + fetch]:
             ticks.add([r], far)
         ticks.flush()
@@ -129,7 +130,7 @@ def test_ticks_split_where_a_bucket_closes_between_whole_seconds(tmp_path: Path,
     want = outputs(*per_message(tmp_path / "m", rs))
     e, alerts = engine_for(tmp_path / "m")
     for i in range(0, len(rs), fetch):
-        ticks = _Ticks(e, max((r.ts_ns for r in rs[:i]), default=0))
+        ticks = Ticks(e, max((r.ts_ns for r in rs[:i]), default=0))
         for r in rs[i:i + fetch]:
             ticks.add([r], 2**62)
         ticks.flush()
@@ -150,7 +151,7 @@ def test_a_devices_quantities_sent_one_by_one_stay_in_one_tick(tmp_path: Path) -
     e, alerts = engine_for(tmp_path / "m")
     flushes = 0
 
-    class Counting(_Ticks):
+    class Counting(Ticks):
         def flush(self) -> None:
             nonlocal flushes
             flushes += bool(self.group)
