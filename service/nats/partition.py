@@ -276,7 +276,7 @@ class PartitionWorker:
             self._unsubscribe()
 
     def _apply(self, msgs: list[Any]) -> None:
-        """Feed ``msgs`` in ticks that give what one tick per message would (see ``_Ticks``)."""
+        """Feed ``msgs`` in ticks that give what one tick per message would (see ``service.nats.ticks.Ticks``)."""
         if self._stop.is_set() or not self._valid():
             return  # nothing more is fed, so the position stays what the engine has
         ticks = Ticks(self.engine, self.clock_ns)
