@@ -49,7 +49,7 @@ from service.metrics import Metrics
 from service.nats import subjects
 from service.nats.ckptstore import Checkpoint, CheckpointStore, Fenced
 from service.nats.leases import Lease
-from service.nats.link import NatsLink
+from service.nats.link import NatsLink, why
 from service.nats.provision import Names
 from service.nats.ticks import Ticks
 from service.records import Alert, Forecast
@@ -225,7 +225,7 @@ class PartitionWorker:
                 log.info("partition %d: reading from sequence %d", self.partition, start)
                 return
             except Exception as e:  # an election after a node died: retry
-                log.info("partition %d: consumer not created (%s); retrying", self.partition, e or type(e).__name__)
+                log.info("partition %d: consumer not created (%s); retrying", self.partition, why(e))
                 self._stop.wait(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -249,7 +249,7 @@ class PartitionWorker:
         except TimeoutError:
             return []
         except Exception as e:  # connection blips: the next fetch (or a new consumer) goes on
-            log.info("partition %d: fetch failed (%s)", self.partition, e or type(e).__name__)
+            log.info("partition %d: fetch failed (%s)", self.partition, why(e))
             self._stop.wait(0.5)
             return []
 
@@ -266,7 +266,7 @@ class PartitionWorker:
             self._sub = None
             return
         except Exception as e:  # no answer (an election): try again at the next check
-            log.info("partition %d: consumer lookup failed (%s)", self.partition, e or type(e).__name__)
+            log.info("partition %d: consumer lookup failed (%s)", self.partition, why(e))
             return
         if info.num_pending:
             # Messages wait but fetches bring none: seen after the stream's leader node died (the

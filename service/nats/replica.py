@@ -25,7 +25,7 @@ from service.metrics import Metrics
 from service.nats import provision
 from service.nats.ckptstore import CheckpointStore
 from service.nats.leases import Changes, Lease, Leases
-from service.nats.link import NatsLink, replica_name
+from service.nats.link import NatsLink, replica_name, why
 from service.nats.partition import Flushable, PartitionWorker
 from service.records import Alert, Forecast, Reading
 from service.runtime.registry import ModelRegistry
@@ -166,7 +166,7 @@ class Replica:
                 changes = self._beats().run(self.leases.heartbeat(), self.settings.nats.lease_ttl_s)
             except Exception as e:  # the heartbeat reports refusals itself; this is the link or the loop
                 self.last_error = f"{type(e).__name__}: {e}"
-                log.warning("replica %s: heartbeat failed: %s", self.id, e or type(e).__name__)
+                log.warning("replica %s: heartbeat failed: %s", self.id, why(e))
                 changes = Changes()
             self._apply(changes)
             self._gauges()
