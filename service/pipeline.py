@@ -43,9 +43,9 @@ configured would go unnoticed.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from service.alerts.publisher import AlertPublisher
 from service.config import Settings, StreamRules
@@ -53,98 +53,22 @@ from service.connwatch import ConnectionWatch, pipeline_checks
 from service.errors import ConfigError
 from service.metrics import Metrics
 from service.mqtt import parse_broker_url
-from service.records import Alert, Forecast, Reading
+from service.ports import Addon, DecoderLike, EngineLike, IngesterLike, RunnerLike
+from service.records import Alert, Forecast
 from service.store.alertlog import AlertLog, HistoryError
 from service.store.base import Store
 from service.store.streamsettings import SettingsStoreError, StreamSettings
 from service.units import UnitBook
 from service.watchdog import Watchdog
+from service.wiring import build_engine, build_ingester
 
 if TYPE_CHECKING:
-    from service.ingest.decode import Decoder, DecodeResult
-    from service.ingest.ingester import Ingester, IngestStatus
     from service.ingest.mqtt import MqttSource
-    from service.ingest.refusals import RefusalReporter
     from service.ingest.writer import Sink
     from service.nats.outputs import NatsAlertPublisher
-    from service.nats.writer_source import NatsReadingsSource
-    from service.runtime.registry import ModelRegistry
-    from service.streams.rules import ResolvedRules
     from service.streams.runner import TickOnArrival
-    from service.streams.status import ForecastLookup, ModelInfo, StreamStatus
 
 log = logging.getLogger(__name__)
-
-
-class EngineLike(Protocol):
-    """What the pipeline and the API use of ``service.streams.engine.Engine``."""
-
-    @property
-    def registry(self) -> ModelRegistry: ...
-    def accept(self, readings: Sequence[Reading]) -> None: ...
-    def tick(self, now_ns: int | None = None) -> int: ...
-    def streams(self) -> Sequence[StreamStatus]: ...
-    def streams_page(
-        self, limit: int, after: str | None = None, status: str | None = None
-    ) -> tuple[Sequence[StreamStatus], str | None]: ...
-    def stream(self, stream_id: str) -> StreamStatus | None: ...
-    def forecast(self, stream_id: str) -> Forecast | None: ...
-    def lookup_forecast(self, stream_id: str) -> ForecastLookup | None: ...
-    def predict(
-        self, model: str, version: str | None, values: list[list[float | None]], timestamps_ns: list[int] | None = None,
-        cadence: float | None = None,
-    ) -> Forecast: ...
-    def models(self) -> Sequence[ModelInfo]: ...
-    def reload_models(self) -> Mapping[str, list[str] | dict[str, str]]: ...
-    def recent_alerts(self, limit: int = 100, stream: str | None = None, state: str | None = None) -> Sequence[Alert]: ...
-    def set_rules(self, stream_id: str, rules: StreamRules | None) -> None: ...
-    def rules_of(self, stream_id: str) -> tuple[StreamRules | None, ResolvedRules] | None: ...
-    def forget_stream(self, stream_id: str) -> bool: ...
-    def unserved(self) -> list[str]: ...
-    def checkpoint(self) -> int: ...
-    def restore(self) -> int: ...
-    def close(self) -> None: ...
-
-
-class RunnerLike(Protocol):
-    """The background loop that ticks the engine (``service.streams.runner.EngineRunner``)."""
-
-    @property
-    def running(self) -> bool: ...
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-
-
-class IngesterLike(Protocol):
-    """What the pipeline and the API use of ``service.ingest.ingester.Ingester``."""
-
-    @property
-    def subscribes(self) -> bool: ...
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def submit(self, readings: Sequence[Reading]) -> None: ...
-    def status(self) -> IngestStatus: ...
-    def liveness(self) -> dict[str, bool]: ...
-    @property
-    def reporter(self) -> RefusalReporter: ...
-
-
-class DecoderLike(Protocol):
-    def decode(self, topic: str, payload: bytes, received_ns: int) -> DecodeResult: ...
-
-
-class Addon(Protocol):
-    """An optional part around the engine (webhooks, Home Assistant discovery, store outputs...).
-
-    Started after the alert publisher, stopped after the engine (so its last alerts reach it),
-    and watched by the watchdog like the pipeline's own threads.
-    """
-
-    name: str
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def alive(self) -> bool: ...
 
 
 class Pipeline:
@@ -299,7 +223,7 @@ class Pipeline:
             else:
                 if settings.alerts.enabled:
                     pipe.publisher = AlertPublisher(settings.mqtt, settings.alerts)
-                pipe.engine, pipe.runner = _build_engine(settings, pipe.store, metrics, pipe.on_alert,
+                pipe.engine, pipe.runner = build_engine(settings, pipe.store, metrics, pipe.on_alert,
                                                          pipe.on_forecast, pipe.stream_settings)
             from service.store import outputs
 
@@ -441,79 +365,9 @@ class Pipeline:
         log.info("pipeline stopped")
 
 
-def build_ingester(
-    settings: Settings,
-    store: Store,
-    metrics: Metrics,
-    decoder: Decoder | None = None,
-    *,
-    live: Sequence[Sink] = (),
-    sinks: Sequence[Sink] = (),
-    mqtt: bool = True,
-) -> Ingester:
-    """The ingest role's parts, wired: MQTT source -> decoder -> writer -> store or spool -> ack.
-
-    ``live`` sinks get readings as soon as they are decoded, ``sinks`` once they are
-    durable (see service/ingest/ingester.py). ``mqtt=False``: HTTP intake only.
-    """
-    from service.ingest.decode import Decoder
-    from service.ingest.ingester import Ingester
-    from service.ingest.mqtt import MqttSource
-    from service.ingest.refusals import RefusalReporter
-    from service.ingest.writer import BatchWriter
-    from service.store.spool import Spool
-
-    ing = settings.ingest
-    decoder = decoder or Decoder(ing)
-    spool = Spool(settings.store.spool_dir, settings.store.spool_max_bytes)
-    writer = BatchWriter(store, spool, metrics, ing.batch_size, ing.batch_interval_s, ing.queue_max, sinks=sinks)
-    source: MqttSource | NatsReadingsSource | None = None
-    topic = ing.dead_letter_topic
-
-    def dead_letter(body: bytes) -> None:  # looks the source up when called: it is built after the reporter
-        if source is not None and topic is not None:
-            source.publish_dead_letter(topic, body)
-
-    reporter = RefusalReporter(metrics, dead_letter if topic else None)
-    if mqtt and settings.nats.url:  # a writer in the consumer group over the NATS readings stream
-        from service.nats.outputs import names_for
-        from service.nats.writer_source import NatsReadingsSource
-
-        source = NatsReadingsSource(settings.nats, decoder, writer, reporter, live=live, names=names_for(settings))
-        writer.acker = source.ack
-    elif mqtt:
-        source = MqttSource(settings.mqtt, decoder, writer, reporter, ing.qos, live=live, metrics=metrics)
-        writer.acker = source.ack  # a message is acknowledged once the writer made it durable
-    return Ingester(decoder, writer, reporter, metrics, source, live=live)
-
-
 def _safely(what: str, fn: Callable[[], object]) -> None:
     # Shutdown must reach every part: one failing step is logged, the rest still run.
     try:
         fn()
     except Exception:
         log.exception("shutdown: %s failed", what)
-
-
-def _build_engine(
-    settings: Settings,
-    store: Store | None,
-    metrics: Metrics,
-    on_alert: Callable[[Alert], None],
-    on_forecast: Callable[[Forecast], None],
-    stream_settings: StreamSettings | None = None,
-) -> tuple[EngineLike, RunnerLike]:
-    from service.runtime.registry import ModelRegistry
-    from service.streams.engine import Engine
-    from service.streams.runner import EngineRunner
-
-    registry = ModelRegistry(settings.models.dir, settings.models.threads, metrics)
-    engine = Engine(settings, registry, store, metrics, on_alert=on_alert, on_forecast=on_forecast,
-                    stream_rules=None if stream_settings is None else stream_settings.get)
-    # Building a Forecast per stream-step cost ~25% of the engine thread at 3k readings/s
-    # (py-spy): only when forecasts go to MQTT, or every step's to the store (store.write_outputs).
-    from service.store.outputs import enabled as outputs_enabled
-
-    every_step = outputs_enabled(settings) and settings.store.outputs_interval_s == 0
-    engine.publish_forecasts = settings.alerts.forecast_topic is not None or every_step
-    return engine, EngineRunner(engine, restore=True)

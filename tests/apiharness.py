@@ -12,11 +12,12 @@ from fastapi.testclient import TestClient
 from service.api.app import create_app
 from service.config import Settings
 from service.metrics import Metrics
-from service.pipeline import Pipeline, build_ingester
+from service.pipeline import Pipeline
 from service.records import Alert, Forecast, StreamKey
 from service.store.alertlog import AlertLog
 from service.store.memory import MemoryStore
 from service.store.streamsettings import StreamSettings
+from service.wiring import build_ingester
 from tests.apitwin import TwinEngine, TwinStatus
 
 T0 = 1_700_000_000_000_000_000

@@ -12,7 +12,8 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
 from service.api.auth import ApiKeys
-from service.pipeline import DecoderLike, EngineLike, IngesterLike, Pipeline
+from service.pipeline import Pipeline
+from service.ports import DecoderLike, EngineLike, IngesterLike
 from service.store.streamsettings import StreamSettings, check_stream_id
 
 # Two names for the one header, so the OpenAPI document can say which scope a route

@@ -17,8 +17,9 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from service.api.routes.health import readiness
 from service.metrics import Metrics
-from service.pipeline import Pipeline, build_ingester
+from service.pipeline import Pipeline
 from service.store import open_store
+from service.wiring import build_ingester
 from tests.integration.ingest_helpers import (
     IngestProcess,
     Publisher,

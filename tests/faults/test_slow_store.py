@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from service.metrics import Metrics
-from service.pipeline import build_ingester
 from service.store import open_store
+from service.wiring import build_ingester
 from tests.faults.tcpproxy import DelayProxy
 from tests.integration.ingest_helpers import (
     Publisher,

@@ -54,7 +54,8 @@ def twin_dashboard(
     (tests/apitwin.py), served on a free port; ``prepare(pipeline)`` runs before the start.
     Browser, server and pipeline are stopped afterwards."""
     from service.api.app import create_app
-    from service.pipeline import Pipeline, build_ingester
+    from service.pipeline import Pipeline
+    from service.wiring import build_ingester
     from tools.demo import ApiServer, _listen
 
     ingester = build_ingester(settings, store, metrics, sinks=[engine.accept], mqtt=False)

@@ -115,11 +115,12 @@ def test_dashboard_asks_for_the_read_key_and_then_shows_data(browser: Any, tmp_p
 
     from service.api.app import create_app
     from service.metrics import Metrics
-    from service.pipeline import Pipeline, build_ingester
+    from service.pipeline import Pipeline
     from service.records import Alert, Reading, StreamKey
     from service.store.alertlog import AlertLog
     from service.store.memory import MemoryStore
     from service.store.streamsettings import StreamSettings
+    from service.wiring import build_ingester
     from tests.apiharness import MIN, T0, populated_twin, settings_for
     from tools.demo import ApiServer, _listen
 

@@ -17,8 +17,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from service.metrics import Metrics
-from service.pipeline import build_ingester
 from service.store.memory import MemoryStore
+from service.wiring import build_ingester
 from tests.integration.ingest_helpers import make_settings
 from tools.localservers import Mosquitto
 

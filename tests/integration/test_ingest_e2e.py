@@ -22,7 +22,7 @@ _n = itertools.count()
 def test_20000_readings_over_200_streams_stored_exactly(
     kind: str, mosquitto: Mosquitto, influxd: Influxd, tmp_path: Path
 ) -> None:
-    from service.pipeline import build_ingester
+    from service.wiring import build_ingester
 
     n = next(_n)
     url = f"influxdb://127.0.0.1:{influxd.port}/e2e{n}" if kind == "influxdb" else f"sqlite:///{tmp_path}/e2e.db"
@@ -57,8 +57,8 @@ def test_live_sinks_see_readings_before_the_store_write_and_sinks_after(
     """The engine is fed as soon as a message is decoded; a slow database never delays it."""
     import threading
 
-    from service.pipeline import build_ingester
     from service.store.memory import MemoryStore
+    from service.wiring import build_ingester
 
     class HeldStore(MemoryStore):
         """Writes wait until released: a database that has stopped answering for a while."""

@@ -13,10 +13,10 @@ import orjson
 import pytest
 
 from service.metrics import Metrics
-from service.pipeline import build_ingester
 from service.records import Reading, StreamKey
 from service.store import open_store
 from service.store.influx1 import Influx1Store
+from service.wiring import build_ingester
 from tests.integration.ingest_helpers import BASE_NS, Publisher, make_settings, stored
 from tools.localservers import Influxd, Mosquitto
 

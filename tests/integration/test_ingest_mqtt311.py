@@ -23,7 +23,7 @@ _n = itertools.count()
 
 
 def test_persistent_311_session_keeps_readings_while_away(mosquitto: Mosquitto, tmp_path: Path) -> None:
-    from service.pipeline import build_ingester
+    from service.wiring import build_ingester
 
     n = next(_n)
     settings = make_settings(mosquitto.port, f"sqlite:///{tmp_path}/a.db", tmp_path / "spool",
@@ -52,7 +52,7 @@ def test_persistent_311_session_keeps_readings_while_away(mosquitto: Mosquitto, 
 
 
 def test_ingester_on_the_embedded_amqtt_broker(tmp_path: Path) -> None:
-    from service.pipeline import build_ingester
+    from service.wiring import build_ingester
 
     with EmbeddedBroker(port=free_port()) as broker:
         settings = make_settings(broker.port, f"sqlite:///{tmp_path}/b.db", tmp_path / "spool", client_id="it-amqtt")

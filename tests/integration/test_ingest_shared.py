@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from service.metrics import Metrics
-from service.pipeline import build_ingester
 from service.store import open_store
+from service.wiring import build_ingester
 from tests.integration.ingest_helpers import Publisher, make_settings, readings, wait_stored
 from tools.localservers import Influxd, Mosquitto
 

@@ -26,9 +26,9 @@ from service.nats import outputs, provision
 from service.nats.link import NatsLink
 from service.nats.outputs import NatsAlertPublisher
 from service.nats.writer_source import MAX_ACK_PENDING, NatsReadingsSource
-from service.pipeline import build_ingester
 from service.records import Alert, Forecast, Reading, StreamKey
 from service.store import open_store
+from service.wiring import build_ingester
 from tests.integration.ingest_helpers import (
     IngestProcess,
     Publisher,

@@ -21,9 +21,9 @@ from service.alerts.publisher import AlertPublisher
 from service.config import AlertsSettings, MqttSettings
 from service.metrics import Metrics
 from service.mqtt import make_client
-from service.pipeline import build_ingester
 from service.records import Alert, StreamKey
 from service.store import open_store
+from service.wiring import build_ingester
 from tests.integration.ingest_helpers import make_settings, payload, readings, wait_stored
 from tests.security.tlsbroker import PASSWORD, USER, TlsBroker, start_tls_broker
 from tools.localservers import Influxd

@@ -84,7 +84,7 @@ def test_max_streams_per_device(tmp_path: Path) -> None:
 
 
 def test_refused_streams_are_still_stored(tmp_path: Path) -> None:
-    from service.pipeline import build_ingester
+    from service.wiring import build_ingester
 
     store = MemoryStore()
     eng, m, _ = make(tmp_path, streams={"max_streams": 2})

@@ -10,10 +10,10 @@ from service.config import Settings, StoreSettings
 from service.errors import ConfigError, StoreError
 from service.ingest.ingester import Ingester
 from service.metrics import Metrics
-from service.pipeline import build_ingester
 from service.records import Reading, StreamKey
 from service.store import open_store
 from service.store.memory import MemoryStore
+from service.wiring import build_ingester
 
 S = StreamKey("d", "q")
 

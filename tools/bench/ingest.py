@@ -184,7 +184,7 @@ def _ceiling(port: int, args: argparse.Namespace, base_ns: int, cls: type[paho.C
 
 
 def _ingest(target: str, mqtt_port: int, influx_port: int, work: Path, args: argparse.Namespace, base_ns: int) -> dict[str, float]:
-    from service.pipeline import build_ingester
+    from service.wiring import build_ingester
 
     s = Settings()
     s.mqtt.url = f"mqtt://127.0.0.1:{mqtt_port}"

@@ -20,8 +20,8 @@ from service.nats import provision
 from service.nats.link import NatsLink
 from service.nats.outputs import names_for
 from service.nats.writer_source import NatsReadingsSource
-from service.pipeline import build_ingester
 from service.store.memory import MemoryStore
+from service.wiring import build_ingester
 from tools.localservers import start_nats
 
 

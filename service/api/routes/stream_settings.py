@@ -25,7 +25,7 @@ from service.api.deps import (
 )
 from service.api.schemas import ErrorOut
 from service.config import StreamRules
-from service.pipeline import EngineLike
+from service.ports import EngineLike
 from service.store.streamsettings import SettingsStoreError, StreamSettings
 from service.streams.rules import ResolvedRules
 

@@ -24,7 +24,8 @@ from service.api.schemas import (
     with_units,
 )
 from service.errors import ModelError
-from service.pipeline import EngineLike, Pipeline
+from service.pipeline import Pipeline
+from service.ports import EngineLike
 from service.streams.binding import NO_MODEL
 from service.streams.status import ForecastLookup
 
