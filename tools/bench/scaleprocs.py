@@ -206,7 +206,9 @@ class Replicas:
         _, cpu1, steps1 = self._sample(procs)
         srv1 = self._server_cpu()
         owners = link.run(nl.lease_owners(link.js, self.settings))
-        lost = sum(p.tail(10**9).count("not renewed") for p in procs)
+        # The leases' own line ("p3 not renewed for 6.1 s: lost"), not the worker's "lease gone (lost,
+        # released or not renewed in time)" that follows it: counting both doubled the figure.
+        lost = sum(p.tail(10**9).count("not renewed for") for p in procs)
         per = []
         d_steps = [b - a for a, b in zip(steps0, steps1, strict=True)]
         for name, p, c0, c1, ds, s1 in zip(names, procs, cpu0, cpu1, d_steps, steps1, strict=True):
