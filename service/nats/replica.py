@@ -76,6 +76,7 @@ class Replica:
         self._lock = threading.Lock()  # the workers dict: the beat thread writes, API threads read
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._counter: threading.Thread | None = None  # the stream gauges' count (_count_streams)
         self.leases: Leases | None = None
         self.ckpts: CheckpointStore | None = None
         self.last_error: str | None = None
@@ -169,7 +170,7 @@ class Replica:
                 log.warning("replica %s: heartbeat failed: %s", self.id, why(e))
                 changes = Changes()
             self._apply(changes)
-            self._gauges()
+            self._count_streams()
             if self.settings.models.watch and time.monotonic() >= next_watch:
                 next_watch = time.monotonic() + WATCH_EVERY_S
                 self._watch_models()
@@ -226,6 +227,14 @@ class Replica:
         if self.ckpts is not None:
             self.ckpts.forget(p)
         log.info("replica %s: gave up partition %d", self.id, p)
+
+    def _count_streams(self) -> None:
+        """The stream gauges, off the beat's thread: each engine's count waits for its tick to end
+        (seconds per partition while catching up), and the beat that waited with it came too late
+        to renew: the scale benchmark's replicas lost every lease. One count at a time."""
+        if self._counter is None or not self._counter.is_alive():
+            self._counter = threading.Thread(target=self._gauges, name="nats-replica-gauges", daemon=True)
+            self._counter.start()
 
     def _gauges(self) -> None:
         """sensorcast_streams{status} of this replica: every partition's streams."""
