@@ -48,9 +48,9 @@ from tools.localservers import start_nats
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", type=int, default=25_000, help="Devices of the backlog (x 4 quantities = streams).")
     p.add_argument("--quantities", type=int, default=4, choices=range(1, 5), help="Quantities per device.")
-    p.add_argument("--order", choices=("device", "quantity"), default="quantity",
-                   help="Publishing order in a round: quantity by quantity, or a device's quantities together (device: "
-                   "measured 15x dearer per reading in the replicas, docs/benchmarks.md).")
+    p.add_argument("--order", choices=("device", "quantity"), default="device",
+                   help="Publishing order in a round: a device's quantities together with the same time (as devices "
+                   "send), or quantity by quantity.")
     p.add_argument("--partitions", type=int, default=16, help="Partitions of the readings stream.")
     p.add_argument("--rounds", type=int, default=3,
                    help="Readings per stream in the backlog (10 = 1M readings: the replicas do not catch up yet).")
