@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "send), or quantity by quantity.")
     p.add_argument("--partitions", type=int, default=16, help="Partitions of the readings stream.")
     p.add_argument("--rounds", type=int, default=3,
-                   help="Readings per stream in the backlog (10 = 1M readings: the replicas do not catch up yet).")
+                   help="Readings per stream in the backlog (10 = 1M readings: ~9 minutes here, docs/benchmarks.md).")
     p.add_argument("--replicas", default="1,2,3", help="Replica counts to measure, comma-separated.")
     p.add_argument("--nodes", type=int, choices=(1, 3), default=1, help="nats-server nodes (3: a cluster, R3 streams).")
     p.add_argument("--catchup-rounds", type=int, default=1, help="Rounds published while no replica runs (0: skip).")
