@@ -36,8 +36,11 @@ C = 60 * 10**9  # the kit model's cadence (60 s) in ns
 T0 = 1_700_000_000 // 60 * C  # cadence-aligned history
 N = 200
 SPIKE = 120
+# What deploy/init.sh makes (tests/unit/test_deploy_files.py checks the same list without podman);
+# the last two are for deploy/compose.scale.yml's NATS cluster.
 SECRETS = ("mqtt_service_password", "mqtt_device_password", "influxdb_admin_password",
-           "influxdb_password", "api_key", "read_key", "grafana_admin_password")
+           "influxdb_password", "api_key", "read_key", "grafana_admin_password",
+           "nats_route_password", "nats_leaf_password")
 
 
 def sine(spike: bool) -> np.ndarray:
