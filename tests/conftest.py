@@ -12,7 +12,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -26,6 +26,8 @@ from tools.localservers import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
+S = TypeVar("S", Mosquitto, Influxd, NatsCluster)  # a server the fresh_* factories start
+
 SHARED_DATA = Path(os.environ.get("SENSORCAST_BENCH_DATA", REPO.parent / "shared" / "data"))
 
 # Markers a test gets from its folder (the first part of its path under tests/), so that
@@ -83,16 +85,7 @@ def nats_cluster() -> Iterator[NatsCluster]:
 def fresh_nats() -> Iterator[Callable[..., NatsCluster]]:
     """Factory for NATS servers this test may kill (``start_nats``'s keywords)."""
     _need("nats-server")
-    made: list[NatsCluster] = []
-
-    def make(**kw: Any) -> NatsCluster:
-        cluster = start_nats(**kw)
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for c in made:
-        c.stop()
+    yield from _stopped_after(start_nats)
 
 
 @pytest.fixture(scope="session")
@@ -109,36 +102,34 @@ def influxd() -> Iterator[Influxd]:
         yield server
 
 
+def _stopped_after(start: Callable[..., S]) -> Iterator[Callable[..., S]]:
+    """A fixture's factory of servers (``start``'s keywords), each stopped after the test."""
+    started: list[S] = []
+
+    def make(**kw: Any) -> S:
+        server = start(**kw)
+        started.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in started:
+            server.stop()
+
+
 @pytest.fixture
 def fresh_mosquitto() -> Iterator[Callable[..., Mosquitto]]:
     """Factory for a broker this test may kill or restart."""
     _need("mosquitto")
-    started: list[Mosquitto] = []
-
-    def make(**kw: Any) -> Mosquitto:  # start_mosquitto's keywords
-        server = start_mosquitto(**kw)
-        started.append(server)
-        return server
-
-    yield make
-    for s in started:
-        s.stop()
+    yield from _stopped_after(start_mosquitto)
 
 
 @pytest.fixture
 def fresh_influxd() -> Iterator[Callable[..., Influxd]]:
     """Factory for an influxd this test may kill or restart."""
     _need("influxd")
-    started: list[Influxd] = []
-
-    def make(**kw: Any) -> Influxd:  # start_influxd's keywords
-        server = start_influxd(**kw)
-        started.append(server)
-        return server
-
-    yield make
-    for s in started:
-        s.stop()
+    yield from _stopped_after(start_influxd)
 
 
 @pytest.fixture

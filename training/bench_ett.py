@@ -62,6 +62,11 @@ def override(cfg: Config, settings: list[str]) -> Config:
     return cfg
 
 
+def key(cell: str, lags: int, horizon: int, window: int = 96) -> str:
+    """The result key a run is recorded under in the results file (without its tag)."""
+    return f"{cell}-L{window}-H{horizon}" if cell not in STEP_CELLS else f"{cell}-stream-lags{lags}-H{horizon}"
+
+
 def config_for(
     cell: str, horizon: int, path: str, window: int, minutes: float, epochs: int | None, lags: int | None = None
 ) -> Config:
@@ -155,11 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     for cfg in cfgs:
         cell, h = cfg.model.cell, cfg.model.horizon
         row = run_one(cfg)
-        key = f"{cell}-L{a.window}-H{h}" if cell not in STEP_CELLS else f"{cell}-stream-lags{cfg.model.lags}-H{h}"
-        key += f"-{a.tag}" if a.tag else ""
-        merge(a.out, key, row)
+        tagged = key(cell, cfg.model.lags, h, a.window) + (f"-{a.tag}" if a.tag else "")
+        merge(a.out, tagged, row)
         print(
-            f"{key:24s} test MSE {row['test_mse']:.4f} MAE {row['test_mae']:.4f} "
+            f"{tagged:24s} test MSE {row['test_mse']:.4f} MAE {row['test_mae']:.4f} "
             f"(repeat-last {row['repeat_last_test_mse']:.4f}; fresh-L96 {row.get('fresh_state_L96_test_mse', float('nan')):.4f}) "
             f"val {row['val_mse']:.4f}, train {row['train_seconds']} s, best epoch {row['best_epoch']} "
             f"at {row['best_seconds']} s ({row['stopped']})",

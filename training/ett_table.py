@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from training.bench_ett import config_for
+from training.bench_ett import config_for, key
 from training.config import STEP_CELLS, Config, DataConfig, ModelConfig, TrainConfig
 from training.data import load_csv, split_rows, targets, train_stats
 from training.metrics import repeat_last, score, season_steps, seasonal_naive
@@ -53,11 +53,6 @@ ANCHORS: tuple[tuple[str, dict[int, float], str], ...] = (
 )
 BASELINES = (("repeat-last", "repeat_last"), ("seasonal-naive, a day back", "seasonal_naive"),
              ("train mean", "mean"))
-
-
-def key(cell: str, lags: int, horizon: int, window: int = 96) -> str:
-    """The result key bench_ett writes (without a tag)."""
-    return f"{cell}-L{window}-H{horizon}" if cell not in STEP_CELLS else f"{cell}-stream-lags{lags}-H{horizon}"
 
 
 def command(cell: str, lags: int, horizon: int) -> str:

@@ -36,7 +36,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,7 +62,6 @@ CHECK_CONSUMER_AFTER = 8  # empty fetches in a row before the consumer is looked
 RENEW_IDLE_CONSUMER_AFTER = 60  # empty fetches in a row (~15 s) before the consumer is made anew anyway
 MAX_REPLAY_INDEX = 2_000_000  # messages remembered for the replay start (see module doc)
 WORKER_META = "worker.json"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Flushable(Protocol):
@@ -112,7 +110,9 @@ class PartitionWorker:
         self.saved_seq: int | None = None
         self.fenced = False
         self.first_forecast_at: float | None = None  # wall time of the first step after (re)start
-        self._index: deque[tuple[int, int]] = deque()  # (seq, newest reading ts) of messages since the replay start
+        # (seq, newest reading ts) of messages since the replay start; readings pending longer than
+        # MAX_REPLAY_INDEX messages are not worth a replay, so the oldest fall off
+        self._index: deque[tuple[int, int]] = deque(maxlen=MAX_REPLAY_INDEX)
         self._stop = threading.Event()
         self._final = False
         self._live = True  # False once stopped: nothing more leaves this engine
@@ -286,7 +286,7 @@ class PartitionWorker:
             seq = int(md.sequence.stream)
             if seq <= applied:  # a new consumer may repeat what the old one gave
                 continue
-            received_ns = (md.timestamp - _EPOCH) // _US * 1000  # the server's time: the same on a replay
+            received_ns = subjects.js_time_ns(msg)  # the server's time: the same on a replay
             try:
                 got = self.decoder.decode(subjects.topic_of(msg.subject), msg.data, received_ns).readings
             except Exception:  # the writers count refusals; here a bad message only must not stop the partition
@@ -296,9 +296,6 @@ class PartitionWorker:
             if got:
                 self._index.append((seq, ticks.add(got, received_ns)))
         ticks.flush()
-        if len(self._index) > MAX_REPLAY_INDEX:  # readings pending that long are not worth a replay
-            for _ in range(len(self._index) - MAX_REPLAY_INDEX):
-                self._index.popleft()
         self.clock_ns, self.applied = ticks.clock, applied
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -380,5 +377,3 @@ def unpack(blob: bytes, directory: Path) -> dict[str, Any]:
                 (directory / name).write_bytes(data)
     return meta
 
-
-_US = datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC) - _EPOCH

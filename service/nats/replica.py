@@ -108,13 +108,11 @@ class Replica:
             self.link.start()
         self.link.run(provision.ensure_all(self.link.js, nats, self.names), 120)
 
-        async def open_buckets() -> tuple[Any, Any, Any]:
+        async def open_buckets() -> tuple[Any, Any]:
             js = self.link.js
-            return (await js.key_value(self.names.leases), await js.key_value(self.names.ckpt),
-                    await js.object_store(self.names.state))
+            return await js.key_value(self.names.ckpt), await js.object_store(self.names.state)
 
-        _, ckpt_kv, objects = self.link.run(
-            provision.retrying("open the lease and checkpoint buckets", open_buckets), 90)
+        ckpt_kv, objects = self.link.run(provision.retrying("open the checkpoint buckets", open_buckets), 90)
         # The heartbeat has a connection and loop of its own: on the readings' one, its few
         # requests waited behind every partition's fetches of up to fetch_batch messages, and a
         # replica catching up lost its leases (the scale benchmark at 1M readings).
@@ -210,10 +208,7 @@ class Replica:
         leases = self.leases
         if leases is None or (self._stop.is_set() and self._thread is None):
             return float("inf")  # the clean stop's final checkpoint: leases are released after it
-        held = leases.held.get(lease.partition)
-        if held is None or held.epoch != lease.epoch:
-            return 0.0
-        return leases._renewed.get(lease.partition, 0.0) + leases.safe_s
+        return leases.deadline(lease.partition, lease.epoch)
 
     def _stop_worker(self, p: int) -> None:
         with self._lock:

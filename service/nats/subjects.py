@@ -9,10 +9,18 @@ partition, so multivariate models keep their features together.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
 from service.errors import ConfigError
 from service.ingest.topics import TopicTemplate
 
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
 PREFIX = "p"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
 
 
 def mapping(topic_template: str, partitions: int, prefix: str = PREFIX) -> tuple[str, str]:
@@ -81,3 +89,10 @@ def topic_of(subject: str) -> str:
 def subject_of(topic: str) -> str:
     """An MQTT topic as NATS spells it: ``a/b.c`` -> ``a.b//c``."""
     return ".".join(level.replace(".", "//") for level in topic.split("/"))
+
+
+def js_time_ns(msg: Msg) -> int:
+    """When the stream stored ``msg``, in ns at microsecond precision: the same value on every
+    redelivery and replay, for the writers and the inference replicas alike, so a reading
+    without its own time gets one time everywhere."""
+    return (msg.metadata.timestamp - _EPOCH) // _US * 1000

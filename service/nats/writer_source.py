@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import nats.errors
@@ -54,17 +53,6 @@ ACK_WAIT_S = 120.0
 # stuck writer (full spool) holds; past it JetStream delivers nothing more until acks come.
 MAX_ACK_PENDING = 50_000
 _RETRY_MAX_S = 2.0
-
-
-def js_time_ns(msg: Msg) -> int:
-    """When the stream stored ``msg``, in ns at microsecond precision: the same value on every
-    redelivery and replay, and the same the inference replicas decode with
-    (service/nats/partition.py), so a reading without its own time gets one time everywhere."""
-    return (msg.metadata.timestamp - _EPOCH) // _US * 1000
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
 
 
 class _Connected:
@@ -206,7 +194,7 @@ class NatsReadingsSource:
             return
         if msg.metadata.num_delivered > 1:
             self.redelivered += 1  # another writer died or stalled holding it, or our ack was lost
-        result = self.decoder.decode(topic, msg.data, js_time_ns(msg))
+        result = self.decoder.decode(topic, msg.data, subjects.js_time_ns(msg))
         if result.refusals:
             self.reporter.report("nats", topic, msg.data, result.refusals)
         if not result.readings:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,13 +31,6 @@ QUANTITIES = ("temp", "hum", "press", "volt")
 CADENCE_S = 60.0  # the kit model's cadence (tools/bench/inference.py builds the same model)
 CADENCE_NS = round(CADENCE_S * 1e9)
 T0_NS = 1_700_000_000 // 60 * CADENCE_NS  # cadence-aligned: each reading fills its bucket exactly
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process (Linux /proc), in seconds."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fnv1a32(text: str) -> int:

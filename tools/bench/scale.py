@@ -42,6 +42,7 @@ from typing import Any
 from service.config import NatsSettings
 from tools.bench import natsload as nl
 from tools.bench.scaleprocs import Replicas, baseline
+from tools.bench.serveproc import proc_cpu_s
 from tools.localservers import start_nats
 
 
@@ -110,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
               f"{min(per_part):,}-{max(per_part):,}", flush=True)
 
         server_pids = [n.proc.pid for n in cluster.nodes if n.proc is not None]
-        s0 = sum(nl.proc_cpu_s(pid) for pid in server_pids)
+        s0 = sum(proc_cpu_s(pid) for pid in server_pids)
         floor, made_s = link.run(nl.fetch_floor(admin, settings.stream, per_part, settings.fetch_batch), None)
-        s1 = sum(nl.proc_cpu_s(pid) for pid in server_pids)
+        s1 = sum(proc_cpu_s(pid) for pid in server_pids)
         out["transport"] = {"client_us": round(floor.cpu_s / floor.messages * 1e6, 2),
                             "server_us": round((s1 - s0) / floor.messages * 1e6, 2), "rate": round(floor.rate),
                             "consumers_made_s": round(made_s, 2)}

@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 
 from service.config import NatsSettings
 from tools.bench import natsload as nl
-from tools.bench.serveproc import ServeProcess
+from tools.bench.serveproc import ServeProcess, proc_cpu_s
 from tools.localservers import free_port
 
 STEPS = "sensorcast_steps_total"
@@ -149,7 +149,7 @@ class Replicas:
         return procs
 
     def _server_cpu(self) -> float:
-        return sum(nl.proc_cpu_s(pid) for pid in self.server_pids)
+        return sum(proc_cpu_s(pid) for pid in self.server_pids)
 
     def _sample(self, procs: list[ServeProcess]) -> tuple[float, list[float], list[float]]:
         while True:  # CPU and steps read together: a replica too busy to answer is asked again
