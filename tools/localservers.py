@@ -30,6 +30,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: each socket stays bound until all are chosen, so the kernel
+    cannot hand the same port out twice (``free_port`` called n times can: a cluster's two
+    route ports once collided, "Duplicate route entry detected")."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -272,7 +286,8 @@ def start_nats(nodes: int = 1, partitions: int = 4, topic: str = "sensors/{devic
 
     workdir = Path(tempfile.mkdtemp(prefix="sc-nats-"))
     names = [f"n{i + 1}" for i in range(nodes)]
-    ports = {n: (free_port(), free_port(), free_port(), free_port() if mqtt else 0) for n in names}
+    pool = iter(free_ports(4 * len(names)))
+    ports = {n: (next(pool), next(pool), next(pool), next(pool) if mqtt else 0) for n in names}
     routes = ", ".join(f"nats-route://127.0.0.1:{ports[n][2]}" for n in names)
     mapping = server_mapping_conf(topic, partitions)
     cluster = NatsCluster([], workdir)

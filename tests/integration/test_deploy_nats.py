@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tools.localservers import free_port
+from tools.localservers import free_ports
 
 nats = pytest.importorskip("nats")
 
@@ -103,7 +103,9 @@ def secrets_dir(tmp: Path) -> Path:
 def cluster_layout(tmp: Path) -> list[Node]:
     """The three nodes' confs as shipped, with loopback ports and a temp store."""
     env = {**os.environ, "SECRETS_DIR": str(secrets_dir(tmp)), "NATS_SERVER": NATS_SERVER}
-    ports = [{k: free_port() for k in ("client", "http", "route", "mqtt", "leaf")} for _ in range(3)]
+    keys = ("client", "http", "route", "mqtt", "leaf")
+    pool = iter(free_ports(len(keys) * 3))  # distinct: two equal route ports stop the cluster
+    ports = [{k: next(pool) for k in keys} for _ in range(3)]
     common = (DEPLOY / "cluster.conf").read_text()
     nodes = []
     for i, p in enumerate(ports, start=1):
@@ -121,7 +123,7 @@ def cluster_layout(tmp: Path) -> list[Node]:
 
 
 def leaf_layout(tmp: Path, hub: Node, name: str = "gw1") -> Node:
-    p = {"client": free_port(), "http": free_port(), "mqtt": free_port()}
+    p = dict(zip(("client", "http", "mqtt"), free_ports(3), strict=True))
     d = tmp / name
     d.mkdir()
     text = (DEPLOY / "leaf.conf").read_text()
